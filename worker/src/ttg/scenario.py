@@ -1,0 +1,162 @@
+"""Fault scenarios, written once for every place they run.
+
+``ttg demo``, the local fault suite and the Kind end-to-end suite all inject
+faults the same way: watch a run's status, act at a given fraction of
+progress, then measure how the run recovers. They differ only in how they read
+status and how they kill (a local ``os.kill``, or a kill on a Kind node), which
+they pass in as two callables.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ttg.errors import BrokerError
+
+StatusFn = Callable[[], dict[str, Any]]
+KillFn = Callable[[str, int], None]
+
+
+class ScenarioTimeout(AssertionError):
+    """The run did not reach the awaited state in time."""
+
+
+@dataclass(frozen=True)
+class KillRecord:
+    """A worker killed while holding ``chunk``, and how soon the chunk was taken up again."""
+
+    worker: str
+    chunk: int
+    killed_at: float
+    redelivery_delay_s: float | None
+
+
+def wait_for(
+    status: StatusFn,
+    predicate: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float,
+    poll: float = 0.05,
+    what: str = "condition",
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Poll ``status`` until ``predicate`` holds; return that status.
+
+    Raises:
+        ScenarioTimeout: it did not hold within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = status()
+        except BrokerError:
+            # A broker restarting mid-scenario is part of some scenarios.
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll)
+            continue
+        if on_status:
+            on_status(s)
+        if predicate(s):
+            return s
+        if time.monotonic() >= deadline:
+            raise ScenarioTimeout(
+                f"timed out after {timeout:.0f}s waiting for {what}; last status: {s}"
+            )
+        time.sleep(poll)
+
+
+def kill_worker_holding_chunk_at(
+    status: StatusFn,
+    kill: KillFn,
+    fraction: float,
+    *,
+    sig: int = signal.SIGKILL,
+    timeout: float = 120,
+    poll: float = 0.05,
+    eligible: Callable[[str], bool] = lambda _w: True,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> KillRecord:
+    """Once ``fraction`` of the run is done, signal a worker while it holds a chunk.
+
+    Then wait until that chunk is taken up again (claimed by another worker, or
+    finished) and return the delay from the signal. With a signal other than
+    SIGKILL the worker may finish the chunk itself; the delay is then until it
+    is finished.
+    """
+
+    def holder(s: dict[str, Any]) -> dict[str, Any] | None:
+        if s["progress"] < fraction:
+            return None
+        return next((f for f in s["in_flight"] if eligible(f["worker"])), None)
+
+    s = wait_for(
+        status,
+        lambda s: holder(s) is not None,
+        timeout=timeout,
+        poll=poll,
+        what=f"{fraction:.0%} progress with a chunk in flight",
+        on_status=on_status,
+    )
+    victim = holder(s) or {}
+    worker, chunk = victim["worker"], victim["chunk"]
+    before = s["redelivered"]
+    kill(worker, sig)
+    killed_at = time.monotonic()
+
+    def taken_up(s: dict[str, Any]) -> bool:
+        if s["redelivered"] > before or s["complete"]:
+            return True
+        return any(f["chunk"] == chunk and f["worker"] != worker for f in s["in_flight"])
+
+    wait_for(
+        status,
+        taken_up,
+        timeout=timeout,
+        poll=poll,
+        what=f"chunk {chunk} taken up again",
+        on_status=on_status,
+    )
+    return KillRecord(worker, chunk, killed_at, round(time.monotonic() - killed_at, 3))
+
+
+def restart_broker_at(
+    status: StatusFn,
+    restart: Callable[[], None],
+    fraction: float,
+    *,
+    timeout: float = 120,
+    poll: float = 0.1,
+) -> dict[str, Any]:
+    """Once ``fraction`` of the run is done, restart the broker; return the status before."""
+    s = wait_for(
+        status,
+        lambda s: s["progress"] >= fraction,
+        timeout=timeout,
+        poll=poll,
+        what=f"{fraction:.0%} progress",
+    )
+    restart()
+    return s
+
+
+def wait_complete(
+    status: StatusFn,
+    *,
+    timeout: float = 600,
+    poll: float = 0.2,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Wait until every chunk has an outcome; return the last status."""
+    return wait_for(
+        status,
+        lambda s: s["complete"],
+        timeout=timeout,
+        poll=poll,
+        what="run complete",
+        on_status=on_status,
+    )

@@ -1,0 +1,130 @@
+"""Status and verification reports, the same for every backend.
+
+``verify`` does not trust counters: it reads the whole ledger and checks it
+against the run's spec (every chunk 0..n-1 has exactly one counted outcome,
+each covering its whole index range), then checks the counters against the
+ledger, then, for the default compute, the sum of all results against the
+closed form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ttg import compute
+from ttg.broker import Broker
+from ttg.run import Outcome, Progress, RunSpec
+
+#: Chunk ids listed in a report when some are missing.
+MISSING_SAMPLE = 20
+
+
+def status_report(p: Progress, rate: float | None = None) -> dict[str, Any]:
+    """The fields every ``--json`` report shares (docs/contract.md)."""
+    remaining = p.total_chunks - p.finished
+    eta = None
+    if rate:
+        eta = round(remaining / rate, 1)
+    elif remaining == 0:
+        eta = 0.0
+    return {
+        "run": p.run,
+        "state": p.state,
+        "total_chunks": p.total_chunks,
+        "total_params": p.total_params,
+        "seeded_chunks": p.seeded_chunks,
+        "done": p.done,
+        "done_params": p.done_params,
+        "dead": p.dead,
+        "duplicates": p.duplicates,
+        "redelivered": p.redelivered,
+        "failed": p.failed,
+        "queue_depth": p.queue_depth,
+        "in_flight": [asdict(f) for f in p.in_flight],
+        "progress": round(p.ratio, 4),
+        "rate_chunks_s": round(rate, 2) if rate is not None else None,
+        "eta_s": eta,
+        "complete": p.complete,
+        "ok": p.complete,
+    }
+
+
+@dataclass
+class _Tally:
+    """What one pass over a ledger found."""
+
+    seen: bytearray
+    problems: list[str] = field(default_factory=list)
+    ok_chunks: int = 0
+    dead_chunks: int = 0
+    ok_params: int = 0
+    result_sum: int = 0
+    summable: bool = True
+
+
+def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
+    total = spec.total_chunks
+    t = _Tally(seen=bytearray(total))
+    for o in outcomes:
+        if not 0 <= o.chunk < total:
+            t.problems.append(f"ledger has chunk {o.chunk}, outside 0..{total - 1}")
+            continue
+        if t.seen[o.chunk]:
+            t.problems.append(f"chunk {o.chunk} is counted twice")
+            continue
+        t.seen[o.chunk] = 1
+        if o.status != "ok":
+            t.dead_chunks += 1
+            continue
+        lo, hi = spec.bounds(o.chunk)
+        t.ok_chunks += 1
+        t.ok_params += o.params
+        if o.params != hi - lo or not isinstance(o.result, list) or len(o.result) != hi - lo:
+            t.problems.append(f"chunk {o.chunk} result covers {o.params} of {hi - lo} parameters")
+        elif t.summable:
+            try:
+                t.result_sum += sum(o.result)
+            except TypeError:
+                t.summable = False
+    return t
+
+
+def verify(broker: Broker, run: str) -> dict[str, Any]:
+    """Check invariants 1 and 2 (and the closed form) for ``run`` from its ledger."""
+    spec = broker.spec(run)
+    progress = broker.progress(run)
+    t = _scan(spec, broker.ledger(run))
+    problems = t.problems
+    missing = [c for c in range(spec.total_chunks) if not t.seen[c]]
+    if progress.done != t.ok_chunks or progress.dead != t.dead_chunks:
+        problems.append(
+            f"counters say done={progress.done} dead={progress.dead}, "
+            f"ledger holds {t.ok_chunks} results and {t.dead_chunks} dead letters"
+        )
+    if progress.done_params != t.ok_params:
+        problems.append(
+            f"counters say {progress.done_params} parameters done, ledger holds {t.ok_params}"
+        )
+    complete = not missing
+    if complete and t.dead_chunks == 0 and t.ok_params != spec.total_params:
+        problems.append(f"results cover {t.ok_params} parameters, the run has {spec.total_params}")
+    expected = compute.closed_form_total(spec.parameter_space, spec.compute)
+    closed_form = "not-applicable"
+    if expected is not None and complete and t.dead_chunks == 0 and t.summable:
+        closed_form = "match" if t.result_sum == expected else "mismatch"
+        if closed_form == "mismatch":
+            problems.append(f"sum of results {t.result_sum} != closed form {expected}")
+    report = status_report(progress)
+    report.update(
+        complete=complete,
+        state=("complete-with-dead" if t.dead_chunks else "complete") if complete else "incomplete",
+        missing=len(missing),
+        missing_sample=missing[:MISSING_SAMPLE],
+        dead_params=spec.total_params - t.ok_params if complete else None,
+        closed_form=closed_form,
+        problems=problems,
+        ok=complete and not problems,
+    )
+    return report
