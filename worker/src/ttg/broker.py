@@ -131,6 +131,14 @@ class Broker(ABC):
         """Every counted outcome of the run, one per chunk, in no set order."""
 
     @abstractmethod
+    def delete(self, run: str) -> bool:
+        """Remove everything the broker holds for ``run`` (tasks, ledger, spec).
+
+        Workers still holding one of its chunks record nothing for it and move
+        on. Returns False if there was no such run.
+        """
+
+    @abstractmethod
     def consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> Consumer:
         """A consumer named ``name`` (unique per process)."""
 

@@ -49,6 +49,18 @@ def closed_form_total(space: RangeSpace | GridSpace, compute: str) -> int | None
     return n * a * a + a * d * n * (n - 1) + d * d * (n - 1) * n * (2 * n - 1) // 6
 
 
+def check_name(name: str) -> tuple[str, str]:
+    """Split ``module:function``.
+
+    Raises:
+        UsageError: the name is not of that form.
+    """
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"compute {name!r}: expected module:function")
+    return module_name, attr
+
+
 @functools.cache
 def load(name: str) -> ComputeFn:
     """Import ``module:function`` once per process.
@@ -56,9 +68,7 @@ def load(name: str) -> ComputeFn:
     Raises:
         UsageError: the name is malformed, or the module or function is missing.
     """
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"compute {name!r}: expected module:function")
+    module_name, attr = check_name(name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ttg import compute
 from ttg import space as spaces
 from ttg.errors import UsageError
 
@@ -43,6 +44,7 @@ class RunSpec:
             raise UsageError(f"chunk size must be >= 1, got {self.chunk_size}")
         if self.work_ms < 0:
             raise UsageError(f"work-ms must be >= 0, got {self.work_ms}")
+        compute.check_name(self.compute)
         if self.max_deliveries < 1:
             raise UsageError(f"max deliveries must be >= 1, got {self.max_deliveries}")
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ttg import compute
 from ttg.broker import Broker, Consumer
-from ttg.errors import BrokerConnectionError, TTGError
+from ttg.errors import BrokerConnectionError, BrokerError, TTGError
 from ttg.metrics import Metrics, Probes
 from ttg.run import Delivery, Outcome
 
@@ -113,7 +113,11 @@ class Worker:
                         for rest in deliveries[i:]:
                             self._give_back(rest)
                         break
-                    self._process(d)
+                    try:
+                        self._process(d)
+                    except TTGError as e:
+                        # Its run was deleted, say: nothing to record it in.
+                        log.error("chunk %s of run %s dropped: %s", d.chunk, d.run, e)
         finally:
             # 4. Leave the broker.
             self.consumer.close()
@@ -227,13 +231,19 @@ class Worker:
     # -- broker hiccups ---------------------------------------------------------
 
     def _with_broker(self, call: Callable[[], T]) -> T | None:
-        """Run ``call``; on a lost connection, wait with backoff and return None."""
+        """Run ``call``; if the broker fails it, log, wait a little and return None.
+
+        A refused command (a run deleted under our feet, say) is no reason to
+        stop serving the other runs.
+        """
         try:
             return call()
         except BrokerConnectionError as e:
             log.warning("broker unreachable: %s", e)
-            self._backoff_sleep(1)
-            return None
+        except BrokerError as e:
+            log.error("broker refused: %s", e)
+        self._backoff_sleep(1)
+        return None
 
     def _settle(self, call: Callable[[], T]) -> T | None:
         """Retry an outcome until the broker takes it: a computed result is not thrown away.

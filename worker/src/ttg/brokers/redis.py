@@ -240,6 +240,17 @@ class RedisBroker(Broker):
         except rex.RedisError as e:
             _translate(e)
 
+    @_translated
+    def delete(self, run: str) -> bool:
+        names = ("spec", "cursor", "tasks", "delayed", "ledger", "stats")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.srem(LIVE_RUNS, run)
+        pipe.srem(RUNS, run)
+        pipe.delete(*(_key(run, n) for n in names))
+        known = pipe.execute()[1]
+        self._specs.pop(run, None)
+        return bool(known)
+
     def consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> RedisConsumer:
         return RedisConsumer(self, name, lease_seconds=lease_seconds, prefetch=prefetch)
 
@@ -393,7 +404,13 @@ class RedisConsumer(Consumer):
         run = d.run
         result = int(
             self.scripts.record(
-                keys=[_key(run, "tasks"), _key(run, "ledger"), _key(run, "stats"), LIVE_RUNS],
+                keys=[
+                    _key(run, "tasks"),
+                    _key(run, "ledger"),
+                    _key(run, "stats"),
+                    LIVE_RUNS,
+                    _key(run, "spec"),
+                ],
                 args=[
                     GROUP,
                     d.handle,
@@ -410,6 +427,8 @@ class RedisConsumer(Consumer):
             )
         )
         self._in_hand.discard(d.handle)
+        if result < 0:
+            raise RunNotFound(f"run {run!r} was deleted while chunk {d.chunk} was computed")
         return result
 
     @_translated
@@ -425,6 +444,7 @@ class RedisConsumer(Consumer):
                 _key(run, "delayed"),
                 _key(run, "stats"),
                 _key(run, "ledger"),
+                _key(run, "spec"),
             ],
             args=[GROUP, delivery.handle, delivery.chunk, due_ms, delivery.attempt],
         )
@@ -435,7 +455,7 @@ class RedisConsumer(Consumer):
     def release(self, delivery: Delivery) -> None:
         run = delivery.run
         self.scripts.release(
-            keys=[_key(run, "tasks"), _key(run, "stats")],
+            keys=[_key(run, "tasks"), _key(run, "stats"), _key(run, "spec")],
             args=[GROUP, delivery.handle, delivery.chunk, delivery.attempt - 1],
         )
         self._in_hand.discard(delivery.handle)

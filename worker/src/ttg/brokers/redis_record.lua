@@ -3,11 +3,15 @@
 -- The first outcome of a chunk is counted; any later one is a duplicate: counted
 -- separately, it changes no total (invariant 2). A retry of the same delivery's
 -- record (same worker, same attempt: the reply was lost) is recognised, not a duplicate.
--- KEYS: tasks, ledger, stats, live-runs set
+-- KEYS: tasks, ledger, stats, live-runs set, spec
 -- ARGV: group, entry id, chunk, outcome json, status (ok|dead), params, total chunks,
 --       run, worker, attempt, failed increment
--- Returns 1 counted, 0 duplicate, 2 already recorded by this very delivery.
+-- Returns 1 counted, 0 duplicate, 2 already recorded by this very delivery,
+-- -1 the run was deleted meanwhile (nothing written).
 local group, id, chunk, outcome, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  return -1
+end
 local result
 if redis.call('HSETNX', KEYS[2], chunk, outcome) == 1 then
   if status == 'ok' then

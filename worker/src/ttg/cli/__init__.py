@@ -211,6 +211,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    broker = connect(args)
+    if not broker.delete(args.run):
+        raise UsageError(f"no run {args.run!r} to delete")
+    emit(args, {"run": args.run, "deleted": True}, f"run {args.run} deleted")
+    return 0
+
+
 #: Columns of `ttg results`, in order.
 RESULT_FIELDS = ("chunk", "params", "status", "result", "error", "worker", "attempt", "finished_at")
 
@@ -329,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=_run_id)
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--output", help="file to write (default stdout)")
+
+    p = command("delete", cmd_delete, "remove a run and everything the broker holds for it", *conn)
+    p.add_argument("--run", required=True, type=_run_id)
+    p.add_argument("--json", action="store_true")
 
     demo.add_parser(sub, command)
     return parser

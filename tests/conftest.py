@@ -1,0 +1,94 @@
+"""Fixtures: real brokers on free ports, real worker processes, unique run ids.
+
+Nothing here talks to a broker the machine may already run on a default port:
+every test gets servers this session started and stops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from ttg.broker import Broker, open_broker
+from ttg.local import LocalWorkers, RedisServer
+
+from tests.helpers import ROOT
+
+#: Every backend the shared conformance and fault suites run against.
+BACKENDS = ["redis"]
+
+
+@dataclass
+class BackendEnv:
+    """One running broker as the tests see it."""
+
+    name: str
+    url: str
+    restart: Callable[[], None]
+    _brokers: list[Broker] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"TTG_BACKEND": self.name, "TTG_BROKER_URL": self.url}
+
+    def broker(self) -> Broker:
+        b = open_broker(self.name, self.url)
+        self._brokers.append(b)
+        return b
+
+    def close(self) -> None:
+        for b in self._brokers:
+            b.close()
+        self._brokers.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
+    """The shared broker of each backend in turn (runs are isolated by run id)."""
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+    else:
+        server = request.getfixturevalue("rabbitmq_node")
+    env = BackendEnv(request.param, server.url, server.restart)
+    before = set(env.broker().runs())
+    yield env
+    # Runs a test leaves live would be served by the next test's workers.
+    admin = env.broker()
+    for run in set(admin.runs()) - before:
+        admin.delete(run)
+    env.close()
+
+
+@pytest.fixture
+def run_id() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workers(backend: BackendEnv, tmp_path: Path) -> Iterator[LocalWorkers]:
+    """Start real ``ttg worker`` processes with ``workers.start(n, **env)``; all stopped after."""
+    pool = LocalWorkers(
+        {
+            **backend.env,
+            "PYTHONPATH": str(ROOT),
+            "TTG_METRICS_PORT": "0",
+            "TTG_LOG_FORMAT": "json",
+            "TTG_LOG_LEVEL": "DEBUG",
+        },
+        log_dir=tmp_path,
+    )
+    yield pool
+    pool.stop()
+    for log in sorted(tmp_path.glob("*.log")):
+        # Shown by pytest only when the test failed.
+        print(f"--- {log.name}\n{log.read_text()[-4000:]}")  # noqa: T201

@@ -1,0 +1,34 @@
+"""The local harness: real worker processes on this machine, real signals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from ttg.local import LocalWorkers
+
+from tests.conftest import BackendEnv
+from tests.helpers import ttg_json
+
+
+@dataclass
+class LocalHarness:
+    """``tests.scenarios.Harness`` over local processes."""
+
+    backend: BackendEnv
+    workers: LocalWorkers
+
+    def ttg_json(self, *args: str) -> dict[str, Any]:
+        return ttg_json(*args, env=self.backend.env)
+
+    def kill_worker(self, worker: str, sig: int) -> None:
+        self.workers.kill(worker, sig)
+
+    def restart_broker(self) -> None:
+        self.backend.restart()
+
+
+@pytest.fixture
+def harness(backend: BackendEnv, workers: LocalWorkers) -> LocalHarness:
+    return LocalHarness(backend, workers)

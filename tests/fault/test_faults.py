@@ -1,0 +1,279 @@
+"""Fault suite: real `ttg worker` processes, real signals, every run checked by `ttg verify`.
+
+Each test is one failure the system TTG replaces got wrong.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from ttg.local import LocalWorkers
+
+from tests import scenarios
+from tests.conftest import BackendEnv
+from tests.fault.conftest import LocalHarness
+from tests.helpers import child_env, eventually, ttg, ttg_json
+
+pytestmark = pytest.mark.fault
+
+#: The default lease, which the redelivery bound is stated against.
+LEASE = 2.0
+
+
+def seed(backend: BackendEnv, run: str, *args: str) -> dict:
+    out = ttg_json("seed", "--run", run, *args, env=backend.env)
+    assert out["_exit"] == 0, out
+    return out
+
+
+def status(backend: BackendEnv, run: str) -> dict:
+    return ttg_json("status", "--run", run, env=backend.env)
+
+
+def test_sigkill_worker_holding_chunk_is_redelivered_within_lease(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "6000", "--chunk-size", "100", "--work-ms", "150")
+    workers.start(3, TTG_LEASE_SECONDS=str(LEASE))
+
+    killed = scenarios.kill_worker_holding_chunk_at(harness, run_id, 0.3)
+
+    assert killed.redelivery_delay_s is not None
+    assert killed.redelivery_delay_s <= LEASE + 1, killed
+    assert workers.wait(killed.worker, timeout=5) == -signal.SIGKILL
+    scenarios.wait_complete(harness, run_id, timeout=120)
+    report = scenarios.assert_verified(harness, run_id)
+    assert report["redelivered"] >= 1
+    assert report["duplicates"] == 0
+    assert report["closed_form"] == "match"
+
+
+def test_sigterm_mid_chunk_gives_the_whole_chunk_back(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    # One chunk far longer than the grace period: the worker must give it back
+    # whole and exit 0, never acknowledge what it computed so far.
+    seed(backend, run_id, "--params", "50", "--chunk-size", "50", "--work-ms", "4000")
+    (first,) = workers.start(1, TTG_GRACE_SECONDS="0.5", TTG_LEASE_SECONDS="1")
+    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+
+    workers.kill(first, signal.SIGTERM)
+
+    assert workers.wait(first, timeout=10) == 0
+    s = status(backend, run_id)
+    assert s["done"] == 0 and s["done_params"] == 0, s
+    assert s["queue_depth"] >= 1, s
+    (second,) = workers.start(1)
+    eventually(lambda: status(backend, run_id)["complete"], timeout=30, what="run complete")
+    report = ttg_json("verify", "--run", run_id, env=backend.env)
+    assert report["ok"], report
+    rows = ttg("results", "--run", run_id, "--format", "jsonl", env=backend.env, check=True).stdout
+    assert f'"worker": "{second}"' in rows
+    assert f'"worker": "{first}"' not in rows
+
+
+def test_sigterm_within_grace_finishes_and_records_the_chunk(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "50", "--chunk-size", "50", "--work-ms", "1500")
+    (only,) = workers.start(1, TTG_GRACE_SECONDS="20")
+    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+
+    workers.kill(only, signal.SIGTERM)
+
+    assert workers.wait(only, timeout=20) == 0
+    report = ttg_json("verify", "--run", run_id, env=backend.env)
+    assert report["ok"] and report["done_params"] == 50, report
+    assert report["redelivered"] == 0, report
+
+
+def test_second_signal_exits_at_once(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "10", "--chunk-size", "10", "--work-ms", "30000")
+    (only,) = workers.start(1, TTG_GRACE_SECONDS="60")
+    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+
+    workers.kill(only, signal.SIGTERM)
+    time.sleep(0.3)
+    workers.kill(only, signal.SIGTERM)
+
+    assert workers.wait(only, timeout=5) == 1
+    assert status(backend, run_id)["done"] == 0
+
+
+def test_compute_error_is_dead_lettered_after_max_deliveries(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(
+        backend,
+        run_id,
+        "--params",
+        "100",
+        "--chunk-size",
+        "10",
+        "--compute",
+        "tests.computes:explode_on_13",
+        "--max-deliveries",
+        "3",
+    )
+    workers.start(2, TTG_RETRY_DELAY_SECONDS="0.05")
+
+    scenarios.wait_complete(harness, run_id, timeout=60)
+
+    report = scenarios.assert_verified(harness, run_id, allow_dead=True)
+    assert report["state"] == "complete-with-dead"
+    assert report["dead"] == 1 and report["done"] == 9, report
+    assert report["failed"] == 3, report
+    strict = ttg("verify", "--run", run_id, "--strict", env=backend.env)
+    assert strict.returncode == 1
+    rows = ttg("results", "--run", run_id, "--format", "jsonl", env=backend.env, check=True).stdout
+    dead = [r for r in rows.splitlines() if '"status": "dead"' in r]
+    assert len(dead) == 1 and '"chunk": 1,' in dead[0] and "cannot compute parameter 13" in dead[0]
+    assert '"attempt": 3' in dead[0]
+
+
+def test_chunk_that_kills_its_worker_ends_in_the_dead_letters(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(
+        backend,
+        run_id,
+        "--params",
+        "40",
+        "--chunk-size",
+        "10",
+        "--compute",
+        "tests.computes:die_on_13",
+        "--max-deliveries",
+        "2",
+    )
+    workers.start(2, TTG_LEASE_SECONDS="1")
+
+    def finished_with_respawns() -> bool:
+        # A supervisor's job (the Deployment's, in a cluster): replace dead workers.
+        for _ in range(2 - len(workers.alive())):
+            workers.start(1, TTG_LEASE_SECONDS="1")
+        return bool(status(backend, run_id)["complete"])
+
+    eventually(finished_with_respawns, timeout=90, interval=0.3, what="run complete")
+    report = scenarios.assert_verified(harness, run_id, allow_dead=True)
+    assert report["dead"] == 1 and report["done"] == 3, report
+    assert len(workers.procs) >= 4  # at least the two the poison chunk killed were replaced
+
+
+def test_seeding_twice_adds_nothing(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    first = seed(backend, run_id, "--params", "2000", "--chunk-size", "100")
+    again = seed(backend, run_id, "--params", "2000", "--chunk-size", "100")
+    assert first["added"] == 20 and not first["already_seeded"]
+    assert again["added"] == 0 and again["already_seeded"]
+    conflict = ttg(
+        "seed", "--run", run_id, "--params", "3000", "--chunk-size", "100", env=backend.env
+    )
+    assert conflict.returncode == 2 and "different parameters" in conflict.stderr
+    assert status(backend, run_id)["queue_depth"] == 20
+
+    workers.start(2)
+    scenarios.wait_complete(harness, run_id, timeout=60)
+    report = scenarios.assert_verified(harness, run_id)
+    assert report["duplicates"] == 0
+
+
+def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
+    backend: BackendEnv, run_id: str
+) -> None:
+    total = 300_000
+    args = ["--run", run_id, "--params", str(total), "--chunk-size", "1"]
+    seeder = subprocess.Popen(
+        [sys.executable, "-m", "ttg", "seed", *args],
+        env=child_env(backend.env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    b = backend.broker()
+
+    def partly_seeded() -> bool:
+        try:
+            return b.progress(run_id).seeded_chunks > 0
+        except Exception:
+            return False
+
+    eventually(partly_seeded, timeout=30, interval=0.01, what="seeding under way")
+    seeder.kill()
+    seeder.wait()
+    halfway = b.progress(run_id).seeded_chunks
+    assert 0 < halfway < total, "seeding finished before it could be killed; raise total"
+
+    rerun = ttg_json("seed", *args, env=backend.env)
+
+    assert rerun["_exit"] == 0 and rerun["seeded_chunks"] == total
+    assert rerun["added"] == total - halfway
+    p = b.progress(run_id)
+    assert p.queue_depth == total, "a chunk was lost or published twice"
+
+
+def test_broker_restart_mid_run_loses_nothing_acknowledged(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "8000", "--chunk-size", "100", "--work-ms", "60")
+    workers.start(3, TTG_LEASE_SECONDS="1")
+
+    before = scenarios.restart_broker_at(harness, run_id, 0.4)
+
+    after = eventually(lambda: status(backend, run_id), timeout=30, what="broker back")
+    assert after["done"] >= before["done"], (before, after)
+    scenarios.wait_complete(harness, run_id, timeout=120)
+    scenarios.assert_verified(harness, run_id)
+    assert sorted(workers.alive()) == sorted(workers.procs), "a worker died with the broker"
+
+
+def test_chunk_lasting_five_leases_stays_with_its_live_worker(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    lease = 1.0
+    seed(
+        backend,
+        run_id,
+        "--params",
+        "10",
+        "--chunk-size",
+        "10",
+        "--work-ms",
+        str(int(5 * lease * 1000)),
+    )
+    (holder,) = workers.start(1, TTG_LEASE_SECONDS=str(lease))
+    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+    # Idle workers, looking for dead workers' chunks every 1/8 lease the whole time.
+    workers.start(2, TTG_LEASE_SECONDS=str(lease))
+
+    eventually(lambda: status(backend, run_id)["complete"], timeout=30, what="run complete")
+
+    report = ttg_json("verify", "--run", run_id, env=backend.env)
+    assert report["ok"], report
+    assert report["redelivered"] == 0 and report["duplicates"] == 0, report
+    rows = ttg("results", "--run", run_id, env=backend.env, check=True).stdout
+    assert f'"worker": "{holder}"' in rows and '"attempt": 1' in rows
+
+
+def test_two_runs_at_once_stay_isolated(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    other = f"{run_id}-b"
+    seed(backend, run_id, "--params", "3000", "--chunk-size", "100", "--work-ms", "20")
+    seed(backend, other, "--space", "range:1000:1500:5", "--chunk-size", "7", "--work-ms", "20")
+    workers.start(2)
+
+    scenarios.wait_complete(harness, run_id, timeout=60)
+    scenarios.wait_complete(harness, other, timeout=60)
+
+    a = scenarios.assert_verified(harness, run_id)
+    b = scenarios.assert_verified(harness, other)
+    assert (a["total_chunks"], a["total_params"]) == (30, 3000)
+    assert (b["total_chunks"], b["total_params"]) == (15, 100)
+    assert a["closed_form"] == b["closed_form"] == "match"

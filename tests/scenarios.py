@@ -1,0 +1,88 @@
+"""Fault scenarios and verification, shared by the local fault suite and the Kind e2e suite.
+
+A ``Harness`` is where a scenario runs: local processes (tests/fault) or a Kind
+cluster (tests/e2e). Both drive the same scenario code (``ttg.scenario``, also
+behind ``ttg demo``) and check the outcome with the same ``assert_verified``,
+through the real ``ttg status`` and ``ttg verify`` commands.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Protocol
+
+from ttg import scenario
+from ttg.scenario import KillRecord
+
+__all__ = [
+    "Harness",
+    "KillRecord",
+    "assert_verified",
+    "kill_worker_holding_chunk_at",
+    "restart_broker_at",
+    "wait_complete",
+]
+
+
+class Harness(Protocol):
+    """The environment a scenario runs in."""
+
+    def ttg_json(self, *args: str) -> dict[str, Any]:
+        """Run ``ttg ARGS --json`` against the run's broker.
+
+        Returns the parsed object, whatever the exit code, with the exit code
+        added under ``_exit``.
+        """
+        ...
+
+    def kill_worker(self, worker: str, sig: int) -> None:
+        """Signal the worker process whose consumer name is ``worker``."""
+        ...
+
+    def restart_broker(self) -> None:
+        """Restart the broker, keeping its data; return once it accepts connections again."""
+        ...
+
+
+def _status(h: Harness, run: str) -> scenario.StatusFn:
+    return lambda: h.ttg_json("status", "--run", run)
+
+
+def kill_worker_holding_chunk_at(
+    h: Harness, run: str, fraction: float, *, sig: int = signal.SIGKILL, timeout: float = 120
+) -> KillRecord:
+    """Signal a worker holding a chunk once ``fraction`` of ``run`` is done; time the redelivery."""
+    return scenario.kill_worker_holding_chunk_at(
+        _status(h, run), h.kill_worker, fraction, sig=sig, timeout=timeout
+    )
+
+
+def restart_broker_at(
+    h: Harness, run: str, fraction: float, *, timeout: float = 120
+) -> dict[str, Any]:
+    """Restart the broker once ``fraction`` of ``run`` is done; the status just before."""
+    return scenario.restart_broker_at(_status(h, run), h.restart_broker, fraction, timeout=timeout)
+
+
+def wait_complete(h: Harness, run: str, *, timeout: float = 600) -> dict[str, Any]:
+    return scenario.wait_complete(_status(h, run), timeout=timeout)
+
+
+def assert_verified(h: Harness, run: str, *, allow_dead: bool = False) -> dict[str, Any]:
+    """``ttg verify`` passes: every chunk has exactly one counted outcome, totals match.
+
+    Duplicates may have been recorded (at-least-once delivery), but none was
+    counted: ``verify`` checks the counters against the ledger itself.
+    """
+    report = h.ttg_json("verify", "--run", run)
+    assert report["ok"], f"ttg verify failed: {report.get('problems')} {report}"
+    assert report["_exit"] == 0, report
+    assert report["complete"] and report["missing"] == 0, report
+    assert report["problems"] == [], report
+    if allow_dead:
+        assert report["done"] + report["dead"] == report["total_chunks"], report
+    else:
+        assert report["dead"] == 0, report
+        assert report["done"] == report["total_chunks"], report
+        assert report["done_params"] == report["total_params"], report
+    return report

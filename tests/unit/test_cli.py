@@ -1,0 +1,52 @@
+"""The CLI's promise on bad input: one line on stderr, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from ttg.local import free_port
+
+from tests.helpers import ttg
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["seed", "--run", "Bad_Id", "--params", "10", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", "-5", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "0"],
+        ["seed", "--run", "ok", "--chunk-size", "10"],
+        ["seed", "--run", "ok", "--space", "range:1:1", "--chunk-size", "10"],
+        ["seed", "--run", "ok", "--space", "range:0:10", "--params", "11", "--chunk-size", "10"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--backend", "kafka"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--compute", "nocolon"],
+        ["results", "--run", "ok", "--format", "xml"],
+        ["status"],
+        ["frobnicate"],
+        ["demo", "--kill-at", "1.5"],
+        ["demo", "--workers", "1", "--kill-at", "0.3"],
+        ["worker", "--lease-seconds", "-1"],
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
+    proc = ttg(*args, env={"TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}, timeout=30)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ttg: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_broker_is_exit_3_without_traceback() -> None:
+    proc = ttg(
+        "status",
+        "--run",
+        "r1",
+        env={"TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"},
+        timeout=30,
+    )
+    assert proc.returncode == 3, proc
+    assert proc.stderr.startswith("ttg: error: ") and "Traceback" not in proc.stderr
+
+
+def test_version() -> None:
+    proc = ttg("--version", env={})
+    assert proc.returncode == 0 and proc.stdout.startswith("ttg ")

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from ttg import config
+from ttg.broker import with_credentials
+from ttg.errors import UsageError
+
+
+def resolve(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], **flags: object
+) -> argparse.Namespace:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ns = argparse.Namespace(**flags)
+    config.resolve(ns, *config.SETTINGS)
+    return ns
+
+
+def test_flag_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = resolve(monkeypatch, {"TTG_LEASE_SECONDS": "3.5", "TTG_PREFETCH": "4"}, prefetch="8")
+    assert ns.lease_seconds == 3.5
+    assert ns.prefetch == 8
+    assert ns.metrics_port == 9100
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TTG_BACKEND": "kafka"}, "TTG_BACKEND='kafka'"),
+        ({"TTG_LEASE_SECONDS": "0"}, "TTG_LEASE_SECONDS"),
+        ({"TTG_PREFETCH": "many"}, "TTG_PREFETCH"),
+        ({"TTG_LOG_FORMAT": "xml"}, "TTG_LOG_FORMAT"),
+    ],
+)
+def test_bad_env_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        resolve(monkeypatch, env)
+
+
+def test_worker_names_are_unique_per_process_start() -> None:
+    assert config.default_worker_name() != config.default_worker_name()
+
+
+@pytest.mark.parametrize(
+    ("url", "user", "password", "expected"),
+    [
+        ("redis://h:6379/0", None, "p@ss:w/rd", "redis://:p%40ss%3Aw%2Frd@h:6379/0"),
+        ("amqp://h:5672/%2F", "ttg", "s3cret", "amqp://ttg:s3cret@h:5672/%2F"),
+        ("amqp://old:old@h/v", None, "new", "amqp://old:new@h/v"),
+        ("redis://h:6379/0", None, None, "redis://h:6379/0"),
+    ],
+)
+def test_credentials_are_quoted_into_the_url(
+    url: str, user: str | None, password: str | None, expected: str
+) -> None:
+    assert with_credentials(url, user, password) == expected
