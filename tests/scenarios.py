@@ -79,6 +79,8 @@ def assert_verified(h: Harness, run: str, *, allow_dead: bool = False) -> dict[s
     assert report["_exit"] == 0, report
     assert report["complete"] and report["missing"] == 0, report
     assert report["problems"] == [], report
+    # Acknowledged tasks are removed: a finished run leaves nothing queued.
+    assert report["queue_depth"] == 0, report
     if allow_dead:
         assert report["done"] + report["dead"] == report["total_chunks"], report
     else:

@@ -1,0 +1,187 @@
+"""A real `ttg worker` process seen from outside: HTTP endpoints, logs, reporting commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from ttg.local import LocalWorkers, free_port
+
+from tests.conftest import BackendEnv
+from tests.helpers import child_env, eventually, ttg, ttg_json
+
+pytestmark = pytest.mark.integration
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except urllib.error.URLError as e:
+        return 0, str(e.reason)  # nothing listens (yet)
+
+
+def seed(backend: BackendEnv, run: str, *args: str) -> None:
+    ttg("seed", "--run", run, *args, env=backend.env, check=True)
+
+
+def test_metrics_health_and_readiness_endpoints(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "500", "--chunk-size", "50", "--work-ms", "10")
+    port = free_port()
+    workers.start(1, TTG_METRICS_PORT=str(port))
+    eventually(lambda: get(port, "/readyz")[0] == 200, timeout=30, what="/readyz 200")
+    assert get(port, "/healthz") == (200, "ok\n")
+    assert get(port, "/nope")[0] == 404
+
+    def run_gauges_complete() -> str:
+        body = get(port, "/metrics")[1]
+        assert f'ttg_run_progress_ratio{{run="{run_id}"}} 1.0' in body
+        return body
+
+    body = eventually(run_gauges_complete, timeout=30, what="per-run gauges at 100%")
+    for name in (
+        f'ttg_chunks_completed_total{{run="{run_id}"}} 10.0',
+        f'ttg_parameters_completed_total{{run="{run_id}"}} 500.0',
+        f'ttg_run_chunks_total{{run="{run_id}"}} 10.0',
+        f'ttg_run_chunks_done{{run="{run_id}"}} 10.0',
+        f'ttg_run_chunks_dead{{run="{run_id}"}} 0.0',
+        f'ttg_run_queue_depth{{run="{run_id}"}} 0.0',
+        f'ttg_run_eta_seconds{{run="{run_id}"}} 0.0',
+        "ttg_chunks_in_flight 0.0",
+        "ttg_broker_up 1.0",
+        "# TYPE ttg_chunk_duration_seconds histogram",
+        "# TYPE ttg_chunks_redelivered_total counter",
+        "# TYPE ttg_chunks_dead_lettered_total counter",
+        "# TYPE ttg_chunks_duplicate_total counter",
+        "# TYPE ttg_chunks_failed_total counter",
+    ):
+        assert name in body, name
+
+
+def test_readyz_fails_when_the_broker_is_unreachable(tmp_path: Path) -> None:
+    port = free_port()
+    env = child_env(
+        {"TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "TTG_METRICS_PORT": str(port)}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttg", "worker"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        assert "waiting for the broker" in proc.stderr.readline()
+        # The worker waits for its broker before it serves: not ready, nothing listens.
+        code, reason = get(port, "/readyz")
+        assert code == 0 and "refused" in reason
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def test_json_logs_are_one_object_per_line(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
+) -> None:
+    seed(backend, run_id, "--params", "100", "--chunk-size", "50")
+    (name,) = workers.start(1)
+    eventually(
+        lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"], what="done"
+    )
+    workers.stop()
+    lines = (tmp_path / f"{name}.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    assert any(r["msg"] == f"worker {name} started" for r in records)
+
+
+def test_status_watch_follows_the_run_to_completion(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "2000", "--chunk-size", "100", "--work-ms", "50")
+    workers.start(2)
+    proc = ttg(
+        "status",
+        "--run",
+        run_id,
+        "--watch",
+        "--interval",
+        "0.2",
+        "--json",
+        env=backend.env,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    reports = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(reports) >= 2
+    assert reports[-1]["complete"] and reports[-1]["state"] == "complete"
+    progress = [r["progress"] for r in reports]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert any(r["rate_chunks_s"] for r in reports)
+
+    text = ttg("status", "--run", run_id, "--watch", env=backend.env, timeout=30)
+    assert text.returncode == 0 and f"run {run_id}: complete" in text.stdout
+
+
+def test_results_export_one_row_per_chunk(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--space", "grid:a=1,2,3;b=x,y", "--chunk-size", "4")
+    workers.start(1)
+    eventually(
+        lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"], what="done"
+    )
+
+    out = ttg("results", "--run", run_id, "--format", "csv", env=backend.env, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["chunk"] for r in rows] == ["0", "1"]
+    assert [r["params"] for r in rows] == ["4", "2"]
+    assert list(rows[0]) == [
+        "chunk",
+        "params",
+        "status",
+        "result",
+        "error",
+        "worker",
+        "attempt",
+        "finished_at",
+    ]
+    assert len(json.loads(rows[1]["result"])) == 2 and rows[1]["attempt"] == "1"
+
+    jsonl = ttg("results", "--run", run_id, "--format", "jsonl", env=backend.env, check=True).stdout
+    assert [json.loads(line)["chunk"] for line in jsonl.splitlines()] == [0, 1]
+    missing = ttg("results", "--run", "no-such-run", env=backend.env)
+    assert missing.returncode == 1 and "no run" in missing.stderr
+
+
+def test_demo_kills_a_worker_and_verifies_the_run() -> None:
+    proc = ttg(
+        "demo",
+        "--params",
+        "3000",
+        "--chunk-size",
+        "100",
+        "--workers",
+        "2",
+        "--work-ms",
+        "60",
+        "--kill-at",
+        "0.3",
+        "--json",
+        env={},
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["complete"] and report["closed_form"] == "match", report
+    assert report["killed_worker"] and report["redelivered"] >= 1
+    assert 0 < report["redelivery_delay_s"] <= 3.0
+    assert report["duplicates"] == 0
