@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis_raw
+
 from ttg import scenario
 from ttg.broker import open_broker
 from ttg.local import LocalWorkers, RedisServer
@@ -147,6 +148,7 @@ def rabbitmq_target() -> Target | None:
         return None
     try:
         import rabbitmq_raw  # noqa: PLC0415 - present once the RabbitMQ backend is
+
         from ttg.local import RabbitMQNode  # type: ignore[attr-defined]  # noqa: PLC0415
     except ImportError:
         return None

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from ttg.broker import Broker, open_broker
-from ttg.local import LocalWorkers, RedisServer
 
 from tests.helpers import ROOT
+from ttg.broker import Broker, open_broker
+from ttg.local import LocalWorkers, RedisServer
 
 #: Every backend the shared conformance and fault suites run against.
 BACKENDS = ["redis"]

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from ttg.local import LocalWorkers
 
 from tests.conftest import BackendEnv
 from tests.helpers import ttg_json
+from ttg.local import LocalWorkers
 
 
 @dataclass

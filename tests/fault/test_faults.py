@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-from ttg.local import LocalWorkers
 
 from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness
 from tests.helpers import child_env, eventually, ttg, ttg_json
+from ttg.local import LocalWorkers
 
 pytestmark = pytest.mark.fault
 

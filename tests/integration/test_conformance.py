@@ -10,15 +10,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
+from tests.conftest import BackendEnv
+from tests.helpers import eventually
 from ttg import compute
 from ttg.broker import Broker, Consumer
 from ttg.errors import RunConflict, RunNotFound
 from ttg.run import Delivery, Outcome, RunSpec
 from ttg.space import RangeSpace
 from ttg.verify import verify
-
-from tests.conftest import BackendEnv
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 

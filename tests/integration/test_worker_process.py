@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ttg.local import LocalWorkers, free_port
 
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, eventually, ttg, ttg_json
+from ttg.local import LocalWorkers, free_port
 
 pytestmark = pytest.mark.integration
 

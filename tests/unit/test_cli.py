@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ttg.local import free_port
 
 from tests.helpers import ttg
+from ttg.local import free_port
 
 
 @pytest.mark.parametrize(

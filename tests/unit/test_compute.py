@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ttg import compute
 from ttg.errors import UsageError
 from ttg.space import RangeSpace, parse

@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from ttg import config
 from ttg.broker import with_credentials
 from ttg.errors import UsageError

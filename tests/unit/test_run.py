@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ttg.errors import UsageError
 from ttg.run import Outcome, Progress, RunSpec, check_run_id
 from ttg.space import RangeSpace

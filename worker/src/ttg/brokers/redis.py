@@ -275,8 +275,8 @@ class RedisConsumer(Consumer):
         self._hb_key = _heartbeat_key(name)
         self._stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
-        #: Entry ids handed out and not yet completed, failed or released.
-        self._in_hand: set[str] = set()
+        #: Entry ids handed out and not yet completed, failed or released -> their run.
+        self._in_hand: dict[str, str] = {}
         self._live: list[str] = []
         self._next_maintenance = 0.0
 
@@ -330,7 +330,7 @@ class RedisConsumer(Consumer):
         spec = self.broker.spec(run)
         chunk = int(fields["c"])
         lo, hi = spec.bounds(chunk)
-        self._in_hand.add(entry_id)
+        self._in_hand[entry_id] = run
         return Delivery(run, chunk, lo, hi, int(fields["a"]) + deliveries, entry_id)
 
     def _maintain(self) -> list[Delivery]:
@@ -355,7 +355,8 @@ class RedisConsumer(Consumer):
             if len(out) >= limit:
                 break
             if c["name"] == self.name:
-                if c["pending"] > len(self._in_hand):
+                held = sum(1 for r in self._in_hand.values() if r == run)
+                if c["pending"] > held:
                     out += self._adopt(run, limit - len(out))
                 continue
             if c["pending"] == 0 and c.get("idle", 0) < 10 * self.lease_ms:
@@ -426,7 +427,7 @@ class RedisConsumer(Consumer):
                 ],
             )
         )
-        self._in_hand.discard(d.handle)
+        self._in_hand.pop(d.handle, None)
         if result < 0:
             raise RunNotFound(f"run {run!r} was deleted while chunk {d.chunk} was computed")
         return result
@@ -448,7 +449,7 @@ class RedisConsumer(Consumer):
             ],
             args=[GROUP, delivery.handle, delivery.chunk, due_ms, delivery.attempt],
         )
-        self._in_hand.discard(delivery.handle)
+        self._in_hand.pop(delivery.handle, None)
         return "retry"
 
     @_translated
@@ -458,7 +459,7 @@ class RedisConsumer(Consumer):
             keys=[_key(run, "tasks"), _key(run, "stats"), _key(run, "spec")],
             args=[GROUP, delivery.handle, delivery.chunk, delivery.attempt - 1],
         )
-        self._in_hand.discard(delivery.handle)
+        self._in_hand.pop(delivery.handle, None)
 
     def close(self) -> None:
         self._stop.set()
