@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from ttg.broker import Broker, open_broker
+from ttg.broker import Broker, Consumer, open_broker
 from ttg.local import LocalWorkers, RedisServer
 
 #: Every backend the shared conformance and fault suites run against.
@@ -92,3 +92,22 @@ def workers(backend: BackendEnv, tmp_path: Path) -> Iterator[LocalWorkers]:
     for log in sorted(tmp_path.glob("*.log")):
         # Shown by pytest only when the test failed.
         print(f"--- {log.name}\n{log.read_text()[-4000:]}")  # noqa: T201
+
+
+ConsumerFactory = Callable[..., Consumer]
+
+
+@pytest.fixture
+def new_consumer() -> Iterator[ConsumerFactory]:
+    """``new_consumer(broker, name, lease=2.0, prefetch=1)``: a started consumer, closed after."""
+    made: list[Consumer] = []
+
+    def make(broker: Broker, name: str, *, lease: float = 2.0, prefetch: int = 1) -> Consumer:
+        c = broker.consumer(name, lease_seconds=lease, prefetch=prefetch)
+        c.start()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()

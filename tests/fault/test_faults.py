@@ -34,6 +34,25 @@ def status(backend: BackendEnv, run: str) -> dict:
     return ttg_json("status", "--run", run, env=backend.env)
 
 
+def one_worker_holding_one_chunk(
+    backend: BackendEnv, workers: LocalWorkers, run: str, *, params: int, work_ms: int, **env: str
+) -> str:
+    """Seed a one-chunk run, start one worker, return its name once it holds the chunk."""
+    seed(
+        backend,
+        run,
+        "--params",
+        str(params),
+        "--chunk-size",
+        str(params),
+        "--work-ms",
+        str(work_ms),
+    )
+    (name,) = workers.start(1, **env)
+    eventually(lambda: status(backend, run)["in_flight"], what="chunk in flight")
+    return name
+
+
 def test_sigkill_worker_holding_chunk_is_redelivered_within_lease(
     backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
 ) -> None:
@@ -57,9 +76,15 @@ def test_sigterm_mid_chunk_gives_the_whole_chunk_back(
 ) -> None:
     # One chunk far longer than the grace period: the worker must give it back
     # whole and exit 0, never acknowledge what it computed so far.
-    seed(backend, run_id, "--params", "50", "--chunk-size", "50", "--work-ms", "4000")
-    (first,) = workers.start(1, TTG_GRACE_SECONDS="0.5", TTG_LEASE_SECONDS="1")
-    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+    first = one_worker_holding_one_chunk(
+        backend,
+        workers,
+        run_id,
+        params=50,
+        work_ms=4000,
+        TTG_GRACE_SECONDS="0.5",
+        TTG_LEASE_SECONDS="1",
+    )
 
     workers.kill(first, signal.SIGTERM)
 
@@ -79,9 +104,9 @@ def test_sigterm_mid_chunk_gives_the_whole_chunk_back(
 def test_sigterm_within_grace_finishes_and_records_the_chunk(
     backend: BackendEnv, workers: LocalWorkers, run_id: str
 ) -> None:
-    seed(backend, run_id, "--params", "50", "--chunk-size", "50", "--work-ms", "1500")
-    (only,) = workers.start(1, TTG_GRACE_SECONDS="20")
-    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+    only = one_worker_holding_one_chunk(
+        backend, workers, run_id, params=50, work_ms=1500, TTG_GRACE_SECONDS="20"
+    )
 
     workers.kill(only, signal.SIGTERM)
 
@@ -94,9 +119,9 @@ def test_sigterm_within_grace_finishes_and_records_the_chunk(
 def test_second_signal_exits_at_once(
     backend: BackendEnv, workers: LocalWorkers, run_id: str
 ) -> None:
-    seed(backend, run_id, "--params", "10", "--chunk-size", "10", "--work-ms", "30000")
-    (only,) = workers.start(1, TTG_GRACE_SECONDS="60")
-    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
+    only = one_worker_holding_one_chunk(
+        backend, workers, run_id, params=10, work_ms=30000, TTG_GRACE_SECONDS="60"
+    )
 
     workers.kill(only, signal.SIGTERM)
     time.sleep(0.3)
@@ -237,18 +262,14 @@ def test_chunk_lasting_five_leases_stays_with_its_live_worker(
     backend: BackendEnv, workers: LocalWorkers, run_id: str
 ) -> None:
     lease = 1.0
-    seed(
+    holder = one_worker_holding_one_chunk(
         backend,
+        workers,
         run_id,
-        "--params",
-        "10",
-        "--chunk-size",
-        "10",
-        "--work-ms",
-        str(int(5 * lease * 1000)),
+        params=10,
+        work_ms=int(5 * lease * 1000),
+        TTG_LEASE_SECONDS=str(lease),
     )
-    (holder,) = workers.start(1, TTG_LEASE_SECONDS=str(lease))
-    eventually(lambda: status(backend, run_id)["in_flight"], what="chunk in flight")
     # Idle workers, looking for dead workers' chunks every 1/8 lease the whole time.
     workers.start(2, TTG_LEASE_SECONDS=str(lease))
 

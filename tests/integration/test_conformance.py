@@ -7,11 +7,10 @@ server process started by the fixtures.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import BackendEnv
+from tests.conftest import BackendEnv, ConsumerFactory
 from tests.helpers import eventually
 from ttg import compute
 from ttg.broker import Broker, Consumer
@@ -36,21 +35,6 @@ def make_spec(run: str, params: int = 100, chunk: int = 10, **kw: object) -> Run
 @pytest.fixture
 def broker(backend: BackendEnv) -> Broker:
     return backend.broker()
-
-
-@pytest.fixture
-def consumers(broker: Broker) -> Iterator[list[Consumer]]:
-    made: list[Consumer] = []
-    yield made
-    for c in made:
-        c.close()
-
-
-def new_consumer(broker: Broker, made: list[Consumer], name: str) -> Consumer:
-    c = broker.consumer(name, lease_seconds=2, prefetch=1)
-    c.start()
-    made.append(c)
-    return c
 
 
 def fetch_one(c: Consumer, run: str, timeout: float = 10) -> Delivery:
@@ -89,11 +73,11 @@ def test_unknown_run_raises_run_not_found(broker: Broker) -> None:
 
 
 def test_every_chunk_is_delivered_and_recorded_once(
-    broker: Broker, consumers: list[Consumer], run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     spec = make_spec(run_id, params=95)
     broker.seed(spec)
-    c = new_consumer(broker, consumers, "c1")
+    c = new_consumer(broker, "c1")
     seen = set()
     for _ in range(spec.total_chunks):
         d = fetch_one(c, run_id)
@@ -110,10 +94,10 @@ def test_every_chunk_is_delivered_and_recorded_once(
 
 
 def test_a_second_result_is_a_visible_duplicate_that_changes_no_total(
-    broker: Broker, consumers: list[Consumer], run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
-    c = new_consumer(broker, consumers, "c1")
+    c = new_consumer(broker, "c1")
     d = fetch_one(c, run_id)
     assert c.complete(d, Outcome.ok(d, "c1", result_of(d)))
     # A zombie worker that was presumed dead finishes the same chunk later.
@@ -127,10 +111,10 @@ def test_a_second_result_is_a_visible_duplicate_that_changes_no_total(
 
 
 def test_failure_retries_with_backoff_then_dead_letters(
-    broker: Broker, consumers: list[Consumer], run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10, max_deliveries=3))
-    c = new_consumer(broker, consumers, "c1")
+    c = new_consumer(broker, "c1")
     attempts = []
     for verdict in ("retry", "retry", "dead"):
         d = fetch_one(c, run_id)
@@ -147,9 +131,11 @@ def test_failure_retries_with_backoff_then_dead_letters(
     assert report["ok"] and report["state"] == "complete-with-dead"
 
 
-def test_retry_waits_for_its_delay(broker: Broker, consumers: list[Consumer], run_id: str) -> None:
+def test_retry_waits_for_its_delay(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
     broker.seed(make_spec(run_id, params=10))
-    c = new_consumer(broker, consumers, "c1")
+    c = new_consumer(broker, "c1")
     d = fetch_one(c, run_id)
     failed_at = time.monotonic()
     c.fail(d, "boom", max_deliveries=5, delay=1.5)
@@ -159,11 +145,11 @@ def test_retry_waits_for_its_delay(broker: Broker, consumers: list[Consumer], ru
 
 
 def test_released_chunk_goes_to_another_consumer_at_once(
-    broker: Broker, consumers: list[Consumer], run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
-    a = new_consumer(broker, consumers, "a")
-    b = new_consumer(broker, consumers, "b")
+    a = new_consumer(broker, "a")
+    b = new_consumer(broker, "b")
     d = fetch_one(a, run_id)
     a.release(d)
     again = fetch_one(b, run_id, timeout=2)
@@ -174,20 +160,20 @@ def test_released_chunk_goes_to_another_consumer_at_once(
 
 
 def test_progress_lists_chunks_in_flight_with_their_worker(
-    broker: Broker, consumers: list[Consumer], run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=30))
-    c = new_consumer(broker, consumers, "holder")
+    c = new_consumer(broker, "holder")
     d = fetch_one(c, run_id)
     flights = eventually(lambda: broker.progress(run_id).in_flight, what="in_flight listed")
     assert [(f.chunk, f.worker) for f in flights] == [(d.chunk, "holder")]
 
 
-def test_runs_are_isolated(broker: Broker, consumers: list[Consumer], run_id: str) -> None:
+def test_runs_are_isolated(broker: Broker, new_consumer: ConsumerFactory, run_id: str) -> None:
     other = f"{run_id}-2"
     broker.seed(make_spec(run_id, params=50))
     broker.seed(make_spec(other, params=20, chunk=5))
-    c = new_consumer(broker, consumers, "c1")
+    c = new_consumer(broker, "c1")
     got: dict[str, list[int]] = {run_id: [], other: []}
 
     def work() -> bool:
@@ -204,10 +190,10 @@ def test_runs_are_isolated(broker: Broker, consumers: list[Consumer], run_id: st
 
 
 def test_verify_reports_missing_chunks(
-    broker: Broker, consumers: list[Consumer], run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=30))
-    c = new_consumer(broker, consumers, "c1")
+    c = new_consumer(broker, "c1")
     drain(c, run_id, 2)
     report = verify(broker, run_id)
     assert not report["ok"] and report["missing"] == 1 and report["state"] == "incomplete"

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import ConsumerFactory
 from tests.helpers import eventually
 from ttg import compute
 from ttg.brokers.redis import GROUP, RedisBroker, RedisConsumer, _key
@@ -26,20 +27,11 @@ def broker(redis_server: RedisServer) -> Iterator[RedisBroker]:
     b.close()
 
 
-@pytest.fixture
-def consumers(broker: RedisBroker) -> Iterator[list[RedisConsumer]]:
-    made: list[RedisConsumer] = []
-    yield made
-    for c in made:
-        c.close()
-
-
 def consumer(
-    broker: RedisBroker, made: list[RedisConsumer], name: str, lease: float = 1.0
+    new_consumer: ConsumerFactory, broker: RedisBroker, name: str, lease: float = 1.0
 ) -> RedisConsumer:
-    c = broker.consumer(name, lease_seconds=lease, prefetch=10)
-    c.start()
-    made.append(c)
+    c = new_consumer(broker, name, lease=lease, prefetch=10)
+    assert isinstance(c, RedisConsumer)
     return c
 
 
@@ -56,11 +48,11 @@ def ghost_takes(broker: RedisBroker, run: str, name: str, count: int) -> list[st
 
 
 def test_dead_consumers_chunks_go_to_exactly_one_live_consumer(
-    broker: RedisBroker, consumers: list[RedisConsumer], run_id: str
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id)
     ghost_takes(broker, run_id, "ghost", 3)  # never had a heartbeat key: dead
-    a, b = consumer(broker, consumers, "a"), consumer(broker, consumers, "b")
+    a, b = consumer(new_consumer, broker, "a"), consumer(new_consumer, broker, "b")
     # Both look at once; the claim is one Lua step, so they cannot split or share.
     got_a = [d for d in a._reclaim(run_id, 10)]
     got_b = [d for d in b._reclaim(run_id, 10)]
@@ -73,12 +65,12 @@ def test_dead_consumers_chunks_go_to_exactly_one_live_consumer(
 
 
 def test_live_consumers_chunks_are_never_claimed(
-    broker: RedisBroker, consumers: list[RedisConsumer], run_id: str
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id)
-    holder = consumer(broker, consumers, "holder")
+    holder = consumer(new_consumer, broker, "holder")
     held = eventually(lambda: holder.fetch(0.1), what="a delivery")
-    other = consumer(broker, consumers, "other")
+    other = consumer(new_consumer, broker, "other")
     for _ in range(3):
         assert other._reclaim(run_id, 10) == []
     assert broker.progress(run_id).redelivered == 0
@@ -86,10 +78,10 @@ def test_live_consumers_chunks_are_never_claimed(
 
 
 def test_entries_lost_in_flight_to_ourselves_are_adopted(
-    broker: RedisBroker, consumers: list[RedisConsumer], run_id: str
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id)
-    me = consumer(broker, consumers, "me", lease=0.5)
+    me = consumer(new_consumer, broker, "me", lease=0.5)
     # A read whose reply never arrived (connection cut, client retried): the
     # entries sit in our own pending list, and our heartbeat keeps others away.
     lost = ghost_takes(broker, run_id, "me", 2)
@@ -101,10 +93,10 @@ def test_entries_lost_in_flight_to_ourselves_are_adopted(
 
 
 def test_recording_the_same_delivery_twice_is_not_a_duplicate(
-    broker: RedisBroker, consumers: list[RedisConsumer], run_id: str
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id, params=10)
-    c = consumer(broker, consumers, "c")
+    c = consumer(new_consumer, broker, "c")
     (d,) = eventually(lambda: c.fetch(0.1), what="a delivery")
     outcome = Outcome.ok(d, "c", [x * x for x in range(10)])
     assert c.complete(d, outcome)
@@ -115,10 +107,10 @@ def test_recording_the_same_delivery_twice_is_not_a_duplicate(
 
 
 def test_acknowledged_entries_are_removed_so_memory_stays_bounded(
-    broker: RedisBroker, consumers: list[RedisConsumer], run_id: str
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id, params=100)
-    c = consumer(broker, consumers, "c")
+    c = consumer(new_consumer, broker, "c")
     done = 0
     while done < 10:
         for d in c.fetch(0.1):
@@ -131,10 +123,10 @@ def test_acknowledged_entries_are_removed_so_memory_stays_bounded(
 
 
 def test_recording_into_a_deleted_run_writes_nothing(
-    broker: RedisBroker, consumers: list[RedisConsumer], run_id: str
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id, params=10)
-    c = consumer(broker, consumers, "c")
+    c = consumer(new_consumer, broker, "c")
     (d,) = eventually(lambda: c.fetch(0.1), what="a delivery")
     broker.delete(run_id)
     with pytest.raises(RunNotFound):
