@@ -101,7 +101,16 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped. Returns the process exit code."""
-        self._with_broker(self.consumer.start)
+        # Without a lease nothing may be fetched: others would take our chunks.
+        attempt = 0
+        while not self.stopping:
+            try:
+                self.consumer.start()
+                break
+            except BrokerConnectionError as e:
+                attempt += 1
+                log.warning("cannot start the lease yet (attempt %d): %s", attempt, e)
+                self._backoff_sleep(attempt)
         log.info("worker %s started", self.name)
         try:
             while not self.stopping:
