@@ -1,0 +1,258 @@
+{{- /*
+ttg-rabbitmq.manifests renders every object of this chart from a context dict
+(Values, Release, fullname, labels, clients), like ttg-redis.manifests: a named
+template so that the parent's one `backend` value decides whether it renders.
+*/ -}}
+{{- define "ttg-rabbitmq.selectorLabels" -}}
+app.kubernetes.io/name: rabbitmq
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "ttg-rabbitmq.labels" -}}
+{{ include "ttg-rabbitmq.selectorLabels" . }}
+{{ toYaml .labels }}
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+{{- end }}
+
+{{- define "ttg-rabbitmq.secretName" -}}
+{{- .Values.auth.existingSecret | default .fullname -}}
+{{- end }}
+
+{{- define "ttg-rabbitmq.manifests" -}}
+{{- $secretName := include "ttg-rabbitmq.secretName" . }}
+{{- if not .Values.auth.existingSecret }}
+{{- /* Generated once; later upgrades reuse the stored password (lookup), so it survives `helm upgrade`. */}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $password := randAlphaNum 32 }}
+{{- if and $existing (hasKey $existing.data "password") }}
+{{- $password = index $existing.data "password" | b64dec }}
+{{- end }}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ $secretName }}
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+  annotations:
+    helm.sh/resource-policy: keep
+type: Opaque
+data:
+  username: {{ .Values.auth.username | b64enc | quote }}
+  password: {{ $password | b64enc | quote }}
+{{- end }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .fullname }}-config
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+data:
+  rabbitmq.conf: |
+    listeners.tcp.default = 5672
+    loopback_users = none
+    # Logs go to stdout only: the root filesystem is read-only.
+    log.console = true
+    log.file = false
+    # A worker holds a delivery unacknowledged while it computes the chunk.
+    consumer_timeout = {{ int64 .Values.consumerTimeoutMs }}
+    # Quorum queues (tasks, with delivery limits) and streams (the ledger) are core
+    # features; nothing to enable.
+    {{- with .Values.extraConfig }}
+    {{- . | nindent 4 }}
+    {{- end }}
+  enabled_plugins: |
+    [rabbitmq_prometheus].
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "ttg-rabbitmq.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: amqp
+      port: 5672
+      targetPort: amqp
+    - name: prometheus
+      port: 15692
+      targetPort: prometheus
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .fullname }}-headless
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector:
+    {{- include "ttg-rabbitmq.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: epmd
+      port: 4369
+    - name: amqp
+      port: 5672
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+spec:
+  serviceName: {{ .fullname }}-headless
+  replicas: 1
+  selector:
+    matchLabels:
+      {{- include "ttg-rabbitmq.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "ttg-rabbitmq.labels" . | nindent 8 }}
+      annotations:
+        checksum/config: {{ .Values | toJson | sha256sum }}
+    spec:
+      automountServiceAccountToken: false
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        runAsGroup: 999
+        fsGroup: 999
+        seccompProfile:
+          type: RuntimeDefault
+      {{- with .Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      terminationGracePeriodSeconds: 60
+      initContainers:
+        # The credentials go into the config file here, from the Secret, so they
+        # are neither in the ConfigMap nor on a command line.
+        - name: config
+          image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"
+          imagePullPolicy: {{ .Values.image.pullPolicy }}
+          command:
+            - sh
+            - -c
+            - >-
+              cp /config/rabbitmq.conf /config/enabled_plugins /etc/rabbitmq/ &&
+              printf 'default_user = %s\ndefault_pass = %s\n' "$RABBITMQ_USER" "$RABBITMQ_PASS"
+              >> /etc/rabbitmq/rabbitmq.conf
+          env:
+            - name: RABBITMQ_USER
+              valueFrom:
+                secretKeyRef: {name: {{ $secretName }}, key: username}
+            - name: RABBITMQ_PASS
+              valueFrom:
+                secretKeyRef: {name: {{ $secretName }}, key: password}
+          resources:
+            requests: {cpu: 10m, memory: 16Mi}
+            limits: {memory: 64Mi}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: ["ALL"]
+          volumeMounts:
+            - {name: config-template, mountPath: /config}
+            - {name: config, mountPath: /etc/rabbitmq}
+      containers:
+        - name: rabbitmq
+          image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"
+          imagePullPolicy: {{ .Values.image.pullPolicy }}
+          command: ["rabbitmq-server"]
+          env:
+            - name: RABBITMQ_NODENAME
+              value: rabbit@localhost
+            - name: RABBITMQ_ENABLED_PLUGINS_FILE
+              value: /etc/rabbitmq/enabled_plugins
+          ports:
+            - {name: amqp, containerPort: 5672}
+            - {name: prometheus, containerPort: 15692}
+          startupProbe:
+            tcpSocket: {port: amqp}
+            periodSeconds: 5
+            failureThreshold: 60
+          livenessProbe:
+            exec:
+              command: ["rabbitmq-diagnostics", "-q", "ping"]
+            periodSeconds: 30
+            timeoutSeconds: 20
+          readinessProbe:
+            tcpSocket: {port: amqp}
+            periodSeconds: 5
+          resources:
+            {{- toYaml .Values.resources | nindent 12 }}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: ["ALL"]
+          volumeMounts:
+            - {name: data, mountPath: /var/lib/rabbitmq}
+            - {name: config, mountPath: /etc/rabbitmq, readOnly: true}
+            - {name: tmp, mountPath: /tmp}
+      volumes:
+        - name: config-template
+          configMap:
+            name: {{ .fullname }}-config
+        - name: config
+          emptyDir: {}
+        - name: tmp
+          emptyDir: {}
+        {{- if not .Values.persistence.enabled }}
+        - name: data
+          emptyDir: {}
+        {{- end }}
+  {{- if .Values.persistence.enabled }}
+  volumeClaimTemplates:
+    - metadata:
+        name: data
+        labels:
+          {{- include "ttg-rabbitmq.selectorLabels" . | nindent 10 }}
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        {{- with .Values.persistence.storageClass }}
+        storageClassName: {{ . }}
+        {{- end }}
+        resources:
+          requests:
+            storage: {{ .Values.persistence.size }}
+  {{- end }}
+{{- if .Values.networkPolicy.enabled }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "ttg-rabbitmq.selectorLabels" . | nindent 6 }}
+  policyTypes: ["Ingress"]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- toYaml .clients | nindent 14 }}
+      ports:
+        - {port: amqp, protocol: TCP}
+    # Prometheus may live in any namespace: scrapes of the metrics port only.
+    - ports:
+        - {port: prometheus, protocol: TCP}
+{{- end }}
+{{- end }}

@@ -1,0 +1,216 @@
+{{- /*
+ttg-redis.manifests renders every object of this chart from a context dict:
+  Values    this chart's values (under the ttg chart: the parent's .Values.redis,
+            which Helm has already merged with this chart's defaults)
+  Release   the release
+  fullname  object name, e.g. ttg-redis
+  labels    labels every object carries
+  clients   labels of the pods the NetworkPolicy admits
+It is a named template, not a plain one, so that the parent can render it when
+its one `backend` value says so: a subchart's own templates can only be gated by
+a boolean `condition:`, which `--set backend=rabbitmq` alone cannot flip.
+*/ -}}
+{{- define "ttg-redis.selectorLabels" -}}
+app.kubernetes.io/name: redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "ttg-redis.labels" -}}
+{{ include "ttg-redis.selectorLabels" . }}
+{{ toYaml .labels }}
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+{{- end }}
+
+{{- define "ttg-redis.secretName" -}}
+{{- .Values.auth.existingSecret | default .fullname -}}
+{{- end }}
+
+{{- define "ttg-redis.manifests" -}}
+{{- $secretName := include "ttg-redis.secretName" . }}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}
+{{- /* Generated once; later upgrades reuse the stored password (lookup), so it survives `helm upgrade`. */}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $password := randAlphaNum 32 }}
+{{- if and $existing (hasKey $existing.data .Values.auth.secretKey) }}
+{{- $password = index $existing.data .Values.auth.secretKey | b64dec }}
+{{- end }}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ $secretName }}
+  labels:
+    {{- include "ttg-redis.labels" . | nindent 4 }}
+  annotations:
+    helm.sh/resource-policy: keep
+type: Opaque
+data:
+  {{ .Values.auth.secretKey }}: {{ $password | b64enc | quote }}
+{{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-redis.labels" . | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "ttg-redis.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: redis
+      port: 6379
+      targetPort: redis
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .fullname }}-headless
+  labels:
+    {{- include "ttg-redis.labels" . | nindent 4 }}
+spec:
+  clusterIP: None
+  selector:
+    {{- include "ttg-redis.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: redis
+      port: 6379
+      targetPort: redis
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-redis.labels" . | nindent 4 }}
+spec:
+  serviceName: {{ .fullname }}-headless
+  replicas: 1
+  selector:
+    matchLabels:
+      {{- include "ttg-redis.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "ttg-redis.labels" . | nindent 8 }}
+    spec:
+      automountServiceAccountToken: false
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        runAsGroup: 1000
+        fsGroup: 1000
+        seccompProfile:
+          type: RuntimeDefault
+      {{- with .Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: redis
+          image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"
+          imagePullPolicy: {{ .Values.image.pullPolicy }}
+          # AOF with fsync every second: a result and its acknowledgement are one
+          # Lua script, so a restart keeps both or neither.
+          command:
+            - sh
+            - -c
+            - >-
+              exec redis-server --port 6379 --dir /data
+              --appendonly {{ ternary "yes" "no" .Values.persistence.enabled }} --appendfsync everysec --save ''
+              {{- if .Values.auth.enabled }} --requirepass "$REDIS_PASSWORD"{{ end }}
+              {{- with .Values.extraConfig }} {{ . }}{{ end }}
+          env:
+            {{- if .Values.auth.enabled }}
+            - name: REDIS_PASSWORD
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $secretName }}
+                  key: {{ .Values.auth.secretKey }}
+            - name: REDISCLI_AUTH
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $secretName }}
+                  key: {{ .Values.auth.secretKey }}
+            {{- end }}
+          ports:
+            - name: redis
+              containerPort: 6379
+          startupProbe:
+            exec:
+              command: ["redis-cli", "ping"]
+            periodSeconds: 2
+            failureThreshold: 60
+          livenessProbe:
+            exec:
+              command: ["redis-cli", "ping"]
+            periodSeconds: 10
+            timeoutSeconds: 5
+          readinessProbe:
+            exec:
+              command: ["redis-cli", "ping"]
+            periodSeconds: 5
+            timeoutSeconds: 3
+          resources:
+            {{- toYaml .Values.resources | nindent 12 }}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: ["ALL"]
+          volumeMounts:
+            - name: data
+              mountPath: /data
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        {{- if not .Values.persistence.enabled }}
+        - name: data
+          emptyDir: {}
+        {{- end }}
+  {{- if .Values.persistence.enabled }}
+  volumeClaimTemplates:
+    - metadata:
+        name: data
+        labels:
+          {{- include "ttg-redis.selectorLabels" . | nindent 10 }}
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        {{- with .Values.persistence.storageClass }}
+        storageClassName: {{ . }}
+        {{- end }}
+        resources:
+          requests:
+            storage: {{ .Values.persistence.size }}
+  {{- end }}
+{{- if .Values.networkPolicy.enabled }}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-redis.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "ttg-redis.selectorLabels" . | nindent 6 }}
+  policyTypes: ["Ingress"]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- toYaml .clients | nindent 14 }}
+      ports:
+        - port: redis
+          protocol: TCP
+{{- end }}
+{{- end }}

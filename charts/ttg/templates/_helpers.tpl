@@ -1,0 +1,146 @@
+{{- define "ttg.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ttg.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ttg.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- /* Labels on every object; part-of + instance also admit a pod through the broker's NetworkPolicy. */ -}}
+{{- define "ttg.commonLabels" -}}
+helm.sh/chart: {{ include "ttg.chart" . }}
+app.kubernetes.io/part-of: ttg
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "ttg.labels" -}}
+{{ include "ttg.commonLabels" . }}
+{{ include "ttg.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+
+{{- /* Never the chart version: selectors are immutable. */ -}}
+{{- define "ttg.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ttg.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ttg.workerSelectorLabels" -}}
+{{ include "ttg.selectorLabels" . }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{- define "ttg.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ttg.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ttg.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- /* Name of the broker's objects (Service, StatefulSet, Secret): <fullname>-<kind>. */ -}}
+{{- define "ttg.brokerFullname" -}}
+{{- printf "%s-%s" (include "ttg.fullname" (index . 0)) (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- /* Which client library the worker uses: the backend, or the external broker's kind. */ -}}
+{{- define "ttg.brokerKind" -}}
+{{- if eq .Values.backend "external" }}{{ .Values.external.kind }}{{ else }}{{ .Values.backend }}{{ end }}
+{{- end }}
+
+{{- /*
+ttg.brokerEnv: the broker endpoint for whichever backend is active, as the
+TTG_* variables of the worker contract. The URL carries no credentials; they
+come from the broker's Secret (TTG_BROKER_USERNAME / TTG_BROKER_PASSWORD).
+With `external`, the whole URL comes from the user's Secret.
+*/ -}}
+{{- define "ttg.brokerEnv" -}}
+- name: TTG_BACKEND
+  value: {{ include "ttg.brokerKind" . | quote }}
+{{- if eq .Values.backend "redis" }}
+{{- $name := include "ttg.brokerFullname" (list . "redis") }}
+- name: TTG_BROKER_URL
+  value: {{ printf "redis://%s:6379/0" $name | quote }}
+{{- if .Values.redis.auth.enabled }}
+- name: TTG_BROKER_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.auth.existingSecret | default $name }}
+      key: {{ .Values.redis.auth.secretKey }}
+{{- end }}
+{{- else if eq .Values.backend "rabbitmq" }}
+{{- $name := include "ttg.brokerFullname" (list . "rabbitmq") }}
+{{- $secret := .Values.rabbitmq.auth.existingSecret | default $name }}
+- name: TTG_BROKER_URL
+  value: {{ printf "amqp://%s:5672/%%2F" $name | quote }}
+- name: TTG_BROKER_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: username}
+- name: TTG_BROKER_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: password}
+{{- else }}
+- name: TTG_BROKER_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "external.existingSecret is required when backend=external" .Values.external.existingSecret }}
+      key: {{ .Values.external.urlKey }}
+{{- end }}
+{{- end }}
+
+{{- /* Pod and container security: the restricted Pod Security Standard. */ -}}
+{{- define "ttg.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "ttg.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
+
+{{- define "ttg.seedArgs" -}}
+- seed
+- --run
+- {{ .Values.run.id | quote }}
+{{- if .Values.run.space }}
+- --space
+- {{ .Values.run.space | quote }}
+{{- else }}
+- --params
+- {{ .Values.run.params | quote }}
+{{- end }}
+- --chunk-size
+- {{ .Values.run.chunkSize | quote }}
+- --work-ms
+- {{ .Values.run.workMs | quote }}
+- --max-deliveries
+- {{ .Values.run.maxDeliveries | quote }}
+{{- if .Values.run.compute }}
+- --compute
+- {{ .Values.run.compute | quote }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,83 @@
+"""Rendering the chart with real Helm binaries (3 and 4), cached per scenario."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+CHART = ROOT / "charts" / "ttg"
+#: Helm majors the chart promises to work with, and where `make tools` puts them.
+HELMS = {
+    "helm3": Path(os.environ.get("HELM3", ROOT / ".tools" / "bin" / "helm3")),
+    "helm4": Path(os.environ.get("HELM4", ROOT / ".tools" / "bin" / "helm")),
+}
+#: APIs a cluster with the Prometheus operator and KEDA offers (for the optional objects).
+ALL_APIS = [
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "keda.sh/v1alpha1/ScaledObject",
+]
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml")) + sorted((ROOT / "values").glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    docs: list[dict[str, Any]]
+
+    def kinds(self) -> set[str]:
+        return {d["kind"] for d in self.docs}
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [d for d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
+        assert found, (
+            f"no {kind} {name} in {[(d['kind'], d['metadata']['name']) for d in self.docs]}"
+        )
+        return found[0]
+
+    def pod_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(object name, pod spec) of every pod template and bare pod."""
+        out = []
+        for d in self.docs:
+            spec = d.get("spec", {})
+            if d["kind"] == "Pod":
+                out.append((d["metadata"]["name"], spec))
+            elif "template" in spec:
+                out.append((d["metadata"]["name"], spec["template"]["spec"]))
+        return out
+
+
+def helm(major: str) -> Path:
+    path = HELMS[major]
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make tools` (installs Helm 3 and 4 into .tools/bin)")
+    return path
+
+
+def run_helm(major: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm(major)), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@cache
+def render(major: str, *args: str, apis: tuple[str, ...] = ()) -> Rendered:
+    """`helm template ttg charts/ttg ARGS`, parsed; fails the test on a Helm error."""
+    api_args = [f"--api-versions={a}" for a in apis]
+    proc = run_helm(major, "template", "ttg", str(CHART), "--namespace", "sweeps", *api_args, *args)
+    assert proc.returncode == 0, proc.stderr
+    return Rendered([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+@pytest.fixture(params=sorted(HELMS))
+def major(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

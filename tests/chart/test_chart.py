@@ -1,0 +1,281 @@
+"""The chart renders what it promises, with Helm 3 and Helm 4, valid for Kubernetes 1.29-1.34."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+
+from tests.chart.conftest import ALL_APIS, CHART, SCENARIOS, Rendered, render, run_helm
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.chart
+
+#: Kubernetes versions every rendered manifest must validate against, strictly.
+KUBE_VERSIONS = ("1.29.0", "1.34.0")
+#: Kinds from CRDs, which the Kubernetes schemas do not know.
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
+BROKER_OBJECTS = {
+    "redis": {
+        ("StatefulSet", "ttg-redis"),
+        ("Service", "ttg-redis"),
+        ("NetworkPolicy", "ttg-redis"),
+    },
+    "rabbitmq": {
+        ("StatefulSet", "ttg-rabbitmq"),
+        ("Service", "ttg-rabbitmq"),
+        ("NetworkPolicy", "ttg-rabbitmq"),
+    },
+}
+
+
+def names(r: Rendered) -> set[tuple[str, str]]:
+    return {(d["kind"], d["metadata"]["name"]) for d in r.docs}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_scenario_renders_and_validates_strictly(major: str, scenario: Path) -> None:
+    r = render(major, "-f", str(scenario), apis=tuple(ALL_APIS))
+    assert r.docs
+    for doc in r.docs:
+        if doc["kind"] in CRD_KINDS:
+            assert {"apiVersion", "metadata", "spec"} <= doc.keys()
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(
+                    f"{doc['kind']} {doc['metadata']['name']} invalid for {version}: {e.message}"
+                )
+
+
+@pytest.mark.parametrize("values", [None, "ci/rabbitmq-values.yaml", "ci/external-values.yaml"])
+def test_helm_lint_strict(major: str, values: str | None) -> None:
+    args = ["-f", str(CHART / values)] if values else []
+    proc = run_helm(major, "lint", "--strict", str(CHART), *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("backend", "other"), [("redis", "rabbitmq"), ("rabbitmq", "redis")])
+def test_one_value_switches_the_broker(major: str, backend: str, other: str) -> None:
+    r = render(major, "--set", f"backend={backend}")
+    assert BROKER_OBJECTS[backend] <= names(r)
+    assert not BROKER_OBJECTS[other] & names(r)
+    assert not any(other in name for _, name in names(r))
+    env = {
+        e["name"]: e
+        for e in r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]["containers"][0][
+            "env"
+        ]
+    }
+    assert env["TTG_BACKEND"]["value"] == backend
+
+
+def test_external_installs_no_broker(major: str) -> None:
+    r = render(major, "-f", str(CHART / "ci/external-values.yaml"))
+    assert "StatefulSet" not in r.kinds() and "NetworkPolicy" not in r.kinds()
+    env = {
+        e["name"]: e
+        for e in r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]["containers"][0][
+            "env"
+        ]
+    }
+    assert env["TTG_BACKEND"]["value"] == "rabbitmq"
+    assert env["TTG_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {"name": "my-broker", "key": "url"}
+
+
+def test_external_without_a_secret_fails_with_a_message(major: str) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", "backend=external")
+    assert proc.returncode != 0
+    assert "external.existingSecret is required" in proc.stderr
+
+
+def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major: str) -> None:
+    everything = str(CHART / "ci/everything-values.yaml")
+    with_apis = render(major, "-f", everything, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
+    assert with_apis.kinds() >= CRD_KINDS
+    assert ("ConfigMap", "ttg-dashboard") in names(with_apis)
+    without_apis = render(major, "-f", everything, "--set", "keda.enabled=true")
+    assert not CRD_KINDS & without_apis.kinds()
+    default = render(major, apis=tuple(ALL_APIS))
+    assert not CRD_KINDS & default.kinds()
+    assert ("ConfigMap", "ttg-dashboard") not in names(default)
+    assert "HorizontalPodAutoscaler" not in default.kinds()
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq", "external"])
+def test_every_pod_meets_the_restricted_pod_security_standard(major: str, backend: str) -> None:
+    extra = ["--set", "external.existingSecret=s"] if backend == "external" else []
+    r = render(major, "--set", f"backend={backend}", *extra)
+    pods = r.pod_specs()
+    assert len(pods) >= (3 if backend == "external" else 4)  # worker, seed, test (+ broker)
+    for name, spec in pods:
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True, name
+        assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0, name
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in spec["containers"] + spec.get("initContainers", []):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert csc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert csc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert "resources" in c, (name, c["name"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("backend=kafka", "backend"),
+        ("worker.replicas=-1", "replicas"),
+        ("run.id=Bad_ID", "id"),
+        ("run.chunkSize=0", "chunkSize"),
+        ("worker.logFormat=xml", "logFormat"),
+    ],
+)
+def test_schema_rejects_bad_values_naming_the_field(major: str, setting: str, field: str) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", setting)
+    assert proc.returncode != 0, setting
+    assert field in proc.stderr, proc.stderr
+
+
+def test_grace_period_must_fit_in_the_termination_grace_period(major: str) -> None:
+    proc = run_helm(
+        major,
+        "template",
+        "ttg",
+        str(CHART),
+        "--set",
+        "worker.graceSeconds=60",
+        "--set",
+        "worker.terminationGracePeriodSeconds=30",
+    )
+    assert proc.returncode != 0 and "graceSeconds must be below" in proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_worker_and_seeder_get_the_cli_contract_with_credentials_from_a_secret(
+    major: str, backend: str
+) -> None:
+    r = render(major, "--set", f"backend={backend}", "--set", "run.id=r7", "--set", "run.workMs=25")
+    worker = r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]["containers"][0]
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    config = r.get("ConfigMap", "ttg-worker")["data"]
+    assert worker["args"] == ["worker"]
+    assert {
+        "TTG_METRICS_PORT",
+        "TTG_LEASE_SECONDS",
+        "TTG_MAX_DELIVERIES",
+        "TTG_LOG_FORMAT",
+        "TTG_GRACE_SECONDS",
+    } <= config.keys()
+    assert worker["envFrom"] == [{"configMapRef": {"name": "ttg-worker"}}]
+    assert seeder["args"][:3] == ["seed", "--run", "r7"]
+    assert seeder["args"][seeder["args"].index("--work-ms") + 1] == "25"
+    for container in (worker, seeder):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["TTG_BACKEND"]["value"] == backend
+        url = env["TTG_BROKER_URL"]["value"]
+        assert url.startswith("redis://" if backend == "redis" else "amqp://") and "@" not in url
+        assert env["TTG_BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"ttg-{backend}"
+        for e in container["env"]:
+            if "PASSWORD" in e["name"] or "USERNAME" in e["name"]:
+                assert "value" not in e, e
+
+
+def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> None:
+    job = render(major).get("Job", "ttg-seed")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0 and job["spec"]["backoffLimit"] > 0
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "ttg", (
+        "the broker NetworkPolicy admits it by these labels"
+    )
+
+
+def test_helm_test_pod_checks_the_run_status(major: str) -> None:
+    pod = render(major, "--set", "run.id=r9").get("Pod", "ttg-test-status")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["containers"][0]["args"] == ["status", "--run", "r9", "--json"]
+
+
+def test_config_changes_roll_the_workers(major: str) -> None:
+    def checksum(*args: str) -> str:
+        return render(major, *args).get("Deployment", "ttg-worker")["spec"]["template"]["metadata"][
+            "annotations"
+        ]["checksum/config"]
+
+    assert checksum() != checksum("--set", "worker.leaseSeconds=5")
+    assert checksum() == checksum("--set", "worker.replicas=7")
+
+
+def test_workers_are_spread_probed_and_protected(major: str) -> None:
+    r = render(major)
+    spec = r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]
+    worker = spec["containers"][0]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert spec["terminationGracePeriodSeconds"] > int(
+        r.get("ConfigMap", "ttg-worker")["data"]["TTG_GRACE_SECONDS"]
+    )
+    pdb = r.get("PodDisruptionBudget", "ttg-worker")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"]
+        == r.get("Deployment", "ttg-worker")["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_broker_network_policy_admits_only_ttg_pods_of_the_release(major: str) -> None:
+    for backend in ("redis", "rabbitmq"):
+        r = render(major, "--set", f"backend={backend}")
+        policy = r.get("NetworkPolicy", f"ttg-{backend}")
+        admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+        assert admitted == {"app.kubernetes.io/part-of": "ttg", "app.kubernetes.io/instance": "ttg"}
+        clients = [d for d in r.docs if d["kind"] in {"Deployment", "Job", "Pod"}]
+        assert len(clients) == 3  # worker, seeding Job, helm test pod
+        for d in clients:
+            labels = (
+                d["metadata"]["labels"]
+                if d["kind"] == "Pod"
+                else d["spec"]["template"]["metadata"]["labels"]
+            )
+            assert admitted.items() <= labels.items(), d["metadata"]["name"]
+
+
+def test_brokers_persist_and_keep_their_secret(major: str) -> None:
+    r = render(major)
+    sts = r.get("StatefulSet", "ttg-redis")
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert "--appendonly yes" in sts["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    assert (
+        r.get("Secret", "ttg-redis")["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    )
+    rabbit = render(major, "--set", "backend=rabbitmq")
+    conf = rabbit.get("ConfigMap", "ttg-rabbitmq-config")["data"]["rabbitmq.conf"]
+    assert "consumer_timeout = 7200000" in conf
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "hadolint"), str(ROOT / "worker" / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_chart_readme_values_table_is_generated_from_values_yaml() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_chart_readme.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
