@@ -15,10 +15,10 @@ import pytest
 
 from tests.helpers import ROOT
 from ttg.broker import Broker, Consumer, open_broker
-from ttg.local import LocalWorkers, RedisServer
+from ttg.local import LocalWorkers, RabbitMQNode, RedisServer
 
 #: Every backend the shared conformance and fault suites run against.
-BACKENDS = ["redis"]
+BACKENDS = ["redis", "rabbitmq"]
 
 
 @dataclass
@@ -50,6 +50,14 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(appendonly=True).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node() -> Iterator[RabbitMQNode]:
+    """One node for the whole session (it takes seconds to boot); runs are isolated by id."""
+    node = RabbitMQNode().start()
+    yield node
+    node.stop()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -16,6 +16,8 @@ from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness
 from tests.helpers import child_env, eventually, ttg, ttg_json
+from ttg.brokers.rabbitmq import SEED_BATCH as RABBITMQ_SEED_BATCH
+from ttg.errors import TTGError
 from ttg.local import LocalWorkers
 
 pytestmark = pytest.mark.fault
@@ -210,10 +212,14 @@ def test_seeding_twice_adds_nothing(
     assert report["duplicates"] == 0
 
 
+#: Chunks to seed so that seeding lasts long enough to be killed halfway.
+SEED_KILL_TOTAL = {"redis": 300_000, "rabbitmq": 20_000}
+
+
 def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
     backend: BackendEnv, run_id: str
 ) -> None:
-    total = 300_000
+    total = SEED_KILL_TOTAL[backend.name]
     args = ["--run", run_id, "--params", str(total), "--chunk-size", "1"]
     seeder = subprocess.Popen(
         [sys.executable, "-m", "ttg", "seed", *args],
@@ -226,7 +232,7 @@ def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
     def partly_seeded() -> bool:
         try:
             return b.progress(run_id).seeded_chunks > 0
-        except Exception:
+        except TTGError:  # the run may not exist yet
             return False
 
     eventually(partly_seeded, timeout=30, interval=0.01, what="seeding under way")
@@ -239,8 +245,15 @@ def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
 
     assert rerun["_exit"] == 0 and rerun["seeded_chunks"] == total
     assert rerun["added"] == total - halfway
-    p = b.progress(run_id)
-    assert p.queue_depth == total, "a chunk was lost or published twice"
+    depth = b.progress(run_id).queue_depth
+    if backend.name == "redis":
+        # The cursor moves in the same Lua step as its batch: exactly once.
+        assert depth == total, "a chunk was lost or published twice"
+    else:
+        # The cursor is published after its batch is confirmed: nothing lost, and at
+        # most the one batch in flight at the kill published twice (the ledger
+        # counts a second result as a duplicate).
+        assert total <= depth <= total + RABBITMQ_SEED_BATCH, depth
 
 
 def test_broker_restart_mid_run_loses_nothing_acknowledged(

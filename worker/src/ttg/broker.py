@@ -69,8 +69,10 @@ class Consumer(ABC):
         """Record ``outcome`` in the ledger and acknowledge, as one step.
 
         Returns:
-            True if the outcome was counted, False if the chunk already had one
-            (the new one is recorded as a duplicate and changes no total).
+            False if the chunk is known to have had an outcome already (the new
+            one is recorded as a duplicate and changes no total), else True. A
+            backend whose ledger decides on read (RabbitMQ's stream) returns
+            True and reports the duplicate in ``progress``.
         """
 
     @abstractmethod
@@ -80,6 +82,9 @@ class Consumer(ABC):
         Returns:
             ``"retry"`` or ``"dead"`` (when ``delivery.attempt >= max_deliveries``).
         """
+
+    def stop_fetching(self) -> None:  # noqa: B027 - optional hook, a no-op for pull-based backends
+        """Receive no new deliveries (shutdown). Push-based backends cancel their subscriptions."""
 
     @abstractmethod
     def release(self, delivery: Delivery) -> None:

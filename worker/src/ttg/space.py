@@ -140,7 +140,7 @@ def parse(text: str) -> RangeSpace | GridSpace:
 def _grid_value(raw: str) -> Any:
     raw = raw.strip()
     if not raw:
-        raise UsageError("grid values must not be empty (write \"\" for an empty string)")
+        raise UsageError('grid values must not be empty (write "" for an empty string)')
     try:
         return json.loads(raw)
     except ValueError:

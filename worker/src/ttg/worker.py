@@ -69,6 +69,7 @@ class Worker:
         self._stopped = threading.Event()
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttg-compute")
         self._computing = False
+        self._fetching_stopped = False
 
     # -- signals ----------------------------------------------------------------
 
@@ -200,6 +201,10 @@ class Worker:
             if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
                 return False
 
+    def _stop_fetching(self) -> bool:
+        self.consumer.stop_fetching()
+        return True
+
     def _fail(self, d: Delivery, error: str, max_deliveries: int) -> None:
         delay = min(self.retry_delay * 2 ** (d.attempt - 1), 60.0)
         verdict = self._settle(
@@ -225,6 +230,10 @@ class Worker:
             )
 
     def _give_back(self, d: Delivery) -> None:
+        if not self._fetching_stopped:
+            # 1. (for push-based backends) Nothing new may arrive while we give back.
+            self._fetching_stopped = self._with_broker(self._stop_fetching) is not None
+
         def release() -> bool:
             self.consumer.release(d)
             return True

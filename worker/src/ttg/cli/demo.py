@@ -21,7 +21,7 @@ from ttg import scenario
 from ttg.broker import open_broker
 from ttg.cli import progress as bars
 from ttg.errors import UsageError
-from ttg.local import EmbeddedRedis, LocalWorkers
+from ttg.local import EmbeddedRedis, LocalWorkers, RabbitMQNode
 from ttg.metrics import RateMeter
 from ttg.run import RunSpec
 from ttg.space import RangeSpace
@@ -76,7 +76,8 @@ def add_parser(sub: Any, command: Command) -> None:
 def _start_broker(backend: str) -> Any:
     if backend == "redis":
         return EmbeddedRedis()
-    raise UsageError("--backend rabbitmq is not available in this build")
+    node = RabbitMQNode()
+    return node.start()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.json:
             print(*parts, file=sys.stderr, flush=True)
 
-    say(f"starting an embedded {args.backend} broker ...")
+    say(f"starting a local {args.backend} broker ...")
     server = _start_broker(args.backend)
     log_dir = Path(tempfile.mkdtemp(prefix="ttg-demo-logs-"))
     workers = LocalWorkers(
