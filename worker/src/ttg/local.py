@@ -214,6 +214,7 @@ class RabbitMQNode:
         if not script:
             raise UsageError("rabbitmq-server not found (apt-get install rabbitmq-server)")
         self.script = script
+        self.ctl = str(Path(script).with_name("rabbitmqctl"))
         self.dir = Path(tempfile.mkdtemp(prefix="ttg-rabbitmq-"))
         self.port = free_port()
         self.dist_port = free_port()
@@ -231,6 +232,18 @@ class RabbitMQNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def ctl_run(self, *args: str) -> str:
+        """``rabbitmqctl ARGS`` against this node; its output."""
+        proc = subprocess.run(
+            [self.ctl, "-n", self.name, *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return proc.stdout
 
     def _env(self) -> dict[str, str]:
         return {
