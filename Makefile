@@ -54,3 +54,15 @@ bench: venv ## print throughput, recovery and seeding figures (Redis; RabbitMQ w
 .PHONY: clean
 clean: ## remove .venv, .tools and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: kind-up
+kind-up: tools ## Kind cluster (1+3 nodes) with the worker image loaded and TTG installed (BACKEND=redis|rabbitmq)
+	bash kind/up.sh
+
+.PHONY: kind-down
+kind-down: ## delete the Kind cluster
+	bash kind/down.sh
+
+.PHONY: e2e
+e2e: ## run an end-to-end scenario on the Kind cluster (SCENARIO=worker-sigkill|broker-restart)
+	bash ci/e2e.sh
