@@ -9,7 +9,8 @@ Layout of one run ``R`` (all durable, declared by ``seed`` with fixed arguments)
     ttg.R.retry       quorum  failed chunks waiting out their backoff (per-message TTL), then
                               dead-lettered (at-least-once) back into ttg.R.tasks
     ttg.R.dead        quorum  chunks RabbitMQ dead-lettered (their workers kept dying)
-    ttg.R.ledger      stream  outcomes {"s": ok|dead, ...} and events (redelivered, failed),
+    ttg.R.ledger      stream  outcomes {"s": ok|dead, ...} (one, or a {"batch": [...]} of them)
+                              and events (redelivered, failed),
                               replayed and deduplicated by chunk id on read: first outcome wins
     ttg.R.activity    stream  who holds which chunks: a snapshot every 1/4 lease, kept 10 min
 
@@ -245,6 +246,10 @@ class LedgerView:
     failed: int = 0
 
     def add(self, msg: dict[str, Any]) -> None:
+        if "batch" in msg:
+            for one in msg["batch"]:
+                self.add(one)
+            return
         kind = msg.get("e")
         if kind == "redelivered":
             self.redelivered += 1

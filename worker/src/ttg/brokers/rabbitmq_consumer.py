@@ -49,6 +49,8 @@ T = TypeVar("T")
 
 #: Longest wait between reconnection attempts.
 MAX_BACKOFF_SECONDS = 5.0
+#: Shortest gap between two activity snapshots of a worker.
+SNAPSHOT_MIN_INTERVAL = 0.05
 #: How long ``start`` waits for the first connection.
 START_TIMEOUT_SECONDS = 10.0
 
@@ -74,6 +76,7 @@ class RabbitMQConsumer(Consumer):
         self.snapshot_s = lease_seconds / 4
         self._inbox: queues.Queue[Delivery] = queues.Queue()
         self._calls: queues.Queue[tuple[Callable[[], Any], cf.Future[Any]]] = queues.Queue()
+        self._records: queues.Queue[tuple[Delivery, Outcome]] = queues.Queue()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,7 +87,12 @@ class RabbitMQConsumer(Consumer):
         self._announced: list[str] = []
         #: run -> chunk -> (attempt, started): what this worker holds, for activity snapshots.
         self._held: dict[str, dict[int, tuple[int, float]]] = {}
+        #: run -> chunk -> (attempt, started): held at some point since the last snapshot.
+        self._recent: dict[str, dict[int, tuple[int, float]]] = {}
         self._snapshot_due = 0.0
+        self._snapshot_last = 0.0
+        #: A chunk was delivered since the last snapshot.
+        self._dirty = False
         self._last_error: Exception | None = None
 
     # -- the worker's side --------------------------------------------------------
@@ -114,7 +122,13 @@ class RabbitMQConsumer(Consumer):
         return [d for d in out if d.handle.generation == self._generation]
 
     def complete(self, delivery: Delivery, outcome: Outcome) -> bool:
-        self._call(lambda: self._record(delivery, outcome))
+        # Queued, not awaited: the I/O thread publishes every outcome queued by
+        # then as one confirmed ledger message and only then acknowledges their
+        # tasks, so results are durable before their acks (invariant 3) and the
+        # worker computes the next chunk meanwhile. Lost before the confirm, a
+        # result is simply computed again: its task was never acknowledged.
+        self._records.put((delivery, outcome))
+        self._wake()
         return True
 
     def fail(self, delivery: Delivery, error: str, *, max_deliveries: int, delay: float) -> str:
@@ -168,6 +182,10 @@ class RabbitMQConsumer(Consumer):
         self._call(cancel)
 
     def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._conn is not None:
+            # Queued outcomes go out (and their tasks are acked) before we leave.
+            with contextlib.suppress(BrokerConnectionError):
+                self._call(lambda: None)
         self._stop.set()
         if self._conn is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
@@ -179,11 +197,7 @@ class RabbitMQConsumer(Consumer):
         """Run ``fn`` on the I/O thread and wait for its result."""
         future: cf.Future[T] = cf.Future()
         self._calls.put((fn, future))
-        conn = self._conn
-        if conn is not None:
-            # Wake the I/O loop; if the connection is gone it drains the queue on reconnect.
-            with contextlib.suppress(Exception):
-                conn.add_callback_threadsafe(lambda: None)
+        self._wake()
         while True:
             try:
                 return future.result(timeout=1)
@@ -192,6 +206,13 @@ class RabbitMQConsumer(Consumer):
                     raise BrokerConnectionError(
                         "rabbitmq: the consumer's I/O thread is gone"
                     ) from None
+
+    def _wake(self) -> None:
+        """Wake the I/O loop; if the connection is gone it drains the queues on reconnect."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.add_callback_threadsafe(lambda: None)
 
     # -- the I/O thread -------------------------------------------------------------
 
@@ -205,6 +226,7 @@ class RabbitMQConsumer(Consumer):
                     self._ready.set()
                 self._subscribe_announced()
                 self._conn.process_data_events(time_limit=0.05)  # type: ignore[union-attr]
+                self._flush_records()
                 self._drain_calls()
                 self._snapshot()
             except (pex.AMQPError, BrokerConnectionError, *_CONNECTION_ERRORS) as e:
@@ -232,6 +254,7 @@ class RabbitMQConsumer(Consumer):
         self._generation += 1
         self._subscribed.clear()
         self._held.clear()
+        self._recent.clear()
         # Confirmed publishes (results, retries, releases) and the task deliveries.
         self._ch = self._conn.channel()
         self._ch.confirm_delivery()
@@ -326,7 +349,8 @@ class RabbitMQConsumer(Consumer):
         attempt = int(headers.get("a", 0)) + int(headers.get("x-delivery-count", 0)) + 1
         lo, hi = spec.bounds(chunk)
         self._held.setdefault(run, {})[chunk] = (attempt, time.time())
-        self._snapshot_due = 0.0  # tell the world soon
+        self._recent.setdefault(run, {})[chunk] = self._held[run][chunk]
+        self._dirty = True
         if attempt > 1:
             publish(
                 self._ch,
@@ -351,14 +375,37 @@ class RabbitMQConsumer(Consumer):
             publish(ch, queue(run, "ledger"), self._outcome_body(Outcome.dead(d, self.name, error)))
         ch.basic_ack(method.delivery_tag)
 
+    def _flush_records(self) -> None:
+        """Publish the queued outcomes, one confirmed ledger message per run, then ack them."""
+        batch: dict[str, list[tuple[Delivery, Outcome]]] = {}
+        while True:
+            try:
+                d, o = self._records.get_nowait()
+            except queues.Empty:
+                break
+            batch.setdefault(d.run, []).append((d, o))
+        for run, items in batch.items():
+            try:
+                publish(
+                    self._ch,
+                    queue(run, "ledger"),
+                    {"batch": [self._outcome_body(o) for _, o in items]},
+                )
+            except pex.UnroutableError:
+                log.error("run %s was deleted: %d results dropped", run, len(items))
+                continue
+            for d, _ in items:
+                self._ack(d)
+
     def _record(self, d: Delivery, outcome: Outcome) -> None:
         # Durable in the ledger (confirmed) before the task is acknowledged.
         publish(self._ch, queue(d.run, "ledger"), self._outcome_body(outcome))
         self._ack(d)
 
     def _ack(self, d: Delivery) -> None:
+        # No snapshot for an ack: readers drop chunks that have an outcome, and a
+        # snapshot taken between two chunks would show this worker holding nothing.
         self._held.get(d.run, {}).pop(d.chunk, None)
-        self._snapshot_due = 0.0
         if d.handle.generation == self._generation:
             self._ch.basic_ack(d.handle.tag)
 
@@ -369,18 +416,31 @@ class RabbitMQConsumer(Consumer):
         return body
 
     def _snapshot(self) -> None:
+        """Publish, per run, the chunks this worker held since its last snapshot.
+
+        Held *since*, not held *now*: chunks of a tenth of a second would
+        otherwise mostly be caught between two chunks, holding nothing. Readers
+        drop the ones whose outcome is in the ledger already.
+        """
+        # On schedule, or soon after a delivery, but never more than 20 times a second.
         now = time.monotonic()
-        if now < self._snapshot_due:
+        changed = self._dirty and now - self._snapshot_last >= SNAPSHOT_MIN_INTERVAL
+        if now < self._snapshot_due and not changed:
             return
         self._snapshot_due = now + self.snapshot_s
-        for run, held in list(self._held.items()):
-            if run not in self._specs:
-                continue
-            snap = {
-                "w": self.name,
-                "t": time.time(),
-                "h": [[c, a, s] for c, (a, s) in held.items()],
-            }
-            publish(self._activity, queue(run, "activity"), snap)
-            if not held:
-                del self._held[run]  # said once that it holds nothing; quiet after
+        self._snapshot_last = now
+        self._dirty = False
+        for run in list(self._recent):
+            recent = self._recent[run]
+            if run in self._specs:
+                snap = {
+                    "w": self.name,
+                    "t": time.time(),
+                    "h": [[c, a, s] for c, (a, s) in recent.items()],
+                }
+                publish(self._activity, queue(run, "activity"), snap)
+            held = self._held.get(run, {})
+            if held:
+                self._recent[run] = dict(held)
+            else:
+                del self._recent[run]  # said once that it holds nothing; quiet after
