@@ -67,7 +67,12 @@ def backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
         server = request.getfixturevalue("redis_server")
     else:
         server = request.getfixturevalue("rabbitmq_node")
-    env = BackendEnv(request.param, server.url, server.restart)
+    yield from backend_env(request.param, server)
+
+
+def backend_env(name: str, server: RedisServer | RabbitMQNode) -> Iterator[BackendEnv]:
+    """A BackendEnv on ``server`` that deletes, afterwards, every run the test made."""
+    env = BackendEnv(name, server.url, server.restart)
     before = set(env.broker().runs())
     yield env
     # Runs a test leaves live would be served by the next test's workers.

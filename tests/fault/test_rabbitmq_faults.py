@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import scenarios
-from tests.conftest import BackendEnv
+from tests.conftest import BackendEnv, backend_env
 from tests.fault.conftest import LocalHarness
 from tests.helpers import eventually, ttg, ttg_json
 from ttg.local import LocalWorkers, RabbitMQNode
@@ -19,13 +19,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 @pytest.fixture
 def backend(rabbitmq_node: RabbitMQNode) -> Iterator[BackendEnv]:
     """These tests run on RabbitMQ only (the shared suites cover both backends)."""
-    env = BackendEnv("rabbitmq", rabbitmq_node.url, rabbitmq_node.restart)
-    before = set(env.broker().runs())
-    yield env
-    admin = env.broker()
-    for run in set(admin.runs()) - before:
-        admin.delete(run)
-    env.close()
+    yield from backend_env("rabbitmq", rabbitmq_node)
 
 
 def connections(node: RabbitMQNode) -> list[tuple[str, str]]:
