@@ -149,8 +149,9 @@ def test_released_chunk_goes_to_another_consumer_at_once(
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
     a = new_consumer(broker, "a")
-    b = new_consumer(broker, "b")
     d = fetch_one(a, run_id)
+    # Joins once the chunk is taken: a push broker would otherwise pick either.
+    b = new_consumer(broker, "b")
     a.stop_fetching()  # as a worker does when it shuts down
     a.release(d)
     again = fetch_one(b, run_id, timeout=2)
