@@ -29,6 +29,18 @@ class LocalHarness:
         self.backend.restart()
 
 
+def seed(backend: BackendEnv, run: str, *args: str) -> dict[str, Any]:
+    """``ttg seed --run RUN ARGS``, which must succeed; its JSON report."""
+    out = ttg_json("seed", "--run", run, *args, env=backend.env)
+    assert out["_exit"] == 0, out
+    return out
+
+
+def status(backend: BackendEnv, run: str) -> dict[str, Any]:
+    """``ttg status --run RUN --json``."""
+    return ttg_json("status", "--run", run, env=backend.env)
+
+
 @pytest.fixture
 def harness(backend: BackendEnv, workers: LocalWorkers) -> LocalHarness:
     return LocalHarness(backend, workers)

@@ -14,7 +14,7 @@ import pytest
 
 from tests import scenarios
 from tests.conftest import BackendEnv
-from tests.fault.conftest import LocalHarness
+from tests.fault.conftest import LocalHarness, seed, status
 from tests.helpers import child_env, eventually, ttg, ttg_json
 from ttg.brokers.rabbitmq import SEED_BATCH as RABBITMQ_SEED_BATCH
 from ttg.errors import TTGError
@@ -24,16 +24,6 @@ pytestmark = pytest.mark.fault
 
 #: The default lease, which the redelivery bound is stated against.
 LEASE = 2.0
-
-
-def seed(backend: BackendEnv, run: str, *args: str) -> dict:
-    out = ttg_json("seed", "--run", run, *args, env=backend.env)
-    assert out["_exit"] == 0, out
-    return out
-
-
-def status(backend: BackendEnv, run: str) -> dict:
-    return ttg_json("status", "--run", run, env=backend.env)
 
 
 def one_worker_holding_one_chunk(

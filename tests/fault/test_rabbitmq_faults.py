@@ -9,7 +9,7 @@ import pytest
 
 from tests import scenarios
 from tests.conftest import BackendEnv, backend_env
-from tests.fault.conftest import LocalHarness
+from tests.fault.conftest import LocalHarness, seed, status
 from tests.helpers import eventually, ttg, ttg_json
 from ttg.local import LocalWorkers, RabbitMQNode
 
@@ -34,24 +34,12 @@ def test_heartbeats_are_served_while_a_chunk_computes_for_three_intervals(
     # Lease 1 s -> heartbeat 1 s; the chunk computes 4 s. A worker whose I/O
     # stalled with the computation would be disconnected by the broker after
     # two missed heartbeats, and its chunk redelivered.
-    ttg(
-        "seed",
-        "--run",
-        run_id,
-        "--params",
-        "10",
-        "--chunk-size",
-        "10",
-        "--work-ms",
-        "4000",
-        env=backend.env,
-        check=True,
-    )
+    seed(backend, run_id, "--params", "10", "--chunk-size", "10", "--work-ms", "4000")
     (only,) = workers.start(1, TTG_LEASE_SECONDS="1")
     before = eventually(lambda: connections(rabbitmq_node), what="worker connected")
 
     eventually(
-        lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"],
+        lambda: status(backend, run_id)["complete"],
         timeout=30,
         what="done",
     )
@@ -70,23 +58,9 @@ def test_connection_cut_while_holding_a_chunk_is_redelivered(
     workers: LocalWorkers,
     run_id: str,
 ) -> None:
-    ttg(
-        "seed",
-        "--run",
-        run_id,
-        "--params",
-        "2000",
-        "--chunk-size",
-        "100",
-        "--work-ms",
-        "400",
-        env=backend.env,
-        check=True,
-    )
+    seed(backend, run_id, "--params", "2000", "--chunk-size", "100", "--work-ms", "400")
     workers.start(2, TTG_LEASE_SECONDS="1")
-    eventually(
-        lambda: ttg_json("status", "--run", run_id, env=backend.env)["in_flight"], what="in flight"
-    )
+    eventually(lambda: status(backend, run_id)["in_flight"], what="in flight")
 
     # The broker closes every worker connection, as a network cut would end them.
     for pid, _port in connections(rabbitmq_node):
@@ -103,9 +77,8 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
 ) -> None:
     # Two deployments with different retry delays serve the same run: nothing
     # about the delay is a queue argument, so neither gets PRECONDITION_FAILED.
-    ttg(
-        "seed",
-        "--run",
+    seed(
+        backend,
         run_id,
         "--params",
         "100",
@@ -115,12 +88,10 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
         "tests.computes:explode_on_13",
         "--max-deliveries",
         "4",
-        env=backend.env,
-        check=True,
     )
     (first,) = workers.start(1, TTG_RETRY_DELAY_SECONDS="0.1")
     eventually(
-        lambda: ttg_json("status", "--run", run_id, env=backend.env)["failed"] >= 1,
+        lambda: status(backend, run_id)["failed"] >= 1,
         what="a failure",
     )
     (second,) = workers.start(1, TTG_RETRY_DELAY_SECONDS="0.3")
