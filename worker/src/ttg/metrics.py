@@ -179,6 +179,8 @@ class RunWatcher(threading.Thread):
         self.last_ok = 0.0
         self.stopping = threading.Event()
         self._rates: dict[str, RateMeter] = {}
+        #: Runs seen complete: their gauges are final, so they are not read again.
+        self._finished: set[str] = set()
 
     def run(self) -> None:
         broker: Broker | None = None
@@ -187,9 +189,13 @@ class RunWatcher(threading.Thread):
                 broker = broker or self.open_broker()
                 broker.ping()
                 for run in broker.runs():
+                    if run in self._finished:
+                        continue
                     p = broker.progress(run)
                     rate = self._rates.setdefault(run, RateMeter()).update(p.finished)
                     self.metrics.observe_run(p, rate)
+                    if p.complete:
+                        self._finished.add(run)
                 self.metrics.broker_up.set(1)
                 self.last_ok = time.monotonic()
             except TTGError as e:
