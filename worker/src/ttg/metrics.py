@@ -11,6 +11,7 @@ Two kinds of series:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -125,6 +126,21 @@ class Metrics:
             registry=r,
         )
 
+    def forget_run(self, run: str) -> None:
+        """Drop a deleted run's gauges (its counters stay: they are this worker's history)."""
+        for gauge in (
+            self.run_total,
+            self.run_done,
+            self.run_dead,
+            self.run_dups,
+            self.run_depth,
+            self.run_progress,
+            self.run_eta,
+            self.run_rate,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(run)
+
     def observe_run(self, p: Progress, rate: float) -> None:
         labels = {"run": p.run}
         self.run_total.labels(**labels).set(p.total_chunks)
@@ -188,7 +204,12 @@ class RunWatcher(threading.Thread):
             try:
                 broker = broker or self.open_broker()
                 broker.ping()
-                for run in broker.runs():
+                runs = broker.runs()
+                for gone in set(self._rates) - set(runs):
+                    self.metrics.forget_run(gone)
+                    self._rates.pop(gone)
+                    self._finished.discard(gone)
+                for run in runs:
                     if run in self._finished:
                         continue
                     p = broker.progress(run)
