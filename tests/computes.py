@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 #: The parameter that makes the faulty computes misbehave.
 POISON = 13
@@ -20,4 +21,35 @@ def die_on_13(x: int) -> int:
     """Kill the worker process for the poison parameter: a chunk that kills its worker."""
     if x == POISON:
         os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def flaky_on_13(x: int) -> int:
+    """Fail in a way worth retrying (a flaky resource) for the poison parameter, every time."""
+    if x == POISON:
+        raise ConnectionError(f"resource for parameter {x} unavailable")
+    return x * x
+
+
+def set_on_13(x: int) -> object:
+    """Return something JSON cannot hold for the poison parameter."""
+    return {x} if x == POISON else x * x
+
+
+#: Environment variable naming the gate file of ``gated``.
+GATE_ENV = "TTG_TEST_GATE"
+
+
+def gated(x: int) -> int:
+    """Square ``x`` once the gate file exists: a chunk that lasts exactly as long as a test needs.
+
+    Fault tests open the gate (create the file) once the fault they inject has
+    happened, so no chunk finishes before it however slow the machine is.
+    """
+    path = os.environ[GATE_ENV]
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} never opened")
+        time.sleep(0.02)
     return x * x

@@ -15,10 +15,15 @@ import pytest
 
 from tests.helpers import ROOT
 from ttg.broker import Broker, Consumer, open_broker
+from ttg.brokers.memory import MemoryBroker
 from ttg.local import LocalWorkers, RabbitMQNode, RedisServer
 
-#: Every backend the shared conformance and fault suites run against.
+#: Every backend the shared fault suites run against (real broker processes).
 BACKENDS = ["redis", "rabbitmq"]
+#: What the conformance suite runs against: the real backends and the in-memory one.
+CONFORMANCE_BACKENDS = ["memory", *BACKENDS]
+#: Compute modules the tests' workers may import (tests.computes).
+COMPUTE_ALLOW = "ttg.compute,tests"
 
 
 @dataclass
@@ -30,11 +35,19 @@ class BackendEnv:
     restart: Callable[[], None]
     _brokers: list[Broker] = field(default_factory=list)
 
+    memory: MemoryBroker | None = None
+
     @property
     def env(self) -> dict[str, str]:
-        return {"TTG_BACKEND": self.name, "TTG_BROKER_URL": self.url}
+        return {
+            "TTG_BACKEND": self.name,
+            "TTG_BROKER_URL": self.url,
+            "TTG_COMPUTE_ALLOW": COMPUTE_ALLOW,
+        }
 
     def broker(self) -> Broker:
+        if self.memory is not None:
+            return self.memory
         b = open_broker(self.name, self.url)
         self._brokers.append(b)
         return b
@@ -63,6 +76,19 @@ def rabbitmq_node() -> Iterator[RabbitMQNode]:
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
     """The shared broker of each backend in turn (runs are isolated by run id)."""
+    yield from _backend(request)
+
+
+@pytest.fixture(params=CONFORMANCE_BACKENDS)
+def any_backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
+    """Each real backend's shared broker, and a fresh in-memory one."""
+    if request.param == "memory":
+        yield BackendEnv("memory", "memory://", lambda: None, memory=MemoryBroker())
+        return
+    yield from _backend(request)
+
+
+def _backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
     if request.param == "redis":
         server = request.getfixturevalue("redis_server")
     else:
@@ -112,10 +138,10 @@ ConsumerFactory = Callable[..., Consumer]
 
 @pytest.fixture
 def new_consumer() -> Iterator[ConsumerFactory]:
-    """``new_consumer(broker, name, lease=2.0, prefetch=1)``: a started consumer, closed after."""
+    """``new_consumer(broker, name, lease=2.0, prefetch=10)``: a started consumer, closed after."""
     made: list[Consumer] = []
 
-    def make(broker: Broker, name: str, *, lease: float = 2.0, prefetch: int = 1) -> Consumer:
+    def make(broker: Broker, name: str, *, lease: float = 2.0, prefetch: int = 10) -> Consumer:
         c = broker.consumer(name, lease_seconds=lease, prefetch=prefetch)
         c.start()
         made.append(c)

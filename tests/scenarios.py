@@ -68,23 +68,24 @@ def wait_complete(h: Harness, run: str, *, timeout: float = 600) -> dict[str, An
     return scenario.wait_complete(_status(h, run), timeout=timeout)
 
 
-def assert_verified(h: Harness, run: str, *, allow_dead: bool = False) -> dict[str, Any]:
+def assert_verified(h: Harness, run: str, *, allow_failed: bool = False) -> dict[str, Any]:
     """``ttg verify`` passes: every chunk has exactly one counted outcome, totals match.
 
     Duplicates may have been recorded (at-least-once delivery), but none was
-    counted: ``verify`` checks the counters against the ledger itself.
+    counted: ``verify`` checks the counters against the ledger itself. With
+    ``allow_failed``, dead chunks and parameter errors are accepted
+    (``--allow-failed``); without, a single one fails verification.
     """
-    report = h.ttg_json("verify", "--run", run)
+    report = h.ttg_json("verify", "--run", run, *(["--allow-failed"] if allow_failed else []))
     assert report["ok"], f"ttg verify failed: {report.get('problems')} {report}"
     assert report["_exit"] == 0, report
     assert report["complete"] and report["missing"] == 0, report
     assert report["problems"] == [], report
     # Acknowledged tasks are removed: a finished run leaves nothing queued.
     assert report["queue_depth"] == 0, report
-    if allow_dead:
-        assert report["done"] + report["dead"] == report["total_chunks"], report
-    else:
-        assert report["dead"] == 0, report
-        assert report["done"] == report["total_chunks"], report
+    finished = report["done"] + report["errors"] + report["dead"]
+    assert finished == report["total_chunks"], report
+    if not allow_failed:
+        assert report["dead"] == report["errors"] == 0, report
         assert report["done_params"] == report["total_params"], report
     return report

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import scenarios
+from tests.computes import GATE_ENV
 from tests.conftest import BackendEnv, backend_env
 from tests.fault.conftest import LocalHarness, seed, status
-from tests.helpers import eventually, ttg, ttg_json
+from tests.helpers import ROOT, eventually, ttg, ttg_json
 from ttg.local import LocalWorkers, RabbitMQNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -57,19 +60,84 @@ def test_connection_cut_while_holding_a_chunk_is_redelivered(
     harness: LocalHarness,
     workers: LocalWorkers,
     run_id: str,
+    tmp_path: Path,
 ) -> None:
-    seed(backend, run_id, "--params", "2000", "--chunk-size", "100", "--work-ms", "400")
-    workers.start(2, TTG_LEASE_SECONDS="1")
-    eventually(lambda: status(backend, run_id)["in_flight"], what="in flight")
+    # Chunks that last until the test opens the gate: however slow rabbitmqctl is
+    # on a loaded machine, the cut lands while each worker holds its chunk.
+    gate = tmp_path / "gate"
+    seed(
+        backend, run_id, "--params", "20", "--chunk-size", "10",
+        "--compute", "tests.computes:gated",
+    )  # fmt: skip
+    workers.start(2, TTG_LEASE_SECONDS="1", **{GATE_ENV: str(gate)})
 
-    # The broker closes every worker connection, as a network cut would end them.
-    for pid, _port in connections(rabbitmq_node):
-        rabbitmq_node.ctl_run("close_connection", pid, "test: network cut")
+    def each_holds_one() -> list[dict[str, Any]]:
+        flights = status(backend, run_id)["in_flight"]
+        return flights if len({f["worker"] for f in flights}) == 2 else []
 
+    held = eventually(each_holds_one, timeout=60, what="each worker holding a chunk")
+    # One broker call closes every connection, as a network cut would end them.
+    rabbitmq_node.ctl_run("close_all_connections", "test: network cut")
+
+    def redelivered() -> bool:
+        flights = status(backend, run_id)["in_flight"]
+        return {f["chunk"] for f in flights if f["deliveries"] == 2} == {f["chunk"] for f in held}
+
+    eventually(redelivered, timeout=60, what="both held chunks delivered again")
+    gate.touch()
     scenarios.wait_complete(harness, run_id, timeout=120)
     report = scenarios.assert_verified(harness, run_id)
-    assert report["redelivered"] >= 1, report
+    assert report["redelivered"] >= 2, report
     assert sorted(workers.alive()) == sorted(workers.procs), "a worker died instead of reconnecting"
+
+
+def test_worker_idle_longer_than_the_heartbeat_window_serves_the_next_run(
+    tmp_path: Path,
+) -> None:
+    # A node whose heartbeat is 1 s: any connection nothing services is closed
+    # after a few seconds. A worker must hold none (its one connection is serviced
+    # by its I/O thread), so a run seeded after a long idle gap is served at once.
+    node = RabbitMQNode(extra_config="heartbeat = 1\n").start()
+    pool = LocalWorkers(
+        {
+            "TTG_BACKEND": "rabbitmq",
+            "TTG_BROKER_URL": node.url,
+            "TTG_METRICS_PORT": "0",
+            "TTG_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        },
+        log_dir=tmp_path,
+    )
+    env = {"TTG_BACKEND": "rabbitmq", "TTG_BROKER_URL": node.url}
+    try:
+        ttg("seed", "--run", "first", "--params", "100", "--chunk-size", "10", env=env, check=True)
+        pool.start(1, TTG_LEASE_SECONDS="30")  # heartbeats of 30 s offered; the node's 1 s wins
+        eventually(lambda: ttg_json("status", "--run", "first", env=env)["complete"], timeout=60)
+        idle_since = time.monotonic()
+        connected = eventually(lambda: connections(node), what="worker connected")
+        # Idle for several heartbeat windows, the worker's connection alive throughout.
+        eventually(
+            lambda: time.monotonic() - idle_since > 8 and set(connections(node)) >= set(connected),
+            timeout=60,
+            what="8 s idle",
+        )
+        ttg("seed", "--run", "second", "--params", "100", "--chunk-size", "10", env=env, check=True)
+        eventually(lambda: ttg_json("status", "--run", "second", env=env)["complete"], timeout=60)
+        report = ttg_json("verify", "--run", "second", env=env)
+        assert report["ok"] and report["redelivered"] == 0, report
+        assert pool.alive() == list(pool.procs)
+    finally:
+        pool.stop()
+        node.stop()
+
+
+def test_task_queue_delivery_limit_is_the_run_s_max_deliveries(
+    backend: BackendEnv, rabbitmq_node: RabbitMQNode, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "10", "--chunk-size", "10", "--max-deliveries", "3")
+    out = rabbitmq_node.ctl_run("list_queues", "name", "arguments", "--quiet", "--no-table-headers")
+    (line,) = [line for line in out.splitlines() if line.startswith(f"ttg.{run_id}.tasks\t")]
+    assert '{"x-delivery-limit",3}' in line, line
 
 
 def test_a_changed_retry_delay_does_not_upset_the_broker(
@@ -85,7 +153,7 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
         "--chunk-size",
         "10",
         "--compute",
-        "tests.computes:explode_on_13",
+        "tests.computes:flaky_on_13",
         "--max-deliveries",
         "4",
     )
@@ -98,7 +166,7 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
 
     scenarios.wait_complete(harness, run_id, timeout=60)
 
-    report = scenarios.assert_verified(harness, run_id, allow_dead=True)
-    assert report["dead"] == 1 and report["failed"] == 4, report
+    report = scenarios.assert_verified(harness, run_id, allow_failed=True)
+    assert report["errors"] == 1 and report["failed"] == 4, report
     time.sleep(0.5)
     assert sorted(workers.alive()) == sorted([first, second])

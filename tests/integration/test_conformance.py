@@ -1,21 +1,24 @@
 """One conformance suite for every backend, through the Broker/Consumer interface.
 
-Runs unchanged against each backend in ``tests.conftest.BACKENDS``, each a real
-server process started by the fixtures.
+Runs unchanged against each backend in ``tests.conftest.CONFORMANCE_BACKENDS``:
+the in-memory one, and each real backend as a real server process started by
+the fixtures.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
 from tests.conftest import BackendEnv, ConsumerFactory
 from tests.helpers import eventually
+from tests.injections import inject_task as broker_inject
 from ttg import compute
 from ttg.broker import Broker, Consumer
 from ttg.errors import RunConflict, RunNotFound
-from ttg.run import Delivery, Outcome, RunSpec
+from ttg.run import Delivery, Outcome, Recorded, RunSpec, Status
 from ttg.space import RangeSpace
 from ttg.verify import verify
 
@@ -33,25 +36,43 @@ def make_spec(run: str, params: int = 100, chunk: int = 10, **kw: object) -> Run
 
 
 @pytest.fixture
+def backend(any_backend: BackendEnv) -> BackendEnv:
+    return any_backend
+
+
+@pytest.fixture
 def broker(backend: BackendEnv) -> Broker:
     return backend.broker()
 
 
+def inject_task(backend: BackendEnv, run: str, fields: dict[str, Any]) -> None:
+    """Put a raw task message into a run's queue, as a buggy or hostile publisher would."""
+    if backend.memory is not None:
+        backend.memory.inject(run, fields)
+    else:
+        broker_inject(backend, run, fields)
+
+
 def fetch_one(c: Consumer, run: str, timeout: float = 10) -> Delivery:
     def got() -> Delivery | None:
-        return next((d for d in c.fetch(0.2) if d.run == run), None)
+        return next((d for d in c.fetch(0.2, 1) if d.run == run), None)
 
     return eventually(got, timeout=timeout, interval=0, what=f"a delivery of {run}")
 
 
-def result_of(d: Delivery) -> list[int]:
-    return [x * x for x in range(d.lo, d.hi)]
+def ok(d: Delivery, worker: str, result: list[int] | None = None) -> Outcome:
+    result = result if result is not None else [x * x for x in range(d.lo, d.hi)]
+    return Outcome(d.chunk, Status.OK, d.hi - d.lo, worker, d.attempt, time.time(), result,
+                   round=d.round)  # fmt: skip
 
 
-def drain(c: Consumer, run: str, total: int) -> None:
-    for _ in range(total):
-        d = fetch_one(c, run)
-        assert c.complete(d, Outcome.ok(d, c.name, result_of(d)))
+def complete(c: Consumer, d: Delivery, outcome: Outcome | None = None) -> Recorded:
+    (r,) = c.complete([(d, outcome or ok(d, c.name))])
+    return r
+
+
+def counted(r: Recorded) -> bool:
+    return r in (Recorded.COUNTED, Recorded.RECORDED)
 
 
 def test_seed_is_idempotent_and_rejects_a_changed_spec(broker: Broker, run_id: str) -> None:
@@ -64,15 +85,18 @@ def test_seed_is_idempotent_and_rejects_a_changed_spec(broker: Broker, run_id: s
     assert run_id in broker.runs()
     with pytest.raises(RunConflict):
         broker.seed(make_spec(run_id, params=96))
-    assert broker.progress(run_id).queue_depth == 10
+    p = broker.progress(run_id)
+    assert p.queue_depth == 10 and p.state == "running"
 
 
 def test_unknown_run_raises_run_not_found(broker: Broker) -> None:
     with pytest.raises(RunNotFound):
         broker.spec("no-such-run")
+    with pytest.raises(RunNotFound):
+        broker.progress("no-such-run")
 
 
-def test_every_chunk_is_delivered_and_recorded_once(
+def test_every_chunk_is_delivered_with_its_spec_and_recorded_once(
     broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     spec = make_spec(run_id, params=95)
@@ -81,10 +105,10 @@ def test_every_chunk_is_delivered_and_recorded_once(
     seen = set()
     for _ in range(spec.total_chunks):
         d = fetch_one(c, run_id)
-        assert d.attempt == 1
+        assert d.attempt == 1 and d.spec == spec
         assert (d.lo, d.hi) == spec.bounds(d.chunk)
         seen.add(d.chunk)
-        assert c.complete(d, Outcome.ok(d, c.name, result_of(d))) is True
+        assert counted(complete(c, d))
     assert seen == set(range(10))
     report = verify(broker, run_id)
     assert report["ok"] and report["closed_form"] == "match", report
@@ -93,55 +117,93 @@ def test_every_chunk_is_delivered_and_recorded_once(
     assert rows[9].params == 5 and rows[9].worker == "c1" and rows[9].attempt == 1
 
 
+def test_complete_returns_once_the_outcome_is_durable(
+    broker: Broker, backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=30))
+    c = new_consumer(broker, "c1")
+    batch = [fetch_one(c, run_id) for _ in range(3)]
+    items = [(d, ok(d, "c1")) for d in batch]
+    assert all(counted(r) for r in c.complete(items))
+    # Read by another client, at once: nothing is still on its way.
+    fresh = backend.broker()
+    assert {o.chunk for o in fresh.ledger(run_id)} == {d.chunk for d in batch}
+    assert fresh.progress(run_id).done == len(batch)
+
+
+def test_the_same_record_sent_twice_counts_once(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=10))
+    c = new_consumer(broker, "c1")
+    d = fetch_one(c, run_id)
+    outcome = ok(d, "c1")
+    assert counted(complete(c, d, outcome))
+    # The reply was lost and the worker sent it again: same worker, same attempt.
+    assert complete(c, d, outcome) is not Recorded.DUPLICATE
+    p = broker.progress(run_id)
+    assert (p.done, p.done_params, p.duplicates) == (1, 10, 0)
+
+
 def test_a_second_result_is_a_visible_duplicate_that_changes_no_total(
     broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
     c = new_consumer(broker, "c1")
     d = fetch_one(c, run_id)
-    assert c.complete(d, Outcome.ok(d, "c1", result_of(d)))
-    # A zombie worker that was presumed dead finishes the same chunk later.
-    zombie = Delivery(d.run, d.chunk, d.lo, d.hi, d.attempt + 1, d.handle)
-    c.complete(zombie, Outcome.ok(zombie, "zombie", [0] * 10))
+    assert counted(complete(c, d))
+    # A zombie presumed dead finishes the same chunk later, with its own later delivery.
+    zombie = Delivery(d.spec, d.chunk, d.attempt + 1, d.handle)
+    assert complete(c, zombie, ok(zombie, "zombie", [0] * 10)) in (
+        Recorded.DUPLICATE,
+        Recorded.RECORDED,
+    )
     p = broker.progress(run_id)
     assert (p.done, p.done_params, p.duplicates) == (1, 10, 1)
     (only,) = list(broker.ledger(run_id))
-    assert only.worker == "c1" and only.result == result_of(d)
+    assert only.worker == "c1" and only.result == [x * x for x in range(10)]
     assert verify(broker, run_id)["ok"]
 
 
-def test_failure_retries_with_backoff_then_dead_letters(
+def test_retry_waits_for_its_delay_and_counts_the_attempt(
     broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10, max_deliveries=3))
     c = new_consumer(broker, "c1")
-    attempts = []
-    for verdict in ("retry", "retry", "dead"):
-        d = fetch_one(c, run_id)
-        attempts.append(d.attempt)
-        failed_at = time.monotonic()
-        assert c.fail(d, f"boom {d.attempt}", max_deliveries=3, delay=0.3) == verdict
-    assert attempts == [1, 2, 3]
-    assert time.monotonic() - failed_at < 5
-    p = broker.progress(run_id)
-    assert (p.dead, p.failed, p.done, p.complete) == (1, 3, 0, True)
-    (dead,) = list(broker.ledger(run_id))
-    assert dead.status == "dead" and dead.error == "boom 3" and dead.attempt == 3
-    report = verify(broker, run_id)
-    assert report["ok"] and report["state"] == "complete-with-dead"
-
-
-def test_retry_waits_for_its_delay(
-    broker: Broker, new_consumer: ConsumerFactory, run_id: str
-) -> None:
-    broker.seed(make_spec(run_id, params=10))
-    c = new_consumer(broker, "c1")
     d = fetch_one(c, run_id)
     failed_at = time.monotonic()
-    c.fail(d, "boom", max_deliveries=5, delay=1.5)
+    c.retry(d, "boom 1", delay=1.5)
     again = fetch_one(c, run_id)
     assert again.chunk == d.chunk and again.attempt == 2
     assert time.monotonic() - failed_at >= 1.4
+    p = broker.progress(run_id)
+    assert p.failed == 1 and "boom 1" in p.recent_errors, p
+
+
+def test_outcomes_of_every_status_are_counted_apart(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=30))
+    c = new_consumer(broker, "c1")
+    a, b, e = (fetch_one(c, run_id) for _ in range(3))
+    with_errors = Outcome(
+        b.chunk, Status.ERRORS, 10, "c1", 1, time.time(),
+        [None, *[x * x for x in range(b.lo + 1, b.hi)]],
+        error="parameter 0: ValueError", param_errors=((b.lo, "ValueError: bad"),),
+    )  # fmt: skip
+    results = c.complete(
+        [(a, ok(a, "c1")), (b, with_errors), (e, Outcome.dead(e, "c1", "cannot import"))]
+    )
+    assert all(counted(r) for r in results)
+    p = broker.progress(run_id)
+    assert (p.done, p.errors, p.dead, p.param_errors, p.done_params) == (1, 1, 1, 1, 19), p
+    assert p.complete and p.state == "complete-with-failures"
+    report = verify(broker, run_id)
+    assert report["verified"] and not report["ok"], report
+    assert verify(broker, run_id, allow_failed=True)["ok"]
+    rows = {o.chunk: o for o in broker.ledger(run_id)}
+    assert rows[b.chunk].param_errors == ((b.lo, "ValueError: bad"),)
+    assert rows[e.chunk].error == "cannot import" and rows[e.chunk].status is Status.DEAD
 
 
 def test_released_chunk_goes_to_another_consumer_at_once(
@@ -154,11 +216,105 @@ def test_released_chunk_goes_to_another_consumer_at_once(
     b = new_consumer(broker, "b")
     a.stop_fetching()  # as a worker does when it shuts down
     a.release(d)
-    again = fetch_one(b, run_id, timeout=2)
+    again = fetch_one(b, run_id, timeout=5)
     assert again.chunk == d.chunk
     assert again.attempt == d.attempt, "a release is not a failed delivery"
-    assert b.complete(again, Outcome.ok(again, "b", result_of(again)))
+    assert counted(complete(b, again))
     assert verify(broker, run_id)["ok"]
+
+
+def test_a_consumer_that_leaves_holding_a_chunk_has_it_redelivered(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=10))
+    gone = new_consumer(broker, "gone", lease=1.0)
+    d = fetch_one(gone, run_id)
+    live = new_consumer(broker, "live", lease=1.0)
+    gone.close()
+    again = fetch_one(live, run_id, timeout=10)
+    assert again.chunk == d.chunk and again.attempt == 2
+    assert counted(complete(live, again))
+    report = verify(broker, run_id)
+    assert report["ok"] and report["redelivered"] >= 1, report
+
+
+def test_abandoned_delivery_comes_back(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=10))
+    c = new_consumer(broker, "c1", lease=1.0)
+    d = fetch_one(c, run_id)
+    c.abandon(d)  # as a worker does when the broker would not take it back
+    again = fetch_one(c, run_id, timeout=10)
+    assert again.chunk == d.chunk and again.attempt == d.attempt + 1
+    assert counted(complete(c, again))
+
+
+def test_malformed_task_messages_are_recorded_and_never_delivered(
+    broker: Broker, backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=20))
+    inject_task(backend, run_id, {})
+    inject_task(backend, run_id, {"c": "not a number", "a": 0})
+    inject_task(backend, run_id, {"c": 99, "a": 0})
+    c = new_consumer(broker, "c1")
+    for _ in range(2):
+        assert counted(complete(c, fetch_one(c, run_id)))
+    # What is left is unreadable: never handed out, each recorded once.
+    assert [d for d in c.fetch(0.5, 10) if d.run == run_id] == []
+
+    def recorded() -> Any:
+        p = broker.progress(run_id)
+        return p.malformed == 3 and p
+
+    p = eventually(recorded, what="3 malformed messages recorded")
+    assert p.complete and any("malformed" in e for e in p.recent_errors), p
+
+
+def test_paused_run_hands_out_nothing_until_resumed(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=20))
+    broker.set_control(run_id, "paused")
+    c = new_consumer(broker, "c1", lease=1.0)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert [d for d in c.fetch(0.1, 10) if d.run == run_id] == []
+    assert broker.progress(run_id).state == "paused"
+    broker.set_control(run_id, "running")
+    assert counted(complete(c, fetch_one(c, run_id)))
+    broker.set_control(run_id, "cancelled")
+    assert broker.progress(run_id).state == "cancelled"
+
+
+def test_retry_requeues_failed_chunks_and_keeps_the_good_ones(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=30))
+    c = new_consumer(broker, "c1")
+    a, b, e = (fetch_one(c, run_id) for _ in range(3))
+    bad = Outcome(
+        b.chunk, Status.ERRORS, 10, "c1", 1, time.time(), [None] * 10,
+        error="parameter: boom", param_errors=tuple((i, "boom") for i in range(b.lo, b.hi)),
+    )  # fmt: skip
+    c.complete([(a, ok(a, "c1")), (b, bad), (e, Outcome.dead(e, "c1", "lost"))])
+    report = broker.retry(run_id, dead=True, errors=True)
+    assert (report.dead, report.errors) == (1, 1) and report.round >= 1
+    p = broker.progress(run_id)
+    assert (p.done, p.errors, p.dead) == (1, 0, 0) and not p.complete, p
+    again = {d.chunk: d for d in (fetch_one(c, run_id), fetch_one(c, run_id))}
+    assert set(again) == {b.chunk, e.chunk}
+    assert all(d.round == report.round and d.attempt == 2 for d in again.values())
+    # A result from before the retry, arriving late, is a duplicate.
+    late = Delivery(b.spec, b.chunk, 1, again[b.chunk].handle, round=0)
+    c.complete([(late, ok(late, "zombie"))])
+    for d in again.values():
+        assert counted(complete(c, d))
+    report2 = verify(broker, run_id)
+    assert report2["ok"] and report2["duplicates"] == 1, report2
+    rows = {o.chunk: o for o in broker.ledger(run_id)}
+    assert rows[b.chunk].worker == "c1" and rows[b.chunk].attempt == 2
+    assert rows[a.chunk].attempt == 1
 
 
 def test_progress_lists_chunks_in_flight_with_their_worker(
@@ -169,6 +325,7 @@ def test_progress_lists_chunks_in_flight_with_their_worker(
     d = fetch_one(c, run_id)
     flights = eventually(lambda: broker.progress(run_id).in_flight, what="in_flight listed")
     assert [(f.chunk, f.worker) for f in flights] == [(d.chunk, "holder")]
+    assert eventually(lambda: broker.progress(run_id).workers, what="a live worker") >= 1
 
 
 def test_runs_are_isolated(broker: Broker, new_consumer: ConsumerFactory, run_id: str) -> None:
@@ -179,9 +336,10 @@ def test_runs_are_isolated(broker: Broker, new_consumer: ConsumerFactory, run_id
     got: dict[str, list[int]] = {run_id: [], other: []}
 
     def work() -> bool:
-        for d in c.fetch(0.2):
+        batch = [d for d in c.fetch(0.2, 10) if d.run in got]
+        for d in batch:
             got[d.run].append(d.chunk)
-            assert c.complete(d, Outcome.ok(d, c.name, result_of(d)))
+        assert all(counted(r) for r in c.complete([(d, ok(d, c.name)) for d in batch]))
         return len(got[run_id]) + len(got[other]) == 9
 
     eventually(work, interval=0, what="both runs drained")
@@ -196,9 +354,23 @@ def test_verify_reports_missing_chunks(
 ) -> None:
     broker.seed(make_spec(run_id, params=30))
     c = new_consumer(broker, "c1")
-    drain(c, run_id, 2)
+    for _ in range(2):
+        complete(c, fetch_one(c, run_id))
     report = verify(broker, run_id)
-    assert not report["ok"] and report["missing"] == 1 and report["state"] == "incomplete"
+    assert not report["ok"] and report["missing"] == 1 and report["state"] == "running"
+
+
+def test_verify_notices_a_wrong_result(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=20))
+    c = new_consumer(broker, "c1")
+    d = fetch_one(c, run_id)
+    complete(c, d)
+    d2 = fetch_one(c, run_id)
+    complete(c, d2, ok(d2, "c1", [x * x + (x == d2.lo) for x in range(d2.lo, d2.hi)]))
+    report = verify(broker, run_id)
+    assert report["closed_form"] == "mismatch" and not report["ok"], report
 
 
 def test_delete_removes_the_run(broker: Broker, run_id: str) -> None:
@@ -208,3 +380,13 @@ def test_delete_removes_the_run(broker: Broker, run_id: str) -> None:
     with pytest.raises(RunNotFound):
         broker.spec(run_id)
     assert broker.delete(run_id) is False
+
+
+def test_outcomes_for_a_deleted_run_are_gone_not_errors(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker.seed(make_spec(run_id, params=10))
+    c = new_consumer(broker, "c1")
+    d = fetch_one(c, run_id)
+    broker.delete(run_id)
+    assert complete(c, d) is Recorded.GONE

@@ -44,32 +44,73 @@ def test_metrics_health_and_readiness_endpoints(
     assert get(port, "/healthz") == (200, "ok\n")
     assert get(port, "/nope")[0] == 404
 
-    def run_gauges_complete() -> str:
+    def all_recorded() -> str:
         body = get(port, "/metrics")[1]
-        assert f'ttg_run_progress_ratio{{run="{run_id}"}} 1.0' in body
+        assert f'ttg_chunks_completed_total{{run="{run_id}"}} 10.0' in body
         return body
 
-    body = eventually(run_gauges_complete, timeout=30, what="per-run gauges at 100%")
+    body = eventually(all_recorded, timeout=30, what="every chunk counted")
     for name in (
-        f'ttg_chunks_completed_total{{run="{run_id}"}} 10.0',
         f'ttg_parameters_completed_total{{run="{run_id}"}} 500.0',
-        f'ttg_run_chunks_total{{run="{run_id}"}} 10.0',
-        f'ttg_run_chunks_done{{run="{run_id}"}} 10.0',
-        f'ttg_run_chunks_dead{{run="{run_id}"}} 0.0',
-        f'ttg_run_queue_depth{{run="{run_id}"}} 0.0',
-        f'ttg_run_eta_seconds{{run="{run_id}"}} 0.0',
+        f'ttg_chunks_redelivered_total{{run="{run_id}"}} 0.0',
+        f'ttg_chunks_dead_lettered_total{{run="{run_id}"}} 0.0',
         "ttg_chunks_in_flight 0.0",
         "ttg_broker_up 1.0",
         "# TYPE ttg_chunk_duration_seconds histogram",
-        "# TYPE ttg_chunks_redelivered_total counter",
-        "# TYPE ttg_chunks_dead_lettered_total counter",
         "# TYPE ttg_chunks_duplicate_total counter",
         "# TYPE ttg_chunks_failed_total counter",
     ):
         assert name in body, name
+    # Per-run figures are the exporter's, once per install: a worker exports none.
+    assert "ttg_run_" not in body
 
 
-def test_readyz_fails_when_the_broker_is_unreachable(tmp_path: Path) -> None:
+def test_exporter_serves_every_run_with_or_without_workers(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "300", "--chunk-size", "10")
+    port = free_port()
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "ttg", "exporter"],
+        env=child_env({**backend.env, "TTG_METRICS_PORT": str(port)}),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def queued() -> dict:
+            code, text = get(port, "/api/queue")
+            assert code == 200, text
+            report = json.loads(text)
+            assert report["runs"].get(run_id, {}).get("queued") == 30, report
+            return report
+
+        # No worker at all: the work waiting is there for KEDA to scale from zero.
+        report = eventually(queued, timeout=30, what="queue depth with no worker")
+        assert report["queued"] >= 30 and report["runs"][run_id]["workers"] == 0
+        body = get(port, "/metrics")[1]
+        assert f'ttg_run_queue_depth{{run="{run_id}"}} 30.0' in body
+        assert f'ttg_run_chunks_finished_total{{run="{run_id}"}} 0.0' in body
+        assert get(port, "/readyz")[0] == 200
+
+        workers.start(1)
+
+        def finished() -> str:
+            body = get(port, "/metrics")[1]
+            assert f'ttg_run_chunks_finished_total{{run="{run_id}"}} 30.0' in body
+            return body
+
+        body = eventually(finished, timeout=60, what="exporter sees the run finish")
+        assert (
+            f'ttg_run_info{{backend="{backend.name}",run="{run_id}",state="complete"}} 1.0' in body
+        )
+        assert f'ttg_run_queue_depth{{run="{run_id}"}} 0.0' in body
+        assert f'ttg_run_eta_seconds{{run="{run_id}"}} 0.0' in body
+    finally:
+        exporter.terminate()
+        assert exporter.wait(timeout=15) == 0
+
+
+def test_worker_is_alive_but_not_ready_while_its_broker_is_away(tmp_path: Path) -> None:
     port = free_port()
     env = child_env(
         {"TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "TTG_METRICS_PORT": str(port)}
@@ -79,10 +120,12 @@ def test_readyz_fails_when_the_broker_is_unreachable(tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None
-        assert "waiting for the broker" in proc.stderr.readline()
-        # The worker waits for its broker before it serves: not ready, nothing listens.
-        code, reason = get(port, "/readyz")
-        assert code == 0 and "refused" in reason
+        # Served from the start, so a liveness probe does not kill a worker waiting for
+        # a slow broker; not ready until the broker answers.
+        eventually(lambda: get(port, "/healthz") == (200, "ok\n"), timeout=30, what="/healthz")
+        assert get(port, "/readyz") == (503, "broker unreachable\n")
+        lines = [proc.stderr.readline() for _ in range(2)]
+        assert any("cannot reach the broker yet" in line for line in lines), lines
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
@@ -131,7 +174,7 @@ def test_status_watch_follows_the_run_to_completion(
     assert text.returncode == 0 and f"run {run_id}: complete" in text.stdout
 
 
-def test_results_export_one_row_per_chunk(
+def test_results_export_one_row_per_parameter_with_its_grid_values(
     backend: BackendEnv, workers: LocalWorkers, run_id: str
 ) -> None:
     seed(backend, run_id, "--space", "grid:a=1,2,3;b=x,y", "--chunk-size", "4")
@@ -142,24 +185,23 @@ def test_results_export_one_row_per_chunk(
 
     out = ttg("results", "--run", run_id, "--format", "csv", env=backend.env, check=True).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [r["chunk"] for r in rows] == ["0", "1"]
-    assert [r["params"] for r in rows] == ["4", "2"]
     assert list(rows[0]) == [
-        "chunk",
-        "params",
-        "status",
-        "result",
-        "error",
-        "worker",
-        "attempt",
-        "finished_at",
-    ]
-    assert len(json.loads(rows[1]["result"])) == 2 and rows[1]["attempt"] == "1"
+        "index", "a", "b", "result", "status", "error", "chunk", "worker", "attempt", "finished_at",
+    ]  # fmt: skip
+    assert [(r["index"], r["a"], r["b"], r["chunk"]) for r in rows] == [
+        ("0", "1", "x", "0"), ("1", "1", "y", "0"), ("2", "2", "x", "0"), ("3", "2", "y", "0"),
+        ("4", "3", "x", "1"), ("5", "3", "y", "1"),
+    ]  # fmt: skip
+    assert all(r["status"] == "ok" and r["attempt"] == "1" and r["result"] for r in rows)
 
-    jsonl = ttg("results", "--run", run_id, "--format", "jsonl", env=backend.env, check=True).stdout
-    assert [json.loads(line)["chunk"] for line in jsonl.splitlines()] == [0, 1]
+    jsonl = ttg("results", "--run", run_id, env=backend.env, check=True).stdout
+    first = json.loads(jsonl.splitlines()[0])
+    assert first["value"] == {"a": 1, "b": "x"} and first["index"] == 0
+
+    chunks = ttg("results", "--run", run_id, "--chunks", env=backend.env, check=True).stdout
+    assert [json.loads(line)["chunk"] for line in chunks.splitlines()] == [0, 1]
     missing = ttg("results", "--run", "no-such-run", env=backend.env)
-    assert missing.returncode == 1 and "no run" in missing.stderr
+    assert missing.returncode == 2 and "no run" in missing.stderr
 
 
 def test_demo_kills_a_worker_and_verifies_the_run() -> None:

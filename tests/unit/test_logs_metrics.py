@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 import logging
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from ttg.exporter import RunCollector, Snapshot
 from ttg.logs import JSONFormatter
 from ttg.metrics import Metrics, RateMeter
 from ttg.run import Progress
@@ -29,12 +30,43 @@ def test_rate_meter_tracks_a_steady_rate() -> None:
     assert abs(rate - 10) < 1e-9
 
 
-def test_run_gauges_are_one_series_per_run_and_go_when_the_run_is_forgotten() -> None:
+def test_worker_series_of_a_run_are_born_at_zero() -> None:
     m = Metrics()
-    m.observe_run(Progress("r1", total_chunks=10, total_params=100, seeded_chunks=10, done=4), 2.0)
+    m.run("r1").completed.inc()
     text = generate_latest(m.registry).decode()
+    # A counter born at 1 would hide its first step from rate(): every series starts at 0.
+    assert 'ttg_chunks_completed_total{run="r1"} 1.0' in text
+    for name in ("failed", "redelivered", "dead_lettered", "duplicate", "released"):
+        assert f'ttg_chunks_{name}_total{{run="r1"}} 0.0' in text
+    assert 'ttg_parameters_completed_total{run="r1"} 0.0' in text
+    assert 'ttg_chunk_duration_seconds_bucket{le="0.25",run="r1"} 0.0' in text
+
+
+def test_exporter_has_one_series_per_run_from_the_broker_tallies() -> None:
+    p = Progress(
+        "r1", total_chunks=10, total_params=100, seeded_chunks=10, done=4, done_params=40,
+        queue_depth=6, workers=0, redelivered=2,
+    )  # fmt: skip
+    done = Progress("r2", total_chunks=5, total_params=5, seeded_chunks=5, done=5, done_params=5)
+    registry = CollectorRegistry()
+    registry.register(
+        RunCollector(lambda: Snapshot(0, True, {"r1": p, "r2": done}, {"r1": 2.0}), "redis")
+    )
+    text = generate_latest(registry).decode()
+    assert 'ttg_run_info{backend="redis",run="r1",state="running"} 1.0' in text
     assert 'ttg_run_chunks_done{run="r1"} 4.0' in text
-    assert 'ttg_run_progress_ratio{run="r1"} 0.4' in text
+    assert 'ttg_run_workers{run="r1"} 0.0' in text  # present with no worker at all
+    assert 'ttg_run_queue_depth{run="r1"} 6.0' in text
     assert 'ttg_run_eta_seconds{run="r1"} 3.0' in text
-    m.forget_run("r1")
-    assert 'run="r1"' not in generate_latest(m.registry).decode()
+    assert 'ttg_run_redeliveries_total{run="r1"} 2.0' in text
+    assert 'ttg_run_chunks_finished_total{run="r2"} 5.0' in text
+    assert 'ttg_run_queue_depth{run="r2"} 0.0' in text
+    assert 'ttg_run_eta_seconds{run="r2"} 0.0' in text
+    assert "ttg_exporter_broker_up 1.0" in text
+
+
+def test_exporter_gives_no_eta_before_a_rate_is_known() -> None:
+    p = Progress("r1", total_chunks=10, total_params=100, seeded_chunks=10)
+    registry = CollectorRegistry()
+    registry.register(RunCollector(lambda: Snapshot(0, True, {"r1": p}, {}), "redis"))
+    assert "ttg_run_eta_seconds{" not in generate_latest(registry).decode()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ttg.errors import UsageError
-from ttg.run import Outcome, Progress, RunSpec, check_run_id
+from ttg.run import Outcome, Progress, RunSpec, Status, check_run_id
 from ttg.space import RangeSpace
 
 
@@ -45,12 +45,25 @@ def test_bad_specs_are_rejected(kw: dict) -> None:
 
 
 def test_outcome_json_round_trip() -> None:
-    o = Outcome(7, "dead", 100, "w1", 5, 1700000000.123, None, "boom")
-    assert Outcome.from_json(7, o.to_json()) == o
+    dead = Outcome(7, Status.DEAD, 100, "w1", 5, 1700000000.123, None, "boom")
+    assert Outcome.from_json(7, dead.to_json()) == dead
+    errors = Outcome(
+        8, Status.ERRORS, 2, "w1", 1, 1700000000.5, [None, 4], "parameter 800: x",
+        ((800, "ValueError: x"),), 1700000000.25, 2,
+    )  # fmt: skip
+    assert Outcome.from_json(8, errors.to_json()) == errors
+    assert errors.to_json().startswith('{"w":"w1","a":1,')
 
 
-def test_progress_state() -> None:
-    p = Progress("r", total_chunks=10, total_params=100, seeded_chunks=10, done=9)
-    assert p.state == "running" and not p.complete
-    p.dead = 1
-    assert p.state == "complete-with-dead" and p.complete and p.ratio == 1.0
+def test_progress_states() -> None:
+    p = Progress("r", total_chunks=10, total_params=100, seeded_chunks=4)
+    assert p.state == "seeding"
+    p.seeded_chunks, p.done = 10, 9
+    assert p.state == "running" and not p.complete and p.waiting == p.queue_depth
+    p.control = "paused"
+    assert p.state == "paused" and p.waiting == 0
+    p.control = "running"
+    p.errors = 1
+    assert p.state == "complete-with-failures" and p.complete and p.ratio == 1.0
+    p.errors, p.done = 0, 10
+    assert p.state == "complete" and p.failures == 0

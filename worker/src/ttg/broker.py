@@ -1,35 +1,37 @@
 """The broker interface every backend implements.
 
-A ``Broker`` owns runs: it seeds them, reports their progress and keeps their
-ledger. A ``Consumer`` is one worker's session with the broker: it fetches
-deliveries, and completes, fails or releases them. Backends live in
-``ttg.brokers.<name>``; the worker core never imports redis or pika.
+A ``Broker`` owns runs: it seeds them, steers them, reports their progress and
+keeps their ledger. A ``Consumer`` is one worker's session with the broker,
+and the worker's only door to it: it fetches deliveries (each carrying its
+run's spec), and settles each one in exactly one of three ways — ``complete``,
+``retry`` or ``release``. Backends live in ``ttg.brokers.<name>``; the worker
+core never imports redis or pika.
 
-The contract (DESIGN.md, invariants 1-8) each backend meets, checked by one
-conformance suite run unchanged against all of them:
+The contract (DESIGN.md invariants; docs/contract.md), checked by one
+conformance suite run unchanged against every backend:
 
 - ``seed`` is idempotent and resumable;
-- ``complete`` makes the result durable in the ledger in the same step as (or
-  before) the acknowledgement, and a second outcome for a chunk is recorded as
-  a duplicate, never counted;
+- ``complete`` returns only once each outcome is durable in the ledger and its
+  task acknowledged (the result first, invariant 3); a second outcome for a
+  chunk is a duplicate that changes no total (invariant 2);
 - a consumer that stops renewing its lease has its chunks redelivered to a live
   one within the lease, and a live consumer never loses a chunk it holds;
-- a chunk delivered ``max_deliveries`` times without success is dead-lettered.
+- a chunk delivered ``max_deliveries`` times without an outcome is recorded dead;
+- a task message that cannot be read is acknowledged and recorded as a problem
+  of its run, never handed to the worker and never left pending.
 """
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from ttg.brokers import BACKENDS
 from ttg.errors import UsageError
-from ttg.run import Delivery, Outcome, Progress, RunSpec
-
-#: Backends by the name ``TTG_BACKEND`` uses, and the module implementing each.
-BACKENDS = {"redis": "ttg.brokers.redis", "rabbitmq": "ttg.brokers.rabbitmq"}
+from ttg.run import Delivery, Outcome, Progress, Recorded, RunSpec
 
 
 @dataclass(frozen=True)
@@ -47,48 +49,107 @@ class SeedReport:
         return self.added == 0
 
 
+@dataclass(frozen=True)
+class RetryReport:
+    """What one ``retry`` call re-queued."""
+
+    run: str
+    dead: int
+    errors: int
+    round: int
+
+    @property
+    def requeued(self) -> int:
+        return self.dead + self.errors
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """Something that happened to a chunk besides its outcome (for status and reports)."""
+
+    t: float
+    #: redelivered | released | failed | malformed | retry
+    kind: str
+    chunk: int | None = None
+    worker: str | None = None
+    #: For "redelivered": who held it before, when the backend knows.
+    previous_worker: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS material for ``rediss://`` and ``amqps://`` (files, as mounted from a Secret)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
 class Consumer(ABC):
-    """One worker process's session: fetch, then complete, fail or release."""
+    """One worker process's session: fetch, then settle each delivery exactly once."""
 
     name: str
 
     @abstractmethod
     def start(self) -> None:
-        """Announce the consumer and start renewing its liveness lease."""
+        """Connect, announce the consumer and start renewing its lease.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached yet (retry).
+            AuthenticationError: it refused us (do not retry).
+        """
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool:
+        """The broker answered recently and our lease is held (what /readyz reports)."""
 
     @abstractmethod
-    def fetch(self, timeout: float) -> list[Delivery]:
-        """Wait up to ``timeout`` seconds for deliveries from any live run.
+    def fetch(self, timeout: float, limit: int) -> list[Delivery]:
+        """Wait up to ``timeout`` seconds for at most ``limit`` deliveries from any live run.
 
-        Deliveries from dead consumers are redelivered here too, with their
-        ``attempt`` counting every earlier delivery.
+        Deliveries of dead consumers come here too, with ``attempt`` counting
+        every earlier delivery. Returns nothing while the lease is not held:
+        a worker that cannot renew its lease takes no new work.
         """
 
     @abstractmethod
-    def complete(self, delivery: Delivery, outcome: Outcome) -> bool:
-        """Record ``outcome`` in the ledger and acknowledge, as one step.
+    def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
+        """Record each outcome (ok, errors or dead) in its run's ledger, then acknowledge.
 
-        Returns:
-            False if the chunk is known to have had an outcome already (the new
-            one is recorded as a duplicate and changes no total), else True. A
-            backend whose ledger decides on read (RabbitMQ's stream) returns
-            True and reports the duplicate in ``progress``.
+        Returns once every outcome is durable and its task acknowledged, one
+        ``Recorded`` per item, in order. A run deleted meanwhile gives ``GONE``
+        for its items (nothing to record them in); any other failure raises and
+        leaves every item of the call unsettled, to be completed again (a
+        re-sent record is recognised, never counted twice).
         """
 
     @abstractmethod
-    def fail(self, delivery: Delivery, error: str, *, max_deliveries: int, delay: float) -> str:
-        """A compute error: retry after ``delay`` seconds, or dead-letter.
+    def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
+        """A failure worth retrying: the chunk comes back after ``delay`` seconds.
 
-        Returns:
-            ``"retry"`` or ``"dead"`` (when ``delivery.attempt >= max_deliveries``).
+        The failure is counted in the run's tallies with ``error``.
         """
-
-    def stop_fetching(self) -> None:  # noqa: B027 - optional hook, a no-op for pull-based backends
-        """Receive no new deliveries (shutdown). Push-based backends cancel their subscriptions."""
 
     @abstractmethod
     def release(self, delivery: Delivery) -> None:
-        """Give an unfinished delivery back so another worker takes it at once."""
+        """Give an unfinished delivery back so another worker takes it at once (not a failure)."""
+
+    @abstractmethod
+    def abandon(self, delivery: Delivery) -> None:
+        """Stop tracking a delivery the broker would not take back; never raises.
+
+        The broker redelivers it (to this consumer or another) once it has
+        been held for a lease without an outcome: a chunk is never left with
+        a live worker that no longer works on it.
+        """
+
+    def set_read_ahead(self, limit: int) -> None:  # noqa: B027 - optional hook, a no-op for pull backends
+        """Hold at most ``limit`` undelivered chunks (push backends adjust their prefetch)."""
+
+    def stop_fetching(self) -> None:  # noqa: B027 - optional hook, a no-op for pull backends
+        """Receive no new deliveries (shutdown). Push-based backends cancel their subscriptions."""
 
     @abstractmethod
     def close(self) -> None:
@@ -96,7 +157,7 @@ class Consumer(ABC):
 
 
 class Broker(ABC):
-    """A connection to one broker holding any number of runs."""
+    """A connection to one broker holding any number of runs (the admin side)."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -129,11 +190,43 @@ class Broker(ABC):
 
     @abstractmethod
     def progress(self, run: str) -> Progress:
-        """Counters of the run, including the chunks in flight now."""
+        """Counters of the run, including the chunks in flight now.
+
+        Memory is bounded by the run's size in chunks, never by its results.
+
+        Raises:
+            RunNotFound: no such run.
+        """
 
     @abstractmethod
     def ledger(self, run: str) -> Iterator[Outcome]:
-        """Every counted outcome of the run, one per chunk, in no set order."""
+        """Every counted outcome of the run, one per chunk, in no set order, streamed."""
+
+    @abstractmethod
+    def events(self, run: str) -> Iterator[RunEvent]:
+        """The run's recent events, oldest first (a bounded window, for reports)."""
+
+    @abstractmethod
+    def set_control(self, run: str, control: str) -> None:
+        """Steer a run: ``running`` (resume), ``paused`` or ``cancelled``.
+
+        Workers honour it within a lease. Results stay in any case.
+
+        Raises:
+            RunNotFound: no such run.
+        """
+
+    @abstractmethod
+    def retry(self, run: str, *, dead: bool = True, errors: bool = True) -> RetryReport:
+        """Re-queue the chunks whose outcome is dead and/or holds parameter errors.
+
+        Their old outcomes leave the count (they stay in the run's history);
+        every other outcome is kept. A late result from before the retry is a
+        duplicate.
+
+        Raises:
+            RunNotFound: no such run.
+        """
 
     @abstractmethod
     def delete(self, run: str) -> bool:
@@ -145,7 +238,7 @@ class Broker(ABC):
 
     @abstractmethod
     def consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> Consumer:
-        """A consumer named ``name`` (unique per process)."""
+        """A consumer named ``name`` (unique per process), holding at most ``prefetch`` chunks."""
 
     @abstractmethod
     def close(self) -> None:
@@ -153,13 +246,17 @@ class Broker(ABC):
 
 
 def with_credentials(url: str, username: str | None, password: str | None) -> str:
-    """Put a username and/or password into ``url``, URL-quoted.
+    """Put a username and/or password into ``url`` (each of a comma-separated list), URL-quoted.
 
     The chart keeps the broker URL in plain config and the credentials in a
     Secret; this joins them without the operator quoting anything by hand.
     """
     if not username and not password:
         return url
+    return ",".join(_one_with_credentials(u.strip(), username, password) for u in url.split(","))
+
+
+def _one_with_credentials(url: str, username: str | None, password: str | None) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
@@ -171,12 +268,13 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     return urlunsplit(parts._replace(netloc=f"{creds}@{netloc}"))
 
 
-def open_broker(backend: str, url: str) -> Broker:
+def open_broker(backend: str, url: str, *, tls: TLS | None = None) -> Broker:
     """Connect to the broker of kind ``backend`` at ``url``.
 
     Raises:
         UsageError: unknown backend or malformed URL.
         BrokerConnectionError: the broker does not answer.
+        AuthenticationError: it refused our credentials or our TLS handshake.
     """
     try:
         module_name = BACKENDS[backend]
@@ -185,5 +283,31 @@ def open_broker(backend: str, url: str) -> Broker:
             f"backend {backend!r} is not one of {', '.join(sorted(BACKENDS))}"
         ) from None
     module = importlib.import_module(module_name)
-    broker: Broker = module.connect(url)
+    broker: Broker = module.connect(url, tls=tls or TLS())
     return broker
+
+
+def open_consumer(
+    backend: str,
+    url: str,
+    name: str,
+    *,
+    lease_seconds: float,
+    prefetch: int,
+    tls: TLS | None = None,
+) -> Consumer:
+    """A worker's consumer, with a connection of its own and nothing else (call ``start``).
+
+    Raises:
+        UsageError: unknown backend or malformed URL.
+    """
+    try:
+        module = importlib.import_module(BACKENDS[backend])
+    except KeyError:
+        raise UsageError(
+            f"backend {backend!r} is not one of {', '.join(sorted(BACKENDS))}"
+        ) from None
+    consumer: Consumer = module.open_consumer(
+        url, tls or TLS(), name, lease_seconds=lease_seconds, prefetch=prefetch
+    )
+    return consumer

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ttg.brokers import BACKENDS
 from ttg.errors import UsageError
 
 
@@ -64,24 +65,55 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number, 0-65535")
+    return value
+
+
+def _allow(text: str) -> tuple[str, ...]:
+    from ttg.compute import parse_allow  # noqa: PLC0415 - config stays below compute
+
+    return parse_allow(text)
+
+
 #: Every setting, by flag name.
 SETTINGS = {
     s.name: s
     for s in [
-        Setting("backend", str, "redis", "broker kind", ("redis", "rabbitmq")),
-        Setting("broker-url", str, "redis://localhost:6379/0", "broker URL"),
+        Setting("backend", str, "redis", "broker kind", tuple(BACKENDS)),
+        Setting(
+            "broker-url",
+            str,
+            "redis://localhost:6379/0",
+            "broker URL (RabbitMQ: several, comma-separated, for a cluster)",
+        ),
         Setting("broker-username", str, None, "user, replacing the one in the URL"),
         Setting("broker-password", str, None, "password, replacing the one in the URL"),
+        Setting("broker-ca-file", str, None, "CA bundle that signed the broker's TLS certificate"),
+        Setting("broker-cert-file", str, None, "client TLS certificate (mutual TLS)"),
+        Setting("broker-key-file", str, None, "client TLS private key (mutual TLS)"),
         Setting(
-            "metrics-port", _non_negative_int, 9100, "port of /metrics, /healthz, /readyz (0: off)"
+            "connect-timeout-seconds",
+            _non_negative_float,
+            None,
+            "wait this long for an unreachable broker (default: 0 for commands, "
+            "forever for worker and exporter)",
         ),
+        Setting("metrics-port", _port, 9100, "port of /metrics, /healthz, /readyz (0: off)"),
         Setting(
             "lease-seconds",
             _positive_float,
             2.0,
             "a silent worker's chunks are redelivered after this",
         ),
-        Setting("max-deliveries", _positive_int, 5, "deliveries before a chunk is dead-lettered"),
+        Setting(
+            "max-deliveries",
+            _positive_int,
+            5,
+            "deliveries of a chunk before it is recorded dead (part of the run's spec)",
+        ),
         Setting(
             "retry-delay-seconds",
             _non_negative_float,
@@ -94,8 +126,19 @@ SETTINGS = {
             25.0,
             "on SIGTERM, time to finish the chunk in hand",
         ),
-        Setting("prefetch", _positive_int, 1, "chunks fetched per round trip"),
+        Setting(
+            "prefetch",
+            _positive_int,
+            64,
+            "most chunks a worker holds at once (a cap: read-ahead adapts below it)",
+        ),
         Setting("compute", str, "ttg.compute:square", "compute function module:function"),
+        Setting(
+            "compute-allow",
+            _allow,
+            "ttg.compute",
+            "module prefixes a run's compute may come from, comma-separated",
+        ),
         Setting("log-format", str, "text", "log line format", ("text", "json")),
         Setting("log-level", str, "INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
         Setting("worker-name", str, None, "consumer name (default <hostname>-<pid>-<random>)"),
@@ -108,6 +151,10 @@ CONNECTION = (
     "broker-url",
     "broker-username",
     "broker-password",
+    "broker-ca-file",
+    "broker-cert-file",
+    "broker-key-file",
+    "connect-timeout-seconds",
     "log-format",
     "log-level",
 )
@@ -140,8 +187,10 @@ def resolve(args: argparse.Namespace, *names: str) -> None:
         if raw is None:
             raw, source = os.environ.get(s.env), s.env
         if raw is None or raw == "":
-            setattr(args, attr, s.default)
-            continue
+            raw, source = s.default, f"default of {s.flag}"
+            if raw is None or not isinstance(raw, str) or s.type is str:
+                setattr(args, attr, raw)
+                continue
         if s.choices:
             canonical = {c.lower(): c for c in s.choices}.get(raw.lower())
             if canonical is None:
@@ -151,19 +200,6 @@ def resolve(args: argparse.Namespace, *names: str) -> None:
             setattr(args, attr, s.type(raw))
         except ValueError as e:
             raise UsageError(f"{source}={raw!r}: {e}") from None
-
-
-def from_env_only(name: str) -> Any:
-    """The setting's value from its environment variable, or None when that is unset.
-
-    Raises:
-        UsageError: the variable is set to a value that does not parse.
-    """
-    ns = argparse.Namespace()
-    if not os.environ.get(SETTINGS[name].env):
-        return None
-    resolve(ns, name)
-    return getattr(ns, name.replace("-", "_"))
 
 
 def default_worker_name() -> str:

@@ -2,7 +2,8 @@
 
 Backends translate client exceptions (redis, pika) into these at the boundary
 with ``raise X(...) from None``, so the worker loop and the CLI only ever catch
-TTG's own errors.
+TTG's own errors. Each class carries the exit code the CLI ends with
+(docs/contract.md, "Exit codes").
 """
 
 
@@ -19,10 +20,8 @@ class UsageError(TTGError):
     exit_code = 2
 
 
-class RunNotFound(TTGError):
-    """The run id names no run the broker knows."""
-
-    exit_code = 1
+class RunNotFound(UsageError):
+    """The run id names no run the broker knows (bad input: exit 2, like any other)."""
 
 
 class RunConflict(UsageError):
@@ -30,10 +29,16 @@ class RunConflict(UsageError):
 
 
 class BrokerError(TTGError):
-    """The broker refused or failed an operation."""
+    """The broker refused or failed an operation; worth retrying."""
 
     exit_code = 3
 
 
 class BrokerConnectionError(BrokerError):
     """The broker cannot be reached (down, restarting, network cut)."""
+
+
+class AuthenticationError(BrokerError):
+    """The broker refused our credentials, or the TLS handshake failed: retrying will not help."""
+
+    exit_code = 4

@@ -202,7 +202,7 @@ class RabbitMQNode:
     #: Where Debian's package keeps the real start script.
     SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
 
-    def __init__(self, *, consumer_timeout_ms: int = 3_600_000) -> None:
+    def __init__(self, *, consumer_timeout_ms: int = 3_600_000, extra_config: str = "") -> None:
         script = next(
             (
                 f"{d}/rabbitmq-server"
@@ -225,7 +225,7 @@ class RabbitMQNode:
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             # Workers hold a delivery unacknowledged while they compute.
             f"consumer_timeout = {consumer_timeout_ms}\n"
-            "log.console = false\nlog.file.level = warning\n"
+            "log.console = false\nlog.file.level = warning\n" + extra_config
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,22 +1,24 @@
-"""Prometheus metrics and the /metrics, /healthz, /readyz endpoints.
+"""A worker's own Prometheus metrics, and the HTTP endpoints every long-running command serves.
 
-Two kinds of series:
+A worker exports what it did (chunks it completed, failed, ...), which a
+dashboard sums over workers. Per-run figures (total, done, queue depth, ETA)
+come from ``ttg exporter`` once per installation (``ttg.exporter``), so they
+are one series per run and exist with zero workers.
 
-- this worker's own counters (chunks it completed, failed, ...), which a
-  dashboard sums over workers;
-- per-run gauges read from the broker (total, done, dead, queue depth,
-  progress, ETA), the same value on every worker, which a dashboard takes the
-  ``max by (run)`` of, so it shows one value per run, not one per worker.
+Every per-run series of a worker is created at 0 when the worker first sees
+the run: a counter born at 1 would hide its first step from ``rate()``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,138 +28,121 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client import (
-    platform_collector as _platform,
-)
-from prometheus_client import (
-    process_collector as _process,
-)
+from prometheus_client import platform_collector as _platform
+from prometheus_client import process_collector as _process
 
-from ttg.broker import Broker
-from ttg.errors import TTGError
-from ttg.run import Progress
+from ttg.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 #: A main loop silent for longer than this fails /healthz.
 LOOP_STALL_SECONDS = 60.0
-#: Broker checks older than this fail /readyz.
-READY_STALE_SECONDS = 15.0
+#: Chunk duration buckets, seconds: fine below a second, where most chunks of a
+#: sweep fall, so a p95 is not read off a bucket five times its width.
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 5, 7.5, 10, 15, 30, 60,
+    120, 300, 600,
+)  # fmt: skip
+
+#: An HTTP route: () -> (status, body, content type).
+Route = Callable[[], tuple[int, bytes, str]]
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """One run's series of this worker."""
+
+    completed: Any
+    failed: Any
+    redelivered: Any
+    dead: Any
+    duplicates: Any
+    released: Any
+    params: Any
+    duration: Any
 
 
 class Metrics:
-    """Every series the worker exports, in a registry of its own."""
+    """Every series a worker exports, in a registry of its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         _process.ProcessCollector(registry=self.registry)
         _platform.PlatformCollector(registry=self.registry)
         r = self.registry
-        self.completed = Counter(
+        self._completed = Counter(
             "ttg_chunks_completed", "Chunks this worker completed and recorded", ["run"], registry=r
         )
-        self.failed = Counter(
-            "ttg_chunks_failed", "Chunk computations that raised", ["run"], registry=r
+        self._failed = Counter(
+            "ttg_chunks_failed",
+            "Chunk computations with errors (retried, or recorded with parameter errors)",
+            ["run"],
+            registry=r,
         )
-        self.redelivered = Counter(
+        self._redelivered = Counter(
             "ttg_chunks_redelivered",
-            "Deliveries this worker received that were not a chunk's first",
+            "Deliveries this worker settled that were not a chunk's first",
             ["run"],
             registry=r,
         )
-        self.dead = Counter(
+        self._dead = Counter(
             "ttg_chunks_dead_lettered",
-            "Chunks this worker sent to the dead letters",
+            "Chunks this worker recorded dead (no results)",
             ["run"],
             registry=r,
         )
-        self.duplicates = Counter(
+        self._duplicates = Counter(
             "ttg_chunks_duplicate",
-            "Results this worker recorded for chunks that already had one (not counted)",
+            "Outcomes this worker recorded for chunks that already had one (not counted)",
             ["run"],
             registry=r,
         )
-        self.released = Counter(
+        self._released = Counter(
             "ttg_chunks_released", "Chunks given back unfinished (shutdown)", ["run"], registry=r
         )
-        self.params = Counter(
+        self._params = Counter(
             "ttg_parameters_completed",
-            "Parameters in chunks this worker completed",
+            "Parameters this worker computed and recorded",
             ["run"],
             registry=r,
         )
-        self.duration = Histogram(
+        self._duration = Histogram(
             "ttg_chunk_duration_seconds",
             "Time to compute one chunk",
             ["run"],
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge("ttg_chunks_in_flight", "Chunks this worker holds now", registry=r)
         self.broker_up = Gauge(
             "ttg_broker_up", "1 if the broker answered the last check", registry=r
         )
-        self.run_total = Gauge("ttg_run_chunks_total", "Chunks in the run", ["run"], registry=r)
-        self.run_done = Gauge(
-            "ttg_run_chunks_done", "Chunks of the run with a counted result", ["run"], registry=r
-        )
-        self.run_dead = Gauge(
-            "ttg_run_chunks_dead", "Chunks of the run in the dead letters", ["run"], registry=r
-        )
-        self.run_dups = Gauge(
-            "ttg_run_duplicates",
-            "Duplicate results of the run (never counted)",
-            ["run"],
-            registry=r,
-        )
-        self.run_depth = Gauge(
-            "ttg_run_queue_depth", "Chunks of the run waiting or in flight", ["run"], registry=r
-        )
-        self.run_progress = Gauge(
-            "ttg_run_progress_ratio", "Finished chunks / total chunks", ["run"], registry=r
-        )
-        self.run_eta = Gauge(
-            "ttg_run_eta_seconds", "Estimated seconds until the run finishes", ["run"], registry=r
-        )
-        self.run_rate = Gauge(
-            "ttg_run_rate_chunks_per_second",
-            "Chunks finished per second, smoothed",
-            ["run"],
-            registry=r,
-        )
+        self._runs: dict[str, RunMetrics] = {}
 
-    def forget_run(self, run: str) -> None:
-        """Drop a deleted run's gauges (its counters stay: they are this worker's history)."""
-        for gauge in (
-            self.run_total,
-            self.run_done,
-            self.run_dead,
-            self.run_dups,
-            self.run_depth,
-            self.run_progress,
-            self.run_eta,
-            self.run_rate,
-        ):
-            with contextlib.suppress(KeyError):
-                gauge.remove(run)
-
-    def observe_run(self, p: Progress, rate: float) -> None:
-        labels = {"run": p.run}
-        self.run_total.labels(**labels).set(p.total_chunks)
-        self.run_done.labels(**labels).set(p.done)
-        self.run_dead.labels(**labels).set(p.dead)
-        self.run_dups.labels(**labels).set(p.duplicates)
-        self.run_depth.labels(**labels).set(p.queue_depth)
-        self.run_progress.labels(**labels).set(p.ratio)
-        self.run_rate.labels(**labels).set(rate)
-        remaining = p.total_chunks - p.finished
-        self.run_eta.labels(**labels).set(
-            remaining / rate if rate > 0 else (0 if remaining == 0 else -1)
-        )
+    def run(self, run: str) -> RunMetrics:
+        """The run's series, every one created at 0 the first time."""
+        m = self._runs.get(run)
+        if m is None:
+            m = self._runs[run] = RunMetrics(
+                *(
+                    metric.labels(run=run)
+                    for metric in (
+                        self._completed,
+                        self._failed,
+                        self._redelivered,
+                        self._dead,
+                        self._duplicates,
+                        self._released,
+                        self._params,
+                        self._duration,
+                    )
+                )
+            )
+        return m
 
 
 class RateMeter:
-    """Smoothed rate of a growing count (exponentially weighted, ~30 s memory)."""
+    """Smoothed rate of a growing count (exponentially weighted, ~3 half-lives of memory)."""
 
     def __init__(self, halflife: float = 10.0) -> None:
         self.halflife = halflife
@@ -171,65 +156,12 @@ class RateMeter:
             dt = now - t0
             if dt > 0:
                 weight = 0.5 ** (dt / self.halflife)
-                instant = (count - c0) / dt
+                instant = max(0, count - c0) / dt
                 self.rate = (
                     instant if self.rate == 0 else weight * self.rate + (1 - weight) * instant
                 )
         self._last = (now, count)
         return self.rate
-
-
-class RunWatcher(threading.Thread):
-    """Refresh the per-run gauges and the broker-up flag every ``interval`` seconds.
-
-    Uses a broker connection of its own, so it never competes with the worker's.
-    """
-
-    def __init__(
-        self, open_broker: Callable[[], Broker], metrics: Metrics, interval: float
-    ) -> None:
-        super().__init__(name="ttg-run-watcher", daemon=True)
-        self.open_broker = open_broker
-        self.metrics = metrics
-        self.interval = interval
-        self.last_ok = 0.0
-        self.stopping = threading.Event()
-        self._rates: dict[str, RateMeter] = {}
-        #: Runs seen complete: their gauges are final, so they are not read again.
-        self._finished: set[str] = set()
-
-    def run(self) -> None:
-        broker: Broker | None = None
-        while True:
-            try:
-                broker = broker or self.open_broker()
-                broker.ping()
-                runs = broker.runs()
-                for gone in set(self._rates) - set(runs):
-                    self.metrics.forget_run(gone)
-                    self._rates.pop(gone)
-                    self._finished.discard(gone)
-                for run in runs:
-                    if run in self._finished:
-                        continue
-                    p = broker.progress(run)
-                    rate = self._rates.setdefault(run, RateMeter()).update(p.finished)
-                    self.metrics.observe_run(p, rate)
-                    if p.complete:
-                        self._finished.add(run)
-                self.metrics.broker_up.set(1)
-                self.last_ok = time.monotonic()
-            except TTGError as e:
-                self.metrics.broker_up.set(0)
-                log.debug("run watcher: %s", e)
-            if self.stopping.wait(self.interval):
-                break
-        if broker:
-            broker.close()
-
-    @property
-    def ready(self) -> bool:
-        return time.monotonic() - self.last_ok < READY_STALE_SECONDS
 
 
 class Probes:
@@ -246,27 +178,45 @@ class Probes:
         return time.monotonic() - self.last_tick < LOOP_STALL_SECONDS
 
     def ready(self) -> bool:
-        return self._ready()
+        try:
+            return bool(self._ready())
+        except Exception:
+            return False
 
 
-def serve(port: int, metrics: Metrics, probes: Probes) -> ThreadingHTTPServer:
-    """Serve /metrics, /healthz and /readyz on ``port`` in a daemon thread."""
+def probe_routes(registry: CollectorRegistry, probes: Probes) -> dict[str, Route]:
+    """/metrics, /healthz and /readyz."""
+
+    def metrics() -> tuple[int, bytes, str]:
+        return 200, generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def healthz() -> tuple[int, bytes, str]:
+        ok = probes.healthy()
+        return (200, b"ok\n", "text/plain") if ok else (503, b"main loop stalled\n", "text/plain")
+
+    def readyz() -> tuple[int, bytes, str]:
+        ok = probes.ready()
+        return (200, b"ok\n", "text/plain") if ok else (503, b"broker unreachable\n", "text/plain")
+
+    return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+
+
+def serve(port: int, routes: Mapping[str, Route]) -> ThreadingHTTPServer:
+    """Serve ``routes`` on ``port`` in a daemon thread.
+
+    Raises:
+        UsageError: the port is taken or not allowed.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok = probes.healthy()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"main loop stalled\n")
-            elif path == "/readyz":
-                ok = probes.ready()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"broker unreachable\n")
+            route = routes.get(self.path.split("?", 1)[0])
+            if route is None:
+                self._send(404, b"not found\n", "text/plain")
             else:
-                self._send(404, b"not found\n")
+                self._send(*route())
 
-        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -276,7 +226,11 @@ def serve(port: int, metrics: Metrics, probes: Probes) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes and probes every few seconds are not news
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - pods listen on all interfaces
+    try:
+        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - pods listen on all interfaces
+    except OSError as e:
+        why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be opened ({e.strerror})"
+        raise UsageError(f"metrics port {port} {why} (TTG_METRICS_PORT)") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="ttg-http", daemon=True).start()
     return server

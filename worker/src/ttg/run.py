@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import time
@@ -14,6 +15,9 @@ from ttg.errors import UsageError
 
 #: A run id names broker keys and queues, and Kubernetes objects in the chart.
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+#: How a run is steered: the only values of its control flag.
+CONTROLS = ("running", "paused", "cancelled")
 
 
 def check_run_id(run: str) -> str:
@@ -29,7 +33,11 @@ def check_run_id(run: str) -> str:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that defines a run; immutable once seeded."""
+    """Everything that defines a run; immutable once seeded.
+
+    ``max_deliveries`` belongs to the run (one owner per setting): workers
+    never override it.
+    """
 
     run: str
     space: dict[str, Any]
@@ -47,10 +55,13 @@ class RunSpec:
         compute.check_name(self.compute)
         if self.max_deliveries < 1:
             raise UsageError(f"max deliveries must be >= 1, got {self.max_deliveries}")
+        # Built once: a worker asks for it on every chunk.
+        object.__setattr__(self, "_space", spaces.from_spec(self.space))
 
     @property
     def parameter_space(self) -> spaces.RangeSpace | spaces.GridSpace:
-        return spaces.from_spec(self.space)
+        space: spaces.RangeSpace | spaces.GridSpace = self.__dict__["_space"]
+        return space
 
     @property
     def total_params(self) -> int:
@@ -65,66 +76,158 @@ class RunSpec:
         lo = chunk * self.chunk_size
         return lo, min(lo + self.chunk_size, self.total_params)
 
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_space", None)
+        return d
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        """Rebuild a spec read from a broker.
+
+        Raises:
+            UsageError: the stored object is not a valid spec.
+        """
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise UsageError(f"stored run spec is not valid: {e}") from None
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
-        return cls(**json.loads(text))
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One chunk handed to one worker; ``attempt`` counts deliveries, from 1."""
+    """One chunk handed to one worker, with what the worker needs to compute it.
 
-    run: str
+    ``attempt`` counts deliveries from 1. ``spec`` is the run's spec as the
+    consumer knows it (kept fresh over the consumer's own connection), so the
+    worker never asks the broker anything but through its consumer.
+    """
+
+    spec: RunSpec
     chunk: int
-    lo: int
-    hi: int
     attempt: int
     #: Backend-private handle (a stream entry id, a delivery tag).
     handle: Any = field(compare=False, repr=False)
+    #: Retry round the task belongs to (``ttg retry`` opens a new one).
+    round: int = 0
+
+    @property
+    def run(self) -> str:
+        return self.spec.run
+
+    @property
+    def lo(self) -> int:
+        return self.chunk * self.spec.chunk_size
+
+    @property
+    def hi(self) -> int:
+        return min(self.lo + self.spec.chunk_size, self.spec.total_params)
+
+
+class Status(enum.StrEnum):
+    """A chunk's outcome."""
+
+    #: Every parameter computed.
+    OK = "ok"
+    #: Some parameters raised; the others' results are kept (the chunk is still one outcome).
+    ERRORS = "errors"
+    #: No results: the chunk could not be computed (its workers kept dying, the
+    #: compute is not allowed or cannot be imported).
+    DEAD = "dead"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A chunk's entry in the ledger: its result, or its death with the error."""
+    """A chunk's entry in the ledger: its results (with any parameter errors), or its death.
+
+    ``param_errors`` are ``(parameter index, error)`` pairs; the result list holds
+    None at their places.
+    """
 
     chunk: int
-    status: str  # "ok" | "dead"
+    status: Status
     params: int
     worker: str
     attempt: int
     finished_at: float
-    result: Any = None
+    result: list[Any] | None = None
     error: str | None = None
+    param_errors: tuple[tuple[int, str], ...] = ()
+    started_at: float | None = None
+    round: int = 0
+    #: ``result`` already encoded as JSON (the worker encodes once, to find unserialisable values).
+    result_json: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "s": self.status,
-                "n": self.params,
-                "w": self.worker,
-                "a": self.attempt,
-                "t": round(self.finished_at, 3),
-                "r": self.result,
-                "e": self.error,
-            },
-            separators=(",", ":"),
+        """The ledger's JSON form. ``w`` and ``a`` come first: the Redis scripts
+        recognise a re-sent record by that prefix without decoding the results."""
+        body: dict[str, Any] = {
+            "w": self.worker,
+            "a": self.attempt,
+            "g": self.round,
+            "s": str(self.status),
+            "n": self.params,
+            "t0": None if self.started_at is None else round(self.started_at, 3),
+            "t": round(self.finished_at, 3),
+        }
+        if self.error is not None:
+            body["e"] = self.error
+        if self.param_errors:
+            body["pe"] = [list(p) for p in self.param_errors]
+        head = json.dumps(body, separators=(",", ":"))
+        result = (
+            self.result_json
+            if self.result_json is not None
+            else json.dumps(self.result, separators=(",", ":"))
+        )
+        return f'{head[:-1]},"r":{result}}}'
+
+    @classmethod
+    def from_dict(cls, chunk: int, d: dict[str, Any]) -> Outcome:
+        return cls(
+            chunk=chunk,
+            status=Status(d["s"]),
+            params=int(d["n"]),
+            worker=str(d["w"]),
+            attempt=int(d["a"]),
+            finished_at=float(d["t"]),
+            result=d.get("r"),
+            error=d.get("e"),
+            param_errors=tuple((int(i), str(e)) for i, e in d.get("pe") or ()),
+            started_at=d.get("t0"),
+            round=int(d.get("g", 0)),
         )
 
     @classmethod
     def from_json(cls, chunk: int, text: str) -> Outcome:
-        d = json.loads(text)
-        return cls(chunk, d["s"], d["n"], d["w"], d["a"], d["t"], d.get("r"), d.get("e"))
-
-    @classmethod
-    def ok(cls, d: Delivery, worker: str, result: Any) -> Outcome:
-        return cls(d.chunk, "ok", d.hi - d.lo, worker, d.attempt, time.time(), result)
+        return cls.from_dict(chunk, json.loads(text))
 
     @classmethod
     def dead(cls, d: Delivery, worker: str, error: str) -> Outcome:
-        return cls(d.chunk, "dead", d.hi - d.lo, worker, d.attempt, time.time(), error=error)
+        return cls(
+            d.chunk, Status.DEAD, d.hi - d.lo, worker, d.attempt, time.time(), error=error,
+            round=d.round,
+        )  # fmt: skip
+
+
+class Recorded(enum.Enum):
+    """What ``Consumer.complete`` did with one outcome."""
+
+    #: Durable in the ledger and counted: the chunk's outcome.
+    COUNTED = "counted"
+    #: Durable in the ledger as a duplicate: the chunk had an outcome already; no total changed.
+    DUPLICATE = "duplicate"
+    #: Durable in a ledger that decides on read which outcome counts (RabbitMQ's stream).
+    RECORDED = "recorded"
+    #: The run was deleted meanwhile: nothing recorded, nothing to acknowledge.
+    GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -148,26 +251,51 @@ class Progress:
     done: int = 0
     done_params: int = 0
     dead: int = 0
+    #: Chunks whose outcome holds parameter errors, and those errors.
+    errors: int = 0
+    param_errors: int = 0
     duplicates: int = 0
     redelivered: int = 0
     failed: int = 0
+    malformed: int = 0
     queue_depth: int = 0
+    #: Live workers serving the run (None: the backend cannot tell).
+    workers: int | None = None
+    control: str = "running"
+    seeded_at: float | None = None
     in_flight: list[InFlight] = field(default_factory=list)
+    #: The last few distinct errors (compute failures, malformed messages), newest first.
+    recent_errors: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
-        return self.done + self.dead
+        return self.done + self.errors + self.dead
 
     @property
     def complete(self) -> bool:
         return self.total_chunks > 0 and self.finished >= self.total_chunks
 
     @property
+    def failures(self) -> int:
+        """Chunks that finished without every result: dead, or with parameter errors."""
+        return self.dead + self.errors
+
+    @property
     def state(self) -> str:
-        if not self.complete:
-            return "running"
-        return "complete-with-dead" if self.dead else "complete"
+        """seeding | running | paused | cancelled | complete | complete-with-failures."""
+        if self.complete:
+            return "complete-with-failures" if self.failures else "complete"
+        if self.control in ("paused", "cancelled"):
+            return self.control
+        if self.seeded_chunks < self.total_chunks:
+            return "seeding"
+        return "running"
 
     @property
     def ratio(self) -> float:
         return self.finished / self.total_chunks if self.total_chunks else 0.0
+
+    @property
+    def waiting(self) -> int:
+        """Work that workers may take now: 0 when the run is paused, cancelled or complete."""
+        return self.queue_depth if self.state in ("seeding", "running") else 0

@@ -1,15 +1,22 @@
-"""The worker loop: fetch a chunk, compute it off the I/O thread, record it.
+"""The worker loop: fetch chunks, compute them off the main thread, settle each exactly once.
+
+Every delivery ends in exactly one of complete, retry or release, decided in
+one place (``_work``'s ``finally``): whatever happens — a compute error, a
+broker refusing writes for a while, a signal, a bug — a delivery the worker
+could not settle is given back, or, if the broker will not take it back
+either, abandoned to the lease, never held by a live worker that no longer
+works on it. "The run was deleted" is the only reason to forget one.
 
 Shutdown is the part that matters most, and it is ordered:
 
 1. The first SIGTERM (or SIGINT) stops fetching. Nothing new is taken.
 2. The chunk being computed gets ``grace_seconds`` to finish; if it does, its
-   result is recorded and acknowledged as usual. If not, it is given back
+   outcome is recorded and acknowledged as usual. If not, it is given back
    whole, so another worker redoes it; partial work is never acknowledged.
 3. Chunks fetched but not started are given back at once.
-4. The consumer leaves: heartbeat stopped, lease key deleted.
-5. Exit 0. A second signal at any point exits at once (code 1); the chunk in
-   hand then comes back to the queue when the lease runs out.
+4. The consumer leaves: lease dropped, connection closed.
+5. Exit 0. A second signal at any point exits at once (code 1); the chunks in
+   hand then come back to the queue when the lease runs out.
 """
 
 from __future__ import annotations
@@ -17,53 +24,108 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import queue
 import signal
-import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
 
 from ttg import compute
-from ttg.broker import Broker, Consumer
-from ttg.errors import BrokerConnectionError, BrokerError, TTGError
+from ttg.backoff import Backoff
+from ttg.broker import Consumer
+from ttg.errors import AuthenticationError, BrokerError, RunNotFound, UsageError
 from ttg.metrics import Metrics, Probes
-from ttg.run import Delivery, Outcome
+from ttg.run import Delivery, Outcome, Recorded, Status
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Longest wait between two attempts to reach a broker that went away.
-MAX_BACKOFF_SECONDS = 5.0
+#: Longest retry delay after a compute error (it doubles per attempt).
+MAX_RETRY_DELAY_SECONDS = 60.0
+#: While the broker refuses an outcome, a warning at most this often.
+WARN_EVERY_SECONDS = 10.0
+
+
+# -- what computing a delivery decided -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Complete:
+    outcome: Outcome
+    #: Compute time, for the histogram and the read-ahead (None: nothing was computed).
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class _Retry:
+    error: str
+
+
+@dataclass(frozen=True)
+class _Release:
+    pass
+
+
+_Verdict = _Complete | _Retry | _Release
+
+#: ``_with_retries`` result when the delivery's run was deleted: nothing to settle.
+_GONE = object()
+
+
+class ReadAhead:
+    """How many chunks to hold: enough to hide broker round trips, little enough work to share.
+
+    The worker keeps up to ``budget_s`` seconds of measured work in hand (an
+    exponentially weighted mean of chunk durations), at least 1 chunk and at
+    most ``cap``. Unknown durations start at one chunk; short chunks soon
+    raise it to the cap, long ones keep it at 1, so an idle worker beside a
+    busy one never waits while chunks sit in the busy one's read-ahead.
+    """
+
+    def __init__(self, cap: int, budget_s: float) -> None:
+        self.cap = max(1, cap)
+        self.budget_s = budget_s
+        self.mean_s: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        self.mean_s = seconds if self.mean_s is None else 0.8 * self.mean_s + 0.2 * seconds
+
+    @property
+    def limit(self) -> int:
+        if self.mean_s is None:
+            return 1
+        return max(1, min(self.cap, int(self.budget_s / max(self.mean_s, 1e-6))))
 
 
 class Worker:
-    """Serves every live run of one broker until told to stop."""
+    """Serves every live run its consumer sees, until told to stop."""
 
     def __init__(
         self,
-        broker: Broker,
         consumer: Consumer,
         *,
         metrics: Metrics,
         probes: Probes,
         grace_seconds: float,
         retry_delay: float,
-        max_deliveries: int | None = None,
+        lease_seconds: float,
+        read_ahead_cap: int,
+        compute_allow: Sequence[str] = compute.DEFAULT_ALLOW,
         fetch_timeout: float = 0.5,
     ) -> None:
-        self.broker = broker
         self.consumer = consumer
         self.name = consumer.name
         self.metrics = metrics
         self.probes = probes
         self.grace_seconds = grace_seconds
         self.retry_delay = retry_delay
-        self.max_deliveries = max_deliveries
+        self.compute_allow = tuple(compute_allow)
         self.fetch_timeout = fetch_timeout
+        self.read_ahead = ReadAhead(read_ahead_cap, budget_s=min(1.0, lease_seconds / 2))
         #: Set by the first signal; the deadline for the chunk in hand.
         self.stop_deadline: float | None = None
         self._stopped = threading.Event()
@@ -71,7 +133,7 @@ class Worker:
         self._computing = False
         self._fetching_stopped = False
 
-    # -- signals ----------------------------------------------------------------
+    # -- signals ----------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -98,190 +160,306 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopped.is_set()
 
-    # -- main loop --------------------------------------------------------------
+    def _past_deadline(self) -> bool:
+        return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
+
+    # -- main loop --------------------------------------------------------------------
 
     def run(self) -> int:
-        """Work until stopped. Returns the process exit code."""
-        # Without a lease nothing may be fetched: others would take our chunks.
-        attempt = 0
-        while not self.stopping:
-            try:
-                self.consumer.start()
-                break
-            except BrokerConnectionError as e:
-                attempt += 1
-                log.warning("cannot start the lease yet (attempt %d): %s", attempt, e)
-                self._backoff_sleep(attempt)
+        """Work until stopped. Returns the process exit code.
+
+        Raises:
+            AuthenticationError: the broker refused our credentials (retrying cannot help).
+        """
+        if not self._start():
+            return 0
         log.info("worker %s started", self.name)
+        fetch_backoff = Backoff()
         try:
             while not self.stopping:
                 self.probes.tick()
-                deliveries = self._with_broker(lambda: self.consumer.fetch(self.fetch_timeout))
-                for i, d in enumerate(deliveries or []):
-                    if self.stopping:
-                        # 3. Fetched but not started: give back at once.
-                        for rest in deliveries[i:]:
-                            self._give_back(rest)
-                        break
-                    try:
-                        self._process(d)
-                    except TTGError as e:
-                        # Its run was deleted, say: nothing to record it in.
-                        log.error("chunk %s of run %s dropped: %s", d.chunk, d.run, e)
+                limit = self.read_ahead.limit
+                try:
+                    self.consumer.set_read_ahead(limit)
+                    batch = self.consumer.fetch(self.fetch_timeout, limit)
+                    fetch_backoff.reset()
+                except AuthenticationError:
+                    raise
+                except BrokerError as e:
+                    log.warning("cannot fetch: %s", e)
+                    fetch_backoff.sleep(self._stopped)
+                    continue
+                if batch:
+                    self._work(batch)
         finally:
             # 4. Leave the broker.
             self.consumer.close()
         log.info("worker %s stopped", self.name)
-        if self._computing:
-            # A chunk given back is still being computed in its thread, which
-            # cannot be interrupted; the normal interpreter exit would wait for it.
-            logging.shutdown()
-            sys.stdout.flush()
-            os._exit(0)
         self._pool.shutdown(wait=False)
         return 0
 
-    def _process(self, d: Delivery) -> None:
-        spec = self.broker.spec(d.run)
-        max_deliveries = self.max_deliveries or spec.max_deliveries
-        labels = {"run": d.run}
-        if d.attempt > 1:
-            self.metrics.redelivered.labels(**labels).inc()
-        if d.attempt > max_deliveries:
-            # Its earlier holders all died with it (or it killed them).
-            why = f"delivered {d.attempt} times without an outcome; its workers were lost each time"
-            self._fail(d, why, max_deliveries)
-            return
-        try:
-            fn = compute.load(spec.compute)
-        except TTGError as e:
-            self._fail(d, str(e), max_deliveries)
-            return
-        self.metrics.in_flight.inc()
-        started = time.perf_counter()
-        self._computing = True
-        future = self._pool.submit(
-            compute.run_chunk, fn, spec.parameter_space, d.lo, d.hi, spec.work_ms
-        )
-        try:
-            if not self._await(future):
-                # 2. Grace ran out: give the whole chunk back.
-                self._give_back(d)
-                return
-            self._computing = False
-            error = future.exception()
-            if error is not None:
-                self.metrics.failed.labels(**labels).inc()
-                detail = "".join(traceback.format_exception_only(error)).strip()
-                self._fail(d, detail, max_deliveries)
-                return
-            self.metrics.duration.labels(**labels).observe(time.perf_counter() - started)
-            outcome = Outcome.ok(d, self.name, future.result())
-            counted = self._settle(lambda: self.consumer.complete(d, outcome))
-            if counted is None:
-                return
-            if counted:
-                self.metrics.completed.labels(**labels).inc()
-                self.metrics.params.labels(**labels).inc(d.hi - d.lo)
-            else:
-                self.metrics.duplicates.labels(**labels).inc()
-                log.warning(
-                    "chunk %s of run %s already had a result: recorded as duplicate", d.chunk, d.run
-                )
-        finally:
-            self.metrics.in_flight.dec()
+    @property
+    def compute_running(self) -> bool:
+        """A chunk given back is still computing in its thread, which cannot be interrupted.
 
-    def _await(self, future: cf.Future[Any]) -> bool:
-        """Wait for the computation; False if the shutdown grace ran out first."""
-        while True:
-            done, _ = cf.wait([future], timeout=0.1)
-            self.probes.tick()
-            if done:
+        The process must then end with ``os._exit``: the interpreter's normal
+        exit would wait for that thread.
+        """
+        return self._computing
+
+    def _start(self) -> bool:
+        """Connect and take the lease, retrying while the broker is away; False if stopped first."""
+        # Without a lease nothing may be fetched: others would take our chunks.
+        backoff = Backoff()
+        while not self.stopping:
+            try:
+                self.consumer.start()
                 return True
-            if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
-                return False
+            except AuthenticationError:
+                raise
+            except BrokerError as e:
+                log.warning("cannot reach the broker yet (attempt %d): %s", backoff.attempt + 1, e)
+                self.probes.tick()
+                backoff.sleep(self._stopped)
+        return False
 
-    def _stop_fetching(self) -> bool:
-        self.consumer.stop_fetching()
-        return True
+    def _work(self, batch: list[Delivery]) -> None:
+        """Compute ``batch`` in the compute thread and settle every delivery of it."""
+        in_hand = {id(d): d for d in batch}
+        self.metrics.in_flight.set(len(in_hand))
+        outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]] = queue.SimpleQueue()
+        self._computing = True
+        job = self._pool.submit(self._compute_batch, batch, outbox)
+        try:
+            remaining = len(batch)
+            while remaining:
+                got = self._collect(outbox, job)
+                if got is None:
+                    break  # 2. grace ran out (or the compute thread died): give back below
+                remaining -= len(got)
+                self._settle(got, in_hand)
+                self.metrics.in_flight.set(len(in_hand))
+        finally:
+            self._computing = not job.done()
+            # The one place a delivery that was not settled goes back.
+            for d in in_hand.values():
+                self._give_back(d)
+            self.metrics.in_flight.set(0)
 
-    def _fail(self, d: Delivery, error: str, max_deliveries: int) -> None:
-        delay = min(self.retry_delay * 2 ** (d.attempt - 1), 60.0)
-        verdict = self._settle(
-            lambda: self.consumer.fail(d, error, max_deliveries=max_deliveries, delay=delay)
-        )
-        if verdict == "dead":
-            self.metrics.dead.labels(run=d.run).inc()
-            log.error(
-                "chunk %s of run %s dead-lettered after %d deliveries: %s",
-                d.chunk,
-                d.run,
-                d.attempt,
-                error,
+    def _collect(
+        self, outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]], job: cf.Future[None]
+    ) -> list[tuple[Delivery, _Verdict]] | None:
+        """The verdicts ready now (at least one); None once the grace deadline has passed."""
+        while True:
+            try:
+                first = outbox.get(timeout=0.1)
+            except queue.Empty:
+                self.probes.tick()
+                if self._past_deadline():
+                    return None
+                if job.done() and outbox.empty():
+                    log.error("compute thread ended early: %r", job.exception())
+                    return None
+                continue
+            got = [first]
+            while True:
+                try:
+                    got.append(outbox.get_nowait())
+                except queue.Empty:
+                    return got
+
+    # -- the compute thread -------------------------------------------------------------
+
+    def _compute_batch(
+        self, batch: list[Delivery], outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]]
+    ) -> None:
+        for i, d in enumerate(batch):
+            if self.stopping and i > 0:
+                # 3. Fetched but not started: give back at once. (The first one is the
+                # chunk in hand, even if the signal came before its compute began.)
+                outbox.put((d, _Release()))
+                continue
+            try:
+                verdict = self._compute_one(d)
+            except BaseException as e:
+                verdict = self._failure(d, f"worker error: {compute.describe(e)}")
+            outbox.put((d, verdict))
+
+    def _compute_one(self, d: Delivery) -> _Verdict:
+        spec = d.spec
+        if d.attempt > spec.max_deliveries:
+            # Its earlier holders all died with it (or it killed them).
+            return _Complete(
+                Outcome.dead(
+                    d,
+                    self.name,
+                    f"delivered {d.attempt} times without an outcome: "
+                    "the workers holding it were lost each time",
+                )
             )
-        elif verdict == "retry":
+        try:
+            compute.check_allowed(spec.compute, self.compute_allow)
+            fn = compute.load(spec.compute)
+        except UsageError as e:
+            # The same answer on every attempt: dead at once, never retried.
+            return _Complete(Outcome.dead(d, self.name, str(e)))
+        r = compute.run_chunk(fn, spec.parameter_space, d.lo, d.hi, spec.work_ms)
+        result_json, unserialisable = compute.encode_results(r.results, d.lo)
+        errors = [(i, text) for i, text, _ in r.errors] + unserialisable
+        if r.transient and d.attempt < spec.max_deliveries:
+            return _Retry(r.first_error() or "transient error")
+        errors.sort()
+        outcome = Outcome(
+            chunk=d.chunk,
+            status=Status.ERRORS if errors else Status.OK,
+            params=d.hi - d.lo,
+            worker=self.name,
+            attempt=d.attempt,
+            finished_at=time.time(),
+            result=r.results,
+            result_json=result_json,
+            error=f"parameter {errors[0][0]}: {errors[0][1]}" if errors else None,
+            param_errors=tuple(errors),
+            started_at=r.started_at,
+            round=d.round,
+        )
+        return _Complete(outcome, r.seconds)
+
+    def _failure(self, d: Delivery, error: str) -> _Verdict:
+        if d.attempt < d.spec.max_deliveries:
+            return _Retry(error)
+        return _Complete(Outcome.dead(d, self.name, error))
+
+    # -- settling (the main thread) -------------------------------------------------------
+
+    def _settle(self, got: list[tuple[Delivery, _Verdict]], in_hand: dict[int, Delivery]) -> None:
+        completes = [(d, v) for d, v in got if isinstance(v, _Complete)]
+        if completes:
+            items = [(d, v.outcome) for d, v in completes]
+            recorded = self._with_retries(lambda: self.consumer.complete(items), "outcomes")
+            if recorded is _GONE:
+                recorded = [Recorded.GONE] * len(items)
+            if isinstance(recorded, list):
+                for (d, v), r in zip(completes, recorded, strict=True):
+                    in_hand.pop(id(d), None)
+                    self._completed(d, v, r)
+        for d, verdict in got:
+            if isinstance(verdict, _Retry):
+                delay = min(self.retry_delay * 2 ** (d.attempt - 1), MAX_RETRY_DELAY_SECONDS)
+
+                def retry(
+                    d: Delivery = d, error: str = verdict.error, delay: float = delay
+                ) -> bool:
+                    self.consumer.retry(d, error, delay=delay)
+                    return True
+
+                if self._with_retries(retry, f"the retry of chunk {d.chunk}") is not None:
+                    in_hand.pop(id(d), None)
+                    self.metrics.run(d.run).failed.inc()
+                    log.warning(
+                        "chunk failed (attempt %d), retry in %.1f s: %s",
+                        d.attempt,
+                        delay,
+                        verdict.error,
+                        extra=self._fields(d),
+                    )
+            elif isinstance(verdict, _Release):
+                in_hand.pop(id(d), None)
+                self._give_back(d)
+
+    def _completed(self, d: Delivery, v: _Complete, recorded: Recorded) -> None:
+        m = self.metrics.run(d.run)
+        o = v.outcome
+        if v.seconds is not None:
+            m.duration.observe(v.seconds)
+            self.read_ahead.observe(v.seconds)
+        if d.attempt > 1:
+            m.redelivered.inc()
+        if recorded is Recorded.GONE:
+            log.warning("run was deleted: outcome dropped", extra=self._fields(d))
+            return
+        if recorded is Recorded.DUPLICATE:
+            m.duplicates.inc()
             log.warning(
-                "chunk %s of run %s failed (attempt %d), retry in %.1f s: %s",
-                d.chunk,
-                d.run,
+                "chunk already had an outcome: recorded as duplicate", extra=self._fields(d)
+            )
+            return
+        if o.status is Status.DEAD:
+            m.dead.inc()
+            log.error(
+                "chunk dead-lettered after %d deliveries: %s",
                 d.attempt,
-                delay,
-                error,
+                o.error,
+                extra=self._fields(d),
+            )
+            return
+        m.completed.inc()
+        m.params.inc(o.params - len(o.param_errors))
+        if o.param_errors:
+            m.failed.inc()
+            log.warning(
+                "chunk recorded with %d parameter errors, first: %s",
+                len(o.param_errors),
+                o.error,
+                extra=self._fields(d),
             )
 
     def _give_back(self, d: Delivery) -> None:
+        """Release ``d`` so another worker takes it at once; else abandon it to the lease."""
         if not self._fetching_stopped:
-            # 1. (for push-based backends) Nothing new may arrive while we give back.
-            self._fetching_stopped = self._with_broker(self._stop_fetching) is not None
+            # 1. (push-based backends) Nothing new may arrive while we give back.
+            try:
+                self.consumer.stop_fetching()
+                self._fetching_stopped = True
+            except BrokerError as e:
+                log.warning("cannot stop fetching: %s", e)
+        deadline = self.stop_deadline or time.monotonic() + self.grace_seconds
+        backoff = Backoff()
+        while True:
+            try:
+                self.consumer.release(d)
+                self.metrics.run(d.run).released.inc()
+                log.info("gave the chunk back unfinished", extra=self._fields(d))
+                return
+            except RunNotFound:
+                return
+            except BrokerError as e:
+                delay = backoff.next()
+                if time.monotonic() + delay > deadline:
+                    self.consumer.abandon(d)
+                    log.warning(
+                        "cannot give the chunk back (%s): it returns to the queue after a lease",
+                        e,
+                        extra=self._fields(d),
+                    )
+                    return
+                time.sleep(delay)
 
-        def release() -> bool:
-            self.consumer.release(d)
-            return True
+    def _with_retries(self, call: Callable[[], T], what: str) -> T | object | None:
+        """Run ``call`` until the broker takes it: a computed outcome is not thrown away.
 
-        if self._settle(release):
-            self.metrics.released.labels(run=d.run).inc()
-            log.info("gave back chunk %s of run %s unfinished", d.chunk, d.run)
-        else:
-            log.warning(
-                "chunk %s of run %s returns to the queue when our lease expires", d.chunk, d.run
-            )
-
-    # -- broker hiccups ---------------------------------------------------------
-
-    def _with_broker(self, call: Callable[[], T]) -> T | None:
-        """Run ``call``; if the broker fails it, log, wait a little and return None.
-
-        A refused command (a run deleted under our feet, say) is no reason to
-        stop serving the other runs.
+        Returns its value, ``_GONE`` if the run was deleted, or None if we gave
+        up (shutting down past the grace deadline): the caller gives back.
         """
-        try:
-            return call()
-        except BrokerConnectionError as e:
-            log.warning("broker unreachable: %s", e)
-        except BrokerError as e:
-            log.error("broker refused: %s", e)
-        self._backoff_sleep(1)
-        return None
-
-    def _settle(self, call: Callable[[], T]) -> T | None:
-        """Retry an outcome until the broker takes it: a computed result is not thrown away.
-
-        Gives up only when shutting down past the grace deadline; the chunk then
-        returns to the queue by the lease, and is computed again.
-        """
-        attempt = 0
+        backoff = Backoff()
+        warned = 0.0
         while True:
             try:
                 return call()
-            except BrokerConnectionError as e:
-                attempt += 1
-                if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
-                    log.error("broker unreachable at shutdown, outcome not recorded: %s", e)
+            except RunNotFound:
+                return _GONE
+            except AuthenticationError:
+                raise
+            except BrokerError as e:
+                if self._past_deadline():
+                    log.error("broker refused %s at shutdown: %s", what, e)
                     return None
-                log.warning("broker unreachable (attempt %d), retrying: %s", attempt, e)
-                self._backoff_sleep(attempt)
+                if time.monotonic() - warned > WARN_EVERY_SECONDS:
+                    warned = time.monotonic()
+                    log.warning("broker refused %s, retrying: %s", what, e)
+                self.probes.tick()
+                backoff.sleep()
 
-    def _backoff_sleep(self, attempt: int) -> None:
-        self.probes.tick()
-        delay = min(0.1 * 2**attempt, MAX_BACKOFF_SECONDS)
-        time.sleep(delay)
+    def _fields(self, d: Delivery) -> dict[str, Any]:
+        """Structured fields of every log line about a chunk (JSON logs carry them as keys)."""
+        return {"run": d.run, "chunk": d.chunk, "worker": self.name, "attempt": d.attempt}

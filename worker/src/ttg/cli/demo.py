@@ -13,64 +13,57 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ttg import scenario
-from ttg.broker import open_broker
+from ttg.broker import Broker, open_broker
+from ttg.brokers import BACKENDS
+from ttg.cli import Command, int_at_least
 from ttg.cli import progress as bars
-from ttg.errors import UsageError
+from ttg.errors import TTGError, UsageError
 from ttg.local import EmbeddedRedis, LocalWorkers, RabbitMQNode
 from ttg.metrics import RateMeter
 from ttg.run import RunSpec
 from ttg.space import RangeSpace
 from ttg.verify import status_report, verify
 
-Command = Callable[..., argparse.ArgumentParser]
 
-
-def add_parser(sub: Any, command: Command) -> None:
-    def positive(text: str) -> int:
-        value = int(text) if text.lstrip("-").isdigit() else -1
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-        return value
-
-    def fraction(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1
-        if not 0 < value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1")
-        return value
-
+def add_parser(command: Command) -> None:
     p = command(
         "demo",
         cmd_demo,
         "run a verified sweep on this machine: embedded broker, local workers",
         "log-format",
         "log-level",
+        "lease-seconds",
     )
-    p.add_argument("--params", type=positive, default=20_000)
-    p.add_argument("--chunk-size", type=positive, default=100)
-    p.add_argument("--workers", type=positive, default=2)
-    p.add_argument(
-        "--work-ms",
-        type=lambda t: positive(t) if t != "0" else 0,
-        default=40,
-        help="simulated cost per chunk",
-    )
+    p.add_argument("--params", type=int_at_least(1), default=20_000)
+    p.add_argument("--chunk-size", type=int_at_least(1), default=100)
+    p.add_argument("--workers", type=int_at_least(1), default=2)
+    p.add_argument("--work-ms", type=int_at_least(0), default=40, help="simulated cost per chunk")
     p.add_argument(
         "--kill-at",
-        type=fraction,
+        type=_fraction,
         default=None,
         help="SIGKILL a worker holding a chunk at this fraction",
     )
-    p.add_argument("--lease-seconds", type=float, default=2.0)
-    p.add_argument("--backend", choices=("redis", "rabbitmq"), default="redis")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="redis")
     p.add_argument("--json", action="store_true")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1")
+    return value
+
+
+class WorkersExited(TTGError):
+    """Every demo worker exited before the run completed."""
 
 
 def _start_broker(backend: str) -> Any:
@@ -83,12 +76,8 @@ def _start_broker(backend: str) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.kill_at is not None and args.workers < 2:
         raise UsageError("--kill-at needs --workers 2 or more (someone must finish the run)")
-
-    def say(*parts: object) -> None:
-        if not args.json:
-            print(*parts, file=sys.stderr, flush=True)
-
-    say(f"starting a local {args.backend} broker ...")
+    demo = _Demo(args)
+    demo.say(f"starting a local {args.backend} broker ...")
     server = _start_broker(args.backend)
     log_dir = Path(tempfile.mkdtemp(prefix="ttg-demo-logs-"))
     workers = LocalWorkers(
@@ -103,7 +92,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
         prefix="demo-w",
     )
     try:
-        broker = open_broker(args.backend, server.url)
+        report = demo.run(open_broker(args.backend, server.url), workers, log_dir)
+        if args.json:
+            print(json.dumps(report, sort_keys=True, default=str))
+        else:
+            _summary(report)
+        return 0 if report["ok"] else 1
+    finally:
+        workers.stop()
+        server.stop()
+
+
+class _Demo:
+    """One demo run: seed, start the workers, kill one if asked, watch, verify."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.bar = bars.Bar("", enabled=False)
+        self._last_line = 0.0
+
+    def say(self, *parts: object) -> None:
+        if not self.args.json:
+            print(*parts, file=sys.stderr, flush=True)
+
+    def run(self, broker: Broker, workers: LocalWorkers, log_dir: Path) -> dict[str, Any]:
+        args = self.args
         spec = RunSpec(
             run=f"demo-{uuid.uuid4().hex[:6]}",
             space=RangeSpace(0, args.params).to_spec(),
@@ -112,50 +125,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
             work_ms=args.work_ms,
         )
         seeded = broker.seed(spec)
-        say(
+        self.say(
             f"run {spec.run}: {spec.total_params} parameters in {seeded.total_chunks} chunks, "
             f"{args.workers} workers"
         )
         started = time.monotonic()
         workers.start(args.workers)
-
         meter = RateMeter(halflife=2.0)
-        bar = bars.Bar(spec.run, enabled=not args.json and sys.stderr.isatty())
-        last_line = [0.0]
+        self.bar = bars.Bar(spec.run, enabled=not args.json and sys.stderr.isatty())
 
         def status() -> dict[str, Any]:
             p = broker.progress(spec.run)
+            if not workers.alive() and not p.complete:
+                # Every worker is gone (a bad setting, a crash): waiting longer shows nothing.
+                raise WorkersExited(
+                    f"all {args.workers} workers exited before the run completed; "
+                    f"their logs are in {log_dir}"
+                )
             return status_report(p, meter.update(p.finished))
 
-        def show(s: dict[str, Any]) -> None:
-            if bar.enabled:
-                bar.update(s["done"] + s["dead"], s["total_chunks"], bars.suffix(s))
-            elif not args.json and time.monotonic() - last_line[0] > 1:
-                last_line[0] = time.monotonic()
-                say(bars.describe(s))
-
-        killed = None
-        if args.kill_at is not None:
-
-            def kill(worker: str, sig: int) -> None:
-                workers.kill(worker, sig)
-                bar.close()
-                say(
-                    f"SIGKILL -> worker {worker} at {args.kill_at:.0%} progress, "
-                    "while it holds a chunk"
-                )
-
-            killed = scenario.kill_worker_holding_chunk_at(
-                status, kill, args.kill_at, timeout=300, on_status=show
-            )
-            bar.close()
-            say(
-                f"chunk {killed.chunk} taken up again by a live worker "
-                f"after {killed.redelivery_delay_s:.2f}s"
-            )
-        scenario.wait_complete(status, timeout=3600, poll=0.1, on_status=show)
+        killed = self._kill(status, workers) if args.kill_at is not None else None
+        scenario.wait_complete(status, timeout=3600, poll=0.1, on_status=self._show)
         elapsed = time.monotonic() - started
-        bar.close()
+        self.bar.close()
         report = verify(broker, spec.run)
         report.update(
             backend=args.backend,
@@ -167,14 +159,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
             redelivery_delay_s=killed.redelivery_delay_s if killed else None,
             worker_logs=str(log_dir),
         )
-        if args.json:
-            print(json.dumps(report, sort_keys=True))
-        else:
-            _summary(report)
-        return 0 if report["ok"] else 1
-    finally:
-        workers.stop()
-        server.stop()
+        return report
+
+    def _show(self, s: dict[str, Any]) -> None:
+        if self.bar.enabled:
+            self.bar.update(s["done"] + s["errors"] + s["dead"], s["total_chunks"], bars.suffix(s))
+        elif not self.args.json and time.monotonic() - self._last_line > 1:
+            self._last_line = time.monotonic()
+            self.say(bars.describe(s))
+
+    def _kill(self, status: scenario.StatusFn, workers: LocalWorkers) -> scenario.KillRecord:
+        bar, at = self.bar, self.args.kill_at
+
+        def kill(worker: str, sig: int) -> None:
+            workers.kill(worker, sig)
+            bar.close()
+            self.say(f"SIGKILL -> worker {worker} at {at:.0%} progress, while it holds a chunk")
+
+        killed = scenario.kill_worker_holding_chunk_at(
+            status, kill, at, timeout=300, on_status=self._show
+        )
+        bar.close()
+        self.say(
+            f"chunk {killed.chunk} taken up again by a live worker "
+            f"after {killed.redelivery_delay_s:.2f}s"
+        )
+        return killed
 
 
 def _summary(r: dict[str, Any]) -> None:

@@ -1,16 +1,19 @@
-"""Terminal progress: a live bar for people, a plain line when output is not a terminal."""
+"""Terminal output: a live bar for people, plain lines when output is not a terminal."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any, TextIO
 
 #: Width of the bar itself, in characters.
 BAR_WIDTH = 30
+#: Chunks in flight listed by ``explain``.
+IN_FLIGHT_SHOWN = 5
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return "?"
     seconds = int(seconds)
@@ -18,30 +21,60 @@ def _duration(seconds: float | None) -> str:
         return f"{seconds}s"
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def as_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, sort_keys=True, default=str)
 
 
 def suffix(report: dict[str, Any]) -> str:
-    """Counters after the bar: dead, duplicates, redeliveries, rate, ETA."""
-    parts = [
-        f"dead {report['dead']}",
-        f"dup {report['duplicates']}",
-        f"redelivered {report['redelivered']}",
-    ]
+    """Counters after the bar: failures, duplicates, redeliveries, workers, rate, ETA."""
+    parts = []
+    if report["dead"] or report["errors"]:
+        parts.append(f"failed {report['dead'] + report['errors']}")
+    parts += [f"dup {report['duplicates']}", f"redelivered {report['redelivered']}"]
+    if report.get("workers") is not None:
+        parts.append(f"workers {report['workers']}")
     if report.get("rate_chunks_s") is not None:
         parts.append(f"{report['rate_chunks_s']:.1f} chunks/s")
-        parts.append(f"ETA {_duration(report.get('eta_s'))}")
+        parts.append(f"ETA {duration(report.get('eta_s'))}")
     return "  ".join(parts)
 
 
 def describe(report: dict[str, Any]) -> str:
     """One line for a status or verify report."""
+    finished = report["done"] + report["errors"] + report["dead"]
     return (
         f"run {report['run']}: {report['state']}  "
-        f"{report['done'] + report['dead']}/{report['total_chunks']} chunks "
+        f"{finished}/{report['total_chunks']} chunks "
         f"({100 * report['progress']:.1f}%)  "
         f"{report['done_params']}/{report['total_params']} params  " + suffix(report)
     )
+
+
+def explain(report: dict[str, Any]) -> str:
+    """``ttg status`` for people: the line, then what needs attention."""
+    lines = [describe(report)]
+    if report["dead"] or report["errors"]:
+        lines.append(
+            f"  failures: {report['dead']} chunks dead, {report['errors']} chunks with "
+            f"{report['param_errors']} parameter errors (ttg results shows them; "
+            "ttg retry re-runs them)"
+        )
+    lines += [f"  error: {e}" for e in report.get("recent_errors") or []]
+    lines += [f"  warning: {w}" for w in report.get("warnings") or []]
+    flights = report.get("in_flight") or []
+    for f in flights[:IN_FLIGHT_SHOWN]:
+        lines.append(
+            f"  in flight: chunk {f['chunk']} on {f['worker']} "
+            f"(delivery {f['deliveries']}, {duration(f['idle_s'])})"
+        )
+    if len(flights) > IN_FLIGHT_SHOWN:
+        lines.append(f"  ... and {len(flights) - IN_FLIGHT_SHOWN} more in flight")
+    return "\n".join(lines)
 
 
 class Bar:

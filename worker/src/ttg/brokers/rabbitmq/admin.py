@@ -1,0 +1,378 @@
+"""The RabbitMQ admin side: seeding, steering, progress, the ledger, deletion (one thread).
+
+Each stream it reads (a run's meta, ledger and activity; ttg.runs) is tailed
+once and kept open, so repeated ``progress`` calls read only what is new, and
+a dropped connection is reopened on the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika.exceptions as pex
+
+from ttg.broker import TLS, Broker, RetryReport, RunEvent, SeedReport
+from ttg.brokers.rabbitmq.connection import (
+    ADMIN_BLOCKED_TIMEOUT,
+    ADMIN_HEARTBEAT,
+    PIKA_ERRORS,
+    RUNS,
+    declare_run,
+    open_connection,
+    parameters,
+    publish,
+    publish_task,
+    queue,
+    task_headers,
+    translate,
+    translated,
+)
+from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
+from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
+from ttg.brokers.rabbitmq.seeder import WindowedSeeder
+from ttg.errors import RunConflict, RunNotFound, UsageError
+from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunSpec, Status
+
+#: Activity snapshots older than this do not count as holding a chunk.
+ACTIVITY_FRESH_SECONDS = 1.5
+
+
+@dataclass
+class _RunState:
+    """What this process has read of one run, kept current by its stream tails."""
+
+    spec: RunSpec | None = None
+    cursor: int = 0
+    seeded_at: float | None = None
+    fold: LedgerFold | None = None
+    #: worker -> its latest activity snapshot
+    activity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tails: dict[str, StreamTail] = field(default_factory=dict)
+
+    def fold_meta(self, msg: dict[str, Any]) -> None:
+        if "spec" in msg and self.spec is None:
+            self.spec = RunSpec.from_dict(msg["spec"])
+            self.seeded_at = msg.get("t")
+            self.fold = LedgerFold(self.spec.total_chunks)
+        elif "cursor" in msg:
+            self.cursor = max(self.cursor, int(msg["cursor"]))
+
+    def fold_ledger(self, msg: dict[str, Any]) -> None:
+        if self.fold is not None:
+            self.fold.add(msg)
+
+    def fold_activity(self, msg: dict[str, Any]) -> None:
+        if "w" in msg:
+            self.activity[msg["w"]] = msg
+
+
+class RabbitMQBroker(Broker):
+    """Runs kept in one RabbitMQ node or cluster."""
+
+    def __init__(self, url: str, tls: TLS) -> None:
+        self.url = url
+        self.tls = tls
+        self.params = parameters(url, tls, ADMIN_HEARTBEAT, blocked_timeout=ADMIN_BLOCKED_TIMEOUT)
+        self._conn = open_connection(self.params)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything read over a connection that is gone."""
+        self._pub = self._conn.channel()
+        self._pub.confirm_delivery()
+        self._runs: dict[str, str] = {}  # run -> control
+        self._runs_tail: StreamTail | None = None
+        self._state: dict[str, _RunState] = {}
+
+    def _ensure_open(self) -> None:
+        if not self._conn.is_open:
+            self._conn = open_connection(self.params)
+            self._reset()
+        elif not self._pub.is_open:
+            self._pub = self._conn.channel()
+            self._pub.confirm_delivery()
+
+    def _tail(self, run: str, stream: str, offset: Any = "first") -> StreamTail:
+        state = self._state.setdefault(run, _RunState())
+        tail = state.tails.get(stream)
+        if tail is None:
+            fold = {
+                "meta": state.fold_meta,
+                "ledger": state.fold_ledger,
+                "activity": state.fold_activity,
+            }[stream]
+            tail = state.tails[stream] = StreamTail(
+                self._conn, queue(run, stream), fold, offset=offset
+            )
+        return tail
+
+    def _sync(self, run: str, stream: str, *, exact: bool, offset: Any = "first") -> _RunState:
+        """Bring the run's view of ``stream`` up to date (exactly on a tail's first read)."""
+        tail = self._tail(run, stream, offset)
+        tail.sync(self._pub if exact or not tail.caught_up else None)
+        return self._state[run]
+
+    def _forget(self, run: str) -> None:
+        state = self._state.pop(run, None)
+        for tail in state.tails.values() if state else ():
+            with contextlib.suppress(*PIKA_ERRORS):
+                # A deleted stream's consumer was cancelled by the broker already.
+                if tail.channel.is_open:
+                    tail.channel.close()
+
+    def _meta(self, run: str, *, exact: bool) -> _RunState:
+        self._ensure_open()
+        try:
+            return self._sync(run, "meta", exact=exact)
+        except (pex.UnroutableError, pex.ChannelClosedByBroker) as e:
+            if isinstance(e, pex.ChannelClosedByBroker) and e.reply_code != 404:
+                raise
+            # No meta stream: no such run. (A 404 closes the publishing channel.)
+            self._forget(run)
+            self._ensure_open()
+            return _RunState()
+
+    @translated
+    def ping(self) -> None:
+        self._ensure_open()
+        self._conn.process_data_events(time_limit=0)
+
+    @translated
+    def seed(
+        self, spec: RunSpec, *, on_progress: Callable[[int, int], None] | None = None
+    ) -> SeedReport:
+        run, total = spec.run, spec.total_chunks
+        self._ensure_open()
+        ch = self._conn.channel()
+        ch.confirm_delivery()
+        declare_run(ch, spec)
+        state = self._meta(run, exact=True)
+        if state.spec is None:
+            announce = {"spec": spec.to_dict(), "t": time.time()}
+            publish(ch, queue(run, "meta"), announce)
+            # Workers learn of runs, with their spec, from this one stream.
+            publish(ch, RUNS, {"run": run, **announce})
+            state = self._meta(run, exact=True)
+        ch.close()
+        if state.spec != spec:
+            raise RunConflict(f"run {run!r} exists with different parameters; pick a new run id")
+        start = state.cursor
+        cursor = WindowedSeeder(
+            self.params, run, start, total, on_progress=on_progress
+        ).run_to_end()
+        state.cursor = max(state.cursor, cursor)
+        return SeedReport(run, total, spec.total_params, cursor, cursor - start)
+
+    @translated
+    def spec(self, run: str) -> RunSpec:
+        state = self._state.get(run)
+        if state is None or state.spec is None:
+            state = self._meta(run, exact=True)
+        if state.spec is None:
+            raise RunNotFound(f"no run {run!r} on this broker")
+        return state.spec
+
+    def _fold_run(self, msg: dict[str, Any]) -> None:
+        if "deleted" in msg:
+            self._runs.pop(msg["deleted"], None)
+        elif "control" in msg and msg.get("run") in self._runs:
+            self._runs[msg["run"]] = msg["control"]
+        elif "spec" in msg and "run" in msg:
+            self._runs.setdefault(msg["run"], "running")
+
+    def _sync_runs(self) -> None:
+        self._ensure_open()
+        if self._runs_tail is None:
+            self._pub.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
+            self._runs_tail = StreamTail(self._conn, RUNS, self._fold_run)
+        self._runs_tail.sync(self._pub)
+
+    @translated
+    def runs(self) -> list[str]:
+        self._sync_runs()
+        return sorted(self._runs)
+
+    def _in_flight(self, run: str, fold: LedgerFold) -> list[InFlight]:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3 * ACTIVITY_FRESH_SECONDS)
+        state = self._sync(run, "activity", exact=False, offset=since)
+        now = time.time()
+        # A snapshot may outlive its worker by up to ACTIVITY_FRESH_SECONDS (RabbitMQ
+        # requeues a dead worker's chunks at once); a chunk with an outcome is not in flight.
+        return [
+            InFlight(int(chunk), worker, int(attempt), round(now - float(started), 3))
+            for worker, snap in sorted(state.activity.items())
+            if now - float(snap["t"]) < ACTIVITY_FRESH_SECONDS
+            for chunk, attempt, started in snap["h"]
+            if 0 <= int(chunk) < fold.total and fold.is_open(int(chunk))
+        ]
+
+    @translated
+    def progress(self, run: str) -> Progress:
+        spec = self.spec(run)
+        state = self._meta(run, exact=False)
+        self._sync(run, "ledger", exact=False)
+        self._sync_runs()
+        fold = state.fold or LedgerFold(spec.total_chunks)
+        ch = self._conn.channel()
+        try:
+            tasks = ch.queue_declare(queue(run, "tasks"), passive=True).method
+            retry = ch.queue_declare(queue(run, "retry"), passive=True).method
+        except pex.ChannelClosedByBroker as e:
+            if e.reply_code == 404:
+                self._forget(run)
+                raise RunNotFound(f"no run {run!r} on this broker") from None
+            raise
+        with contextlib.suppress(*PIKA_ERRORS):
+            ch.close()
+        in_flight = self._in_flight(run, fold)
+        return Progress(
+            run=run,
+            total_chunks=spec.total_chunks,
+            total_params=spec.total_params,
+            seeded_chunks=state.cursor,
+            done=fold.done,
+            done_params=fold.done_params,
+            dead=fold.dead,
+            errors=fold.errors,
+            param_errors=fold.param_errors,
+            duplicates=fold.duplicates,
+            redelivered=fold.redelivered,
+            failed=fold.failed,
+            malformed=fold.malformed,
+            # Unacknowledged deliveries are not in message_count: add what workers hold.
+            queue_depth=tasks.message_count + retry.message_count + len(in_flight),
+            workers=tasks.consumer_count,
+            control=self._runs.get(run, "running"),
+            seeded_at=state.seeded_at,
+            in_flight=in_flight,
+            recent_errors=list(fold.recent),
+        )
+
+    def _exact_fold(self, run: str) -> LedgerFold:
+        spec = self.spec(run)
+        state = self._sync(run, "ledger", exact=True)
+        return state.fold or LedgerFold(spec.total_chunks)
+
+    def ledger(self, run: str) -> Iterator[Outcome]:
+        try:
+            total = self.spec(run).total_chunks
+            rounds = dict(self._exact_fold(run).rounds)
+            yield from _winners(read_stream(self.params, queue(run, "ledger")), total, rounds)
+        except PIKA_ERRORS as e:
+            translate(e)
+
+    def events(self, run: str) -> Iterator[RunEvent]:
+        try:
+            self.spec(run)
+            for msg in read_stream(self.params, queue(run, "ledger")):
+                kind = msg.get("e")
+                if not kind:
+                    continue
+                chunks = msg.get("c")
+                for item in chunks if isinstance(chunks, list) else [chunks]:
+                    chunk = item[0] if isinstance(item, list) else item
+                    yield RunEvent(
+                        t=float(msg.get("t") or 0),
+                        kind=str(kind),
+                        chunk=int(chunk) if isinstance(chunk, int) else None,
+                        worker=msg.get("w"),
+                        previous_worker=msg.get("p"),
+                        detail=msg.get("d"),
+                    )
+        except PIKA_ERRORS as e:
+            translate(e)
+
+    @translated
+    def set_control(self, run: str, control: str) -> None:
+        if control not in CONTROLS:
+            raise UsageError(f"control {control!r} is not one of {', '.join(CONTROLS)}")
+        self.spec(run)
+        self._ensure_open()
+        publish(self._pub, RUNS, {"run": run, "control": control})
+        self._runs[run] = control
+
+    @translated
+    def retry(self, run: str, *, dead: bool = True, errors: bool = True) -> RetryReport:
+        wanted = {s for s, on in (("dead", dead), ("errors", errors)) if on}
+        spec = self.spec(run)
+        fold = self._exact_fold(run)
+        again = [
+            o
+            for o in _winners(
+                read_stream(self.params, queue(run, "ledger")), spec.total_chunks, dict(fold.rounds)
+            )
+            if o.status in wanted
+        ]
+        if not again:
+            return RetryReport(run, 0, 0, fold.max_round())
+        round_ = fold.max_round() + 1
+        self._ensure_open()
+        # The ledger first: once a re-queued task can produce an outcome, every
+        # reader already knows the chunk's old outcome no longer counts.
+        publish(
+            self._pub,
+            queue(run, "ledger"),
+            {
+                "e": "retry",
+                "g": round_,
+                "t": time.time(),
+                "c": [[o.chunk, str(o.status), o.params, len(o.param_errors)] for o in again],
+            },
+        )
+        for o in again:
+            publish_task(self._pub, queue(run, "tasks"), task_headers(o.chunk, o.attempt, round_))
+        n_dead = sum(1 for o in again if o.status is Status.DEAD)
+        return RetryReport(run, n_dead, len(again) - n_dead, round_)
+
+    @translated
+    def delete(self, run: str) -> bool:
+        if run not in self.runs():
+            return False
+        self._forget(run)
+        ch = self._conn.channel()
+        ch.confirm_delivery()
+        for name in ("tasks", "retry", "dead", "ledger", "meta", "activity"):
+            ch.queue_delete(queue(run, name))
+        publish(ch, RUNS, {"deleted": run})
+        ch.close()
+        self._runs.pop(run, None)
+        return True
+
+    def consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> RabbitMQConsumer:
+        return RabbitMQConsumer(
+            self.url, self.tls, name, lease_seconds=lease_seconds, prefetch=prefetch
+        )
+
+    def close(self) -> None:
+        # Closing cancels the stream tails, and pika's cancel rejects what they
+        # had buffered, which a stream answers by closing the connection: the
+        # very thing we are doing anyway.
+        with contextlib.suppress(*PIKA_ERRORS):
+            if self._conn.is_open:
+                self._conn.close()
+
+
+def _winners(
+    messages: Iterator[dict[str, Any]], total: int, rounds: dict[int, int]
+) -> Iterator[Outcome]:
+    """The counted outcome of each chunk: the first one of its final round, in stream order."""
+    seen = bytearray((total + 7) // 8)
+    for msg in messages:
+        for o in msg.get("o") or ():
+            try:
+                chunk = int(o["c"])
+                if not 0 <= chunk < total or int(o.get("g", 0)) != rounds.get(chunk, 0):
+                    continue
+                byte, bit = divmod(chunk, 8)
+                if seen[byte] & (1 << bit):
+                    continue
+                outcome = Outcome.from_dict(chunk, o)
+            except (KeyError, ValueError, TypeError):
+                continue
+            seen[byte] |= 1 << bit
+            yield outcome

@@ -1,0 +1,435 @@
+"""The RabbitMQ consumer: one worker's session, over the one connection its I/O thread owns.
+
+It learns of runs, with their specs and controls, from the ``ttg.runs`` stream
+over that same connection, so a delivery carries its run's spec and the worker
+needs no other connection (a second one that nothing services is dropped by
+the broker after missed heartbeats).
+
+Liveness is the connection: heartbeats near the lease, served by the I/O
+thread while a chunk computes; a crashed worker's socket closes and RabbitMQ
+requeues its chunks at once. After a lost connection the I/O thread reconnects;
+deliveries of the old connection are requeued by RabbitMQ, and an outcome
+computed for one is still recorded in the ledger (where a second outcome is a
+duplicate), only its acknowledgement is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue as queues
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions as pex
+
+from ttg.broker import TLS, Consumer
+from ttg.brokers.rabbitmq.connection import (
+    RUNS,
+    body,
+    parameters,
+    publish,
+    publish_task,
+    queue,
+    run_of,
+    task_headers,
+)
+from ttg.brokers.rabbitmq.iothread import IOThread
+from ttg.errors import BrokerError
+from ttg.run import Delivery, Outcome, Recorded, RunSpec
+
+log = logging.getLogger(__name__)
+
+#: Shortest gap between two activity snapshots of a worker.
+SNAPSHOT_MIN_INTERVAL = 0.05
+
+
+@dataclass
+class _Subscription:
+    """One run's task consumer: its tag, its prefetch, and how many of its deliveries we hold."""
+
+    tag: str
+    prefetch: int
+    unacked: int = 0
+
+
+@dataclass(frozen=True)
+class _Handle:
+    """Where a delivery came from: the connection generation and its delivery tag."""
+
+    generation: int
+    tag: int
+
+
+class RabbitMQConsumer(IOThread, Consumer):
+    def __init__(
+        self, url: str, tls: TLS, name: str, *, lease_seconds: float, prefetch: int
+    ) -> None:
+        # Heartbeats near the lease: a partitioned worker is dropped (and its
+        # chunks requeued) after about two intervals; a crashed one at once.
+        super().__init__(parameters(url, tls, max(1, round(lease_seconds))), "ttg-amqp-io")
+        self.name = name
+        self.cap = prefetch
+        self.read_ahead = 1
+        #: Deliveries handed to the worker and not settled yet (the worker's thread only).
+        self._unsettled = 0
+        self.snapshot_s = lease_seconds / 4
+        self._inbox: queues.SimpleQueue[Delivery] = queues.SimpleQueue()
+        #: run -> spec and control, from ttg.runs.
+        self._specs: dict[str, RunSpec] = {}
+        self._controls: dict[str, str] = {}
+        #: run -> its task subscription.
+        self._subscribed: dict[str, _Subscription] = {}
+        #: delivery tag -> consumer tag, for deliveries not yet acknowledged.
+        self._unacked: dict[int, str] = {}
+        #: Runs whose dead-letter queue we consume (the worker records those deaths).
+        self._dead_subscribed: set[str] = set()
+        self._fetching = True
+        #: run -> chunk -> (attempt, started): what this worker holds, for activity snapshots.
+        self._held: dict[str, dict[int, tuple[int, float]]] = {}
+        #: run -> chunk -> (attempt, started): held at some point since the last snapshot.
+        self._recent: dict[str, dict[int, tuple[int, float]]] = {}
+        self._snapshot_due = 0.0
+        self._snapshot_last = 0.0
+        self._dirty = False
+        self._ch: Any = None
+        self._events: Any = None
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.start_io()
+
+    @property
+    def connected(self) -> bool:
+        return self.io_connected
+
+    def fetch(self, timeout: float, limit: int) -> list[Delivery]:
+        # RabbitMQ pushes: the prefetch window is what we hold plus what we ask for.
+        self._window(self._unsettled + limit)
+        try:
+            first = self._inbox.get(timeout=timeout)
+        except queues.Empty:
+            return []
+        got = [first]
+        while len(got) < limit:
+            try:
+                got.append(self._inbox.get_nowait())
+            except queues.Empty:
+                break
+        out = []
+        for d in got:
+            if d.handle.generation != self.generation:
+                continue  # its connection is gone: RabbitMQ requeued it
+            if self._controls.get(d.run, "running") != "running":
+                self.release(d)  # paused or cancelled since it arrived
+                continue
+            out.append(d)
+        self._unsettled += len(out)
+        return out
+
+    def _window(self, size: int) -> None:
+        # Powers of two: a new window means a new subscription (see _resize), so few sizes.
+        self.read_ahead = min(self.cap, 1 << max(0, size - 1).bit_length())
+
+    def _settled(self) -> None:
+        self._unsettled = max(0, self._unsettled - 1)
+
+    def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
+        out = self.call(lambda: self._record(items))
+        for _ in items:
+            self._settled()
+        return out
+
+    def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
+        def retry() -> None:
+            d = delivery
+            publish(
+                self._ch,
+                queue(d.run, "ledger"),
+                {"e": "failed", "c": d.chunk, "w": self.name, "t": time.time(), "d": error},
+            )
+            publish_task(
+                self._ch,
+                queue(d.run, "retry"),
+                task_headers(d.chunk, d.attempt, d.round),
+                expiration_ms=int(delay * 1000),
+            )
+            self._ack(d)
+
+        self.call(retry)
+        self._settled()
+
+    def release(self, delivery: Delivery) -> None:
+        def release() -> None:
+            d = delivery
+            # A copy with the same count of earlier deliveries: a release is not a failure.
+            publish_task(
+                self._ch, queue(d.run, "tasks"), task_headers(d.chunk, d.attempt - 1, d.round)
+            )
+            self._event(d.run, {"e": "released", "c": d.chunk, "w": self.name})
+            self._ack(d)
+
+        self.call(release)
+        self._settled()
+
+    def abandon(self, delivery: Delivery) -> None:
+        def nack() -> None:
+            # Back to the queue at once (a delivery that counts, as a lost worker's does).
+            tag = delivery.handle.tag
+            if delivery.handle.generation == self.generation and tag in self._unacked:
+                self._ch.basic_nack(tag, requeue=True)
+                self._forget_unacked(self._unacked.pop(tag))
+            self._held.get(delivery.run, {}).pop(delivery.chunk, None)
+
+        self.post(nack)
+        self._settled()
+
+    def stop_fetching(self) -> None:
+        """Cancel every task subscription, so a released chunk is not pushed back to us."""
+
+        def cancel() -> None:
+            self._fetching = False
+            for run in list(self._subscribed):
+                self._unsubscribe(run)
+
+        self.call(cancel)
+
+    def close(self) -> None:
+        self.stop_io()
+
+    # -- the I/O thread: connection ---------------------------------------------------------
+
+    def on_connected(self, conn: pika.BlockingConnection) -> None:
+        self._subscribed.clear()
+        self._unacked.clear()
+        self._dead_subscribed = set()
+        self._held.clear()
+        self._recent.clear()
+        # Confirmed publishes (outcomes, retries, releases) and the task deliveries.
+        self._ch = conn.channel()
+        self._ch.confirm_delivery()
+        self._ch.basic_qos(prefetch_count=self.read_ahead)
+        # Informational events and activity snapshots: no confirms, no waiting.
+        self._events = conn.channel()
+        runs = conn.channel()
+        runs.basic_qos(prefetch_count=500)
+        runs.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
+        runs.basic_consume(RUNS, self._on_run, arguments={"x-stream-offset": "first"})
+
+    def on_lost(self) -> None:
+        self._ch = self._events = None
+        # Whatever was delivered on the old connection is requeued by RabbitMQ.
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queues.Empty:
+                break
+
+    def tick(self) -> None:
+        self._resize()
+        self._snapshot()
+
+    def _resize(self) -> None:
+        """Give each run's subscription the prefetch window the worker asks for.
+
+        RabbitMQ fixes a consumer's prefetch when it subscribes, so a new
+        window takes a new subscription. The old one is cancelled only while
+        its window is full: a delivery on its way at the cancel would be
+        rejected by pika, and on a quorum queue a reject counts as a delivery
+        towards the dead-letter limit. With the window full, none is on its way.
+        """
+        for run, sub in list(self._subscribed.items()):
+            if sub.prefetch != self.read_ahead and sub.unacked >= sub.prefetch:
+                self._ch.basic_cancel(sub.tag)
+                del self._subscribed[run]
+                self._subscribe(run)
+
+    # -- the I/O thread: runs -----------------------------------------------------------------
+
+    def _on_run(self, ch: Any, method: Any, _props: Any, raw: bytes) -> None:
+        try:
+            msg = json.loads(raw)
+            run = msg.get("run") or msg.get("deleted")
+            if "deleted" in msg:
+                self._specs.pop(run, None)
+                self._controls.pop(run, None)
+                self._unsubscribe(run)
+            elif "spec" in msg:
+                self._specs[run] = RunSpec.from_dict(msg["spec"])
+                self._controls.setdefault(run, "running")
+            elif "control" in msg and run in self._specs:
+                self._controls[run] = msg["control"]
+                if msg["control"] != "running":
+                    self._unsubscribe(run)
+            if run in self._specs and self._controls.get(run) == "running":
+                self._subscribe(run)
+        except (ValueError, TypeError, AttributeError, BrokerError) as e:
+            log.error("unreadable message on %s ignored: %s", RUNS, e)
+        ch.basic_ack(method.delivery_tag)
+
+    def _subscribe(self, run: str) -> None:
+        if run in self._subscribed or not self._fetching:
+            return
+        probe = self.conn.channel()  # type: ignore[union-attr]  # the I/O thread is connected
+        try:
+            # A missing queue closes the channel it is asked on: probe on a throwaway one.
+            probe.queue_declare(queue(run, "tasks"), passive=True)
+            probe.close()
+        except pex.ChannelClosedByBroker as e:
+            if e.reply_code == 404:
+                return  # deleted; its deletion is further down ttg.runs than we have read
+            raise
+        self._ch.basic_qos(prefetch_count=self.read_ahead)
+        tag = self._ch.basic_consume(queue(run, "tasks"), self._on_task)
+        self._subscribed[run] = _Subscription(tag, self.read_ahead)
+        if run not in self._dead_subscribed:
+            self._dead_subscribed.add(run)
+            self._ch.basic_consume(queue(run, "dead"), self._on_dead)
+
+    def _unsubscribe(self, run: str) -> None:
+        sub = self._subscribed.pop(run, None)
+        if sub is not None and self._ch is not None and self._ch.is_open:
+            self._ch.basic_cancel(sub.tag)
+
+    # -- the I/O thread: deliveries ------------------------------------------------------------
+
+    def _on_task(self, _ch: Any, method: Any, props: Any, _body: bytes) -> None:
+        run = run_of(method.routing_key) or ""
+        spec = self._specs.get(run)
+        if spec is None:
+            self._ch.basic_ack(method.delivery_tag)  # a deleted run's leftover
+            return
+        headers = props.headers or {}
+        try:
+            chunk, earlier = int(headers["c"]), int(headers.get("a", 0))
+            round_ = int(headers.get("g", 0))
+            if not 0 <= chunk < spec.total_chunks or earlier < 0 or round_ < 0:
+                raise ValueError("chunk, attempt or round out of range")
+        except (KeyError, ValueError, TypeError) as e:
+            detail = f"malformed task message {headers}: {type(e).__name__}: {e}"
+            log.error(
+                "%s: acknowledged and recorded as a problem of the run", detail, extra={"run": run}
+            )
+            publish(
+                self._ch,
+                queue(run, "ledger"),
+                {"e": "malformed", "w": self.name, "t": time.time(), "d": detail[:500]},
+            )
+            self._ch.basic_ack(method.delivery_tag)
+            return
+        self._unacked[method.delivery_tag] = method.consumer_tag
+        for sub in self._subscribed.values():
+            if sub.tag == method.consumer_tag:
+                sub.unacked += 1
+        attempt = earlier + int(headers.get("x-delivery-count", 0)) + 1
+        held = (attempt, time.time())
+        self._held.setdefault(run, {})[chunk] = held
+        self._recent.setdefault(run, {})[chunk] = held
+        self._dirty = True
+        if attempt > 1:
+            self._event(run, {"e": "redelivered", "c": chunk, "w": self.name, "a": attempt})
+        self._inbox.put(
+            Delivery(spec, chunk, attempt, _Handle(self.generation, method.delivery_tag), round_)
+        )
+
+    def _on_dead(self, ch: Any, method: Any, props: Any, _body: bytes) -> None:
+        """RabbitMQ dead-lettered a task (delivery limit): record the death in the ledger."""
+        run = run_of(method.routing_key) or ""
+        headers = props.headers or {}
+        spec = self._specs.get(run)
+        if spec is not None and str(headers.get("c", "")).isdigit():
+            chunk = int(headers["c"])
+            attempt = int(headers.get("a", 0)) + spec.max_deliveries + 1
+            d = Delivery(spec, chunk, attempt, None, int(headers.get("g", 0)))
+            error = "delivery limit reached: the workers holding it were lost each time"
+            publish(
+                ch, queue(run, "ledger"), {"o": [_outcome_body(Outcome.dead(d, self.name, error))]}
+            )
+        ch.basic_ack(method.delivery_tag)
+
+    # -- the I/O thread: settling --------------------------------------------------------------
+
+    def _record(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
+        """One confirmed ledger message per run, then the acknowledgements (invariant 3)."""
+        by_run: dict[str, list[int]] = {}
+        for i, (d, _) in enumerate(items):
+            by_run.setdefault(d.run, []).append(i)
+        out = [Recorded.RECORDED] * len(items)
+        for run, indexes in by_run.items():
+            payload = (
+                b'{"o":[' + b",".join(_outcome_json(items[i][1]).encode() for i in indexes) + b"]}"
+            )
+            try:
+                publish(self._ch, queue(run, "ledger"), payload)
+            except pex.UnroutableError:
+                log.error("run %s was deleted: %d outcomes dropped", run, len(indexes))
+                for i in indexes:
+                    out[i] = Recorded.GONE
+            for i in indexes:
+                self._ack(items[i][0])
+        return out
+
+    def _ack(self, d: Delivery) -> None:
+        # No snapshot for an ack: readers drop chunks that have an outcome, and a
+        # snapshot taken between two chunks would show this worker holding nothing.
+        self._held.get(d.run, {}).pop(d.chunk, None)
+        if d.handle is None or d.handle.generation != self.generation:
+            return  # its connection is gone: RabbitMQ requeued it already
+        consumer_tag = self._unacked.pop(d.handle.tag, None)
+        if consumer_tag is None:
+            return  # settled before (a record sent again): a second ack would close the channel
+        self._ch.basic_ack(d.handle.tag)
+        self._forget_unacked(consumer_tag)
+
+    def _forget_unacked(self, consumer_tag: str) -> None:
+        for sub in self._subscribed.values():
+            if sub.tag == consumer_tag:
+                sub.unacked -= 1
+
+    def _event(self, run: str, msg: dict[str, Any]) -> None:
+        msg.setdefault("t", time.time())
+        self._events.basic_publish("", queue(run, "ledger"), body(msg))
+
+    def _snapshot(self) -> None:
+        """Publish, per run, the chunks this worker held since its last snapshot.
+
+        Held *since*, not held *now*: chunks of a tenth of a second would
+        otherwise mostly be caught between two chunks, holding nothing. Readers
+        drop the ones whose outcome is in the ledger already.
+        """
+        # On schedule, or soon after a delivery, but never more than 20 times a second.
+        now = time.monotonic()
+        changed = self._dirty and now - self._snapshot_last >= SNAPSHOT_MIN_INTERVAL
+        if (now < self._snapshot_due and not changed) or self._events is None:
+            return
+        self._snapshot_due = now + self.snapshot_s
+        self._snapshot_last = now
+        self._dirty = False
+        for run in list(self._recent):
+            recent = self._recent[run]
+            if run in self._specs:
+                snap = {
+                    "w": self.name,
+                    "t": time.time(),
+                    "h": [[c, a, s] for c, (a, s) in recent.items()],
+                }
+                self._events.basic_publish("", queue(run, "activity"), body(snap))
+            held = self._held.get(run, {})
+            if held:
+                self._recent[run] = dict(held)
+            else:
+                del self._recent[run]  # said once that it holds nothing; quiet after
+
+
+def _outcome_json(o: Outcome) -> str:
+    text = o.to_json()
+    return f'{text[:-1]},"c":{o.chunk}}}'
+
+
+def _outcome_body(o: Outcome) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(_outcome_json(o))
+    return out

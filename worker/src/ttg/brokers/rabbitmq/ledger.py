@@ -1,0 +1,249 @@
+"""Reading RabbitMQ streams: kept-open tails for progress, one-shot reads for exports.
+
+A run's ledger is a stream, decided on read: the first outcome of a chunk in
+its current retry round counts, every later one is a duplicate. ``LedgerFold``
+folds it into counters and one byte per chunk (1 MB per 10^6 chunks), never
+into results: progress costs
+memory in proportion to the run's size in chunks, not to what it computed.
+Only ``read_stream`` (verify, results, reports) sees results, streamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+
+from ttg.brokers.rabbitmq.connection import PIKA_ERRORS, open_connection, publish
+from ttg.errors import BrokerError
+
+#: A stream read is complete when nothing more arrives for this long (progress displays).
+STREAM_IDLE_SECONDS = 0.05
+#: A one-shot read fails when nothing arrives for this long.
+READ_STALL_SECONDS = 30.0
+#: Distinct recent errors kept per run.
+RECENT_ERRORS = 5
+
+_CODES = {"ok": 1, "errors": 2, "dead": 3}
+
+
+class StreamTail:
+    """A stream consumed from ``offset`` once and kept open; ``sync`` folds what arrived since.
+
+    Stream consumers are never cancelled while the connection lives: pika rejects
+    the deliveries a cancelled consumer still had buffered, and a stream answers
+    a reject by closing the whole connection. Keeping the tail open also makes
+    every later read incremental.
+    """
+
+    def __init__(
+        self,
+        conn: pika.BlockingConnection,
+        name: str,
+        fold: Callable[[dict[str, Any]], None],
+        *,
+        offset: Any = "first",
+    ) -> None:
+        self.conn = conn
+        self.name = name
+        self.fold = fold
+        self.received = 0
+        #: The first read of a tail is always exact, so a new process never undercounts.
+        self.caught_up = False
+        self._markers: set[str] = set()
+        self.channel = conn.channel()
+        self.channel.basic_qos(prefetch_count=2000)
+        self.channel.basic_consume(name, self._on_message, arguments={"x-stream-offset": offset})
+
+    def _on_message(self, ch: Any, method: Any, _props: Any, raw: bytes) -> None:
+        self.received += 1
+        # Streams need acknowledgements for flow control only; ack in batches.
+        if self.received % 500 == 0:
+            ch.basic_ack(method.delivery_tag, multiple=True)
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return  # not ours; a stream keeps what anyone published
+        if not isinstance(msg, dict):
+            return
+        if "barrier" in msg:
+            self._markers.add(msg["barrier"])
+        else:
+            self.fold(msg)
+
+    def sync(self, publisher: Any | None = None, timeout: float = 30.0) -> None:
+        """Fold everything published so far.
+
+        With a confirm-mode ``publisher`` the read is exact: a marker is
+        published and reading stops at it (streams report no length). Without,
+        it stops once nothing arrives for ``STREAM_IDLE_SECONDS``, which is
+        enough for progress displays.
+        """
+        if publisher is None and self.caught_up:
+            while True:
+                before = self.received
+                self.conn.process_data_events(time_limit=STREAM_IDLE_SECONDS)
+                if self.received == before:
+                    return
+        if publisher is None:
+            raise BrokerError(f"rabbitmq: first read of {self.name} needs a publisher")
+        marker = uuid.uuid4().hex
+        publish(publisher, self.name, {"barrier": marker})
+        deadline = time.monotonic() + timeout
+        while marker not in self._markers:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"rabbitmq: stream {self.name} did not replay within {timeout}s")
+            self.conn.process_data_events(time_limit=0.05)
+        self._markers.discard(marker)
+        self.caught_up = True
+
+
+class LedgerFold:
+    """A run's ledger folded into counters: the first outcome of each chunk's current round wins.
+
+    Per chunk it keeps one byte: 0 while the chunk has no counted outcome, else
+    a fingerprint (1-255) of who recorded it (worker, attempt, round), so the
+    same record sent twice — a publish whose confirm was lost, sent again — is
+    recognised and not taken for a duplicate. One megabyte per 10^6 chunks.
+    """
+
+    def __init__(self, total_chunks: int) -> None:
+        self.total = total_chunks
+        self.marks = bytearray(total_chunks)
+        #: chunk -> retry round, for chunks ``ttg retry`` re-queued.
+        self.rounds: dict[int, int] = {}
+        self.done = self.done_params = self.errors = self.param_errors = self.dead = 0
+        self.duplicates = self.redelivered = self.failed = self.malformed = 0
+        self.recent: deque[str] = deque(maxlen=RECENT_ERRORS)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.errors + self.dead
+
+    def max_round(self) -> int:
+        return max(self.rounds.values(), default=0)
+
+    def add(self, msg: dict[str, Any]) -> None:
+        for one in msg.get("o") or ():
+            self._outcome(one)
+        kind = msg.get("e")
+        if kind in ("redelivered", "released"):
+            self.redelivered += 1
+        elif kind == "failed":
+            self.failed += 1
+            self._note(msg.get("d"))
+        elif kind == "malformed":
+            self.malformed += 1
+            self._note(msg.get("d"))
+        elif kind == "retry":
+            self._retry(int(msg.get("g", 0)), msg.get("c") or ())
+
+    def is_open(self, chunk: int) -> bool:
+        return self.marks[chunk] == 0
+
+    def _note(self, error: Any) -> None:
+        if error and error not in self.recent:
+            self.recent.appendleft(str(error))
+
+    def _outcome(self, o: dict[str, Any]) -> None:
+        try:
+            chunk, round_, code = int(o["c"]), int(o.get("g", 0)), _CODES[o["s"]]
+            params, perr = int(o["n"]), len(o.get("pe") or ())
+            mark = zlib.crc32(f"{o['w']}/{o['a']}/{round_}".encode()) % 255 + 1
+        except (KeyError, ValueError, TypeError):
+            self.malformed += 1
+            return
+        if not 0 <= chunk < self.total:
+            self.malformed += 1
+            return
+        if round_ < self.rounds.get(chunk, 0):
+            self.duplicates += 1
+            return
+        if self.marks[chunk]:
+            if self.marks[chunk] != mark:
+                self.duplicates += 1
+            return  # else: the counted record, sent again
+        self.marks[chunk] = mark
+        self._count(code, params, perr, +1)
+        if code != 1:
+            self.failed += 1
+            self._note(o.get("e"))
+
+    def _count(self, code: int, params: int, perr: int, sign: int) -> None:
+        if code == 1:
+            self.done += sign
+            self.done_params += sign * params
+        elif code == 2:
+            self.errors += sign
+            self.done_params += sign * (params - perr)
+            self.param_errors += sign * perr
+        else:
+            self.dead += sign
+
+    def _retry(self, round_: int, chunks: Any) -> None:
+        """A ``ttg retry``: each listed chunk's outcome leaves the count; its round moves on."""
+        for listed, status, params, perr in chunks:
+            chunk = int(listed)
+            if not 0 <= chunk < self.total or self.is_open(chunk):
+                continue
+            self.marks[chunk] = 0
+            self._count(_CODES.get(status, 3), int(params), int(perr), -1)
+            self.rounds[chunk] = max(round_, self.rounds.get(chunk, 0))
+
+
+def read_stream(
+    params: list[pika.URLParameters], name: str, *, offset: Any = "first"
+) -> Iterator[dict[str, Any]]:
+    """Every message of stream ``name`` published before this call, streamed, then stop.
+
+    A connection of its own, closed at the end (closing is how a stream
+    consumer ends without a reject).
+
+    Raises:
+        BrokerError: the stream stopped delivering before the end.
+    """
+    conn = open_connection(params)
+    try:
+        pub = conn.channel()
+        pub.confirm_delivery()
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+        buf: deque[bytes] = deque()
+        count = [0]
+
+        def on_message(ch: Any, method: Any, _props: Any, raw: bytes) -> None:
+            buf.append(raw)
+            count[0] += 1
+            if count[0] % 500 == 0:
+                ch.basic_ack(method.delivery_tag, multiple=True)
+
+        ch.basic_consume(name, on_message, arguments={"x-stream-offset": offset})
+        marker = uuid.uuid4().hex
+        publish(pub, name, {"barrier": marker})
+        last = time.monotonic()
+        while True:
+            while buf:
+                last = time.monotonic()
+                try:
+                    msg = json.loads(buf.popleft())
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                if msg.get("barrier") == marker:
+                    return
+                if "barrier" not in msg:
+                    yield msg
+            if time.monotonic() - last > READ_STALL_SECONDS:
+                raise BrokerError(f"rabbitmq: stream {name} stopped delivering")
+            conn.process_data_events(time_limit=0.05)
+    finally:
+        with contextlib.suppress(*PIKA_ERRORS):
+            conn.close()

@@ -1,0 +1,266 @@
+"""The Redis admin side: seeding, steering, progress, the ledger, deletion."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis.exceptions as rex
+
+from ttg.broker import TLS, Broker, RetryReport, RunEvent, SeedReport
+from ttg.brokers.redis.client import (
+    GENERATION,
+    GROUP,
+    RUN_KEYS,
+    RUNS,
+    Scripts,
+    key,
+    make_client,
+    safe_url,
+    translate,
+    translated,
+)
+from ttg.brokers.redis.consumer import RedisConsumer
+from ttg.errors import RunConflict, RunNotFound, UsageError
+from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunSpec
+
+#: Chunks published per seeding step (one Lua call each).
+SEED_BATCH = 2000
+#: How many in-flight chunks ``progress`` lists.
+IN_FLIGHT_SHOWN = 50
+#: Events ``progress`` reads back for the recent distinct errors.
+RECENT_EVENTS = 200
+#: Distinct recent errors ``progress`` reports.
+RECENT_ERRORS = 5
+#: Chunks re-queued per ``retry`` step (one Lua call each).
+REQUEUE_BATCH = 500
+
+
+def _count_leases_source() -> str:
+    # Live consumers of a run, in the server's clock (a script: TIME is the run's node's).
+    return (
+        "local now = redis.call('TIME') "
+        "return redis.call('ZCOUNT', KEYS[1], now[1] * 1000 + math.floor(now[2] / 1000), '+inf')"
+    )
+
+
+class RedisBroker(Broker):
+    """Runs kept in one Redis (7.x; 6.2 works, for the embedded demo server) or a Redis Cluster."""
+
+    def __init__(self, url: str, tls: TLS) -> None:
+        self.url = url
+        self.tls = tls
+        self.client: Any = make_client(url, tls)
+        self.scripts = Scripts(self.client)
+        self._count_leases = self.client.register_script(_count_leases_source())
+        self._specs: dict[str, RunSpec] = {}
+
+    def where(self) -> str:
+        return safe_url(self.url)
+
+    @translated
+    def ping(self) -> None:
+        self.client.ping()
+
+    def _bump(self) -> None:
+        """Tell every worker that the set of runs, or a run's control, changed."""
+        self.client.incr(GENERATION)
+
+    @translated
+    def seed(
+        self, spec: RunSpec, *, on_progress: Callable[[int, int], None] | None = None
+    ) -> SeedReport:
+        run, total = spec.run, spec.total_chunks
+        if self.client.set(key(run, "spec"), spec.to_json(), nx=True):
+            self.client.hset(
+                key(run, "meta"),
+                mapping={
+                    "total": total,
+                    "control": "running",
+                    "seeded_at": int(time.time() * 1000),
+                },
+            )
+        stored = self.spec(run)
+        if stored != spec:
+            raise RunConflict(f"run {run!r} exists with different parameters; pick a new run id")
+        # The group exists before the first task does, so no worker can miss one.
+        with contextlib.suppress(rex.ResponseError):  # BUSYGROUP: created before
+            self.client.xgroup_create(key(run, "tasks"), GROUP, id="0", mkstream=True)
+        if not self.client.sismember(RUNS, run):
+            self.client.sadd(RUNS, run)
+            self._bump()
+        cursor = int(self.client.hget(key(run, "meta"), "cursor") or 0)
+        start = cursor
+        while cursor < total:
+            stop = min(cursor + SEED_BATCH, total)
+            cursor = int(
+                self.scripts.seed(keys=[key(run, "meta"), key(run, "tasks")], args=[cursor, stop])
+            )
+            if on_progress:
+                on_progress(cursor, total)
+        return SeedReport(run, total, spec.total_params, cursor, cursor - start)
+
+    @translated
+    def spec(self, run: str) -> RunSpec:
+        cached = self._specs.get(run)
+        if cached is None:
+            text = self.client.get(key(run, "spec"))
+            if text is None:
+                raise RunNotFound(f"no run {run!r} on {self.where()}")
+            cached = self._specs[run] = RunSpec.from_json(text)
+        return cached
+
+    @translated
+    def runs(self) -> list[str]:
+        return sorted(self.client.smembers(RUNS))
+
+    @translated
+    def progress(self, run: str) -> Progress:
+        spec = self.spec(run)
+        tasks = key(run, "tasks")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(key(run, "stats"))
+        pipe.hgetall(key(run, "meta"))
+        pipe.xlen(tasks)
+        pipe.zcard(key(run, "delayed"))
+        pipe.xpending_range(tasks, GROUP, min="-", max="+", count=IN_FLIGHT_SHOWN)
+        pipe.xrevrange(key(run, "events"), count=RECENT_EVENTS)
+        stats, meta, length, delayed, pending, events = pipe.execute()
+        if not meta:
+            self._specs.pop(run, None)
+            raise RunNotFound(f"no run {run!r} on {self.where()}")
+        workers = int(self._count_leases(keys=[key(run, "leases")]))
+        pipe = self.client.pipeline(transaction=False)
+        for p in pending:
+            pipe.xrange(tasks, min=p["message_id"], max=p["message_id"])
+        entries = pipe.execute() if pending else []
+        in_flight = [
+            InFlight(
+                int(e[0][1]["c"]),
+                p["consumer"],
+                p["times_delivered"],
+                p["time_since_delivered"] / 1000,
+            )
+            for p, e in zip(pending, entries, strict=True)
+            if e and e[0][1].get("c", "").isdigit()
+        ]
+        recent: list[str] = []
+        for _, fields in events:
+            detail = fields.get("d")
+            if detail and fields.get("k") in ("failed", "malformed") and detail not in recent:
+                recent.append(detail)
+                if len(recent) >= RECENT_ERRORS:
+                    break
+        s = {k: int(v) for k, v in stats.items()}
+        return Progress(
+            run=run,
+            total_chunks=spec.total_chunks,
+            total_params=spec.total_params,
+            seeded_chunks=int(meta.get("cursor", 0)),
+            done=s.get("done", 0),
+            done_params=s.get("done_params", 0),
+            dead=s.get("dead", 0),
+            errors=s.get("errors", 0),
+            param_errors=s.get("param_errors", 0),
+            duplicates=s.get("duplicates", 0),
+            redelivered=s.get("redelivered", 0),
+            failed=s.get("failed", 0),
+            malformed=s.get("malformed", 0),
+            queue_depth=length + delayed,
+            workers=workers,
+            control=meta.get("control", "running"),
+            seeded_at=int(meta["seeded_at"]) / 1000 if "seeded_at" in meta else None,
+            in_flight=in_flight,
+            recent_errors=recent,
+        )
+
+    def ledger(self, run: str) -> Iterator[Outcome]:
+        try:
+            self.spec(run)
+            for chunk, text in self.client.hscan_iter(key(run, "ledger"), count=1000):
+                yield Outcome.from_json(int(chunk), text)
+        except rex.RedisError as e:
+            translate(e)
+
+    def events(self, run: str) -> Iterator[RunEvent]:
+        try:
+            self.spec(run)
+            last = "-"
+            while True:
+                batch = self.client.xrange(key(run, "events"), min=last, count=1000)
+                for entry_id, f in batch:
+                    if entry_id == last:
+                        continue
+                    yield RunEvent(
+                        t=int(f.get("t", 0)) / 1000,
+                        kind=f.get("k", ""),
+                        chunk=int(f["c"]) if f.get("c", "").isdigit() else None,
+                        worker=f.get("w"),
+                        previous_worker=f.get("p"),
+                        detail=f.get("d"),
+                    )
+                if len(batch) < 1000:
+                    return
+                last = batch[-1][0]
+        except rex.RedisError as e:
+            translate(e)
+
+    @translated
+    def set_control(self, run: str, control: str) -> None:
+        if control not in CONTROLS:
+            raise UsageError(f"control {control!r} is not one of {', '.join(CONTROLS)}")
+        self.spec(run)
+        self.client.hset(key(run, "meta"), "control", control)
+        self._bump()
+
+    @translated
+    def retry(self, run: str, *, dead: bool = True, errors: bool = True) -> RetryReport:
+        self.spec(run)
+        wanted = {s for s, on in (("dead", dead), ("errors", errors)) if on}
+        # Find the candidates by scanning the ledger; the script checks each again.
+        chunks = [
+            int(chunk)
+            for chunk, text in self.client.hscan_iter(key(run, "ledger"), count=1000)
+            if _status_of(text) in wanted
+        ]
+        n_dead = n_errors = 0
+        round_ = 0
+        if chunks:
+            round_ = int(self.client.hincrby(key(run, "meta"), "round", 1))
+            keys = [
+                key(run, n)
+                for n in ("ledger", "stats", "tasks", "rounds", "meta", "history", "events")
+            ]
+            for i in range(0, len(chunks), REQUEUE_BATCH):
+                d, e = self.scripts.requeue(
+                    keys=keys,
+                    args=[round_, int(dead), int(errors), *chunks[i : i + REQUEUE_BATCH]],
+                )
+                n_dead, n_errors = n_dead + int(d), n_errors + int(e)
+            self._bump()
+        return RetryReport(run, n_dead, n_errors, round_)
+
+    @translated
+    def delete(self, run: str) -> bool:
+        deleted = self.client.delete(*(key(run, n) for n in RUN_KEYS))
+        known = self.client.srem(RUNS, run)
+        self._specs.pop(run, None)
+        self._bump()
+        return bool(deleted or known)
+
+    def consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> RedisConsumer:
+        return RedisConsumer(
+            self.url, self.tls, name, lease_seconds=lease_seconds, prefetch=prefetch
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _status_of(text: str) -> str:
+    """The status of an outcome's JSON without decoding its results."""
+    at = text.find('"s":"')
+    return text[at + 5 : text.index('"', at + 5)] if at >= 0 else json.loads(text).get("s", "")

@@ -1,0 +1,176 @@
+"""Redis plumbing shared by the admin side and the consumer: keys, clients, scripts, errors.
+
+Layout of one run ``R``. Every key of a run carries the hash tag ``{R}``, so a
+run lives in one slot of a Redis Cluster and every script touches one slot::
+
+    ttg:{R}:spec     string  the RunSpec as JSON, written once
+    ttg:{R}:meta     hash    total, cursor (next chunk to seed), control, round,
+                             seeded_at, completed_at (ms)
+    ttg:{R}:tasks    stream  one entry per chunk to do: c=chunk, a=earlier deliveries,
+                             g=retry round (when not 0); consumer group "ttg";
+                             entries are deleted when acknowledged
+    ttg:{R}:delayed  zset    "chunk:attempts:round" -> due time (ms), retries waiting
+    ttg:{R}:ledger   hash    chunk -> outcome JSON, the first one wins
+    ttg:{R}:rounds   hash    chunk -> retry round (only chunks `ttg retry` re-queued)
+    ttg:{R}:history  list    outcomes replaced by `ttg retry`
+    ttg:{R}:stats    hash    done, done_params, dead, errors, param_errors, duplicates,
+                             redelivered, failed, malformed, finished, finished_params
+    ttg:{R}:leases   zset    consumer -> lease expiry (ms, the server's clock)
+    ttg:{R}:events   stream  failures, redeliveries, releases, malformed messages
+                             (capped at ~10,000)
+
+Two keys are global, and nothing writes them in the same step as a run's keys
+(they may live on another node): ``ttg:runs`` (set of run ids) and
+``ttg:runs:gen`` (a counter bumped whenever a run is created, steered,
+retried or deleted, so workers rescan only when something changed). Both are
+written after the run's own keys, so a reader that finds a run id finds its
+run, or a deleted one, never half of one.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.exceptions as rex
+from redis.cluster import ClusterNode, RedisCluster
+
+from ttg.broker import TLS
+from ttg.errors import AuthenticationError, BrokerConnectionError, BrokerError, UsageError
+
+#: Consumer group every worker joins, in every run's task stream.
+GROUP = "ttg"
+RUNS = "ttg:runs"
+GENERATION = "ttg:runs:gen"
+#: Names of a run's keys, for ``delete``.
+RUN_KEYS = (
+    "spec", "meta", "tasks", "delayed", "ledger", "rounds", "history", "stats", "leases", "events",
+)  # fmt: skip
+#: Longest error text from Redis kept in a message.
+MAX_ERROR_CHARS = 200
+
+T = TypeVar("T")
+
+
+def key(run: str, name: str) -> str:
+    return f"ttg:{{{run}}}:{name}"
+
+
+def run_of(stream_key: str) -> str:
+    return stream_key[stream_key.index("{") + 1 : stream_key.index("}")]
+
+
+def translate(e: Exception) -> NoReturn:
+    """Turn a redis-py exception into TTG's own (the backend boundary), trimmed to what helps."""
+    text = str(e).split("\n")[0][:MAX_ERROR_CHARS]
+    if isinstance(e, rex.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
+        raise AuthenticationError(f"redis refused our credentials: {text}") from None
+    if isinstance(e, rex.ConnectionError) and "certificate verify failed" in text.lower():
+        raise AuthenticationError(f"redis TLS: the server's certificate is not trusted ({text})")
+    if isinstance(e, rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
+        raise BrokerConnectionError(f"redis unreachable: {text}") from None
+    raise BrokerError(f"redis: {text}") from None
+
+
+def translated(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn redis-py exceptions into TTG's own at the backend boundary."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (rex.RedisError, ssl.SSLError) as e:
+            translate(e)
+
+    return wrapper
+
+
+def _tls_options(tls: TLS) -> dict[str, Any]:
+    return {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_cert_reqs": "required",
+    }
+
+
+def make_client(url: str, tls: TLS, *, socket_timeout: float = 10) -> Any:
+    """A client for ``url``: ``redis://``, ``rediss://`` (TLS), ``unix://``, or
+    ``redis+cluster://`` / ``rediss+cluster://`` with one or more comma-separated
+    ``host:port`` seed nodes (Redis Cluster).
+
+    Returned as Any: with decode_responses=True every reply is a str, which
+    redis-py's annotations (bytes | str | ...) cannot express.
+
+    Raises:
+        UsageError: the URL is malformed.
+    """
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        # Above the longest blocking read (a fraction of the lease).
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 3,
+    }
+    scheme = url.split(":", 1)[0]
+    try:
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            return _cluster_client(url, tls, common)
+        if scheme == "rediss":
+            common.update(_tls_options(tls))
+        elif scheme not in ("redis", "unix"):
+            raise ValueError("expected redis://, rediss://, unix:// or redis+cluster://")
+        return redis.Redis.from_url(url, health_check_interval=15, **common)
+    except (ValueError, IndexError) as e:
+        raise UsageError(f"broker URL {safe_url(url)!r}: {e}") from None
+
+
+def _cluster_client(url: str, tls: TLS, common: dict[str, Any]) -> RedisCluster:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    creds = netloc[0] if len(netloc) == 2 else ""
+    username, _, password = creds.partition(":")
+    nodes = []
+    for hostport in netloc[-1].split(","):
+        host, _, port = hostport.rpartition(":")
+        node = ClusterNode(host.strip("[]") or "localhost", int(port or 6379))  # type: ignore[no-untyped-call]
+        nodes.append(node)
+    if url.startswith("rediss"):
+        common.update(ssl=True, **_tls_options(tls))
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        **common,
+    )
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+class Scripts:
+    """The Lua scripts, registered once per client (EVALSHA, reloaded after a restart)."""
+
+    def __init__(self, client: Any) -> None:
+        def load(name: str) -> Any:
+            source = resources.files(__package__).joinpath(f"{name}.lua").read_text()
+            return client.register_script(source)
+
+        self.seed = load("seed")
+        self.record = load("record")
+        self.retry = load("retry")
+        self.promote = load("promote")
+        self.release = load("release")
+        self.beat = load("beat")
+        self.reclaim = load("reclaim")
+        self.malformed = load("malformed")
+        self.requeue = load("requeue")

@@ -1,0 +1,400 @@
+"""The Redis consumer: one worker's session, over a client of its own.
+
+Liveness is a lease per run, not message idle time: a chunk that takes ten
+times the lease stays with its live worker. A background thread renews this
+consumer's lease (3/4 of ``lease_seconds``) in every run it serves, every 1/8
+lease; live workers look for expired leases every 1/8 lease, so a dead
+worker's chunks are claimed within 7/8 of the lease (1.75 s at the default
+2 s) of its death.
+
+A broker hiccup is not a worker death. When a renewal fails, this consumer
+takes no new work until its lease is renewed again, and claims nothing from
+others until a whole lease after its last failed renewal: a broker that
+refused everyone's writes for a second must not make live workers steal each
+other's chunks (and count deliveries towards the dead-letter limit) once it
+answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions as rex
+
+from ttg.broker import TLS, Consumer
+from ttg.brokers.redis.client import (
+    GENERATION,
+    GROUP,
+    RUNS,
+    Scripts,
+    key,
+    make_client,
+    translated,
+)
+from ttg.errors import BrokerError
+from ttg.run import Delivery, Outcome, Recorded, RunSpec
+
+log = logging.getLogger(__name__)
+
+#: A lease lives this fraction of ``lease_seconds`` after its last renewal...
+LEASE_TTL_FRACTION = 0.75
+#: ...it is renewed, and live workers look for expired ones, every lease / this.
+CHECKS_PER_LEASE = 8
+#: Most tasks one promotion step moves.
+MOVE_BATCH = 100
+#: An idle worker looks for new runs this often, seconds.
+IDLE_POLL_SECONDS = 0.05
+#: Runs are rescanned at least this often even if nothing says they changed.
+RESCAN_SECONDS = 5.0
+
+_RECORDED = {1: Recorded.COUNTED, 0: Recorded.DUPLICATE, 2: Recorded.COUNTED}
+
+
+class RedisConsumer(Consumer):
+    """Heartbeat thread, fetch, record, reclaim; serves every live run."""
+
+    def __init__(
+        self, url: str, tls: TLS, name: str, *, lease_seconds: float, prefetch: int
+    ) -> None:
+        self.name = name
+        self.client: Any = make_client(url, tls)
+        self.scripts = Scripts(self.client)
+        self.lease_ms = max(int(lease_seconds * 1000), 100)
+        self.ttl_ms = int(self.lease_ms * LEASE_TTL_FRACTION)
+        self.check_s = self.lease_ms / 1000 / CHECKS_PER_LEASE
+        self.prefetch = prefetch
+        self._stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        #: Runs this consumer serves (live, running, its lease written there) -> spec.
+        self._serving: dict[str, RunSpec] = {}
+        #: Runs with chunks in hand but no longer served (paused, say): the lease stays.
+        self._holding: set[str] = set()
+        #: Entry ids handed out and not yet settled -> their run.
+        self._in_hand: dict[str, str] = {}
+        self._generation: str | None = None
+        self._next_rescan = 0.0
+        self._next_maintenance = 0.0
+        self._last_beat_ok = 0.0
+        self._last_beat_failed = 0.0
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    # -- liveness ---------------------------------------------------------------------
+
+    @translated
+    def start(self) -> None:
+        self.client.ping()
+        self._last_beat_ok = time.monotonic()
+        self._stop.clear()
+        self._beat_thread = threading.Thread(target=self._beat, name="ttg-lease", daemon=True)
+        self._beat_thread.start()
+
+    @property
+    def connected(self) -> bool:
+        # Renewed less than a lease-TTL ago: every run we serve still sees us alive.
+        return time.monotonic() - self._last_beat_ok < self.ttl_ms / 1000
+
+    def _renew(self, runs: Sequence[str]) -> None:
+        for run in runs:
+            self.scripts.beat(keys=[key(run, "leases")], args=[self.name, self.ttl_ms])
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.check_s):
+            with self._lock:
+                runs = sorted(set(self._serving) | self._holding)
+            try:
+                self._renew(runs)
+                self.client.ping()  # also for a consumer serving no run: /readyz
+                self._last_beat_ok = time.monotonic()
+            except rex.RedisError as e:
+                self._last_beat_failed = time.monotonic()
+                log.warning("lease not renewed: %s", str(e).split("\n")[0])
+
+    def _may_reclaim(self) -> bool:
+        return time.monotonic() - self._last_beat_failed > self.lease_ms / 1000
+
+    # -- fetching ---------------------------------------------------------------------
+
+    @translated
+    def fetch(self, timeout: float, limit: int) -> list[Delivery]:
+        if not self.connected:
+            # Cannot renew our lease: others may take our chunks; take nothing new.
+            self._stop.wait(min(timeout, self.check_s))
+            return []
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + self.check_s
+            recovered = self._maintain(limit)
+            if recovered:
+                return recovered
+        if not self._serving:
+            self._stop.wait(min(timeout, IDLE_POLL_SECONDS))
+            self._next_maintenance = 0.0
+            return []
+        out: list[Delivery] = []
+        runs = list(self._serving)
+        # Fair across runs: start from a different one each time; block on one only
+        # when the others had nothing (one blocking read serves one slot of a cluster).
+        self._turn = (self._turn + 1) % len(runs)
+        order = runs[self._turn :] + runs[: self._turn]
+        for i, run in enumerate(order):
+            last = i == len(order) - 1
+            block = None
+            if last and not out:
+                block = max(int(min(timeout, self.check_s) * 1000), 1)
+            out += self._read(run, limit - len(out), block)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _read(self, run: str, count: int, block: int | None) -> list[Delivery]:
+        try:
+            reply = self.client.xreadgroup(
+                GROUP, self.name, {key(run, "tasks"): ">"}, count=count, block=block
+            )
+        except rex.ResponseError as e:
+            if "NOGROUP" in str(e):
+                self._forget(run)  # deleted under our feet
+                return []
+            raise
+        out = []
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                d = self._delivery(run, entry_id, fields, deliveries=1)
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def _delivery(
+        self, run: str, entry_id: str, fields: dict[str, str] | None, deliveries: int
+    ) -> Delivery | None:
+        """The delivery an entry stands for; None (and the entry recorded) if it is malformed."""
+        spec = self._serving.get(run)
+        if spec is None:
+            spec = self._load_spec(run)
+            if spec is None:
+                return None
+        try:
+            chunk = int((fields or {})["c"])
+            earlier = int((fields or {}).get("a", 0))
+            rnd = int((fields or {}).get("g", 0))
+            if not 0 <= chunk < spec.total_chunks or earlier < 0 or rnd < 0:
+                raise ValueError("chunk, attempt or round out of range")
+        except (KeyError, ValueError, TypeError) as e:
+            detail = f"malformed task message {entry_id} {fields}: {type(e).__name__}: {e}"
+            log.error(
+                "%s: acknowledged and recorded as a problem of the run", detail, extra={"run": run}
+            )
+            self.scripts.malformed(
+                keys=[key(run, "tasks"), key(run, "stats"), key(run, "events")],
+                args=[GROUP, entry_id, self.name, detail[:500]],
+            )
+            return None
+        self._in_hand[entry_id] = run
+        return Delivery(spec, chunk, earlier + deliveries, entry_id, rnd)
+
+    def _load_spec(self, run: str) -> RunSpec | None:
+        text = self.client.get(key(run, "spec"))
+        if text is None:
+            return None
+        try:
+            return RunSpec.from_json(text)
+        except (ValueError, BrokerError) as e:
+            log.error("run %s has an unreadable spec, skipped: %s", run, e, extra={"run": run})
+            return None
+
+    # -- maintenance: new runs, due retries, dead workers' chunks ------------------------
+
+    def _maintain(self, limit: int) -> list[Delivery]:
+        self._rescan()
+        recovered: list[Delivery] = []
+        for run in list(self._serving):
+            self.scripts.promote(
+                keys=[key(run, "delayed"), key(run, "tasks"), key(run, "stats")], args=[MOVE_BATCH]
+            )
+            if len(recovered) < limit:
+                recovered += self._reclaim(run, limit - len(recovered))
+        return recovered
+
+    def _rescan(self) -> None:
+        """Learn which runs to serve: when the generation moved, and every RESCAN_SECONDS."""
+        gen = self.client.get(GENERATION)
+        now = time.monotonic()
+        if gen == self._generation and now < self._next_rescan:
+            return
+        self._generation, self._next_rescan = gen, now + RESCAN_SECONDS
+        serving: dict[str, RunSpec] = {}
+        for run in sorted(self.client.smembers(RUNS)):
+            control, total, completed = self.client.hmget(
+                key(run, "meta"), "control", "total", "completed_at"
+            )
+            if total is None or control != "running" or completed is not None:
+                continue
+            spec = self._serving.get(run) or self._load_spec(run)
+            if spec is not None:
+                serving[run] = spec
+        added = [r for r in serving if r not in self._serving]
+        # A lease in a run before the first read from it: nobody may take what we read.
+        self._renew(added)
+        with self._lock:
+            self._serving = serving
+            self._holding = set(self._in_hand.values()) - set(serving)
+
+    def _forget(self, run: str) -> None:
+        with self._lock:
+            self._serving.pop(run, None)
+            self._holding.discard(run)
+        for entry_id in [e for e, r in self._in_hand.items() if r == run]:
+            del self._in_hand[entry_id]
+
+    def _reclaim(self, run: str, limit: int) -> list[Delivery]:
+        tasks = key(run, "tasks")
+        try:
+            consumers = self.client.xinfo_consumers(tasks, GROUP)
+        except rex.ResponseError:
+            return []  # deleted meanwhile
+        out: list[Delivery] = []
+        for c in consumers:
+            if len(out) >= limit:
+                break
+            if c["name"] == self.name:
+                held = sum(1 for r in self._in_hand.values() if r == run)
+                if c["pending"] > held:
+                    out += self._adopt(run, limit - len(out))
+                continue
+            if c["pending"] == 0 and c.get("idle", 0) < 10 * self.lease_ms:
+                continue  # an idle consumer with nothing pending costs nothing
+            if not self._may_reclaim():
+                continue
+            claimed = self.scripts.reclaim(
+                keys=[tasks, key(run, "leases"), key(run, "stats"), key(run, "events")],
+                args=[GROUP, c["name"], self.name, limit - len(out)],
+            )
+            for entry_id, flat, deliveries in claimed:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                log.warning(
+                    "reclaimed chunk %s from dead worker %s",
+                    fields.get("c"),
+                    c["name"],
+                    extra={"run": run, "chunk": fields.get("c"), "worker": self.name},
+                )
+                d = self._delivery(run, entry_id, fields, deliveries=int(deliveries))
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def _adopt(self, run: str, limit: int) -> list[Delivery]:
+        """Take up entries in our own pending list that nobody here works on.
+
+        A read retried after a dropped connection can leave entries pending for
+        us that we never saw, and a delivery we abandoned stays there too;
+        nobody else would claim them while our lease is alive.
+        """
+        tasks = key(run, "tasks")
+        pending = self.client.xpending_range(
+            tasks, GROUP, min="-", max="+", count=limit, consumername=self.name, idle=self.lease_ms
+        )
+        lost = [p for p in pending if p["message_id"] not in self._in_hand]
+        if not lost:
+            return []
+        counts = {p["message_id"]: p["times_delivered"] for p in lost}
+        out = []
+        for entry_id, fields in self.client.xclaim(
+            tasks, GROUP, self.name, self.lease_ms, list(counts)
+        ):
+            d = self._delivery(run, entry_id, fields, deliveries=counts[entry_id] + 1)
+            if d is not None:
+                out.append(d)
+        return out
+
+    # -- settling ---------------------------------------------------------------------------
+
+    @translated
+    def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
+        by_run: dict[str, list[int]] = {}
+        for i, (d, _) in enumerate(items):
+            by_run.setdefault(d.run, []).append(i)
+        out: list[Recorded] = [Recorded.GONE] * len(items)
+        for run, indexes in by_run.items():
+            args: list[Any] = [GROUP, self.name, len(indexes)]
+            for i in indexes:
+                d, o = items[i]
+                args += [
+                    d.handle,
+                    d.chunk,
+                    d.round,
+                    str(o.status),
+                    o.params,
+                    len(o.param_errors),
+                    f'{{"w":{json.dumps(o.worker)},"a":{o.attempt},',
+                    (o.error or "")[:500],
+                    o.to_json(),
+                ]
+            codes = self.scripts.record(
+                keys=[
+                    key(run, n) for n in ("tasks", "ledger", "stats", "meta", "rounds", "events")
+                ],
+                args=args,
+            )
+            for i in indexes:
+                self._in_hand.pop(items[i][0].handle, None)
+            if codes == -1:
+                continue  # the run was deleted: GONE
+            for i, code in zip(indexes, codes, strict=True):
+                out[i] = _RECORDED[int(code)]
+        return out
+
+    @translated
+    def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
+        run = delivery.run
+        self.scripts.retry(
+            keys=[key(run, n) for n in ("tasks", "delayed", "stats", "ledger", "meta", "events")],
+            args=[
+                GROUP,
+                delivery.handle,
+                delivery.chunk,
+                int(delay * 1000),
+                delivery.attempt,
+                delivery.round,
+                self.name,
+                error[:500],
+            ],
+        )
+        self._in_hand.pop(delivery.handle, None)
+
+    @translated
+    def release(self, delivery: Delivery) -> None:
+        run = delivery.run
+        self.scripts.release(
+            keys=[key(run, n) for n in ("tasks", "stats", "meta", "events")],
+            args=[
+                GROUP,
+                delivery.handle,
+                delivery.chunk,
+                delivery.attempt - 1,
+                delivery.round,
+                self.name,
+            ],
+        )
+        self._in_hand.pop(delivery.handle, None)
+
+    def abandon(self, delivery: Delivery) -> None:
+        # Pending for us and no longer in hand: adopted again after a lease of silence.
+        self._in_hand.pop(delivery.handle, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._beat_thread:
+            self._beat_thread.join(timeout=2)
+        with contextlib.suppress(rex.RedisError):
+            # Nothing is pending for us any more: let nobody wait out our lease.
+            for run in set(self._serving) | self._holding:
+                self.client.zrem(key(run, "leases"), self.name)
+        with contextlib.suppress(rex.RedisError):
+            self.client.close()

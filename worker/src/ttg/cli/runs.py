@@ -1,0 +1,334 @@
+"""The commands about runs: seed, status, verify, results, runs, control, retry, delete."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from ttg import compute, config
+from ttg import space as spaces
+from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
+from ttg.cli import progress as bars
+from ttg.errors import UsageError
+from ttg.metrics import RateMeter
+from ttg.results import (
+    AGGREGATES,
+    aggregate,
+    chunk_rows,
+    in_chunk_order,
+    output,
+    parameter_rows,
+    write_csv,
+    write_jsonl,
+    write_parquet,
+)
+from ttg.run import RunSpec
+from ttg.verify import status_report, verify
+
+# -- seed ---------------------------------------------------------------------------------
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    if args.space:
+        space = spaces.parse(args.space)
+        if args.params is not None and args.params != space.size:
+            raise UsageError(f"--params {args.params} but --space has {space.size} parameters")
+    elif args.params is None:
+        raise UsageError("give --params N (a range 0..N-1) or --space")
+    else:
+        space = spaces.RangeSpace(0, args.params)
+    spec = RunSpec(
+        run=args.run,
+        space=space.to_spec(),
+        chunk_size=args.chunk_size,
+        compute=args.compute,
+        work_ms=args.work_ms,
+        max_deliveries=args.max_deliveries,
+    )
+    # Refused here rather than by every worker: the allowlist always, the import
+    # unless the seeder does not have the user's code.
+    compute.check_allowed(spec.compute, args.compute_allow)
+    if not args.no_check:
+        compute.load(spec.compute)
+    broker = connect(args)
+    bar = bars.Bar(f"seeding {spec.run}", enabled=not args.json and sys.stderr.isatty())
+    report = broker.seed(spec, on_progress=bar.update)
+    bar.close()
+    out = {
+        "run": report.run,
+        "total_chunks": report.total_chunks,
+        "total_params": report.total_params,
+        "seeded_chunks": report.seeded_chunks,
+        "added": report.added,
+        "already_seeded": report.already_seeded,
+    }
+    text = (
+        f"run {report.run}: {report.total_params} parameters in {report.total_chunks} chunks; "
+        + (
+            "already seeded, nothing added"
+            if report.already_seeded
+            else f"published {report.added} chunks"
+        )
+    )
+    emit(args, out, text)
+    return 0
+
+
+# -- status / verify -------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    broker = connect(args)
+    if not args.watch:
+        report = status_report(broker.progress(args.run))
+        emit(args, report, bars.explain(report))
+        return 0
+    meter = RateMeter(halflife=5.0)
+    bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
+    while True:
+        p = broker.progress(args.run)
+        report = status_report(p, meter.update(p.finished))
+        if args.json:
+            print(bars.as_json(report), flush=True)
+        elif bar.enabled:
+            bar.update(p.finished, p.total_chunks, suffix=bars.suffix(report))
+        else:
+            print(bars.describe(report), flush=True)
+        if p.complete or p.state in ("paused", "cancelled"):
+            bar.close()
+            if bar.enabled:
+                print(bars.explain(report))
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = verify(connect(args), args.run, allow_failed=args.allow_failed)
+    verdict = "VERIFIED" if report["ok"] else "NOT VERIFIED"
+    lines = [f"{verdict}: {bars.describe(report)}", f"closed form: {report['closed_form']}"]
+    if report["missing"]:
+        lines.append(f"missing {report['missing']} chunks, e.g. {report['missing_sample']}")
+    if report["dead"] or report["errors"]:
+        lines.append(
+            f"failures: {report['dead']} chunks dead, {report['errors']} chunks with "
+            f"{report['param_errors']} parameter errors"
+            + ("" if args.allow_failed else " (--allow-failed accepts them)")
+        )
+    lines += [f"error: {e}" for e in report["recent_errors"]]
+    lines += [f"problem: {p}" for p in report["problems"]]
+    emit(args, report, "\n".join(lines))
+    return 0 if report["ok"] else 1
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    broker = connect(args)
+    spec = broker.spec(args.run)  # an unknown run is an error, not an empty file
+    p = broker.progress(args.run)
+    if not p.complete:
+        print(
+            f"ttg: warning: run {args.run} is {p.state}: {p.total_chunks - p.finished} of "
+            f"{p.total_chunks} chunks have no outcome yet, their rows are missing",
+            file=sys.stderr,
+        )
+    outcomes = in_chunk_order(broker.ledger(args.run))
+    if args.aggregate:
+        emit_all = aggregate(args.aggregate, parameter_rows(spec, outcomes))
+        emit_all["run"] = args.run
+        print(bars.as_json(emit_all))
+        return 0
+    if args.format == "parquet":
+        if not args.output:
+            raise UsageError("--format parquet needs --output FILE")
+        if args.chunks:
+            raise UsageError("--chunks is for jsonl and csv")
+        write_parquet(spec, parameter_rows(spec, outcomes), args.output)
+        return 0
+    with output(args.output, sys.stdout) as out:
+        if args.chunks:
+            rows = chunk_rows(outcomes)
+            if args.format == "csv":
+                _write_chunks_csv(rows, out)
+            else:
+                write_jsonl(rows, out)
+        elif args.format == "csv":
+            write_csv(spec, parameter_rows(spec, outcomes), out)
+        else:
+            write_jsonl(parameter_rows(spec, outcomes), out)
+    return 0
+
+
+def _write_chunks_csv(rows: Any, out: Any) -> None:
+    import csv  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from ttg.results import CHUNK_FIELDS  # noqa: PLC0415
+
+    writer = csv.writer(out)
+    writer.writerow(CHUNK_FIELDS)
+    for r in rows:
+        writer.writerow(
+            [json.dumps(r[k]) if k in ("result", "param_errors") else r[k] for k in CHUNK_FIELDS]
+        )
+
+
+# -- runs and run control ------------------------------------------------------------------------
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    broker = connect(args)
+    now = time.time()
+    rows = []
+    for run in broker.runs():
+        try:
+            p = broker.progress(run)
+        except UsageError:
+            continue  # deleted meanwhile
+        rows.append(
+            {
+                "run": run,
+                "state": p.state,
+                "progress": round(p.ratio, 4),
+                "done": p.done,
+                "failures": p.failures,
+                "total_chunks": p.total_chunks,
+                "workers": p.workers,
+                "age_s": round(now - p.seeded_at, 1) if p.seeded_at else None,
+                "backend": args.backend,
+            }
+        )
+    lines = [f"{'RUN':<24} {'STATE':<24} {'PROGRESS':>9} {'FAILURES':>9} {'WORKERS':>8} {'AGE':>8}"]
+    for r in rows:
+        lines.append(
+            f"{r['run']:<24} {r['state']:<24} {100 * r['progress']:>8.1f}% {r['failures']:>9} "
+            f"{'?' if r['workers'] is None else r['workers']:>8} "
+            f"{bars.duration(r['age_s']):>8}"
+        )
+    emit(args, {"runs": rows}, "\n".join(lines) if rows else "no runs")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    control = {"cancel": "cancelled", "pause": "paused", "resume": "running"}[args.command]
+    broker = connect(args)
+    broker.set_control(args.run, control)
+    p = broker.progress(args.run)
+    emit(
+        args,
+        {"run": args.run, "control": control, "state": p.state},
+        f"run {args.run}: {control} (workers follow within a lease; state now {p.state})",
+    )
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    dead, errors = args.dead, args.errors
+    if not dead and not errors:
+        dead = errors = True
+    report = connect(args).retry(args.run, dead=dead, errors=errors)
+    emit(
+        args,
+        {"run": args.run, "dead": report.dead, "errors": report.errors, "round": report.round},
+        f"run {args.run}: re-queued {report.requeued} chunks ({report.dead} dead, "
+        f"{report.errors} with parameter errors); every other result is kept",
+    )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    broker = connect(args)
+    broker.spec(args.run)  # unknown run: exit 2, like every other command
+    broker.delete(args.run)
+    emit(args, {"run": args.run, "deleted": True}, f"run {args.run} deleted")
+    return 0
+
+
+# -- parsers --------------------------------------------------------------------------------------
+
+
+def add_parsers(command: Command) -> None:
+    conn = config.CONNECTION
+
+    def with_run(p: argparse.ArgumentParser, *, json_flag: bool = True) -> argparse.ArgumentParser:
+        p.add_argument("--run", required=True, type=run_id)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        return p
+
+    p = command(
+        "seed",
+        cmd_seed,
+        "publish a run's chunks (idempotent, resumable)",
+        *conn,
+        "compute",
+        "compute-allow",
+        "max-deliveries",
+    )
+    with_run(p)
+    p.add_argument("--params", type=int_at_least(1), help="parameters 0..N-1 (or give --space)")
+    p.add_argument("--chunk-size", required=True, type=int_at_least(1))
+    p.add_argument("--work-ms", type=int_at_least(0), default=0, help="simulated cost per chunk")
+    p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not import the compute here (a seeder without the user's code)",
+    )
+
+    p = with_run(command("status", cmd_status, "progress of a run", *conn))
+    p.add_argument("--watch", action="store_true", help="live progress until the run completes")
+    p.add_argument(
+        "--interval",
+        type=float_at_least(0.1),
+        default=1.0,
+        help="seconds between updates with --watch (>= 0.1)",
+    )
+
+    p = with_run(
+        command("verify", cmd_verify, "exit 0 only if every chunk succeeded, exactly once", *conn)
+    )
+    p.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="a run that finished with dead chunks or parameter errors verifies too",
+    )
+
+    p = with_run(
+        command("results", cmd_results, "export results, one row per parameter", *conn),
+        json_flag=False,
+    )
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
+    p.add_argument("--output", help="file to write (default stdout)")
+    p.add_argument("--chunks", action="store_true", help="one row per chunk instead")
+    p.add_argument(
+        "--aggregate",
+        metavar="HOW",
+        help=f"reduce the results instead: {', '.join(AGGREGATES)}, or module:function",
+    )
+
+    p = command("runs", cmd_runs, "every run the broker holds, with its state", *conn)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    for name, help_ in (
+        ("cancel", "stop handing out a run's chunks for good (results stay)"),
+        ("pause", "stop handing out a run's chunks until resumed"),
+        ("resume", "hand out a paused or cancelled run's chunks again"),
+    ):
+        with_run(command(name, cmd_control, help_, *conn))
+
+    p = with_run(
+        command(
+            "retry",
+            cmd_retry,
+            "re-queue the chunks that died or had parameter errors (after a fix)",
+            *conn,
+        )
+    )
+    p.add_argument("--dead", action="store_true", help="only the dead chunks")
+    p.add_argument("--errors", action="store_true", help="only the chunks with parameter errors")
+
+    with_run(command("delete", cmd_delete, "remove a run and all the broker holds for it", *conn))

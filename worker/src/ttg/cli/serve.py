@@ -1,0 +1,108 @@
+"""``ttg worker`` and ``ttg exporter``: the two long-running commands a chart deploys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from ttg import config
+from ttg.broker import open_consumer
+from ttg.cli import Command, broker_url, connect, tls_of
+from ttg.exporter import Exporter
+from ttg.metrics import Metrics, Probes, probe_routes, serve
+from ttg.worker import Worker
+
+log = logging.getLogger("ttg")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    # Until the worker's own handlers are in place, a signal just ends the wait.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    name = args.worker_name or config.default_worker_name()
+    consumer = open_consumer(
+        args.backend,
+        broker_url(args),
+        name,
+        lease_seconds=args.lease_seconds,
+        prefetch=args.prefetch,
+        tls=tls_of(args),
+    )
+    metrics = Metrics()
+    metrics.broker_up.set_function(lambda: 1 if consumer.connected else 0)
+    probes = Probes(ready=lambda: consumer.connected)
+    if args.metrics_port:
+        # From the start: /healthz answers while the broker is still away (/readyz does not).
+        serve(args.metrics_port, probe_routes(metrics.registry, probes))
+    worker = Worker(
+        consumer,
+        metrics=metrics,
+        probes=probes,
+        grace_seconds=args.grace_seconds,
+        retry_delay=args.retry_delay_seconds,
+        lease_seconds=args.lease_seconds,
+        read_ahead_cap=args.prefetch,
+        compute_allow=args.compute_allow,
+    )
+    worker.install_signal_handlers()
+    log.info(
+        "worker %s: backend %s, lease %.1fs, metrics :%s, computes from %s",
+        name,
+        args.backend,
+        args.lease_seconds,
+        args.metrics_port or "off",
+        ", ".join(args.compute_allow),
+    )
+    code = worker.run()
+    if worker.compute_running:
+        # A chunk given back is still computing in its thread, which cannot be
+        # interrupted; the interpreter's normal exit would wait for it.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    exporter = Exporter(lambda: connect(args), args.backend)
+
+    def stop(*_: Any) -> None:
+        exporter.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.metrics_port:
+        serve(
+            args.metrics_port,
+            {**probe_routes(exporter.registry, exporter.probes), **exporter.routes()},
+        )
+    log.info("exporter: backend %s, metrics :%s", args.backend, args.metrics_port or "off")
+    exporter.run()
+    return 0
+
+
+def add_parsers(command: Command) -> None:
+    conn = config.CONNECTION
+    command(
+        "worker",
+        cmd_worker,
+        "compute chunks of every live run until SIGTERM",
+        *conn,
+        "metrics-port",
+        "lease-seconds",
+        "retry-delay-seconds",
+        "grace-seconds",
+        "prefetch",
+        "compute-allow",
+        "worker-name",
+    )
+    command(
+        "exporter",
+        cmd_exporter,
+        "serve every run's figures (Prometheus /metrics, /api/queue for KEDA) once per install",
+        *conn,
+        "metrics-port",
+    )

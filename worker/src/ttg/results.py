@@ -1,0 +1,297 @@
+"""Exporting a run's results: one row per parameter (or per chunk), in index order, streamed.
+
+A ledger is read in whatever order the broker keeps it; rows come out in
+parameter order through a sort that spills to a temporary SQLite file once it
+holds more than a few thousand chunks, so exporting 10^7 parameters takes flat
+memory. Formats: JSONL, CSV, Parquet (the ``parquet`` extra, pyarrow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import json
+import math
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ttg.errors import UsageError
+from ttg.run import Outcome, RunSpec, Status
+from ttg.space import GridSpace
+
+#: Chunks sorted in memory before the sort spills to disk.
+IN_MEMORY_CHUNKS = 5000
+#: Rows per Parquet row group.
+PARQUET_BATCH = 65536
+#: Columns of the per-chunk view (``--chunks``).
+CHUNK_FIELDS = (
+    "chunk", "params", "status", "result", "error", "param_errors", "worker", "attempt",
+    "started_at", "finished_at",
+)  # fmt: skip
+#: Reductions ``--aggregate`` knows by name.
+AGGREGATES = ("sum", "min", "max", "mean")
+
+
+def in_chunk_order(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
+    """``outcomes`` sorted by chunk, spilling to a temporary SQLite file when there are many."""
+    held: list[Outcome] = []
+    it = iter(outcomes)
+    for o in it:
+        held.append(o)
+        if len(held) > IN_MEMORY_CHUNKS:
+            break
+    else:
+        yield from sorted(held, key=lambda o: o.chunk)
+        return
+    with tempfile.TemporaryDirectory(prefix="ttg-results-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "sort.db")
+        try:
+            db.execute("CREATE TABLE o (chunk INTEGER PRIMARY KEY, body TEXT)")
+            rows = ((o.chunk, o.to_json()) for o in _chain(held, it))
+            db.executemany("INSERT OR IGNORE INTO o VALUES (?, ?)", rows)
+            held.clear()
+            for chunk, body in db.execute("SELECT chunk, body FROM o ORDER BY chunk"):
+                yield Outcome.from_json(chunk, body)
+        finally:
+            db.close()
+
+
+def _chain(first: list[Outcome], rest: Iterator[Outcome]) -> Iterator[Outcome]:
+    yield from first
+    yield from rest
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns of the per-parameter view of a run."""
+
+    #: Columns holding the parameter: one per grid axis, or "value".
+    params: tuple[str, ...]
+    #: Keys of dict results, each its own column (empty: one "result" column).
+    result_keys: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        results = [f"result.{k}" for k in self.result_keys] or ["result"]
+        return ["index", *self.params, *results, "status", "error", "chunk", "worker",
+                "attempt", "finished_at"]  # fmt: skip
+
+
+def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
+    """One row per parameter of each outcome: its value, result, status and error.
+
+    Status is ``ok``, ``error`` (its compute raised; the error says how) or
+    ``dead`` (the whole chunk could not be computed).
+    """
+    space = spec.parameter_space
+    for o in outcomes:
+        lo, hi = spec.bounds(o.chunk)
+        errors = dict(o.param_errors)
+        results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
+        for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
+            if o.status is Status.DEAD:
+                status, error = "dead", o.error
+            elif i in errors:
+                status, error = "error", errors[i]
+            else:
+                status, error = "ok", None
+            yield {
+                "index": i,
+                "value": value,
+                "result": result,
+                "status": status,
+                "error": error,
+                "chunk": o.chunk,
+                "worker": o.worker,
+                "attempt": o.attempt,
+                "finished_at": o.finished_at,
+            }
+
+
+def columns(spec: RunSpec, first_rows: list[dict[str, Any]]) -> Columns:
+    """Columns for ``spec``; dict results (seen in ``first_rows``) become one column per key."""
+    space = spec.parameter_space
+    params = tuple(name for name, _ in space.axes) if isinstance(space, GridSpace) else ("value",)
+    keys: dict[str, None] = {}
+    for row in first_rows:
+        if isinstance(row["result"], dict):
+            keys.update(dict.fromkeys(str(k) for k in row["result"]))
+    return Columns(params, tuple(keys))
+
+
+def flatten(row: dict[str, Any], cols: Columns) -> dict[str, Any]:
+    """A row as the flat columns of CSV and Parquet."""
+    out: dict[str, Any] = {"index": row["index"]}
+    value = row["value"]
+    if cols.params == ("value",):
+        out["value"] = value
+    else:
+        out.update({name: value.get(name) for name in cols.params})
+    result = row["result"]
+    if cols.result_keys:
+        got = result if isinstance(result, dict) else {}
+        out.update({f"result.{k}": got.get(k) for k in cols.result_keys})
+    else:
+        out["result"] = result
+    for k in ("status", "error", "chunk", "worker", "attempt", "finished_at"):
+        out[k] = row[k]
+    return out
+
+
+def _cell(v: Any) -> Any:
+    """A CSV cell: scalars as they are, anything else as JSON."""
+    if v is None:
+        return ""
+    if isinstance(v, str | int | float | bool):
+        return v
+    return json.dumps(v)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+    n = 0
+    for row in rows:
+        out.write(json.dumps(row, default=str) + "\n")
+        n += 1
+    return n
+
+
+def write_csv(spec: RunSpec, rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    head = [row for _, row in zip(range(1000), rows, strict=False)]
+    cols = columns(spec, head)
+    writer = csv.DictWriter(out, fieldnames=cols.names)
+    writer.writeheader()
+    n = 0
+    for row in _chain_rows(head, rows):
+        writer.writerow({k: _cell(v) for k, v in flatten(row, cols).items()})
+        n += 1
+    return n
+
+
+def write_parquet(spec: RunSpec, rows: Iterator[dict[str, Any]], path: str) -> int:
+    """Parquet needs the ``parquet`` extra (pyarrow); values of mixed types are written as JSON."""
+    try:
+        import pyarrow as pa  # noqa: PLC0415 - optional extra
+        import pyarrow.parquet as pq  # noqa: PLC0415
+    except ImportError:
+        raise UsageError("Parquet needs the parquet extra: pip install 'ttg[parquet]'") from None
+    head = [row for _, row in zip(range(1000), rows, strict=False)]
+    cols = columns(spec, head)
+    writer = None
+    n = 0
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal writer
+        table_cols = {name: [r.get(name) for r in batch] for name in cols.names}
+        arrays = {}
+        for name, values in table_cols.items():
+            try:
+                arrays[name] = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                arrays[name] = pa.array([None if v is None else json.dumps(v) for v in values])
+        table = pa.table(arrays)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        elif table.schema != writer.schema:
+            table = table.cast(writer.schema, safe=False)
+        writer.write_table(table)
+        batch.clear()
+
+    try:
+        for row in _chain_rows(head, rows):
+            batch.append(flatten(row, cols))
+            n += 1
+            if len(batch) >= PARQUET_BATCH:
+                flush()
+        if batch or writer is None:
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return n
+
+
+def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
+    """The per-chunk view (``--chunks``): one row per chunk, its results as one JSON list."""
+    for o in outcomes:
+        yield {
+            "chunk": o.chunk,
+            "params": o.params,
+            "status": str(o.status),
+            "result": o.result,
+            "error": o.error,
+            "param_errors": [list(p) for p in o.param_errors],
+            "worker": o.worker,
+            "attempt": o.attempt,
+            "started_at": o.started_at,
+            "finished_at": o.finished_at,
+        }
+
+
+def _chain_rows(
+    head: list[dict[str, Any]], rest: Iterator[dict[str, Any]]
+) -> Iterator[dict[str, Any]]:
+    yield from head
+    yield from rest
+
+
+def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Reduce the results of the rows whose status is ok.
+
+    ``how`` is one of ``AGGREGATES`` (numeric results), or ``module:function``,
+    called with an iterator of the rows and returning something JSON can hold.
+
+    Raises:
+        UsageError: unknown reduction, or a result that is not a number.
+    """
+    ok = (r for r in rows if r["status"] == "ok")
+    if ":" in how:
+        module_name, _, attr = how.partition(":")
+        try:
+            fn: Callable[[Iterator[dict[str, Any]]], Any] = getattr(
+                importlib.import_module(module_name), attr
+            )
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"--aggregate {how!r}: {e}") from None
+        return {"aggregate": how, "value": fn(ok)}
+    if how not in AGGREGATES:
+        raise UsageError(f"--aggregate {how!r}: choose {', '.join(AGGREGATES)} or module:function")
+    count, total = 0, 0.0
+    low, high = math.inf, -math.inf
+    for r in ok:
+        v = r["result"]
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise UsageError(
+                f"--aggregate {how}: result of parameter {r['index']} is not a number: {v!r}"
+            )
+        count += 1
+        total += v
+        low, high = min(low, v), max(high, v)
+    value: Any = {
+        "sum": total,
+        "min": low if count else None,
+        "max": high if count else None,
+        "mean": total / count if count else None,
+    }[how]
+    if how == "sum" and float(value).is_integer():
+        value = int(value)
+    return {"aggregate": how, "value": value, "count": count}
+
+
+@contextlib.contextmanager
+def output(path: str | None, stdout: IO[str]) -> Iterator[IO[str]]:
+    """``path`` opened for writing (one-line error if it cannot be), or ``stdout``."""
+    if not path:
+        yield stdout
+        return
+    try:
+        f = open(path, "w", newline="")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise UsageError(f"--output {path}: {e.strerror}") from None
+    with f:
+        yield f
