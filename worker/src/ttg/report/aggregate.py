@@ -39,7 +39,7 @@ ERROR_SAMPLE = 5
 #: Longest error text kept; tracebacks longer than this are cut.
 ERROR_TEXT_LIMIT = 300
 #: Duration histogram: bins per decade, and the decades covered (0.1 ms .. 10^6 s).
-DURATION_BINS_PER_DECADE = 10
+DURATION_BINS_PER_DECADE = 40
 DURATION_DECADES = (-4, 6)
 
 #: Outcome statuses in drawing order; anything else a ledger holds is drawn as dead.
@@ -177,7 +177,7 @@ class DurationHistogram:
         return 10 ** (i / DURATION_BINS_PER_DECADE), 10 ** ((i + 1) / DURATION_BINS_PER_DECADE)
 
     def quantile(self, q: float) -> float | None:
-        """The upper edge of the bin holding quantile ``q`` (within one bin, ~26%)."""
+        """The upper edge of the bin holding quantile ``q`` (within one bin, ~6%)."""
         if not self.n:
             return None
         rank = q * self.n
