@@ -186,6 +186,17 @@ def test_report_for_a_run_with_no_chunks_yet(tmp_path: Path) -> None:
     assert "<svg" not in page
 
 
+def test_report_with_events_but_no_outcomes_yet(tmp_path: Path) -> None:
+    events = [Event(T0 + 3, "redelivered", 0, "w-1", "w-0", None)]
+    summary = write_report(
+        tmp_path / "r.html", run="r", verify={"ok": False}, chunks=[], events=events
+    )
+    page = summary.path.read_text()
+    assert summary.lost_workers == ["w-0"] and summary.workers == ["w-0", "w-1"]
+    assert '<figure class="chart" id="chart-workers"><svg' in page
+    assert "No chunk has finished yet" in page and "<th>ok</th><td>false</td>" in page
+
+
 def test_report_switches_to_time_bins_when_chunks_are_too_many_to_draw(tmp_path: Path) -> None:
     run = SyntheticRun(30_000, workers=3)
     agg = Aggregate()

@@ -115,7 +115,9 @@ footer { color: var(--muted); font-size: 13px; }
 
 
 def _num(v: Any) -> str:
-    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else escape(str(v))
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)  # as `ttg verify --json` prints them: true, false, null
+    return f"{v:,}" if isinstance(v, int) else escape(str(v))
 
 
 def _card(label: str, value: str, level: str = "") -> str:
