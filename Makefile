@@ -20,7 +20,7 @@ help: ## list the targets
 $(VENV)/.installed: worker/pyproject.toml requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo]' -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report]' -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv
@@ -32,8 +32,9 @@ $(HELM3):
 	bash ci/ensure-helm 3 $(TOOLS) helm3
 
 .PHONY: tools
-tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv)
+tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv), brokers, chromium
 	@bash ci/ensure-brokers.sh
+	@bash ci/ensure-chromium.sh
 
 .PHONY: test
 test: tools ## run every test that can run here (unit, integration, fault, chart; e2e skips without a cluster)

@@ -1,0 +1,90 @@
+"""``ttg report``: one self-contained HTML file that shows how a run went.
+
+The brokers turn their ledger into :class:`ChunkRow` s and :class:`Event` s;
+this package knows nothing of brokers. It reads the chunks once, in flat
+memory (:mod:`ttg.report.aggregate`), draws with matplotlib
+(:mod:`ttg.report.charts`, which says why matplotlib) and writes one HTML file
+with everything inline (:mod:`ttg.report.page`).
+
+Matplotlib comes with the optional ``report`` extra; the worker image does not
+carry it, and only :func:`write_report` needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ttg.errors import UsageError
+from ttg.report.aggregate import Aggregate
+from ttg.report.model import ChunkRow, Event, ReportSummary
+
+__all__ = ["ChunkRow", "Event", "ReportSummary", "write_report"]
+
+#: What to tell someone whose install lacks the extra.
+MISSING_EXTRA = "ttg report needs the report extra: pip install 'ttg[report]'"
+
+
+def write_report(
+    path: Path,
+    *,
+    run: str,
+    verify: dict[str, Any],
+    chunks: Iterable[ChunkRow],
+    events: Iterable[Event],
+) -> ReportSummary:
+    """Write the report of ``run`` to ``path`` as one self-contained HTML file.
+
+    ``chunks`` is read once, before ``events`` (a lost worker is one that
+    recorded no outcome after its chunks were redelivered, so every outcome
+    must be known first); neither is held in memory.
+
+    Args:
+        path: Where the ``.html`` goes; replaced if it exists.
+        run: The run id.
+        verify: What ``ttg verify --run R --json`` prints.
+        chunks: One row per counted ledger outcome; may be 10^7 rows.
+        events: Redeliveries, releases, failures and the like (~10^5 at most).
+
+    Returns:
+        What was written: path, size, rows read, workers and lost workers.
+
+    Raises:
+        UsageError: the ``report`` extra is not installed, or ``path`` cannot
+            be written.
+    """
+    try:
+        # Only the pictures need matplotlib; fail before reading a 10^7-row ledger.
+        import matplotlib  # noqa: F401, PLC0415 - optional: the report extra
+    except ImportError:
+        raise UsageError(MISSING_EXTRA) from None
+    from ttg.report import page  # noqa: PLC0415 - imports matplotlib
+
+    agg = Aggregate()
+    for row in chunks:
+        agg.add_chunk(row)
+    for ev in events:
+        agg.add_event(ev)
+    html = page.render(run, verify, agg)
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        # A reader never sees half a report: write aside, then rename over.
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"cannot write the report to {path}: {e.strerror or e}") from None
+    return ReportSummary(
+        path=path,
+        bytes=path.stat().st_size,
+        chunks=agg.chunks,
+        events=agg.events,
+        workers=sorted(agg.lanes),
+        lost_workers=agg.lost_workers(),
+    )

@@ -1,0 +1,84 @@
+"""What ``ttg report`` reads and returns: the interface the brokers build against.
+
+These types import nothing beyond the standard library, so the brokers can
+build rows without the ``report`` extra installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One counted ledger outcome, so one per chunk.
+
+    Attributes:
+        chunk: The chunk number.
+        status: ``"ok"``, ``"errors"`` (some parameters raised, the rest were
+            kept) or ``"dead"``.
+        params: Parameters in the chunk.
+        param_errors: Parameters whose compute raised (0 unless ``errors``).
+        worker: The worker that recorded the outcome.
+        attempt: The delivery that produced it (1 is the first delivery).
+        started_at: Unix seconds the worker started computing; None if the
+            chunk never ran (dead-lettered without running).
+        finished_at: Unix seconds the outcome was recorded.
+        error: For ``dead`` the reason, for ``errors`` the first parameter error.
+    """
+
+    chunk: int
+    status: str
+    params: int
+    param_errors: int
+    worker: str
+    attempt: int
+    started_at: float | None
+    finished_at: float
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a chunk besides its counted outcome.
+
+    Attributes:
+        t: Unix seconds.
+        kind: ``"redelivered"``, ``"released"``, ``"failed"``, ``"malformed"``,
+            ``"retry"`` or ``"duplicate"``.
+        chunk: The chunk, when known.
+        worker: The worker that acted on or received the chunk.
+        previous_worker: For ``redelivered``: who held the chunk before, when known.
+        detail: Error text and the like.
+    """
+
+    t: float
+    kind: str
+    chunk: int | None
+    worker: str | None
+    previous_worker: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """What :func:`ttg.report.write_report` wrote.
+
+    Attributes:
+        path: The HTML file.
+        bytes: Its size.
+        chunks: Chunk rows read from the ledger.
+        events: Events read.
+        workers: Every worker named by a row or an event, sorted.
+        lost_workers: Workers lost (killed) during the run, sorted: named as the
+            previous holder of a redelivered chunk at a time after which they
+            recorded no outcome.
+    """
+
+    path: Path
+    bytes: int
+    chunks: int
+    events: int
+    workers: list[str] = field(default_factory=list)
+    lost_workers: list[str] = field(default_factory=list)
