@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests import scenarios
+from tests.conftest import BackendEnv
+from tests.fault.conftest import LocalHarness, harness, seed
+from tests.helpers import ROOT, ttg_json
 from tests.reportdata import SyntheticRun
+from ttg.local import LocalWorkers
 from ttg.report import write_report
 
 #: Debian's chromium package; ci/ensure-chromium.sh installs it (make tools).
@@ -40,6 +44,8 @@ FLAGS = [
 WINDOW = (1280, 2400)
 
 pytestmark = pytest.mark.slow
+
+__all__ = ["harness"]  # the fault suite's fixture, used here too
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +147,22 @@ def test_browser_check_catches_script_errors_and_network_fetches(
     assert "boom" in errors, errors
     assert "blocked by the page policy: http://127.0.0.1:9/pixel.png" in errors, errors
     assert int(status.get("data-errors", "0")) >= 2, status
+
+
+def test_report_of_a_real_run_with_a_killed_worker(
+    chromium: Path, backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers,
+    run_id: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    seed(backend, run_id, "--params", "4000", "--chunk-size", "100", "--work-ms", "80")
+    workers.start(2)
+    killed = scenarios.kill_worker_holding_chunk_at(harness, run_id, 0.3)
+    scenarios.wait_complete(harness, run_id, timeout=120)
+    page = tmp_path / "report.html"
+
+    out = ttg_json("report", "--run", run_id, "--output", str(page), env=backend.env)
+
+    assert out["_exit"] == 0, out
+    assert out["chunks"] == 40 and killed.worker in out["lost_workers"], out
+    status, errors = render_status(browse(chromium, page, tmp_path, "--dump-dom"))
+    assert errors == "" and status.get("data-rendered") == "yes", (status, errors)
+    assert f"{killed.worker} LOST" in page.read_text() or killed.worker in page.read_text()

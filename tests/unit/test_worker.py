@@ -63,7 +63,6 @@ def start(broker: MemoryBroker) -> Iterator[object]:
             probes=Probes(ready=lambda: consumer.connected),
             grace_seconds=grace,
             retry_delay=0.01,
-            lease_seconds=lease,
             read_ahead_cap=cap,
             compute_allow=ALLOW,
             fetch_timeout=0.05,

@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from ttg.brokers import BACKENDS
 from ttg.errors import UsageError
-from ttg.run import Delivery, Outcome, Progress, Recorded, RunSpec
+from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,6 @@ class RetryReport:
     @property
     def requeued(self) -> int:
         return self.dead + self.errors
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """Something that happened to a chunk besides its outcome (for status and reports)."""
-
-    t: float
-    #: redelivered | released | failed | malformed | retry
-    kind: str
-    chunk: int | None = None
-    worker: str | None = None
-    #: For "redelivered": who held it before, when the backend knows.
-    previous_worker: str | None = None
-    detail: str | None = None
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,20 @@ class Recorded(enum.Enum):
 
 
 @dataclass(frozen=True)
+class RunEvent:
+    """Something that happened to a chunk besides its outcome (for status and reports)."""
+
+    t: float
+    #: redelivered | released | failed | malformed | retry
+    kind: str
+    chunk: int | None = None
+    worker: str | None = None
+    #: For "redelivered": who held it before, when the backend knows.
+    previous_worker: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
 class InFlight:
     """A chunk some worker holds right now."""
 

@@ -46,6 +46,10 @@ T = TypeVar("T")
 
 #: Longest retry delay after a compute error (it doubles per attempt).
 MAX_RETRY_DELAY_SECONDS = 60.0
+#: Measured work a worker holds ahead, seconds: enough chunks to hide the broker's round
+#: trips behind computing, few enough that a busy worker never sits on work an idle one
+#: could do (a small run is shared, not swallowed by the first worker to fetch).
+READ_AHEAD_SECONDS = 0.05
 #: While the broker refuses an outcome, a warning at most this often.
 WARN_EVERY_SECONDS = 10.0
 
@@ -81,9 +85,10 @@ class ReadAhead:
 
     The worker keeps up to ``budget_s`` seconds of measured work in hand (an
     exponentially weighted mean of chunk durations), at least 1 chunk and at
-    most ``cap``. Unknown durations start at one chunk; short chunks soon
-    raise it to the cap, long ones keep it at 1, so an idle worker beside a
-    busy one never waits while chunks sit in the busy one's read-ahead.
+    most ``cap``. Unknown durations start at one chunk; tiny chunks soon raise
+    it to the cap, anything longer than the budget keeps it at 1, so an idle
+    worker beside a busy one never waits while chunks sit in the busy one's
+    read-ahead.
     """
 
     def __init__(self, cap: int, budget_s: float) -> None:
@@ -112,7 +117,6 @@ class Worker:
         probes: Probes,
         grace_seconds: float,
         retry_delay: float,
-        lease_seconds: float,
         read_ahead_cap: int,
         compute_allow: Sequence[str] = compute.DEFAULT_ALLOW,
         fetch_timeout: float = 0.5,
@@ -125,7 +129,7 @@ class Worker:
         self.retry_delay = retry_delay
         self.compute_allow = tuple(compute_allow)
         self.fetch_timeout = fetch_timeout
-        self.read_ahead = ReadAhead(read_ahead_cap, budget_s=min(1.0, lease_seconds / 2))
+        self.read_ahead = ReadAhead(read_ahead_cap, budget_s=READ_AHEAD_SECONDS)
         #: Set by the first signal; the deadline for the chunk in hand.
         self.stop_deadline: float | None = None
         self._stopped = threading.Event()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttg.broker import Broker, Consumer, RetryReport, RunEvent, SeedReport
+from ttg.broker import Broker, Consumer, RetryReport, SeedReport
 from ttg.errors import BrokerError, RunConflict, RunNotFound, UsageError
 from ttg.run import (
     CONTROLS,
@@ -29,6 +29,7 @@ from ttg.run import (
     Outcome,
     Progress,
     Recorded,
+    RunEvent,
     RunSpec,
     Status,
 )

@@ -158,8 +158,19 @@ class _Demo:
             killed_chunk=killed.chunk if killed else None,
             redelivery_delay_s=killed.redelivery_delay_s if killed else None,
             worker_logs=str(log_dir),
+            report_html=self._report(broker, spec.run, log_dir),
         )
         return report
+
+    def _report(self, broker: Broker, run: str, log_dir: Path) -> str | None:
+        """Draw the run's report beside the worker logs (when the report extra is there)."""
+        from ttg.cli.runs import write_run_report  # noqa: PLC0415 - runs imports the CLI's core
+
+        try:
+            return str(write_run_report(broker, run, str(log_dir / "report.html")).path)
+        except UsageError as e:
+            self.say(f"no report: {e}")
+            return None
 
     def _show(self, s: dict[str, Any]) -> None:
         if self.bar.enabled:
@@ -207,4 +218,6 @@ def _summary(r: dict[str, Any]) -> None:
         )
     lines += [f"  problem    {p}" for p in r["problems"]]
     lines.append(f"  worker logs in {r['worker_logs']}")
+    if r.get("report_html"):
+        lines.append(f"  report     {r['report_html']} (open it in a browser)")
     print("\n".join(lines))

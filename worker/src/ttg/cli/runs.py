@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ttg import compute, config
 from ttg import space as spaces
+from ttg.broker import Broker
 from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
 from ttg.cli import progress as bars
 from ttg.errors import UsageError
@@ -26,6 +28,9 @@ from ttg.results import (
 )
 from ttg.run import RunSpec
 from ttg.verify import status_report, verify
+
+if TYPE_CHECKING:
+    from ttg.report import ReportSummary
 
 # -- seed ---------------------------------------------------------------------------------
 
@@ -176,6 +181,52 @@ def _write_chunks_csv(rows: Any, out: Any) -> None:
         )
 
 
+# -- report -----------------------------------------------------------------------------------
+
+
+def write_run_report(broker: Broker, run: str, path: str) -> ReportSummary:
+    """Verify ``run`` and draw its report to ``path`` (the report extra is needed)."""
+    from ttg.report import ChunkRow, write_report  # noqa: PLC0415 - the optional extra
+
+    verdict = verify(broker, run)
+    rows = (
+        ChunkRow(
+            chunk=o.chunk,
+            status=str(o.status),
+            params=o.params,
+            param_errors=len(o.param_errors),
+            worker=o.worker,
+            attempt=o.attempt,
+            started_at=o.started_at,
+            finished_at=o.finished_at,
+            error=o.error,
+        )
+        for o in broker.ledger(run)
+    )
+    return write_report(
+        Path(path), run=run, verify=verdict, chunks=rows, events=broker.events(run)
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    summary = write_run_report(connect(args), args.run, args.output)
+    lost = f", lost workers: {', '.join(summary.lost_workers)}" if summary.lost_workers else ""
+    emit(
+        args,
+        {
+            "run": args.run,
+            "output": str(summary.path),
+            "bytes": summary.bytes,
+            "chunks": summary.chunks,
+            "workers": summary.workers,
+            "lost_workers": summary.lost_workers,
+        },
+        f"wrote {summary.path} ({summary.bytes // 1024} kB, {summary.chunks} chunks, "
+        f"{len(summary.workers)} workers{lost})",
+    )
+    return 0
+
+
 # -- runs and run control ------------------------------------------------------------------------
 
 
@@ -309,6 +360,11 @@ def add_parsers(command: Command) -> None:
         metavar="HOW",
         help=f"reduce the results instead: {', '.join(AGGREGATES)}, or module:function",
     )
+
+    p = with_run(
+        command("report", cmd_report, "draw a run's report: one HTML file, works offline", *conn)
+    )
+    p.add_argument("--output", required=True, help="the .html file to write")
 
     p = command("runs", cmd_runs, "every run the broker holds, with its state", *conn)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")

@@ -43,7 +43,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         probes=probes,
         grace_seconds=args.grace_seconds,
         retry_delay=args.retry_delay_seconds,
-        lease_seconds=args.lease_seconds,
         read_ahead_cap=args.prefetch,
         compute_allow=args.compute_allow,
     )

@@ -1,13 +1,15 @@
 """What ``ttg report`` reads and returns: the interface the brokers build against.
 
-These types import nothing beyond the standard library, so the brokers can
-build rows without the ``report`` extra installed.
+These types need nothing of the ``report`` extra, so rows can be built
+without it installed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ttg.run import RunEvent
 
 
 @dataclass(frozen=True)
@@ -39,26 +41,9 @@ class ChunkRow:
     error: str | None
 
 
-@dataclass(frozen=True)
-class Event:
-    """Something that happened to a chunk besides its counted outcome.
-
-    Attributes:
-        t: Unix seconds.
-        kind: ``"redelivered"``, ``"released"``, ``"failed"``, ``"malformed"``,
-            ``"retry"`` or ``"duplicate"``.
-        chunk: The chunk, when known.
-        worker: The worker that acted on or received the chunk.
-        previous_worker: For ``redelivered``: who held the chunk before, when known.
-        detail: Error text and the like.
-    """
-
-    t: float
-    kind: str
-    chunk: int | None
-    worker: str | None
-    previous_worker: str | None
-    detail: str | None
+#: Something that happened to a chunk besides its counted outcome: the brokers'
+#: own ``RunEvent`` (kinds redelivered, released, failed, malformed, retry).
+Event = RunEvent
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ a dropped connection is reopened on the next call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pika.exceptions as pex
 
-from ttg.broker import TLS, Broker, RetryReport, RunEvent, SeedReport
+from ttg.broker import TLS, Broker, RetryReport, SeedReport
 from ttg.brokers.rabbitmq.connection import (
     ADMIN_BLOCKED_TIMEOUT,
     ADMIN_HEARTBEAT,
@@ -36,8 +37,12 @@ from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
 from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
 from ttg.brokers.rabbitmq.seeder import WindowedSeeder
 from ttg.errors import RunConflict, RunNotFound, UsageError
-from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunSpec, Status
+from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec, Status
 
+#: Most events ``events`` returns (a report needs their shape, not every one).
+EVENTS_READ = 100_000
+#: A worker silent this long before a redelivery, and ever after, may be the one lost.
+SILENT_WINDOW_SECONDS = 3.0
 #: Activity snapshots older than this do not count as holding a chunk.
 ACTIVITY_FRESH_SECONDS = 1.5
 
@@ -269,23 +274,64 @@ class RabbitMQBroker(Broker):
     def events(self, run: str) -> Iterator[RunEvent]:
         try:
             self.spec(run)
+            events: list[RunEvent] = []
             for msg in read_stream(self.params, queue(run, "ledger")):
                 kind = msg.get("e")
-                if not kind:
+                if not kind or len(events) >= EVENTS_READ:
                     continue
                 chunks = msg.get("c")
                 for item in chunks if isinstance(chunks, list) else [chunks]:
                     chunk = item[0] if isinstance(item, list) else item
-                    yield RunEvent(
-                        t=float(msg.get("t") or 0),
-                        kind=str(kind),
-                        chunk=int(chunk) if isinstance(chunk, int) else None,
-                        worker=msg.get("w"),
-                        previous_worker=msg.get("p"),
-                        detail=msg.get("d"),
+                    events.append(
+                        RunEvent(
+                            t=float(msg.get("t") or 0),
+                            kind=str(kind),
+                            chunk=int(chunk) if isinstance(chunk, int) else None,
+                            worker=msg.get("w"),
+                            previous_worker=msg.get("p"),
+                            detail=msg.get("d"),
+                        )
                     )
+            yield from self._with_previous_holders(run, events)
         except PIKA_ERRORS as e:
             translate(e)
+
+    def _with_previous_holders(self, run: str, events: list[RunEvent]) -> list[RunEvent]:
+        """Name who held each redelivered chunk before, from the activity snapshots.
+
+        RabbitMQ requeues a dead worker's chunks without saying whose they were;
+        the activity stream (kept 10 minutes) does: the last worker seen holding
+        the chunk before its redelivery. A chunk taken and lost between two
+        snapshots is put down to the worker that fell silent last before the
+        redelivery and never spoke again (a worker that reconnected keeps
+        publishing snapshots, so it is not mistaken for a lost one).
+        """
+        wanted = {e.chunk for e in events if e.kind == "redelivered" and e.chunk is not None}
+        if not wanted:
+            return events
+        #: chunk -> [(time, worker)] of the snapshots that showed it held
+        seen: dict[int, list[tuple[float, str]]] = {}
+        last_seen: dict[str, float] = {}
+        for snap in read_stream(self.params, queue(run, "activity")):
+            t, worker = float(snap.get("t", 0)), str(snap.get("w"))
+            last_seen[worker] = max(t, last_seen.get(worker, 0.0))
+            for held in snap.get("h") or ():
+                if held and held[0] in wanted:
+                    seen.setdefault(int(held[0]), []).append((t, worker))
+        out = []
+        for e in events:
+            if e.kind == "redelivered" and e.previous_worker is None and e.chunk is not None:
+                before = [w for t, w in seen.get(e.chunk, ()) if t <= e.t and w != e.worker]
+                silent = sorted(
+                    (t, w)
+                    for w, t in last_seen.items()
+                    if w != e.worker and e.t - SILENT_WINDOW_SECONDS <= t <= e.t
+                )
+                holder = before[-1] if before else silent[-1][1] if silent else None
+                if holder is not None:
+                    e = dataclasses.replace(e, previous_worker=holder)
+            out.append(e)
+        return out
 
     @translated
     def set_control(self, run: str, control: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from ttg.broker import TLS, Broker, RetryReport, RunEvent, SeedReport
+from ttg.broker import TLS, Broker, RetryReport, SeedReport
 from ttg.brokers.redis.client import (
     GENERATION,
     GROUP,
@@ -25,7 +25,7 @@ from ttg.brokers.redis.client import (
 )
 from ttg.brokers.redis.consumer import RedisConsumer
 from ttg.errors import RunConflict, RunNotFound, UsageError
-from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunSpec
+from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec
 
 #: Chunks published per seeding step (one Lua call each).
 SEED_BATCH = 2000
