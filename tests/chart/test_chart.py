@@ -142,6 +142,50 @@ def test_schema_rejects_bad_values_naming_the_field(major: str, setting: str, fi
     assert field in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        # Rendered `consumer_timeout = 0` before: RabbitMQ then refused to boot.
+        ("rabbitmq.consumerTimeoutMs=abc", "consumerTimeoutMs"),
+        ("rabbitmq.auth.username=", "username"),
+        ("rabbitmq.persistence.size=lots", "size"),
+        ("redis.persistence.size=lots", "size"),
+        ("redis.resources.requests.memory=plenty", "memory"),
+        ("redis.extraConfg=maxmemory 1gb", "extraConfg"),
+        ("rabbitmq.networkPolicy.enable=false", "enable"),
+    ],
+)
+def test_broker_subchart_schemas_reject_bad_values_naming_the_field(
+    major: str, setting: str, field: str
+) -> None:
+    backend = setting.split(".", 1)[0]
+    proc = run_helm(
+        major, "template", "ttg", str(CHART), "--set", f"backend={backend}", "--set", setting
+    )
+    assert proc.returncode != 0, setting
+    assert field in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("subchart", ["redis", "rabbitmq"])
+def test_broker_subcharts_carry_a_schema_and_install_alone(major: str, subchart: str) -> None:
+    assert (CHART / "charts" / subchart / "values.schema.json").is_file()
+    proc = run_helm(
+        major, "template", "x", str(CHART / "charts" / subchart), "--set", "standalone=true"
+    )
+    assert proc.returncode == 0, proc.stderr
+    bad = run_helm(
+        major,
+        "template",
+        "x",
+        str(CHART / "charts" / subchart),
+        "--set",
+        "standalone=true",
+        "--set",
+        "persistence.size=lots",
+    )
+    assert bad.returncode != 0 and "size" in bad.stderr
+
+
 def test_grace_period_must_fit_in_the_termination_grace_period(major: str) -> None:
     proc = run_helm(
         major,
