@@ -115,7 +115,7 @@ class Pod:
             "PATH": os.pathsep.join([*self.path_prefix, os.environ.get("PATH", "")]),
             **self.image_env,
         }
-        for source in c.get("envFrom", []):
+        for source in c.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
                 data = self._required(
@@ -128,7 +128,7 @@ class Pod:
                     "Secret", source["secretRef"], self.secret(source["secretRef"]["name"])
                 )
             env.update({prefix + k: v for k, v in data.items()})
-        for e in c.get("env", []):
+        for e in c.get("env") or []:
             value = self._env_value(e, env)
             if value is not None:
                 env[e["name"]] = value

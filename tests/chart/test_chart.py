@@ -296,7 +296,8 @@ def test_brokers_persist_and_keep_their_secret(major: str) -> None:
     r = render(major)
     sts = r.get("StatefulSet", "ttg-redis")
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
-    assert "--appendonly yes" in sts["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    conf = r.get("ConfigMap", "ttg-redis-config")["data"]["redis.conf"].splitlines()
+    assert {"appendonly yes", "appendfsync everysec"} <= set(conf)
     assert (
         r.get("Secret", "ttg-redis")["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     )
