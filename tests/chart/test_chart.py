@@ -258,6 +258,22 @@ def test_config_changes_roll_the_workers(major: str) -> None:
     assert checksum() == checksum("--set", "worker.replicas=7")
 
 
+def test_worker_has_a_startup_probe_and_the_seeder_a_bounded_broker_wait(major: str) -> None:
+    """A slow broker start neither kills workers nor outlasts the hook timeout silently."""
+    r = render(major)
+    worker = r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]["containers"][0]
+    startup = worker["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in seeder["env"]}
+    helm_default_hook_timeout = 300
+    assert 0 < int(env["TTG_CONNECT_TIMEOUT_SECONDS"]) < helm_default_hook_timeout
+    other = render(major, "--set", "seed.connectTimeoutSeconds=100")
+    seeder = other.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TTG_CONNECT_TIMEOUT_SECONDS", "value": "100"} in seeder["env"]
+
+
 def test_workers_are_spread_probed_and_protected(major: str) -> None:
     r = render(major)
     spec = r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]
