@@ -230,6 +230,25 @@ def test_worker_and_seeder_get_the_cli_contract_with_credentials_from_a_secret(
                 assert "value" not in e, e
 
 
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_every_pod_pulls_with_the_image_pull_secrets(major: str, backend: str) -> None:
+    r = render(
+        major,
+        "--set",
+        f"backend={backend}",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+        "--set",
+        f"{backend}.imagePullSecrets[0].name=broker-mirror",
+    )
+    pods = dict(r.pod_specs())
+    assert len(pods) >= 4  # worker, seed, helm test, broker
+    for name, spec in pods.items():
+        secrets = [s["name"] for s in spec.get("imagePullSecrets", [])]
+        assert "regcred" in secrets, name
+        assert ("broker-mirror" in secrets) == (name == f"ttg-{backend}"), name
+
+
 def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> None:
     job = render(major).get("Job", "ttg-seed")
     annotations = job["metadata"]["annotations"]

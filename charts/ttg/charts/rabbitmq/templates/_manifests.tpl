@@ -1,6 +1,6 @@
 {{- /*
 ttg-rabbitmq.manifests renders every object of this chart from a context dict
-(Values, Release, fullname, labels, clients), like ttg-redis.manifests: a named
+(Values, Release, fullname, labels, clients, imagePullSecrets), like ttg-redis.manifests: a named
 template so that the parent's one `backend` value decides whether it renders.
 */ -}}
 {{- define "ttg-rabbitmq.selectorLabels" -}}
@@ -127,6 +127,10 @@ spec:
         checksum/config: {{ .Values | toJson | sha256sum }}
     spec:
       automountServiceAccountToken: false
+      {{- with concat (.imagePullSecrets | default list) .Values.imagePullSecrets | uniq }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       securityContext:
         runAsNonRoot: true
         runAsUser: 999

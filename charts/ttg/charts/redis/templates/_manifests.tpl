@@ -6,6 +6,7 @@ ttg-redis.manifests renders every object of this chart from a context dict:
   fullname  object name, e.g. ttg-redis
   labels    labels every object carries
   clients   labels of the pods the NetworkPolicy admits
+  imagePullSecrets  the parent chart's (optional; added to this chart's own)
 It is a named template, not a plain one, so that the parent can render it when
 its one `backend` value says so: a subchart's own templates can only be gated by
 a boolean `condition:`, which `--set backend=rabbitmq` alone cannot flip.
@@ -134,6 +135,10 @@ spec:
         checksum/config: {{ include "ttg-redis.conf" . | sha256sum }}
     spec:
       automountServiceAccountToken: false
+      {{- with concat (.imagePullSecrets | default list) .Values.imagePullSecrets | uniq }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       securityContext:
         runAsNonRoot: true
         runAsUser: 999
