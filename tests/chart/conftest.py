@@ -27,7 +27,14 @@ ALL_APIS = [
     "monitoring.coreos.com/v1/PrometheusRule",
     "keda.sh/v1alpha1/ScaledObject",
 ]
-SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml")) + sorted((ROOT / "values").glob("*.yaml"))
+#: Values every scenario test renders: chart-testing's (charts/ttg/ci, which `ct`
+#: also installs), render-only ones that need APIs or Secrets a bare cluster
+#: lacks (tests/chart/scenarios), and the environment overlays (values/).
+SCENARIOS = (
+    sorted((CHART / "ci").glob("*-values.yaml"))
+    + sorted((ROOT / "tests" / "chart" / "scenarios").glob("*-values.yaml"))
+    + sorted((ROOT / "values").glob("*.yaml"))
+)
 
 
 @dataclass(frozen=True)

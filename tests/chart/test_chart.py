@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.chart.conftest import ALL_APIS, CHART, SCENARIOS, Rendered, render, run_helm
 from tests.helpers import ROOT
@@ -99,12 +101,72 @@ def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major
     with_apis = render(major, "-f", everything, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
     assert with_apis.kinds() >= CRD_KINDS
     assert ("ConfigMap", "ttg-dashboard") in names(with_apis)
-    without_apis = render(major, "-f", everything, "--set", "keda.enabled=true")
+    without_apis = render(major, "-f", everything)
     assert not CRD_KINDS & without_apis.kinds()
     default = render(major, apis=tuple(ALL_APIS))
     assert not CRD_KINDS & default.kinds()
     assert ("ConfigMap", "ttg-dashboard") not in names(default)
     assert "HorizontalPodAutoscaler" not in default.kinds()
+
+
+#: Helm's limit for a release name.
+LONGEST_RELEASE = "sweeps-of-the-materials-science-group-in-eu-west-1-xy"
+DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+@pytest.mark.parametrize("release", [LONGEST_RELEASE, f"ttg-{LONGEST_RELEASE[4:]}"])
+def test_names_stay_valid_dns_labels_for_the_longest_release_name(
+    major: str, backend: str, release: str
+) -> None:
+    assert len(release) == 53
+    proc = run_helm(
+        major,
+        "template",
+        release,
+        str(CHART),
+        "--set",
+        f"backend={backend}",
+        "-f",
+        str(CHART / "ci/everything-values.yaml"),
+        *[f"--api-versions={a}" for a in ALL_APIS],
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    seen = set()
+    for d in docs:
+        kind, name = d["kind"], d["metadata"]["name"]
+        assert (kind, name) not in seen, f"two {kind} named {name}"
+        seen.add((kind, name))
+        assert len(name) <= 63 and DNS_LABEL.fullmatch(name), (kind, name, len(name))
+        if kind == "StatefulSet":
+            # Its pods get the label controller-revision-hash=<name>-<10-char hash>.
+            assert len(name) <= 52, (name, len(name))
+            assert len(f"{d['spec']['serviceName']}") <= 63
+        labels = dict(d["metadata"].get("labels") or {})
+        labels.update(d.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}))
+        for key, value in labels.items():
+            assert len(str(value)) <= 63, (kind, name, key, value)
+    services = {n for k, n in seen if k == "Service"}
+    worker = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker")
+    )
+    env = {e["name"]: e for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    host = env["TTG_BROKER_URL"]["value"].split("//")[1].split(":")[0]
+    assert host in services, (host, services)
+    secret = env["TTG_BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    assert ("Secret", secret) in seen
+
+
+def test_keda_without_its_api_fails_with_a_message_instead_of_one_silent_worker(
+    major: str,
+) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", "keda.enabled=true")
+    assert proc.returncode != 0
+    assert "keda.enabled=true but the cluster has no KEDA API" in proc.stderr, proc.stderr
+    r = render(major, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
+    assert "ScaledObject" in r.kinds() and "HorizontalPodAutoscaler" not in r.kinds()
+    assert "replicas" not in r.get("Deployment", "ttg-worker")["spec"]
 
 
 @pytest.mark.parametrize("backend", ["redis", "rabbitmq", "external"])
@@ -259,6 +321,23 @@ def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> N
     assert labels["app.kubernetes.io/part-of"] == "ttg", (
         "the broker NetworkPolicy admits it by these labels"
     )
+
+
+def notes(*args: str) -> str:
+    """NOTES.txt as `helm install` prints it (Helm 4 renders it without a cluster)."""
+    proc = run_helm("helm4", "install", "ttg", str(CHART), "--dry-run=client", *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_truth_about_workers_and_helm_test() -> None:
+    default = notes()
+    assert "3 workers" in default and "helm test ttg" in default
+    no_seed = notes("--set", "seed.enabled=false")
+    assert "helm test" not in no_seed, "the test pod checks the seeded run: it would fail"
+    assert "ttg seed --run" in no_seed
+    hpa = notes("--set", "worker.autoscaling.enabled=true")
+    assert "HorizontalPodAutoscaler (1 to 10)" in hpa and "3 workers" not in hpa
 
 
 def test_helm_test_pod_checks_the_run_status(major: str) -> None:

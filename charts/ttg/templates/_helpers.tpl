@@ -55,9 +55,27 @@ app.kubernetes.io/component: worker
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
-{{- /* Name of the broker's objects (Service, StatefulSet, Secret): <fullname>-<kind>. */ -}}
+{{- /*
+ttg.componentName (list . "worker"): "<fullname>-worker", a valid DNS label
+(at most 63 characters) whatever the release name. The base is cut before the
+suffix is added, so names stay distinct and keep their suffix.
+*/ -}}
+{{- define "ttg.componentName" -}}
+{{- $suffix := index . 1 }}
+{{- $base := include "ttg.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
+{{- /*
+ttg.brokerFullname (list . "redis"): name of the broker's objects (StatefulSet,
+Services, Secret). At most 52 characters: the StatefulSet controller labels
+its pods with "<name>-<revision hash>", which must stay a 63-character label,
+and "<name>-headless" / "<name>-config" fit in 63 too.
+*/ -}}
 {{- define "ttg.brokerFullname" -}}
-{{- printf "%s-%s" (include "ttg.fullname" (index . 0)) (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- $kind := index . 1 }}
+{{- $base := include "ttg.fullname" (index . 0) | trunc (int (sub 51 (len $kind))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $kind }}
 {{- end }}
 
 {{- /* Which client library the worker uses: the backend, or the external broker's kind. */ -}}
