@@ -262,6 +262,37 @@ def test_broker_subcharts_carry_a_schema_and_install_alone(major: str, subchart:
     assert bad.returncode != 0 and "size" in bad.stderr
 
 
+def test_fractional_seconds_from_set_are_accepted(major: str) -> None:
+    """`--set worker.leaseSeconds=1.5` gives Helm the string "1.5": still a number of seconds."""
+    r = render(
+        major,
+        "--set",
+        "worker.leaseSeconds=1.5",
+        "--set",
+        "worker.graceSeconds=12.5",
+        "--set",
+        "worker.retryDelaySeconds=0.5",
+    )
+    config = r.get("ConfigMap", "ttg-worker")["data"]
+    assert config["TTG_LEASE_SECONDS"] == "1.5"
+    assert config["TTG_GRACE_SECONDS"] == "12.5"
+    assert config["TTG_RETRY_DELAY_SECONDS"] == "0.5"
+    for bad in ("worker.leaseSeconds=abc", "worker.graceSeconds=-1"):
+        proc = run_helm(major, "template", "ttg", str(CHART), "--set", bad)
+        assert proc.returncode != 0 and bad.split(".")[1].split("=")[0] in proc.stderr, bad
+    proc = run_helm(
+        major,
+        "template",
+        "ttg",
+        str(CHART),
+        "--set",
+        "worker.graceSeconds=39.5",
+        "--set",
+        "worker.terminationGracePeriodSeconds=39",
+    )
+    assert proc.returncode != 0 and "graceSeconds must be below" in proc.stderr
+
+
 def test_grace_period_must_fit_in_the_termination_grace_period(major: str) -> None:
     proc = run_helm(
         major,
