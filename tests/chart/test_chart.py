@@ -319,7 +319,6 @@ def test_worker_and_seeder_get_the_cli_contract_with_credentials_from_a_secret(
     assert {
         "TTG_METRICS_PORT",
         "TTG_LEASE_SECONDS",
-        "TTG_MAX_DELIVERIES",
         "TTG_LOG_FORMAT",
         "TTG_GRACE_SECONDS",
     } <= config.keys()
@@ -354,6 +353,20 @@ def test_every_pod_pulls_with_the_image_pull_secrets(major: str, backend: str) -
         secrets = [s["name"] for s in spec.get("imagePullSecrets", [])]
         assert "regcred" in secrets, name
         assert ("broker-mirror" in secrets) == (name == f"ttg-{backend}"), name
+
+
+def test_what_belongs_to_a_run_is_set_at_seed_time_only(major: str) -> None:
+    """Workers read compute and max deliveries from the run; in their ConfigMap they roll pods."""
+    r = render(major, "--set", "run.compute=mylab.sim:energy", "--set", "run.maxDeliveries=7")
+    config = r.get("ConfigMap", "ttg-worker")["data"]
+    assert "TTG_COMPUTE" not in config and "TTG_MAX_DELIVERIES" not in config
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    args = seeder["args"]
+    assert args[args.index("--max-deliveries") + 1] == "7"
+    assert args[args.index("--compute") + 1] == "mylab.sim:energy"
+    assert "TTG_PREFETCH" not in config, "unset: the worker's adaptive default applies"
+    capped = render(major, "--set", "worker.prefetch=8").get("ConfigMap", "ttg-worker")["data"]
+    assert capped["TTG_PREFETCH"] == "8"
 
 
 def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> None:
