@@ -37,6 +37,25 @@ SCENARIOS = (
 )
 
 
+#: Annotation on Secrets whose values the chart generates once and keeps (lookup).
+KEEP = "helm.sh/resource-policy"
+
+
+def without_generated_secrets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docs with the data of kept, generated Secrets masked.
+
+    Without a cluster (helm template, Argo CD) `lookup` finds nothing, so those
+    Secrets get new random values on every render; in a cluster the chart reuses
+    the stored ones, and they are never overwritten (kept, and ignored by Argo CD).
+    """
+    def mask(d: dict[str, Any]) -> dict[str, Any]:
+        if d["kind"] == "Secret" and d["metadata"].get("annotations", {}).get(KEEP) == "keep":
+            return {**d, "data": dict.fromkeys(d.get("data", {}), "<generated>")}
+        return d
+
+    return [mask(d) for d in docs]
+
+
 @dataclass(frozen=True)
 class Rendered:
     docs: list[dict[str, Any]]

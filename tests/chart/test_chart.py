@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import ALL_APIS, CHART, SCENARIOS, Rendered, render, run_helm
+from tests.chart.conftest import (
+    ALL_APIS,
+    CHART,
+    SCENARIOS,
+    Rendered,
+    render,
+    run_helm,
+    without_generated_secrets,
+)
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.chart
@@ -496,3 +507,62 @@ def test_chart_readme_values_table_is_generated_from_values_yaml() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_packaged_chart_holds_the_chart_and_nothing_else(major: str, tmp_path: Path) -> None:
+    """`helm package` (the release) keeps subcharts and schemas, and no editor or VCS debris."""
+    chart = tmp_path / "ttg"
+    shutil.copytree(CHART, chart)
+    (chart / "notes.txt~").write_text("editor backup")
+    (chart / "templates" / "worker" / ".deployment.yaml.swp").write_text("swap")
+    # What chart-testing does first: the subcharts also appear as archives in charts/.
+    built = run_helm(major, "dependency", "build", str(chart))
+    assert built.returncode == 0, built.stderr
+    assert list((chart / "charts").glob("*.tgz"))
+    proc = run_helm(major, "package", str(chart), "--destination", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (package,) = tmp_path.glob("ttg-*.tgz")
+    with tarfile.open(package) as tar:
+        files = {m.name for m in tar.getmembers() if m.isfile()}
+    assert {
+        "ttg/values.schema.json",
+        "ttg/charts/redis/values.schema.json",
+        "ttg/charts/rabbitmq/values.schema.json",
+        "ttg/templates/broker.yaml",
+    } <= files
+    assert not [f for f in files if f.endswith(("~", ".swp", ".tgz"))], sorted(files)
+
+    # The archives next to the subchart directories change nothing that renders.
+    def rendered(path: Path) -> list[dict[str, Any]]:
+        proc = run_helm(major, "template", "ttg", str(path), "--set", "backend=rabbitmq")
+        assert proc.returncode == 0, proc.stderr
+        return without_generated_secrets([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+    assert rendered(chart) == rendered(CHART)
+
+
+def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) -> None:
+    """3.13 is past community support; nothing rendered may be 3.x-only."""
+    r = render(major, "--set", "backend=rabbitmq")
+    sts = r.get("StatefulSet", "ttg-rabbitmq")["spec"]["template"]["spec"]
+    for c in sts["containers"] + sts["initContainers"]:
+        tag = c["image"].rsplit(":", 1)[1]
+        assert int(tag.split(".")[0]) >= 4, c["image"]
+    conf = r.get("ConfigMap", "ttg-rabbitmq-config")["data"]
+    keys = {
+        line.split("=", 1)[0].strip()
+        for line in conf["rabbitmq.conf"].splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    # rabbitmq.conf keys RabbitMQ 4.x documents; 3.x-only ones (classic mirroring
+    # ha-* policies, mnesia tuning, management.load_definitions of 3.x form...) must not appear.
+    known_4x = {
+        "listeners.tcp.default",
+        "prometheus.tcp.port",
+        "loopback_users",
+        "log.console",
+        "log.file",
+        "consumer_timeout",
+    }
+    assert keys <= known_4x, keys - known_4x
+    assert conf["enabled_plugins"].strip() == "[rabbitmq_prometheus]."
