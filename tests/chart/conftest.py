@@ -48,6 +48,7 @@ def without_generated_secrets(docs: list[dict[str, Any]]) -> list[dict[str, Any]
     Secrets get new random values on every render; in a cluster the chart reuses
     the stored ones, and they are never overwritten (kept, and ignored by Argo CD).
     """
+
     def mask(d: dict[str, Any]) -> dict[str, Any]:
         if d["kind"] == "Secret" and d["metadata"].get("annotations", {}).get(KEEP) == "keep":
             return {**d, "data": dict.fromkeys(d.get("data", {}), "<generated>")}

@@ -380,6 +380,32 @@ def test_what_belongs_to_a_run_is_set_at_seed_time_only(major: str) -> None:
     assert capped["TTG_PREFETCH"] == "8"
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ([], "ttg.compute"),
+        (["--set", "run.compute=mylab.sim:energy"], "ttg.compute,mylab.sim"),
+        (
+            ["--set", "computeAllow={mylab,physics.kernels}", "--set", "run.compute=mylab.sim:f"],
+            "ttg.compute,mylab,physics.kernels,mylab.sim",
+        ),
+        (["--set", "computeAllow={ttg.compute}"], "ttg.compute"),
+    ],
+)
+def test_workers_and_seeder_allow_only_the_configured_compute_modules(
+    major: str, settings: list[str], expected: str
+) -> None:
+    r = render(major, *settings)
+    assert r.get("ConfigMap", "ttg-worker")["data"]["TTG_COMPUTE_ALLOW"] == expected
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TTG_COMPUTE_ALLOW", "value": expected} in seeder["env"]
+
+
+def test_compute_allow_entries_must_be_module_names(major: str) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", "computeAllow={os:system}")
+    assert proc.returncode != 0 and "computeAllow" in proc.stderr
+
+
 def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> None:
     job = render(major).get("Job", "ttg-seed")
     annotations = job["metadata"]["annotations"]

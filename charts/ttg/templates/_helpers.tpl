@@ -140,6 +140,22 @@ capabilities:
   drop: ["ALL"]
 {{- end }}
 
+{{- /*
+ttg.computeAllow: TTG_COMPUTE_ALLOW, the module prefixes a run's compute may
+come from: the built-in ttg.compute, the operator's computeAllow, and the
+module of run.compute when set (so the chart's own run always passes).
+*/ -}}
+{{- define "ttg.computeAllow" -}}
+{{- $allow := list "ttg.compute" }}
+{{- range .Values.computeAllow }}
+{{- $allow = append $allow . }}
+{{- end }}
+{{- with .Values.run.compute }}
+{{- $allow = append $allow (splitList ":" . | first) }}
+{{- end }}
+{{- $allow | uniq | join "," }}
+{{- end }}
+
 {{- define "ttg.seedArgs" -}}
 - seed
 - --run
