@@ -105,6 +105,26 @@ def render(major: str, *args: str, apis: tuple[str, ...] = ()) -> Rendered:
     return Rendered([d for d in yaml.safe_load_all(proc.stdout) if d])
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects ``labels``."""
+    if "matchLabels" not in selector and "matchExpressions" not in selector:
+        # A bare map, as in a Service's selector.
+        selector = {"matchLabels": selector}
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
 @pytest.fixture(params=sorted(HELMS))
 def major(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -21,6 +21,7 @@ from tests.chart.conftest import (
     Rendered,
     render,
     run_helm,
+    selects,
     without_generated_secrets,
 )
 from tests.helpers import ROOT
@@ -199,7 +200,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(major: str, backen
     extra = ["--set", "external.existingSecret=s"] if backend == "external" else []
     r = render(major, "--set", f"backend={backend}", *extra)
     pods = r.pod_specs()
-    assert len(pods) >= (3 if backend == "external" else 4)  # worker, seed, test (+ broker)
+    assert len(pods) >= (4 if backend == "external" else 5)  # worker, exporter, seed, test, broker
     for name, spec in pods:
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True, name
@@ -491,7 +492,7 @@ def test_broker_network_policy_admits_only_ttg_pods_of_the_release(major: str) -
         admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         assert admitted == {"app.kubernetes.io/part-of": "ttg", "app.kubernetes.io/instance": "ttg"}
         clients = [d for d in r.docs if d["kind"] in {"Deployment", "Job", "Pod"}]
-        assert len(clients) == 3  # worker, seeding Job, helm test pod
+        assert len(clients) == 4  # worker, exporter, seeding Job, helm test pod
         for d in clients:
             labels = (
                 d["metadata"]["labels"]
@@ -592,3 +593,87 @@ def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) ->
     }
     assert keys <= known_4x, keys - known_4x
     assert conf["enabled_plugins"].strip() == "[rabbitmq_prometheus]."
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    return dict(doc["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_the_exporter_is_one_pod_like_the_workers_reaching_the_broker(
+    major: str, backend: str
+) -> None:
+    r = render(major, "--set", f"backend={backend}")
+    exporter = r.get("Deployment", "ttg-exporter")
+    worker = r.get("Deployment", "ttg-worker")
+    assert exporter["spec"]["replicas"] == 1
+    spec, wspec = exporter["spec"]["template"]["spec"], worker["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    (w,) = wspec["containers"]
+    assert c["args"] == ["exporter"] and c["image"] == w["image"]
+    assert spec["securityContext"] == wspec["securityContext"]
+    assert c["securityContext"] == w["securityContext"]
+    assert {"name": "TTG_METRICS_PORT", "value": "9100"} in c["env"]
+    broker_env = [e for e in w["env"] if e["name"].startswith(("TTG_BACKEND", "TTG_BROKER"))]
+    assert all(e in c["env"] for e in broker_env)
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["resources"]["limits"]["memory"]
+    # Its Service picks the exporter pod only; the broker admits it.
+    service = r.get("Service", "ttg-exporter")
+    assert selects(service["spec"]["selector"], pod_labels(exporter))
+    assert not selects(service["spec"]["selector"], pod_labels(worker))
+    policy = r.get("NetworkPolicy", f"ttg-{backend}")
+    admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert selects(admitted, pod_labels(exporter))
+
+
+def test_monitors_scrape_workers_and_the_exporter(major: str) -> None:
+    r = render(major, "-f", str(CHART / "ci/everything-values.yaml"), apis=tuple(ALL_APIS))
+    services = {d["metadata"]["name"]: d for d in r.docs if d["kind"] == "Service"}
+    service_monitor = r.get("ServiceMonitor", "ttg-worker")["spec"]["selector"]
+    scraped = {n for n, d in services.items() if selects(service_monitor, d["metadata"]["labels"])}
+    assert scraped == {"ttg-worker", "ttg-exporter"}
+    pod_monitor = r.get("PodMonitor", "ttg-worker")["spec"]["selector"]
+    workloads = {
+        d["metadata"]["name"]: d for d in r.docs if d["kind"] in {"Deployment", "StatefulSet"}
+    }
+    scraped = {n for n, d in workloads.items() if selects(pod_monitor, pod_labels(d))}
+    assert scraped == {"ttg-worker", "ttg-exporter"}
+
+
+def test_keda_scales_from_zero_on_the_exporters_queue_without_prometheus(major: str) -> None:
+    r = render(major, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
+    spec = r.get("ScaledObject", "ttg-worker")["spec"]
+    assert spec["minReplicaCount"] == 0
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "metrics-api"
+    meta = trigger["metadata"]
+    port = r.get("Service", "ttg-exporter")["spec"]["ports"][0]["port"]
+    assert meta["url"] == f"http://ttg-exporter.sweeps.svc:{port}/api/queue"
+    assert meta["valueLocation"] == "queued" and meta["targetValue"] == "20"
+    with_prometheus = render(
+        major,
+        "--set",
+        "keda.enabled=true",
+        "--set",
+        "keda.prometheus.enabled=true",
+        apis=tuple(ALL_APIS),
+    )
+    types = [
+        t["type"] for t in with_prometheus.get("ScaledObject", "ttg-worker")["spec"]["triggers"]
+    ]
+    assert types == ["metrics-api", "prometheus"]
+    proc = run_helm(
+        major,
+        "template",
+        "ttg",
+        str(CHART),
+        "--set",
+        "keda.enabled=true",
+        "--set",
+        "exporter.enabled=false",
+        f"--api-versions={ALL_APIS[-1]}",
+    )
+    assert proc.returncode != 0 and "needs exporter.enabled=true" in proc.stderr

@@ -43,6 +43,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: worker
 {{- end }}
 
+{{- /* What the ServiceMonitor / PodMonitor scrape: workers and the exporter. */ -}}
+{{- define "ttg.metricsSelector" -}}
+matchLabels:
+  {{- include "ttg.selectorLabels" . | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [worker, exporter]
+{{- end }}
+
 {{- define "ttg.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "ttg.fullname" .) .Values.serviceAccount.name }}
