@@ -490,7 +490,7 @@ def test_broker_network_policy_admits_only_ttg_pods_of_the_release(major: str) -
         r = render(major, "--set", f"backend={backend}")
         policy = r.get("NetworkPolicy", f"ttg-{backend}")
         admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
-        assert admitted == {"app.kubernetes.io/part-of": "ttg", "app.kubernetes.io/instance": "ttg"}
+        assert admitted == {"app.kubernetes.io/part-of": "ttg", "ttg.io/release": "ttg"}
         clients = [d for d in r.docs if d["kind"] in {"Deployment", "Job", "Pod"}]
         assert len(clients) == 4  # worker, exporter, seeding Job, helm test pod
         for d in clients:

@@ -19,11 +19,23 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{- /* Labels on every object; part-of + instance also admit a pod through the broker's NetworkPolicy. */ -}}
+{{- /*
+Labels on every object. part-of + ttg.io/release admit a pod through the
+broker's NetworkPolicy, and the monitors select on ttg.io/release too: Argo CD's
+label tracking rewrites app.kubernetes.io/instance on the objects it manages
+(to the Application's name), never ttg.io/release.
+*/ -}}
 {{- define "ttg.commonLabels" -}}
 helm.sh/chart: {{ include "ttg.chart" . }}
 app.kubernetes.io/part-of: ttg
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+ttg.io/release: {{ .Release.Name }}
+{{- end }}
+
+{{- /* The pods this release's broker admits (see ttg.commonLabels). */ -}}
+{{- define "ttg.brokerClients" -}}
+app.kubernetes.io/part-of: ttg
+ttg.io/release: {{ .Release.Name }}
 {{- end }}
 
 {{- define "ttg.labels" -}}
@@ -46,7 +58,8 @@ app.kubernetes.io/component: worker
 {{- /* What the ServiceMonitor / PodMonitor scrape: workers and the exporter. */ -}}
 {{- define "ttg.metricsSelector" -}}
 matchLabels:
-  {{- include "ttg.selectorLabels" . | nindent 2 }}
+  app.kubernetes.io/name: {{ include "ttg.name" . }}
+  ttg.io/release: {{ .Release.Name }}
 matchExpressions:
   - key: app.kubernetes.io/component
     operator: In

@@ -68,7 +68,10 @@ metadata:
   labels:
     {{- include "ttg-redis.labels" . | nindent 4 }}
   annotations:
+    # Generated once and reused (lookup): kept by `helm uninstall`, and by an
+    # Argo CD prune (resource-policy keep only maps to Argo CD's Delete=false).
     helm.sh/resource-policy: keep
+    argocd.argoproj.io/sync-options: Prune=false
 type: Opaque
 data:
   {{ .Values.auth.secretKey }}: {{ $password | b64enc | quote }}
