@@ -51,6 +51,10 @@ demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SI
 bench: venv ## print throughput, recovery and seeding figures (Redis; RabbitMQ when present)
 	$(PY) bench/run.py
 
+.PHONY: lock
+lock: ## regenerate worker/requirements.lock (hash-pinned deps of the worker image) after a dependency change
+	bash ci/lock-worker-deps.sh
+
 .PHONY: clean
 clean: ## remove .venv, .tools and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
