@@ -67,6 +67,7 @@ kind-up: tools ## Kind cluster (1+3 nodes) with the worker image loaded and TTG 
 kind-down: ## delete the Kind cluster
 	bash kind/down.sh
 
+SCENARIO ?= all
 .PHONY: e2e
-e2e: ## run an end-to-end scenario on the Kind cluster (SCENARIO=worker-sigkill|broker-restart)
-	bash ci/e2e.sh
+e2e: ## the end-to-end scenarios on the Kind cluster of `make kind-up` (SCENARIO=all|worker-sigkill|broker-restart)
+	@SCENARIO=$(SCENARIO) bash ci/e2e.sh
