@@ -30,9 +30,11 @@ ALL_APIS = [
 #: Values every scenario test renders: chart-testing's (charts/ttg/ci, which `ct`
 #: also installs), render-only ones that need APIs or Secrets a bare cluster
 #: lacks (tests/chart/scenarios), and the environment overlays (values/).
+SCENARIO_DIR = ROOT / "tests" / "chart" / "scenarios"
+CT_SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 SCENARIOS = (
-    sorted((CHART / "ci").glob("*-values.yaml"))
-    + sorted((ROOT / "tests" / "chart" / "scenarios").glob("*-values.yaml"))
+    CT_SCENARIOS
+    + sorted(SCENARIO_DIR.glob("*-values.yaml"))
     + sorted((ROOT / "values").glob("*.yaml"))
 )
 
