@@ -270,8 +270,8 @@ class Pod:
         if "fieldRef" in source:
             assert source["fieldRef"]["fieldPath"] == "metadata.name", source
             return self.name
-        if not e.get("value"):
-            return ""
+        if "valueFrom" not in e:
+            return ""  # a name alone: the empty string
         raise AssertionError(f"unsupported env source in {e}")
 
     def _make_volumes(self) -> None:
