@@ -52,6 +52,10 @@ demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SI
 bench: venv ## print throughput, recovery and seeding figures (Redis; RabbitMQ when present)
 	$(PY) bench/run.py
 
+.PHONY: lock
+lock: ## regenerate worker/requirements.lock (hash-pinned deps of the worker image) after a dependency change
+	bash ci/lock-worker-deps.sh
+
 .PHONY: clean
 clean: ## remove .venv, .tools and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
@@ -64,6 +68,7 @@ kind-up: tools ## Kind cluster (1+3 nodes) with the worker image loaded and TTG 
 kind-down: ## delete the Kind cluster
 	bash kind/down.sh
 
+SCENARIO ?= all
 .PHONY: e2e
-e2e: ## run an end-to-end scenario on the Kind cluster (SCENARIO=worker-sigkill|broker-restart)
-	bash ci/e2e.sh
+e2e: ## the end-to-end scenarios on the Kind cluster of `make kind-up` (SCENARIO=all|worker-sigkill|broker-restart)
+	@SCENARIO=$(SCENARIO) bash ci/e2e.sh

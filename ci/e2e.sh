@@ -1,37 +1,64 @@
 #!/usr/bin/env bash
-# e2e.sh — one end-to-end scenario on a Kind cluster that already runs TTG
-# (kind/up.sh), then the evidence: on failure, logs, status, events.
-#   SCENARIO=worker-sigkill|broker-restart   BACKEND=redis|rabbitmq   ARTIFACTS=dir
+# e2e.sh — the end-to-end scenarios on a Kind cluster that already runs TTG
+# (make kind-up), then the evidence: logs, status, events.
+#   SCENARIO=all|worker-sigkill|broker-restart (default all)   ARTIFACTS=dir
+#   NAMESPACE=ttg RELEASE=ttg (where kind/up.sh installed it)
 set -euo pipefail
 
-readonly SCENARIO="${SCENARIO:?set SCENARIO}"
+readonly SCENARIO="${SCENARIO:-all}"
 readonly NAMESPACE="${NAMESPACE:-ttg}"
 readonly RELEASE="${RELEASE:-ttg}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 readonly ROOT
 readonly ARTIFACTS="${ARTIFACTS:-${ROOT}/out/e2e}"
+readonly KUBECONFIG_FILE="${KUBECONFIG:-${HOME}/.kube/config}"
+
+# One line on what is missing and how to get it, then exit 2.
+missing() {
+  echo "e2e: $* — create the cluster with \`make kind-up\` (needs kind, kubectl, docker), then run \`make e2e\` again" >&2
+  exit 2
+}
+
+preflight() {
+  command -v kubectl >/dev/null || missing "kubectl not found"
+  [ -f "${KUBECONFIG_FILE}" ] || missing "no kubeconfig at ${KUBECONFIG_FILE}"
+  kubectl --kubeconfig "${KUBECONFIG_FILE}" --request-timeout=10s get namespace "${NAMESPACE}" >/dev/null 2>&1 \
+    || missing "no cluster reachable with namespace ${NAMESPACE}"
+  kubectl --kubeconfig "${KUBECONFIG_FILE}" -n "${NAMESPACE}" get "deploy/${RELEASE}-worker" >/dev/null 2>&1 \
+    || missing "TTG release ${RELEASE} not installed in namespace ${NAMESPACE}"
+  case "${SCENARIO}" in
+    all | worker-sigkill | broker-restart) ;;
+    *) echo "e2e: SCENARIO=${SCENARIO}: use all, worker-sigkill or broker-restart" >&2; exit 2 ;;
+  esac
+}
 
 collect() {
   mkdir -p "${ARTIFACTS}"
-  kubectl -n "${NAMESPACE}" get all,events -o wide >"${ARTIFACTS}/resources.txt" 2>&1 || true
-  kubectl -n "${NAMESPACE}" describe pods >"${ARTIFACTS}/pods.txt" 2>&1 || true
-  kubectl -n "${NAMESPACE}" get events --sort-by=.lastTimestamp >"${ARTIFACTS}/events.txt" 2>&1 || true
+  local k=(kubectl --kubeconfig "${KUBECONFIG_FILE}" -n "${NAMESPACE}")
+  "${k[@]}" get all,events -o wide >"${ARTIFACTS}/resources.txt" 2>&1 || true
+  "${k[@]}" describe pods >"${ARTIFACTS}/pods.txt" 2>&1 || true
+  "${k[@]}" get events --sort-by=.lastTimestamp >"${ARTIFACTS}/events.txt" 2>&1 || true
   local pod
-  for pod in $(kubectl -n "${NAMESPACE}" get pods -o name); do
-    kubectl -n "${NAMESPACE}" logs --all-containers --prefix --previous "${pod}" \
+  for pod in $("${k[@]}" get pods -o name); do
+    "${k[@]}" logs --all-containers --prefix --previous "${pod}" \
       >"${ARTIFACTS}/$(basename "${pod}").previous.log" 2>/dev/null || true
-    kubectl -n "${NAMESPACE}" logs --all-containers --prefix "${pod}" \
+    "${k[@]}" logs --all-containers --prefix "${pod}" \
       >"${ARTIFACTS}/$(basename "${pod}").log" 2>&1 || true
   done
-  kubectl -n "${NAMESPACE}" exec "deploy/${RELEASE}-worker" -- ttg status --run e2e --json \
-    >"${ARTIFACTS}/status.json" 2>&1 || true
 }
 
 main() {
+  preflight
   trap collect EXIT
-  "${ROOT}/.venv/bin/python" -m pytest "${ROOT}/tests/e2e" -m e2e -k "${SCENARIO//-/_}" \
+  local select=()
+  if [ "${SCENARIO}" != all ]; then
+    select=(-k "${SCENARIO//-/_}")
+  fi
+  mkdir -p "${ARTIFACTS}"
+  NAMESPACE="${NAMESPACE}" RELEASE="${RELEASE}" \
+    "${ROOT}/.venv/bin/python" -m pytest "${ROOT}/tests/e2e" -m e2e "${select[@]}" \
     -p no:cacheprovider --k8s-provider external \
-    --k8s-kubeconfig-override "${KUBECONFIG:-${HOME}/.kube/config}" \
+    --k8s-kubeconfig-override "${KUBECONFIG_FILE}" \
     --junitxml "${ARTIFACTS}/junit.xml"
 }
 

@@ -4,8 +4,9 @@
 #   BACKEND=redis|rabbitmq (default redis)   SKIP_CLUSTER=1 (cluster made elsewhere, e.g. kind-action)
 set -euo pipefail
 
-readonly KIND_VERSION="v0.27.0"
-readonly KIND_NODE_IMAGE="kindest/node:v1.32.2@sha256:f226345927d7e348497136874b6d207e0b32cc52154ad8323129352923a3142f"
+# The newest pair the e2e workflow tests (its matrix also runs 1.29 and 1.31).
+readonly KIND_VERSION="${KIND_VERSION:-v0.31.0}"
+readonly KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.34.3@sha256:08497ee19eace7b4b5348db5c6a1591d7752b164530a36f855cb0f2bdcbadd48}"
 readonly CLUSTER="${CLUSTER:-ttg}"
 readonly BACKEND="${BACKEND:-redis}"
 readonly NAMESPACE="${NAMESPACE:-ttg}"
@@ -48,6 +49,11 @@ install_chart() {
   local values=(--values "${ROOT}/values/kind.yaml")
   if [ "${BACKEND}" = rabbitmq ]; then
     values+=(--values "${ROOT}/values/rabbitmq.yaml")
+  fi
+  # A worker image from before `ttg exporter` existed cannot run the exporter.
+  if ! docker run --rm "${IMAGE}" exporter --help >/dev/null 2>&1; then
+    log "${IMAGE} has no \`ttg exporter\`: installing without the exporter"
+    values+=(--set exporter.enabled=false)
   fi
   # --wait covers the broker and workers; --wait-for-jobs covers the seeding hook.
   "${HELM}" upgrade --install "${RELEASE}" "${ROOT}/charts/ttg" \

@@ -27,7 +27,36 @@ ALL_APIS = [
     "monitoring.coreos.com/v1/PrometheusRule",
     "keda.sh/v1alpha1/ScaledObject",
 ]
-SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml")) + sorted((ROOT / "values").glob("*.yaml"))
+#: Values every scenario test renders: chart-testing's (charts/ttg/ci, which `ct`
+#: also installs), render-only ones that need APIs or Secrets a bare cluster
+#: lacks (tests/chart/scenarios), and the environment overlays (values/).
+SCENARIO_DIR = ROOT / "tests" / "chart" / "scenarios"
+CT_SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+SCENARIOS = (
+    CT_SCENARIOS
+    + sorted(SCENARIO_DIR.glob("*-values.yaml"))
+    + sorted((ROOT / "values").glob("*.yaml"))
+)
+
+
+#: Annotation on Secrets whose values the chart generates once and keeps (lookup).
+KEEP = "helm.sh/resource-policy"
+
+
+def without_generated_secrets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docs with the data of kept, generated Secrets masked.
+
+    Without a cluster (helm template, Argo CD) `lookup` finds nothing, so those
+    Secrets get new random values on every render; in a cluster the chart reuses
+    the stored ones, and they are never overwritten (kept, and ignored by Argo CD).
+    """
+
+    def mask(d: dict[str, Any]) -> dict[str, Any]:
+        if d["kind"] == "Secret" and d["metadata"].get("annotations", {}).get(KEEP) == "keep":
+            return {**d, "data": dict.fromkeys(d.get("data", {}), "<generated>")}
+        return d
+
+    return [mask(d) for d in docs]
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,26 @@ def render(major: str, *args: str, apis: tuple[str, ...] = ()) -> Rendered:
     proc = run_helm(major, "template", "ttg", str(CHART), "--namespace", "sweeps", *api_args, *args)
     assert proc.returncode == 0, proc.stderr
     return Rendered([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects ``labels``."""
+    if "matchLabels" not in selector and "matchExpressions" not in selector:
+        # A bare map, as in a Service's selector.
+        selector = {"matchLabels": selector}
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
 
 
 @pytest.fixture(params=sorted(HELMS))

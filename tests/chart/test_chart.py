@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
-from tests.chart.conftest import ALL_APIS, CHART, SCENARIOS, Rendered, render, run_helm
+from tests.chart.conftest import (
+    ALL_APIS,
+    CHART,
+    SCENARIO_DIR,
+    SCENARIOS,
+    Rendered,
+    render,
+    run_helm,
+    selects,
+    without_generated_secrets,
+)
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.chart
@@ -53,9 +68,16 @@ def test_every_scenario_renders_and_validates_strictly(major: str, scenario: Pat
                 )
 
 
-@pytest.mark.parametrize("values", [None, "ci/rabbitmq-values.yaml", "ci/external-values.yaml"])
-def test_helm_lint_strict(major: str, values: str | None) -> None:
-    args = ["-f", str(CHART / values)] if values else []
+@pytest.mark.parametrize(
+    "values",
+    [None, *SCENARIOS],
+    ids=lambda p: "defaults" if p is None else f"{p.parent.name}/{p.name}",
+)
+def test_helm_lint_strict(major: str, values: Path | None) -> None:
+    """What chart-testing's `ct lint` runs for every ci/*-values.yaml, and more."""
+    args = ["-f", str(values)] if values else []
+    if values and values.name == "keda-values.yaml":
+        pytest.skip("KEDA needs its API, which `helm lint` cannot be given")
     proc = run_helm(major, "lint", "--strict", str(CHART), *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -76,7 +98,7 @@ def test_one_value_switches_the_broker(major: str, backend: str, other: str) -> 
 
 
 def test_external_installs_no_broker(major: str) -> None:
-    r = render(major, "-f", str(CHART / "ci/external-values.yaml"))
+    r = render(major, "-f", str(SCENARIO_DIR / "external-values.yaml"))
     assert "StatefulSet" not in r.kinds() and "NetworkPolicy" not in r.kinds()
     env = {
         e["name"]: e
@@ -99,7 +121,7 @@ def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major
     with_apis = render(major, "-f", everything, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
     assert with_apis.kinds() >= CRD_KINDS
     assert ("ConfigMap", "ttg-dashboard") in names(with_apis)
-    without_apis = render(major, "-f", everything, "--set", "keda.enabled=true")
+    without_apis = render(major, "-f", everything)
     assert not CRD_KINDS & without_apis.kinds()
     default = render(major, apis=tuple(ALL_APIS))
     assert not CRD_KINDS & default.kinds()
@@ -107,12 +129,91 @@ def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major
     assert "HorizontalPodAutoscaler" not in default.kinds()
 
 
+#: Helm's limit for a release name.
+LONGEST_RELEASE = "sweeps-of-the-materials-science-group-in-eu-west-1-xy"
+DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+@pytest.mark.parametrize("release", [LONGEST_RELEASE, f"ttg-{LONGEST_RELEASE[4:]}"])
+def test_names_stay_valid_dns_labels_for_the_longest_release_name(
+    major: str, backend: str, release: str
+) -> None:
+    assert len(release) == 53
+    proc = run_helm(
+        major,
+        "template",
+        release,
+        str(CHART),
+        "--set",
+        f"backend={backend}",
+        "-f",
+        str(CHART / "ci/everything-values.yaml"),
+        *[f"--api-versions={a}" for a in ALL_APIS],
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    seen = set()
+    for d in docs:
+        kind, name = d["kind"], d["metadata"]["name"]
+        assert (kind, name) not in seen, f"two {kind} named {name}"
+        seen.add((kind, name))
+        assert len(name) <= 63 and DNS_LABEL.fullmatch(name), (kind, name, len(name))
+        if kind == "StatefulSet":
+            # Its pods get the label controller-revision-hash=<name>-<10-char hash>.
+            assert len(name) <= 52, (name, len(name))
+            assert len(f"{d['spec']['serviceName']}") <= 63
+        labels = dict(d["metadata"].get("labels") or {})
+        labels.update(d.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}))
+        for key, value in labels.items():
+            assert len(str(value)) <= 63, (kind, name, key, value)
+    services = {n for k, n in seen if k == "Service"}
+    worker = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker")
+    )
+    env = {e["name"]: e for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    host = env["TTG_BROKER_URL"]["value"].split("//")[1].split(":")[0]
+    assert host in services, (host, services)
+    secret = env["TTG_BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    assert ("Secret", secret) in seen
+
+
+#: Overlays that ask for a worker count of their own.
+COUNTED_OVERLAYS = [
+    p
+    for p in sorted((ROOT / "values").glob("*.yaml"))
+    if "replicas" in ((yaml.safe_load(p.read_text()) or {}).get("worker") or {})
+]
+
+
+@pytest.mark.parametrize("overlay", COUNTED_OVERLAYS, ids=lambda p: p.name)
+def test_overlays_never_ask_for_more_workers_than_their_autoscaler_allows(
+    major: str, overlay: Path
+) -> None:
+    """The production Applications turn the HPA on: its ceiling must hold the overlay's count."""
+    wanted = yaml.safe_load(overlay.read_text())["worker"]["replicas"]
+    r = render(major, "-f", str(overlay), "--set", "worker.autoscaling.enabled=true")
+    hpa = r.get("HorizontalPodAutoscaler", "ttg-worker")["spec"]
+    assert hpa["minReplicas"] <= wanted <= hpa["maxReplicas"], (wanted, hpa)
+
+
+def test_keda_without_its_api_fails_with_a_message_instead_of_one_silent_worker(
+    major: str,
+) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", "keda.enabled=true")
+    assert proc.returncode != 0
+    assert "keda.enabled=true but the cluster has no KEDA API" in proc.stderr, proc.stderr
+    r = render(major, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
+    assert "ScaledObject" in r.kinds() and "HorizontalPodAutoscaler" not in r.kinds()
+    assert "replicas" not in r.get("Deployment", "ttg-worker")["spec"]
+
+
 @pytest.mark.parametrize("backend", ["redis", "rabbitmq", "external"])
 def test_every_pod_meets_the_restricted_pod_security_standard(major: str, backend: str) -> None:
     extra = ["--set", "external.existingSecret=s"] if backend == "external" else []
     r = render(major, "--set", f"backend={backend}", *extra)
     pods = r.pod_specs()
-    assert len(pods) >= (3 if backend == "external" else 4)  # worker, seed, test (+ broker)
+    assert len(pods) >= (4 if backend == "external" else 5)  # worker, exporter, seed, test, broker
     for name, spec in pods:
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True, name
@@ -142,6 +243,81 @@ def test_schema_rejects_bad_values_naming_the_field(major: str, setting: str, fi
     assert field in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        # Rendered `consumer_timeout = 0` before: RabbitMQ then refused to boot.
+        ("rabbitmq.consumerTimeoutMs=abc", "consumerTimeoutMs"),
+        ("rabbitmq.auth.username=", "username"),
+        ("rabbitmq.persistence.size=lots", "size"),
+        ("redis.persistence.size=lots", "size"),
+        ("redis.resources.requests.memory=plenty", "memory"),
+        ("redis.extraConfg=maxmemory 1gb", "extraConfg"),
+        ("rabbitmq.networkPolicy.enable=false", "enable"),
+    ],
+)
+def test_broker_subchart_schemas_reject_bad_values_naming_the_field(
+    major: str, setting: str, field: str
+) -> None:
+    backend = setting.split(".", 1)[0]
+    proc = run_helm(
+        major, "template", "ttg", str(CHART), "--set", f"backend={backend}", "--set", setting
+    )
+    assert proc.returncode != 0, setting
+    assert field in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("subchart", ["redis", "rabbitmq"])
+def test_broker_subcharts_carry_a_schema_and_install_alone(major: str, subchart: str) -> None:
+    assert (CHART / "charts" / subchart / "values.schema.json").is_file()
+    proc = run_helm(
+        major, "template", "x", str(CHART / "charts" / subchart), "--set", "standalone=true"
+    )
+    assert proc.returncode == 0, proc.stderr
+    bad = run_helm(
+        major,
+        "template",
+        "x",
+        str(CHART / "charts" / subchart),
+        "--set",
+        "standalone=true",
+        "--set",
+        "persistence.size=lots",
+    )
+    assert bad.returncode != 0 and "size" in bad.stderr
+
+
+def test_fractional_seconds_from_set_are_accepted(major: str) -> None:
+    """`--set worker.leaseSeconds=1.5` gives Helm the string "1.5": still a number of seconds."""
+    r = render(
+        major,
+        "--set",
+        "worker.leaseSeconds=1.5",
+        "--set",
+        "worker.graceSeconds=12.5",
+        "--set",
+        "worker.retryDelaySeconds=0.5",
+    )
+    config = r.get("ConfigMap", "ttg-worker")["data"]
+    assert config["TTG_LEASE_SECONDS"] == "1.5"
+    assert config["TTG_GRACE_SECONDS"] == "12.5"
+    assert config["TTG_RETRY_DELAY_SECONDS"] == "0.5"
+    for bad in ("worker.leaseSeconds=abc", "worker.graceSeconds=-1"):
+        proc = run_helm(major, "template", "ttg", str(CHART), "--set", bad)
+        assert proc.returncode != 0 and bad.split(".")[1].split("=")[0] in proc.stderr, bad
+    proc = run_helm(
+        major,
+        "template",
+        "ttg",
+        str(CHART),
+        "--set",
+        "worker.graceSeconds=39.5",
+        "--set",
+        "worker.terminationGracePeriodSeconds=39",
+    )
+    assert proc.returncode != 0 and "graceSeconds must be below" in proc.stderr
+
+
 def test_grace_period_must_fit_in_the_termination_grace_period(major: str) -> None:
     proc = run_helm(
         major,
@@ -168,7 +344,6 @@ def test_worker_and_seeder_get_the_cli_contract_with_credentials_from_a_secret(
     assert {
         "TTG_METRICS_PORT",
         "TTG_LEASE_SECONDS",
-        "TTG_MAX_DELIVERIES",
         "TTG_LOG_FORMAT",
         "TTG_GRACE_SECONDS",
     } <= config.keys()
@@ -186,6 +361,65 @@ def test_worker_and_seeder_get_the_cli_contract_with_credentials_from_a_secret(
                 assert "value" not in e, e
 
 
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_every_pod_pulls_with_the_image_pull_secrets(major: str, backend: str) -> None:
+    r = render(
+        major,
+        "--set",
+        f"backend={backend}",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+        "--set",
+        f"{backend}.imagePullSecrets[0].name=broker-mirror",
+    )
+    pods = dict(r.pod_specs())
+    assert len(pods) >= 4  # worker, seed, helm test, broker
+    for name, spec in pods.items():
+        secrets = [s["name"] for s in spec.get("imagePullSecrets", [])]
+        assert "regcred" in secrets, name
+        assert ("broker-mirror" in secrets) == (name == f"ttg-{backend}"), name
+
+
+def test_what_belongs_to_a_run_is_set_at_seed_time_only(major: str) -> None:
+    """Workers read compute and max deliveries from the run; in their ConfigMap they roll pods."""
+    r = render(major, "--set", "run.compute=mylab.sim:energy", "--set", "run.maxDeliveries=7")
+    config = r.get("ConfigMap", "ttg-worker")["data"]
+    assert "TTG_COMPUTE" not in config and "TTG_MAX_DELIVERIES" not in config
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    args = seeder["args"]
+    assert args[args.index("--max-deliveries") + 1] == "7"
+    assert args[args.index("--compute") + 1] == "mylab.sim:energy"
+    assert "TTG_PREFETCH" not in config, "unset: the worker's adaptive default applies"
+    capped = render(major, "--set", "worker.prefetch=8").get("ConfigMap", "ttg-worker")["data"]
+    assert capped["TTG_PREFETCH"] == "8"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ([], "ttg.compute"),
+        (["--set", "run.compute=mylab.sim:energy"], "ttg.compute,mylab.sim"),
+        (
+            ["--set", "computeAllow={mylab,physics.kernels}", "--set", "run.compute=mylab.sim:f"],
+            "ttg.compute,mylab,physics.kernels,mylab.sim",
+        ),
+        (["--set", "computeAllow={ttg.compute}"], "ttg.compute"),
+    ],
+)
+def test_workers_and_seeder_allow_only_the_configured_compute_modules(
+    major: str, settings: list[str], expected: str
+) -> None:
+    r = render(major, *settings)
+    assert r.get("ConfigMap", "ttg-worker")["data"]["TTG_COMPUTE_ALLOW"] == expected
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TTG_COMPUTE_ALLOW", "value": expected} in seeder["env"]
+
+
+def test_compute_allow_entries_must_be_module_names(major: str) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", "computeAllow={os:system}")
+    assert proc.returncode != 0 and "computeAllow" in proc.stderr
+
+
 def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> None:
     job = render(major).get("Job", "ttg-seed")
     annotations = job["metadata"]["annotations"]
@@ -196,6 +430,23 @@ def test_seeding_is_an_idempotent_post_install_and_upgrade_hook(major: str) -> N
     assert labels["app.kubernetes.io/part-of"] == "ttg", (
         "the broker NetworkPolicy admits it by these labels"
     )
+
+
+def notes(*args: str) -> str:
+    """NOTES.txt as `helm install` prints it (Helm 4 renders it without a cluster)."""
+    proc = run_helm("helm4", "install", "ttg", str(CHART), "--dry-run=client", *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_truth_about_workers_and_helm_test() -> None:
+    default = notes()
+    assert "3 workers" in default and "helm test ttg" in default
+    no_seed = notes("--set", "seed.enabled=false")
+    assert "helm test" not in no_seed, "the test pod checks the seeded run: it would fail"
+    assert "ttg seed --run" in no_seed
+    hpa = notes("--set", "worker.autoscaling.enabled=true")
+    assert "HorizontalPodAutoscaler (1 to 10)" in hpa and "3 workers" not in hpa
 
 
 def test_helm_test_pod_checks_the_run_status(major: str) -> None:
@@ -212,6 +463,22 @@ def test_config_changes_roll_the_workers(major: str) -> None:
 
     assert checksum() != checksum("--set", "worker.leaseSeconds=5")
     assert checksum() == checksum("--set", "worker.replicas=7")
+
+
+def test_worker_has_a_startup_probe_and_the_seeder_a_bounded_broker_wait(major: str) -> None:
+    """A slow broker start neither kills workers nor outlasts the hook timeout silently."""
+    r = render(major)
+    worker = r.get("Deployment", "ttg-worker")["spec"]["template"]["spec"]["containers"][0]
+    startup = worker["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    seeder = r.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in seeder["env"]}
+    helm_default_hook_timeout = 300
+    assert 0 < int(env["TTG_CONNECT_TIMEOUT_SECONDS"]) < helm_default_hook_timeout
+    other = render(major, "--set", "seed.connectTimeoutSeconds=100")
+    seeder = other.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TTG_CONNECT_TIMEOUT_SECONDS", "value": "100"} in seeder["env"]
 
 
 def test_workers_are_spread_probed_and_protected(major: str) -> None:
@@ -236,9 +503,9 @@ def test_broker_network_policy_admits_only_ttg_pods_of_the_release(major: str) -
         r = render(major, "--set", f"backend={backend}")
         policy = r.get("NetworkPolicy", f"ttg-{backend}")
         admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
-        assert admitted == {"app.kubernetes.io/part-of": "ttg", "app.kubernetes.io/instance": "ttg"}
+        assert admitted == {"app.kubernetes.io/part-of": "ttg", "ttg.io/release": "ttg"}
         clients = [d for d in r.docs if d["kind"] in {"Deployment", "Job", "Pod"}]
-        assert len(clients) == 3  # worker, seeding Job, helm test pod
+        assert len(clients) == 4  # worker, exporter, seeding Job, helm test pod
         for d in clients:
             labels = (
                 d["metadata"]["labels"]
@@ -252,7 +519,8 @@ def test_brokers_persist_and_keep_their_secret(major: str) -> None:
     r = render(major)
     sts = r.get("StatefulSet", "ttg-redis")
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
-    assert "--appendonly yes" in sts["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    conf = r.get("ConfigMap", "ttg-redis-config")["data"]["redis.conf"].splitlines()
+    assert {"appendonly yes", "appendfsync everysec"} <= set(conf)
     assert (
         r.get("Secret", "ttg-redis")["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     )
@@ -279,3 +547,146 @@ def test_chart_readme_values_table_is_generated_from_values_yaml() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_packaged_chart_holds_the_chart_and_nothing_else(major: str, tmp_path: Path) -> None:
+    """`helm package` (the release) keeps subcharts and schemas, and no editor or VCS debris."""
+    chart = tmp_path / "ttg"
+    shutil.copytree(CHART, chart)
+    (chart / "notes.txt~").write_text("editor backup")
+    (chart / "templates" / "worker" / ".deployment.yaml.swp").write_text("swap")
+    # What chart-testing does first: the subcharts also appear as archives in charts/.
+    built = run_helm(major, "dependency", "build", str(chart))
+    assert built.returncode == 0, built.stderr
+    assert list((chart / "charts").glob("*.tgz"))
+    proc = run_helm(major, "package", str(chart), "--destination", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (package,) = tmp_path.glob("ttg-*.tgz")
+    with tarfile.open(package) as tar:
+        files = {m.name for m in tar.getmembers() if m.isfile()}
+    assert {
+        "ttg/values.schema.json",
+        "ttg/charts/redis/values.schema.json",
+        "ttg/charts/rabbitmq/values.schema.json",
+        "ttg/templates/broker.yaml",
+    } <= files
+    assert not [f for f in files if f.endswith(("~", ".swp", ".tgz"))], sorted(files)
+
+    # The archives next to the subchart directories change nothing that renders.
+    def rendered(path: Path) -> list[dict[str, Any]]:
+        proc = run_helm(major, "template", "ttg", str(path), "--set", "backend=rabbitmq")
+        assert proc.returncode == 0, proc.stderr
+        return without_generated_secrets([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+    assert rendered(chart) == rendered(CHART)
+
+
+def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) -> None:
+    """3.13 is past community support; nothing rendered may be 3.x-only."""
+    r = render(major, "--set", "backend=rabbitmq")
+    sts = r.get("StatefulSet", "ttg-rabbitmq")["spec"]["template"]["spec"]
+    for c in sts["containers"] + sts["initContainers"]:
+        tag = c["image"].rsplit(":", 1)[1]
+        assert int(tag.split(".")[0]) >= 4, c["image"]
+    conf = r.get("ConfigMap", "ttg-rabbitmq-config")["data"]
+    keys = {
+        line.split("=", 1)[0].strip()
+        for line in conf["rabbitmq.conf"].splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    # rabbitmq.conf keys RabbitMQ 4.x documents; 3.x-only ones (classic mirroring
+    # ha-* policies, mnesia tuning, management.load_definitions of 3.x form...) must not appear.
+    known_4x = {
+        "listeners.tcp.default",
+        "prometheus.tcp.port",
+        "loopback_users",
+        "log.console",
+        "log.file",
+        "consumer_timeout",
+    }
+    assert keys <= known_4x, keys - known_4x
+    assert conf["enabled_plugins"].strip() == "[rabbitmq_prometheus]."
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    return dict(doc["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_the_exporter_is_one_pod_like_the_workers_reaching_the_broker(
+    major: str, backend: str
+) -> None:
+    r = render(major, "--set", f"backend={backend}")
+    exporter = r.get("Deployment", "ttg-exporter")
+    worker = r.get("Deployment", "ttg-worker")
+    assert exporter["spec"]["replicas"] == 1
+    spec, wspec = exporter["spec"]["template"]["spec"], worker["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    (w,) = wspec["containers"]
+    assert c["args"] == ["exporter"] and c["image"] == w["image"]
+    assert spec["securityContext"] == wspec["securityContext"]
+    assert c["securityContext"] == w["securityContext"]
+    assert {"name": "TTG_METRICS_PORT", "value": "9100"} in c["env"]
+    broker_env = [e for e in w["env"] if e["name"].startswith(("TTG_BACKEND", "TTG_BROKER"))]
+    assert all(e in c["env"] for e in broker_env)
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["resources"]["limits"]["memory"]
+    # Its Service picks the exporter pod only; the broker admits it.
+    service = r.get("Service", "ttg-exporter")
+    assert selects(service["spec"]["selector"], pod_labels(exporter))
+    assert not selects(service["spec"]["selector"], pod_labels(worker))
+    policy = r.get("NetworkPolicy", f"ttg-{backend}")
+    admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert selects(admitted, pod_labels(exporter))
+
+
+def test_monitors_scrape_workers_and_the_exporter(major: str) -> None:
+    r = render(major, "-f", str(CHART / "ci/everything-values.yaml"), apis=tuple(ALL_APIS))
+    services = {d["metadata"]["name"]: d for d in r.docs if d["kind"] == "Service"}
+    service_monitor = r.get("ServiceMonitor", "ttg-worker")["spec"]["selector"]
+    scraped = {n for n, d in services.items() if selects(service_monitor, d["metadata"]["labels"])}
+    assert scraped == {"ttg-worker", "ttg-exporter"}
+    pod_monitor = r.get("PodMonitor", "ttg-worker")["spec"]["selector"]
+    workloads = {
+        d["metadata"]["name"]: d for d in r.docs if d["kind"] in {"Deployment", "StatefulSet"}
+    }
+    scraped = {n for n, d in workloads.items() if selects(pod_monitor, pod_labels(d))}
+    assert scraped == {"ttg-worker", "ttg-exporter"}
+
+
+def test_keda_scales_from_zero_on_the_exporters_queue_without_prometheus(major: str) -> None:
+    r = render(major, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
+    spec = r.get("ScaledObject", "ttg-worker")["spec"]
+    assert spec["minReplicaCount"] == 0
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "metrics-api"
+    meta = trigger["metadata"]
+    port = r.get("Service", "ttg-exporter")["spec"]["ports"][0]["port"]
+    assert meta["url"] == f"http://ttg-exporter.sweeps.svc:{port}/api/queue"
+    assert meta["valueLocation"] == "queued" and meta["targetValue"] == "20"
+    with_prometheus = render(
+        major,
+        "--set",
+        "keda.enabled=true",
+        "--set",
+        "keda.prometheus.enabled=true",
+        apis=tuple(ALL_APIS),
+    )
+    types = [
+        t["type"] for t in with_prometheus.get("ScaledObject", "ttg-worker")["spec"]["triggers"]
+    ]
+    assert types == ["metrics-api", "prometheus"]
+    proc = run_helm(
+        major,
+        "template",
+        "ttg",
+        str(CHART),
+        "--set",
+        "keda.enabled=true",
+        "--set",
+        "exporter.enabled=false",
+        f"--api-versions={ALL_APIS[-1]}",
+    )
+    assert proc.returncode != 0 and "needs exporter.enabled=true" in proc.stderr

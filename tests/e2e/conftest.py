@@ -1,4 +1,4 @@
-"""The Kubernetes layer of the end-to-end suite: install state, kill, restart, read status.
+"""The Kubernetes layer of the end-to-end suite: seed, kill, crash, read status.
 
 Everything else (the scenarios and the verification) is tests/scenarios.py,
 shared with the local fault suite. The cluster is one made by kind/up.sh (CI:
@@ -6,7 +6,8 @@ helm/kind-action, then kind/up.sh), given with pytest-kubernetes' options:
 
     pytest tests/e2e -m e2e --k8s-provider external --k8s-kubeconfig-override ~/.kube/config
 
-Without a cluster every test here skips with one reason.
+Without a cluster every test here skips with one reason (`make e2e` says how
+to make one).
 """
 
 from __future__ import annotations
@@ -14,24 +15,31 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from ttg.errors import BrokerError
+
 #: Where kind/up.sh installs the release.
 NAMESPACE = os.environ.get("NAMESPACE", "ttg")
 RELEASE = os.environ.get("RELEASE", "ttg")
-#: The run values/kind.yaml seeds.
-RUN = "e2e"
+#: The run each test seeds for itself: 240 chunks of 1.5 s on 3 workers is about
+#: two minutes, so a kill at 30% lands mid-run with chunks in flight.
+RUN_PARAMS, RUN_CHUNK_SIZE, RUN_WORK_MS = 24_000, 100, 1500
+#: How long a kubectl/ttg call may keep failing (a pod being replaced, the
+#: broker restarting) before the scenario sees it as a broker error.
+CALL_RETRY_S = 90.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("k8s_kubeconfig_override") or config.getoption("k8s_kubeconfig"):
         return
-    skip = pytest.mark.skip(
-        reason="no Kubernetes cluster: pass --k8s-kubeconfig-override (see kind/up.sh)"
-    )
+    skip = pytest.mark.skip(reason="no Kubernetes cluster: `make kind-up`, then `make e2e`")
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
@@ -42,6 +50,7 @@ class KindHarness:
     """``tests.scenarios.Harness`` on a Kind cluster."""
 
     kubeconfig: str
+    crashes: list[dict[str, Any]] = field(default_factory=list)
 
     def kubectl(
         self, *args: str, check: bool = True, timeout: float = 120
@@ -54,29 +63,71 @@ class KindHarness:
             check=check,
         )
 
-    def ttg_json(self, *args: str) -> dict[str, Any]:
-        proc = self.kubectl(
-            "exec", f"deploy/{RELEASE}-worker", "--", "ttg", *args, "--json", check=False
-        )
-        try:
-            out: dict[str, Any] = json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError(f"ttg {' '.join(args)}: {proc.stdout!r} {proc.stderr!r}") from None
-        out["_exit"] = proc.returncode
-        return out
+    def pod_json(self, selector: str) -> list[dict[str, Any]]:
+        proc = self.kubectl("get", "pods", "-l", selector, "-o", "json")
+        items: list[dict[str, Any]] = json.loads(proc.stdout)["items"]
+        return items
 
-    def kill_worker(self, worker: str, sig: int) -> None:
-        """A true crash: signal the worker process from its node, not a pod delete.
+    @property
+    def exec_target(self) -> str:
+        """Where `ttg` commands run: the exporter (never killed by a scenario), else a worker.
 
-        Inside its container the worker is PID 1, which ignores signals sent from
-        within its own PID namespace; from the Kind node (a Docker container) it is
-        an ordinary process.
+        A status call on a worker may land on the pod a scenario just killed;
+        ``ttg_json`` retries those, the exporter avoids most of them.
         """
-        pod = worker.rsplit("-", 2)[0]  # names are <hostname>-<pid>-<random>
-        node = self.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}").stdout
-        container = self.kubectl(
-            "get", "pod", pod, "-o", "jsonpath={.status.containerStatuses[0].containerID}"
-        ).stdout.split("://")[-1]
+        exporter = self.kubectl("get", "deploy", f"{RELEASE}-exporter", check=False)
+        return f"deploy/{RELEASE}-{'exporter' if exporter.returncode == 0 else 'worker'}"
+
+    def ttg_json(self, *args: str) -> dict[str, Any]:
+        """``ttg ARGS --json`` in a TTG pod; retried while the call itself cannot be made.
+
+        A pod that was just killed (container not running, connection reset), or
+        a broker still restarting, are retried for up to CALL_RETRY_S; after that
+        the failure is a BrokerError, which the scenario's poll loop also retries
+        within its own budget.
+        """
+        target = self.exec_target
+        deadline = time.monotonic() + CALL_RETRY_S
+        delay = 0.5
+        while True:
+            proc = self.kubectl(
+                "exec", target, "--", "ttg", *args, "--json", check=False, timeout=120
+            )
+            try:
+                out: dict[str, Any] = json.loads(proc.stdout)
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"ttg {' '.join(args)} via {target} gave no answer for {CALL_RETRY_S}s: "
+                        f"exit {proc.returncode} {proc.stdout[-500:]!r} {proc.stderr[-500:]!r}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            out["_exit"] = proc.returncode
+            return out
+
+    def seed(self, run: str) -> dict[str, Any]:
+        """Seed a run of our own (idempotent, so a retried call is harmless)."""
+        report = self.ttg_json(
+            "seed",
+            "--run",
+            run,
+            "--params",
+            str(RUN_PARAMS),
+            "--chunk-size",
+            str(RUN_CHUNK_SIZE),
+            "--work-ms",
+            str(RUN_WORK_MS),
+        )
+        assert report["_exit"] == 0 and report["total_params"] == RUN_PARAMS, report
+        return report
+
+    def _container_pid(self, pod: dict[str, Any], container: str) -> tuple[str, str]:
+        """(node, host pid) of a running container: the process as the node sees it."""
+        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == container)
+        container_id = status["containerID"].split("://")[-1]
+        node = pod["spec"]["nodeName"]
         pid = subprocess.run(
             [
                 "docker",
@@ -88,22 +139,57 @@ class KindHarness:
                 "go-template",
                 "--template",
                 "{{.info.pid}}",
-                container,
+                container_id,
             ],
             capture_output=True,
             text=True,
             check=True,
             timeout=60,
         ).stdout.strip()
+        return node, pid
+
+    def kill_worker(self, worker: str, sig: int) -> None:
+        """A true crash: signal the worker process from its node, not a pod delete.
+
+        Inside its container the worker is PID 1, which ignores signals sent from
+        within its own PID namespace; from the Kind node (a Docker container) it is
+        an ordinary process.
+        """
+        pod_name = worker.rsplit("-", 2)[0]  # names are <hostname>-<pid>-<random>
+        pod = json.loads(self.kubectl("get", "pod", pod_name, "-o", "json").stdout)
+        node, pid = self._container_pid(pod, "worker")
         subprocess.run(["docker", "exec", node, "kill", f"-{sig}", pid], check=True, timeout=60)
 
     def restart_broker(self) -> None:
-        """Delete the broker pod (persistence on) and wait until its replacement is ready."""
+        """Crash the broker: SIGKILL its server process from the node, then wait for it.
+
+        The kubelet restarts the container in the same pod, on the same volume:
+        what it had acknowledged (AOF, quorum queues, streams) must be there.
+        """
         selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=broker"
-        self.kubectl("delete", "pod", "-l", selector, "--wait=true", timeout=180)
-        self.kubectl(
-            "wait", "--for=condition=Ready", "pod", "-l", selector, "--timeout=300s", timeout=320
+        (pod,) = self.pod_json(selector)
+        container = pod["spec"]["containers"][0]["name"]
+        before = next(
+            s["restartCount"] for s in pod["status"]["containerStatuses"] if s["name"] == container
         )
+        node, pid = self._container_pid(pod, container)
+        subprocess.run(["docker", "exec", node, "kill", "-KILL", pid], check=True, timeout=60)
+        self.crashes.append({"pod": pod["metadata"]["name"], "restarts_before": before})
+
+        def ready_again() -> bool:
+            # Tolerates a moment with no pod or no status yet (never a bare `kubectl wait`).
+            for p in self.pod_json(selector):
+                statuses = p.get("status", {}).get("containerStatuses") or []
+                s = next((s for s in statuses if s["name"] == container), None)
+                if s and s["restartCount"] > before and s.get("ready"):
+                    return True
+            return False
+
+        deadline = time.monotonic() + 300
+        while not ready_again():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"broker {container} not ready again 300s after SIGKILL")
+            time.sleep(1)
 
 
 @pytest.fixture
@@ -112,3 +198,12 @@ def harness(request: pytest.FixtureRequest) -> KindHarness:
         "k8s_kubeconfig"
     )
     return KindHarness(str(kubeconfig))
+
+
+@pytest.fixture
+def run(harness: KindHarness) -> Iterator[str]:
+    """A run of the test's own, seeded inside the test (so it cannot finish before it starts)."""
+    run_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    harness.seed(run_id)
+    yield run_id
+    harness.ttg_json("delete", "--run", run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 from pathlib import Path
@@ -11,7 +12,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, render
+from tests.chart.conftest import (
+    ALL_APIS,
+    CHART,
+    render,
+    run_helm,
+    selects,
+    without_generated_secrets,
+)
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.chart
@@ -31,7 +39,19 @@ def appset() -> dict[str, Any]:
 
 
 def elements() -> list[dict[str, Any]]:
-    return appset()["spec"]["generators"][0]["list"]["elements"]
+    """Every element the ApplicationSet's generators combine with a cluster."""
+    out: list[dict[str, Any]] = []
+    for g in appset()["spec"]["generators"]:
+        if "list" in g:
+            out += g["list"]["elements"]
+        else:
+            out += next(x["list"]["elements"] for x in g["matrix"]["generators"] if "list" in x)
+    return out
+
+
+def production_generator() -> dict[str, Any]:
+    (matrix,) = [g["matrix"] for g in appset()["spec"]["generators"] if "matrix" in g]
+    return matrix
 
 
 def test_every_argocd_manifest_parses_and_is_an_argo_kind() -> None:
@@ -87,6 +107,20 @@ def test_replicas_are_ignored_only_where_autoscaling_is_on() -> None:
     assert any(e["autoscaling"] for e in elements()) and not all(
         e["autoscaling"] for e in elements()
     )
+
+
+def test_production_goes_only_to_clusters_labelled_for_it() -> None:
+    """The bootstrap must not put 20 one-CPU workers next to the Kind apps (issue 9)."""
+    plain = [g["list"]["elements"] for g in appset()["spec"]["generators"] if "list" in g]
+    for element in (e for group in plain for e in group):
+        assert element["env"] == "kind", element
+        assert element["server"] == "https://kubernetes.default.svc", element
+    clusters, lists = production_generator()["generators"]
+    assert clusters["clusters"]["selector"] == {"matchLabels": {"ttg.io/production": "true"}}
+    assert {e["env"] for e in lists["list"]["elements"]} == {"production"}
+    template = appset()["spec"]["template"]
+    assert template["spec"]["destination"]["server"] == "{{ .server }}"
+    assert "{{ .name }}" in template["metadata"]["name"], "one Application per cluster"
 
 
 def test_project_admits_the_generated_namespaces_and_this_repository() -> None:
@@ -178,3 +212,103 @@ def test_make_has_the_cluster_targets() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for target in ("kind-up", "kind-down", "e2e"):
         assert re.search(rf"^{target}:.*## ", makefile, re.M), target
+
+
+def argo_cd_label_tracking(docs: list[dict[str, Any]], app: str) -> list[dict[str, Any]]:
+    """What Argo CD's label tracking does: the instance label of every object it manages
+    becomes the Application's name (pod templates and selectors are left alone)."""
+    out = copy.deepcopy(docs)
+    for d in out:
+        d["metadata"].setdefault("labels", {})["app.kubernetes.io/instance"] = app
+    return out
+
+
+def template_labels(d: dict[str, Any]) -> dict[str, str]:
+    if d["kind"] == "Pod":
+        return dict(d["metadata"]["labels"])
+    return dict(d["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_selectors_keep_matching_when_argo_cd_rewrites_the_instance_label(backend: str) -> None:
+    r = render(
+        "helm4",
+        "-f",
+        str(CHART / "ci/everything-values.yaml"),
+        "--set",
+        f"backend={backend}",
+        apis=tuple(ALL_APIS),
+    )
+    docs = argo_cd_label_tracking(r.docs, f"ttg-{backend}-production-eu1")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    names = lambda ds: {d["metadata"]["name"] for d in ds}  # noqa: E731
+    (service_monitor,) = by_kind["ServiceMonitor"]
+    scraped = [
+        s
+        for s in by_kind["Service"]
+        if selects(service_monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert names(scraped) == {"ttg-worker", "ttg-exporter"}
+    (pod_monitor,) = by_kind["PodMonitor"]
+    scraped = [
+        w
+        for w in by_kind["Deployment"]
+        if selects(pod_monitor["spec"]["selector"], template_labels(w))
+    ]
+    assert names(scraped) == {"ttg-worker", "ttg-exporter"}
+    (policy,) = by_kind["NetworkPolicy"]
+    admitted = policy["spec"]["ingress"][0]["from"][0]["podSelector"]
+    clients = by_kind["Deployment"] + by_kind["Job"] + by_kind["Pod"]
+    assert all(selects(admitted, template_labels(c)) for c in clients)
+    assert selects(policy["spec"]["podSelector"], template_labels(by_kind["StatefulSet"][0]))
+    for service in by_kind["Service"]:
+        assert any(
+            selects(service["spec"]["selector"], template_labels(w))
+            for w in by_kind["Deployment"] + by_kind["StatefulSet"]
+        ), service["metadata"]["name"]
+
+
+@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+def test_generated_broker_secret_survives_uninstall_and_argo_cd_prune(backend: str) -> None:
+    secret = render("helm4", "--set", f"backend={backend}").get("Secret", f"ttg-{backend}")
+    annotations = secret["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    assert "Prune=false" in annotations["argocd.argoproj.io/sync-options"].split(",")
+
+
+@pytest.mark.parametrize("element", elements(), ids=lambda e: f"{e['backend']}-{e['env']}")
+def test_an_unchanged_resync_renders_the_same_manifests(element: dict[str, Any]) -> None:
+    """Argo CD re-renders on every sync: the same values must give the same objects.
+
+    Only the generated Secret differs (no `lookup` in Argo CD): its data is in the
+    Applications' ignoreDifferences, RespectIgnoreDifferences keeps it in the
+    cluster, so there is no diff. The seeding hook does run again on every sync,
+    and adds nothing: `ttg seed` of an existing run is a no-op (invariant 7; the
+    fault suite checks it against real brokers).
+    """
+    args: list[str] = []
+    for f in element["valueFiles"]:
+        args += ["-f", str((CHART / f).resolve())]
+    args += ["--set", f"worker.autoscaling.enabled={str(element['autoscaling']).lower()}"]
+    first = run_helm("helm4", "template", "ttg", str(CHART), *args)
+    second = run_helm("helm4", "template", "ttg", str(CHART), *args)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    docs = [[d for d in yaml.safe_load_all(p.stdout) if d] for p in (first, second)]
+    assert without_generated_secrets(docs[0]) == without_generated_secrets(docs[1])
+    # What differs is exactly what the Applications tell Argo CD to ignore.
+    ignored = {
+        (d["kind"], d["name"].replace("{{ .backend }}", element["backend"]))
+        for d in appset()["spec"]["template"]["spec"]["ignoreDifferences"]
+    }
+    differing = {(a["kind"], a["metadata"]["name"]) for a, b in zip(*docs, strict=True) if a != b}
+    assert differing <= ignored, differing - ignored
+
+
+def test_argocd_readme_says_how_the_worker_image_reaches_the_cluster() -> None:
+    text = (ARGOCD / "README.md").read_text()
+    assert "ghcr.io/ttg-sweeps/ttg-worker" in text
+    assert "kind load" in text or "make kind-up" in text
+    assert "imagePullSecrets" in text
+    assert "ttg.io/production" in text

@@ -19,11 +19,23 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{- /* Labels on every object; part-of + instance also admit a pod through the broker's NetworkPolicy. */ -}}
+{{- /*
+Labels on every object. part-of + ttg.io/release admit a pod through the
+broker's NetworkPolicy, and the monitors select on ttg.io/release too: Argo CD's
+label tracking rewrites app.kubernetes.io/instance on the objects it manages
+(to the Application's name), never ttg.io/release.
+*/ -}}
 {{- define "ttg.commonLabels" -}}
 helm.sh/chart: {{ include "ttg.chart" . }}
 app.kubernetes.io/part-of: ttg
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+ttg.io/release: {{ .Release.Name }}
+{{- end }}
+
+{{- /* The pods this release's broker admits (see ttg.commonLabels). */ -}}
+{{- define "ttg.brokerClients" -}}
+app.kubernetes.io/part-of: ttg
+ttg.io/release: {{ .Release.Name }}
 {{- end }}
 
 {{- define "ttg.labels" -}}
@@ -43,6 +55,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: worker
 {{- end }}
 
+{{- /* What the ServiceMonitor / PodMonitor scrape: workers and the exporter. */ -}}
+{{- define "ttg.metricsSelector" -}}
+matchLabels:
+  app.kubernetes.io/name: {{ include "ttg.name" . }}
+  ttg.io/release: {{ .Release.Name }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: [worker, exporter]
+{{- end }}
+
 {{- define "ttg.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "ttg.fullname" .) .Values.serviceAccount.name }}
@@ -55,9 +78,27 @@ app.kubernetes.io/component: worker
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
-{{- /* Name of the broker's objects (Service, StatefulSet, Secret): <fullname>-<kind>. */ -}}
+{{- /*
+ttg.componentName (list . "worker"): "<fullname>-worker", a valid DNS label
+(at most 63 characters) whatever the release name. The base is cut before the
+suffix is added, so names stay distinct and keep their suffix.
+*/ -}}
+{{- define "ttg.componentName" -}}
+{{- $suffix := index . 1 }}
+{{- $base := include "ttg.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
+{{- /*
+ttg.brokerFullname (list . "redis"): name of the broker's objects (StatefulSet,
+Services, Secret). At most 52 characters: the StatefulSet controller labels
+its pods with "<name>-<revision hash>", which must stay a 63-character label,
+and "<name>-headless" / "<name>-config" fit in 63 too.
+*/ -}}
 {{- define "ttg.brokerFullname" -}}
-{{- printf "%s-%s" (include "ttg.fullname" (index . 0)) (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- $kind := index . 1 }}
+{{- $base := include "ttg.fullname" (index . 0) | trunc (int (sub 51 (len $kind))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $kind }}
 {{- end }}
 
 {{- /* Which client library the worker uses: the backend, or the external broker's kind. */ -}}
@@ -120,6 +161,22 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+{{- end }}
+
+{{- /*
+ttg.computeAllow: TTG_COMPUTE_ALLOW, the module prefixes a run's compute may
+come from: the built-in ttg.compute, the operator's computeAllow, and the
+module of run.compute when set (so the chart's own run always passes).
+*/ -}}
+{{- define "ttg.computeAllow" -}}
+{{- $allow := list "ttg.compute" }}
+{{- range .Values.computeAllow }}
+{{- $allow = append $allow . }}
+{{- end }}
+{{- with .Values.run.compute }}
+{{- $allow = append $allow (splitList ":" . | first) }}
+{{- end }}
+{{- $allow | uniq | join "," }}
 {{- end }}
 
 {{- define "ttg.seedArgs" -}}

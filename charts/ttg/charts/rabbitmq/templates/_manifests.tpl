@@ -1,6 +1,6 @@
 {{- /*
 ttg-rabbitmq.manifests renders every object of this chart from a context dict
-(Values, Release, fullname, labels, clients), like ttg-redis.manifests: a named
+(Values, Release, fullname, labels, clients, imagePullSecrets), like ttg-redis.manifests: a named
 template so that the parent's one `backend` value decides whether it renders.
 */ -}}
 {{- define "ttg-rabbitmq.selectorLabels" -}}
@@ -24,10 +24,12 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 {{- if not .Values.auth.existingSecret }}
 {{- /* Generated once; later upgrades reuse the stored password (lookup), so it survives `helm upgrade`. */}}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $stored := dict }}
+{{- if $existing }}{{ $stored = $existing.data | default dict }}{{ end }}
 {{- $password := randAlphaNum 32 }}
-{{- if and $existing (hasKey $existing.data "password") }}
-{{- $password = index $existing.data "password" | b64dec }}
-{{- end }}
+{{- if hasKey $stored "password" }}{{ $password = index $stored "password" | b64dec }}{{ end }}
+{{- $cookie := randAlphaNum 48 }}
+{{- if hasKey $stored "erlang-cookie" }}{{ $cookie = index $stored "erlang-cookie" | b64dec }}{{ end }}
 ---
 apiVersion: v1
 kind: Secret
@@ -36,11 +38,17 @@ metadata:
   labels:
     {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
   annotations:
+    # Generated once and reused (lookup): kept by `helm uninstall`, and by an
+    # Argo CD prune (resource-policy keep only maps to Argo CD's Delete=false).
     helm.sh/resource-policy: keep
+    argocd.argoproj.io/sync-options: Prune=false
 type: Opaque
 data:
   username: {{ .Values.auth.username | b64enc | quote }}
   password: {{ $password | b64enc | quote }}
+  # The Erlang distribution cookie: the node and its CLI tools (the liveness
+  # probe) must share it. Written to the data volume owner-only at every start.
+  erlang-cookie: {{ $cookie | b64enc | quote }}
 {{- end }}
 ---
 apiVersion: v1
@@ -52,6 +60,7 @@ metadata:
 data:
   rabbitmq.conf: |
     listeners.tcp.default = 5672
+    prometheus.tcp.port = 15692
     loopback_users = none
     # Logs go to stdout only: the root filesystem is read-only.
     log.console = true
@@ -121,11 +130,18 @@ spec:
         checksum/config: {{ .Values | toJson | sha256sum }}
     spec:
       automountServiceAccountToken: false
+      {{- with concat (.imagePullSecrets | default list) .Values.imagePullSecrets | uniq }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       securityContext:
         runAsNonRoot: true
         runAsUser: 999
         runAsGroup: 999
         fsGroup: 999
+        # Change ownership only when the volume's root does not match yet (first
+        # mount), not recursively on every start of a large data volume.
+        fsGroupChangePolicy: OnRootMismatch
         seccompProfile:
           type: RuntimeDefault
       {{- with .Values.nodeSelector }}
@@ -138,18 +154,33 @@ spec:
       {{- end }}
       terminationGracePeriodSeconds: 60
       initContainers:
-        # The credentials go into the config file here, from the Secret, so they
-        # are neither in the ConfigMap nor on a command line.
-        - name: config
+        # Prepares what the broker reads at start, on every pod start:
+        # - the config, with the credentials from the Secret (neither in the
+        #   ConfigMap nor on a command line);
+        # - the Erlang cookie, rewritten owner-only (0400). The kubelet applies
+        #   fsGroup to the data volume on mount and adds group bits to every file,
+        #   and Erlang refuses to boot with a cookie others can read. With
+        #   existingSecret and no `erlang-cookie` key, the cookie already on the
+        #   volume is kept (or one is made) and only its mode is fixed.
+        - name: prepare
           image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"
           imagePullPolicy: {{ .Values.image.pullPolicy }}
           command:
             - sh
-            - -c
-            - >-
-              cp /config/rabbitmq.conf /config/enabled_plugins /etc/rabbitmq/ &&
-              printf 'default_user = %s\ndefault_pass = %s\n' "$RABBITMQ_USER" "$RABBITMQ_PASS"
-              >> /etc/rabbitmq/rabbitmq.conf
+            - -ec
+            - |
+              cp /config/rabbitmq.conf /config/enabled_plugins /etc/rabbitmq/
+              printf 'default_user = %s\ndefault_pass = %s\n' "$RABBITMQ_USER" "$RABBITMQ_PASS" >> /etc/rabbitmq/rabbitmq.conf
+              cookie=/var/lib/rabbitmq/.erlang.cookie
+              if [ -z "$RABBITMQ_COOKIE" ] && [ -s "$cookie" ]; then
+                RABBITMQ_COOKIE="$(cat "$cookie")"
+              fi
+              if [ -z "$RABBITMQ_COOKIE" ]; then
+                RABBITMQ_COOKIE="$(head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+              fi
+              rm -f "$cookie"
+              (umask 077 && printf '%s' "$RABBITMQ_COOKIE" > "$cookie")
+              chmod 0400 "$cookie"
           env:
             - name: RABBITMQ_USER
               valueFrom:
@@ -157,6 +188,9 @@ spec:
             - name: RABBITMQ_PASS
               valueFrom:
                 secretKeyRef: {name: {{ $secretName }}, key: password}
+            - name: RABBITMQ_COOKIE
+              valueFrom:
+                secretKeyRef: {name: {{ $secretName }}, key: erlang-cookie, optional: true}
           resources:
             requests: {cpu: 10m, memory: 16Mi}
             limits: {memory: 64Mi}
@@ -168,6 +202,7 @@ spec:
           volumeMounts:
             - {name: config-template, mountPath: /config}
             - {name: config, mountPath: /etc/rabbitmq}
+            - {name: data, mountPath: /var/lib/rabbitmq}
       containers:
         - name: rabbitmq
           image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"

@@ -6,6 +6,7 @@ ttg-redis.manifests renders every object of this chart from a context dict:
   fullname  object name, e.g. ttg-redis
   labels    labels every object carries
   clients   labels of the pods the NetworkPolicy admits
+  imagePullSecrets  the parent chart's (optional; added to this chart's own)
 It is a named template, not a plain one, so that the parent can render it when
 its one `backend` value says so: a subchart's own templates can only be gated by
 a boolean `condition:`, which `--set backend=rabbitmq` alone cannot flip.
@@ -26,6 +27,30 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 {{- .Values.auth.existingSecret | default .fullname -}}
 {{- end }}
 
+{{- /*
+redis.conf: the settings TTG relies on, then the user's extraConfig lines,
+which come last so that they win (Redis keeps the last value of a directive).
+*/ -}}
+{{- define "ttg-redis.conf" -}}
+# Rendered by the TTG chart (charts/redis). The password is not here: it is
+# given on the command line from the Secret.
+bind * -::*
+port 6379
+# Without a password, the NetworkPolicy is the only guard: protected mode would
+# refuse every client that is not on the pod's loopback.
+protected-mode {{ ternary "yes" "no" .Values.auth.enabled }}
+dir /data
+# AOF with fsync every second: a result and its acknowledgement are one Lua
+# script, so a restart keeps both or neither.
+appendonly {{ ternary "yes" "no" .Values.persistence.enabled }}
+appendfsync everysec
+save ""
+{{- with .Values.extraConfig }}
+# extraConfig
+{{ . | trim }}
+{{- end }}
+{{- end }}
+
 {{- define "ttg-redis.manifests" -}}
 {{- $secretName := include "ttg-redis.secretName" . }}
 {{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}
@@ -43,11 +68,24 @@ metadata:
   labels:
     {{- include "ttg-redis.labels" . | nindent 4 }}
   annotations:
+    # Generated once and reused (lookup): kept by `helm uninstall`, and by an
+    # Argo CD prune (resource-policy keep only maps to Argo CD's Delete=false).
     helm.sh/resource-policy: keep
+    argocd.argoproj.io/sync-options: Prune=false
 type: Opaque
 data:
   {{ .Values.auth.secretKey }}: {{ $password | b64enc | quote }}
 {{- end }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .fullname }}-config
+  labels:
+    {{- include "ttg-redis.labels" . | nindent 4 }}
+data:
+  redis.conf: |
+    {{- include "ttg-redis.conf" . | nindent 4 }}
 ---
 apiVersion: v1
 kind: Service
@@ -95,8 +133,15 @@ spec:
     metadata:
       labels:
         {{- include "ttg-redis.labels" . | nindent 8 }}
+      annotations:
+        # Restart Redis when its redis.conf changes.
+        checksum/config: {{ include "ttg-redis.conf" . | sha256sum }}
     spec:
       automountServiceAccountToken: false
+      {{- with concat (.imagePullSecrets | default list) .Values.imagePullSecrets | uniq }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       securityContext:
         runAsNonRoot: true
         runAsUser: 999
@@ -116,18 +161,14 @@ spec:
         - name: redis
           image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"
           imagePullPolicy: {{ .Values.image.pullPolicy }}
-          # AOF with fsync every second: a result and its acknowledgement are one
-          # Lua script, so a restart keeps both or neither.
+          # Settings live in redis.conf (the ConfigMap); only the password, from
+          # the Secret, is given on the command line.
           command:
             - sh
             - -c
-            - >-
-              exec redis-server --port 6379 --dir /data
-              --appendonly {{ ternary "yes" "no" .Values.persistence.enabled }} --appendfsync everysec --save ''
-              {{- if .Values.auth.enabled }} --requirepass "$REDIS_PASSWORD"{{ end }}
-              {{- with .Values.extraConfig }} {{ . }}{{ end }}
+            - exec redis-server /etc/redis/redis.conf{{ if .Values.auth.enabled }} --requirepass "$REDIS_PASSWORD"{{ end }}
+          {{- if .Values.auth.enabled }}
           env:
-            {{- if .Values.auth.enabled }}
             - name: REDIS_PASSWORD
               valueFrom:
                 secretKeyRef:
@@ -138,7 +179,7 @@ spec:
                 secretKeyRef:
                   name: {{ $secretName }}
                   key: {{ .Values.auth.secretKey }}
-            {{- end }}
+          {{- end }}
           ports:
             - name: redis
               containerPort: 6379
@@ -167,9 +208,15 @@ spec:
           volumeMounts:
             - name: data
               mountPath: /data
+            - name: config
+              mountPath: /etc/redis
+              readOnly: true
             - name: tmp
               mountPath: /tmp
       volumes:
+        - name: config
+          configMap:
+            name: {{ .fullname }}-config
         - name: tmp
           emptyDir: {}
         {{- if not .Values.persistence.enabled }}

@@ -1,0 +1,87 @@
+"""The rendered broker pods boot, for real: their own command, config and init steps.
+
+Each test renders the chart, then starts the broker container's rendered
+command (after its init containers) with real redis-server / rabbitmq-server
+processes on free ports (tests/chart/brokers.py says what is substituted).
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.chart.brokers import rabbitmq_pod, redis_pod
+from tests.chart.conftest import render
+from tests.chart.pods import add_group_bits
+
+pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.slow]
+
+
+def test_rabbitmq_boots_again_after_the_kubelet_adds_group_bits_to_its_volume(
+    tmp_path: Path,
+) -> None:
+    """A pod re-created on storage that honours fsGroup must boot (issue 9, point 2).
+
+    The kubelet chowns the data volume to the fsGroup and adds group read/write
+    to every file on it at mount; Erlang refuses a cookie file anyone but its
+    owner can read. So: start the rendered pod, stop it, do to the volume what
+    the kubelet does, start a new pod on the same volume.
+    """
+    rendered = render("helm4", "--set", "backend=rabbitmq")
+    data = tmp_path / "pvc-data"
+    for attempt in ("first", "second"):
+        broker = rabbitmq_pod(rendered, tmp_path / f"{attempt}-pod", data)
+        try:
+            broker.start()
+            cookie = data / ".erlang.cookie"
+            assert stat.S_IMODE(cookie.stat().st_mode) & 0o077 == 0, oct(cookie.stat().st_mode)
+            # The liveness probe's CLI must reach the node with the same cookie.
+            probe = broker.pod.exec_probe("rabbitmq", "livenessProbe")
+            assert probe.returncode == 0, probe.stdout + probe.stderr
+        finally:
+            broker.stop()
+        add_group_bits(data)
+        assert stat.S_IMODE(cookie.stat().st_mode) & 0o060 == 0o060
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"maxmemory-policy": "noeviction"},
+        {"maxmemory": str(64 * 1024 * 1024), "hz": "20", "slowlog-log-slower-than": "5000"},
+    ],
+    ids=["one-line", "several-lines"],
+)
+def test_redis_extra_config_lines_are_redis_conf_lines(
+    tmp_path: Path, extra: dict[str, str]
+) -> None:
+    """`redis.extraConfig` is redis.conf text: one line or several, applied at start."""
+    lines = "\n".join(f"{k} {v}" for k, v in extra.items())
+    rendered = render("helm4", "--set-string", f"redis.extraConfig={lines}")
+    broker = redis_pod(rendered, tmp_path / "pod", tmp_path / "pvc-data")
+    try:
+        broker.start(timeout=60)
+        client = redis.Redis(port=broker.port, password=broker.pod.secret("ttg-redis")["password"])
+        for key, value in extra.items():
+            assert client.config_get(key) == {key: value}
+        # What TTG relies on is still there: AOF on, in the data volume.
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("dir") == {"dir": str(tmp_path / "pvc-data")}
+    finally:
+        broker.stop()
+
+
+def test_redis_without_auth_admits_clients_beyond_loopback(tmp_path: Path) -> None:
+    """Protected mode would refuse every pod but Redis's own when no password is set."""
+    rendered = render("helm4", "--set", "redis.auth.enabled=false")
+    broker = redis_pod(rendered, tmp_path / "pod", tmp_path / "pvc-data")
+    try:
+        broker.start(timeout=60)
+        client = redis.Redis(port=broker.port)
+        assert client.config_get("protected-mode") == {"protected-mode": "no"}
+        assert client.ping()
+    finally:
+        broker.stop()
