@@ -20,7 +20,7 @@ help: ## list the targets
 $(VENV)/.installed: worker/pyproject.toml requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo,report]' -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv

@@ -319,7 +319,8 @@ class RabbitMQBroker(Broker):
                 if held and held[0] in wanted:
                     seen.setdefault(int(held[0]), []).append((t, worker))
         out = []
-        for e in events:
+        for event in events:
+            e = event
             if e.kind == "redelivered" and e.previous_worker is None and e.chunk is not None:
                 before = [w for t, w in seen.get(e.chunk, ()) if t <= e.t and w != e.worker]
                 silent = sorted(
