@@ -136,6 +136,7 @@ class Dramatiq:
     def sweep(self, run: str, params: int, chunk: int, timeout: float = 3600) -> dict[str, Any]:
         """One end-to-end Dramatiq run, clocked like TTG's, then its results checked."""
         chunks = -(-params // chunk)
+        load = os.getloadavg()[0]
         self.start()
         try:
             self.warm_up()
@@ -156,6 +157,7 @@ class Dramatiq:
             "params": params,
             "chunk": chunk,
             "chunks": chunks,
+            "load_1min_at_start": load,
             "wall_s": wall,
             "seed_s": t_seed - t0,
             "params_s": params / wall,

@@ -292,6 +292,7 @@ def timed_sweep(
     """
     total_chunks = -(-params // chunk)
     out: dict[str, Any] = {"params": params, "chunk": chunk, "chunks": total_chunks}
+    out["load_1min_at_start"] = os.getloadavg()[0]
     try:
         out.update(
             _clocked(
