@@ -10,16 +10,18 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from tests.chart.conftest import (
     ALL_APIS,
     CHART,
+    CRD_KINDS,
     SCENARIO_DIR,
     SCENARIOS,
     Rendered,
+    assert_restricted,
+    assert_valid_strictly,
     render,
     run_helm,
     selects,
@@ -29,10 +31,6 @@ from tests.helpers import ROOT
 
 pytestmark = pytest.mark.chart
 
-#: Kubernetes versions every rendered manifest must validate against, strictly.
-KUBE_VERSIONS = ("1.29.0", "1.34.0")
-#: Kinds from CRDs, which the Kubernetes schemas do not know.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
 BROKER_OBJECTS = {
     "redis": {
         ("StatefulSet", "ttg-redis"),
@@ -53,19 +51,7 @@ def names(r: Rendered) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_scenario_renders_and_validates_strictly(major: str, scenario: Path) -> None:
-    r = render(major, "-f", str(scenario), apis=tuple(ALL_APIS))
-    assert r.docs
-    for doc in r.docs:
-        if doc["kind"] in CRD_KINDS:
-            assert {"apiVersion", "metadata", "spec"} <= doc.keys()
-            continue
-        for version in KUBE_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                pytest.fail(
-                    f"{doc['kind']} {doc['metadata']['name']} invalid for {version}: {e.message}"
-                )
+    assert_valid_strictly(render(major, "-f", str(scenario), apis=tuple(ALL_APIS)))
 
 
 @pytest.mark.parametrize(
@@ -118,13 +104,14 @@ def test_external_without_a_secret_fails_with_a_message(major: str) -> None:
 
 def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major: str) -> None:
     everything = str(CHART / "ci/everything-values.yaml")
+    optional = CRD_KINDS - {"Certificate"}  # the brokers' TLS, tested with TLS
     with_apis = render(major, "-f", everything, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
-    assert with_apis.kinds() >= CRD_KINDS
+    assert with_apis.kinds() >= optional
     assert ("ConfigMap", "ttg-dashboard") in names(with_apis)
     without_apis = render(major, "-f", everything)
-    assert not CRD_KINDS & without_apis.kinds()
+    assert not optional & without_apis.kinds()
     default = render(major, apis=tuple(ALL_APIS))
-    assert not CRD_KINDS & default.kinds()
+    assert not optional & default.kinds()
     assert ("ConfigMap", "ttg-dashboard") not in names(default)
     assert "HorizontalPodAutoscaler" not in default.kinds()
 
@@ -134,10 +121,14 @@ LONGEST_RELEASE = "sweeps-of-the-materials-science-group-in-eu-west-1-xy"
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
-@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+@pytest.mark.parametrize(
+    ("backend", "extra"),
+    [("redis", ()), ("rabbitmq", ()), ("rabbitmq", ("--set", "rabbitmq.replicas=3"))],
+    ids=["redis", "rabbitmq", "rabbitmq-cluster"],
+)
 @pytest.mark.parametrize("release", [LONGEST_RELEASE, f"ttg-{LONGEST_RELEASE[4:]}"])
 def test_names_stay_valid_dns_labels_for_the_longest_release_name(
-    major: str, backend: str, release: str
+    major: str, backend: str, extra: tuple[str, ...], release: str
 ) -> None:
     assert len(release) == 53
     proc = run_helm(
@@ -147,6 +138,7 @@ def test_names_stay_valid_dns_labels_for_the_longest_release_name(
         str(CHART),
         "--set",
         f"backend={backend}",
+        *extra,
         "-f",
         str(CHART / "ci/everything-values.yaml"),
         *[f"--api-versions={a}" for a in ALL_APIS],
@@ -172,8 +164,12 @@ def test_names_stay_valid_dns_labels_for_the_longest_release_name(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker")
     )
     env = {e["name"]: e for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
-    host = env["TTG_BROKER_URL"]["value"].split("//")[1].split(":")[0]
-    assert host in services, (host, services)
+    for url in env["TTG_BROKER_URL"]["value"].split(","):
+        # A Service, or a cluster node: <pod>.<headless Service>, each a DNS label.
+        host = url.split("//")[1].split(":")[0]
+        *pod, service = host.split(".")
+        assert service in services, (host, services)
+        assert all(len(label) <= 63 and DNS_LABEL.fullmatch(label) for label in (*pod, service))
     secret = env["TTG_BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
     assert ("Secret", secret) in seen
 
@@ -214,17 +210,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(major: str, backen
     r = render(major, "--set", f"backend={backend}", *extra)
     pods = r.pod_specs()
     assert len(pods) >= (4 if backend == "external" else 5)  # worker, exporter, seed, test, broker
-    for name, spec in pods:
-        psc = spec["securityContext"]
-        assert psc["runAsNonRoot"] is True, name
-        assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0, name
-        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
-        for c in spec["containers"] + spec.get("initContainers", []):
-            csc = c["securityContext"]
-            assert csc["allowPrivilegeEscalation"] is False, (name, c["name"])
-            assert csc["readOnlyRootFilesystem"] is True, (name, c["name"])
-            assert csc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
-            assert "resources" in c, (name, c["name"])
+    assert_restricted(r)
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ With `external`, the whole URL comes from the user's Secret.
 {{- $name := include "ttg.brokerFullname" (list . "rabbitmq") }}
 {{- $secret := .Values.rabbitmq.auth.existingSecret | default $name }}
 - name: TTG_BROKER_URL
-  value: {{ printf "amqp://%s:5672/%%2F" $name | quote }}
+  value: {{ include "ttg-rabbitmq.clientUrl" (dict "Values" .Values.rabbitmq "fullname" $name) | quote }}
 - name: TTG_BROKER_USERNAME
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: username}

@@ -19,8 +19,45 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 {{- .Values.auth.existingSecret | default .fullname -}}
 {{- end }}
 
+{{- /* "true" when the nodes form a cluster (replicas > 1), else empty. */ -}}
+{{- define "ttg-rabbitmq.clustered" -}}
+{{- if gt (int .Values.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{- /*
+ttg-rabbitmq.hosts: the addresses TTG's pods connect to, one per line. A
+single node: the Service. A cluster: every node by its stable name under the
+headless Service (<pod>.<headless>), so a client whose node dies fails over
+to the next address rather than waiting for the Service to drop the endpoint.
+*/ -}}
+{{- define "ttg-rabbitmq.hosts" -}}
+{{- if include "ttg-rabbitmq.clustered" . }}
+{{- range $i := until (int .Values.replicas) }}
+{{ printf "%s-%d.%s-headless" $.fullname $i $.fullname }}
+{{- end }}
+{{- else }}
+{{ .fullname }}
+{{- end }}
+{{- end }}
+
+{{- /* ttg-rabbitmq.clientUrl: TTG_BROKER_URL, comma-separated for a cluster (credentials come from the Secret). */ -}}
+{{- define "ttg-rabbitmq.clientUrl" -}}
+{{- $urls := list }}
+{{- range splitList "\n" (include "ttg-rabbitmq.hosts" . | trim) }}
+{{- $urls = append $urls (printf "amqp://%s:5672/%%2F" .) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+
+{{- define "ttg-rabbitmq.plugins" -}}
+{{- $plugins := list "rabbitmq_prometheus" }}
+{{- if include "ttg-rabbitmq.clustered" . }}{{ $plugins = append $plugins "rabbitmq_peer_discovery_k8s" }}{{ end }}
+{{- printf "[%s]." (join "," $plugins) }}
+{{- end }}
+
 {{- define "ttg-rabbitmq.manifests" -}}
 {{- $secretName := include "ttg-rabbitmq.secretName" . }}
+{{- $clustered := include "ttg-rabbitmq.clustered" . }}
 {{- if not .Values.auth.existingSecret }}
 {{- /* Generated once; later upgrades reuse the stored password (lookup), so it survives `helm upgrade`. */}}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
@@ -69,11 +106,20 @@ data:
     consumer_timeout = {{ int64 .Values.consumerTimeoutMs }}
     # Quorum queues (tasks, with delivery limits) and streams (the ledger) are core
     # features; nothing to enable.
+    {{- if $clustered }}
+    # Cluster formation, on a node's first boot only. RabbitMQ 4.1+'s Kubernetes
+    # peer discovery derives the seed node from this node's own name (the -0 pod
+    # of the StatefulSet forms the cluster; the others join it, retrying until it
+    # answers). It reads nothing from the Kubernetes API: the pods need no
+    # ServiceAccount token and the chart grants no RBAC.
+    cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s
+    cluster_formation.target_cluster_size_hint = {{ int .Values.replicas }}
+    {{- end }}
     {{- with .Values.extraConfig }}
     {{- . | nindent 4 }}
     {{- end }}
   enabled_plugins: |
-    [rabbitmq_prometheus].
+    {{ include "ttg-rabbitmq.plugins" . }}
 ---
 apiVersion: v1
 kind: Service
@@ -107,6 +153,8 @@ spec:
   ports:
     - name: epmd
       port: 4369
+    - name: dist
+      port: 25672
     - name: amqp
       port: 5672
 ---
@@ -118,7 +166,13 @@ metadata:
     {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
 spec:
   serviceName: {{ .fullname }}-headless
-  replicas: 1
+  replicas: {{ int .Values.replicas }}
+  {{- if $clustered }}
+  # What RabbitMQ recommends on Kubernetes: OrderedReady could deadlock a
+  # restart of every node (each waits for its peers before it is ready). Only
+  # the -0 pod forms a new cluster, so starting in parallel is safe.
+  podManagementPolicy: Parallel
+  {{- end }}
   selector:
     matchLabels:
       {{- include "ttg-rabbitmq.selectorLabels" . | nindent 6 }}
@@ -151,6 +205,22 @@ spec:
       {{- with .Values.tolerations }}
       tolerations:
         {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if $clustered }}
+      # One node per Kubernetes node, so losing a Kubernetes node costs the
+      # cluster one member (its quorum survives).
+      affinity:
+        podAntiAffinity:
+          {{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "ttg-rabbitmq.selectorLabels" . | fromYaml)) }}
+          {{- if eq .Values.podAntiAffinity "hard" }}
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - {{- toYaml $term | nindent 14 }}
+          {{- else }}
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 100
+              podAffinityTerm:
+                {{- toYaml $term | nindent 16 }}
+          {{- end }}
       {{- end }}
       terminationGracePeriodSeconds: 60
       initContainers:
@@ -188,9 +258,11 @@ spec:
             - name: RABBITMQ_PASS
               valueFrom:
                 secretKeyRef: {name: {{ $secretName }}, key: password}
+            # A cluster's nodes must share the cookie: there the key is required
+            # (the kubelet refuses to start a pod whose Secret lacks it).
             - name: RABBITMQ_COOKIE
               valueFrom:
-                secretKeyRef: {name: {{ $secretName }}, key: erlang-cookie, optional: true}
+                secretKeyRef: {name: {{ $secretName }}, key: erlang-cookie, optional: {{ not $clustered }}}
           resources:
             requests: {cpu: 10m, memory: 16Mi}
             limits: {memory: 64Mi}
@@ -209,13 +281,33 @@ spec:
           imagePullPolicy: {{ .Values.image.pullPolicy }}
           command: ["rabbitmq-server"]
           env:
+            {{- if $clustered }}
+            # rabbit@<pod>.<headless>.<namespace>: a name every peer resolves, and
+            # whose ordinal suffix peer discovery reads.
+            - name: MY_POD_NAME
+              valueFrom:
+                fieldRef: {fieldPath: metadata.name}
+            - name: MY_POD_NAMESPACE
+              valueFrom:
+                fieldRef: {fieldPath: metadata.namespace}
+            - name: RABBITMQ_USE_LONGNAME
+              value: "true"
+            - name: RABBITMQ_NODENAME
+              value: rabbit@$(MY_POD_NAME).{{ .fullname }}-headless.$(MY_POD_NAMESPACE)
+            {{- else }}
+            # A single node keeps the name its data directory was created under.
             - name: RABBITMQ_NODENAME
               value: rabbit@localhost
+            {{- end }}
             - name: RABBITMQ_ENABLED_PLUGINS_FILE
               value: /etc/rabbitmq/enabled_plugins
           ports:
             - {name: amqp, containerPort: 5672}
             - {name: prometheus, containerPort: 15692}
+            {{- if $clustered }}
+            - {name: epmd, containerPort: 4369}
+            - {name: dist, containerPort: 25672}
+            {{- end }}
           startupProbe:
             tcpSocket: {port: amqp}
             periodSeconds: 5
@@ -266,6 +358,22 @@ spec:
           requests:
             storage: {{ .Values.persistence.size }}
   {{- end }}
+{{- if $clustered }}
+---
+# Voluntary disruptions (drains, upgrades) take one node at a time: the
+# quorum queues and streams keep a majority of their replicas.
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .fullname }}
+  labels:
+    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- include "ttg-rabbitmq.selectorLabels" . | nindent 6 }}
+{{- end }}
 {{- if .Values.networkPolicy.enabled }}
 ---
 apiVersion: networking.k8s.io/v1
@@ -289,5 +397,18 @@ spec:
     # Prometheus may live in any namespace: scrapes of the metrics port only.
     - ports:
         - {port: prometheus, protocol: TCP}
+    {{- if $clustered }}
+    # The nodes of the cluster, to each other: Erlang distribution (epmd and the
+    # node port, which carry metadata and quorum queue replication) and stream
+    # replication (RabbitMQ's default range 6000-6500; the ledger is a stream).
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- include "ttg-rabbitmq.selectorLabels" . | nindent 14 }}
+      ports:
+        - {port: 4369, protocol: TCP}
+        - {port: 25672, protocol: TCP}
+        - {port: 6000, endPort: 6500, protocol: TCP}
+    {{- end }}
 {{- end }}
 {{- end }}
