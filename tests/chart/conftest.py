@@ -93,7 +93,7 @@ class Rendered:
 
 
 def assert_valid_strictly(r: Rendered) -> None:
-    """Every object validates strictly against each of KUBE_VERSIONS (CRD kinds: their shape only)."""
+    """Every object validates strictly for each of KUBE_VERSIONS (CRD kinds: their shape only)."""
     assert r.docs
     for doc in r.docs:
         if doc["kind"] in CRD_KINDS:

@@ -181,9 +181,7 @@ def test_network_policy_lets_the_nodes_reach_each_other_and_clients_only_amqp(
 
 def test_every_client_gets_every_nodes_address(major: str) -> None:
     r = render(major, *CLUSTER)
-    expected = ",".join(
-        f"amqp://ttg-rabbitmq-{i}.ttg-rabbitmq-headless:5672/%2F" for i in range(3)
-    )
+    expected = ",".join(f"amqp://ttg-rabbitmq-{i}.ttg-rabbitmq-headless:5672/%2F" for i in range(3))
     for kind, name in CLIENTS:
         (c,) = pod_spec(r, kind, name)["containers"]
         assert env_of(c)["TTG_BROKER_URL"]["value"] == expected, name

@@ -15,29 +15,26 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
-import urllib.request
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.chart.brokers import BrokerPod, free_port, rabbitmq_pod, redis_pod
+from tests.chart.brokers import BrokerPod, rabbitmq_pod, redis_pod
 from tests.chart.conftest import Rendered, render
 from tests.chart.pods import Pod
+from tests.chart.wiring import (
+    WORKER_IMAGE_ENV,
+    has_exporter,
+    http_get,
+    print_logs,
+    ttg_json,
+    ttg_pod,
+)
 from tests.helpers import ROOT, eventually
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.slow]
 
-#: What worker/Dockerfile sets with ENV, and its ENTRYPOINT (`ttg`, here from the venv).
-WORKER_IMAGE_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "TTG_LOG_FORMAT": "json",
-}
-WORKER_ENTRYPOINT = [sys.executable, "-m", "ttg"]
 RUN = "wiring-1"
 PARAMS, CHUNK_SIZE = 3000, 100
 CHUNKS = PARAMS // CHUNK_SIZE
@@ -45,69 +42,11 @@ CHUNKS = PARAMS // CHUNK_SIZE
 SERVICE_PORT = {"redis": 6379, "rabbitmq": 5672}
 
 
-@cache
-def has_exporter() -> bool:
-    """Whether this `ttg` has the `exporter` subcommand (docs/contract.md, landing with it)."""
-    proc = subprocess.run(
-        [*WORKER_ENTRYPOINT, "exporter", "--help"], capture_output=True, timeout=60, check=False
-    )
-    return proc.returncode == 0
-
-
 def test_worker_image_env_matches_the_dockerfile() -> None:
     dockerfile = (ROOT / "worker" / "Dockerfile").read_text()
     for key, value in WORKER_IMAGE_ENV.items():
         assert f"{key}={value}" in dockerfile, key
     assert 'ENTRYPOINT ["ttg"]' in dockerfile
-
-
-def ttg_pod(
-    rendered: Rendered, kind: str, name: str, *, broker: BrokerPod, backend: str, workdir: Path
-) -> Pod:
-    """A rendered pod of the worker image, its broker Service pointing at the local broker."""
-    doc = rendered.get(kind, name)
-    spec = doc["spec"] if kind == "Pod" else doc["spec"]["template"]["spec"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    service = f"ttg-{backend}:{SERVICE_PORT[backend]}"
-    return Pod(
-        rendered,
-        spec,
-        workdir,
-        name=workdir.name,
-        image_env=WORKER_IMAGE_ENV,
-        entrypoint=WORKER_ENTRYPOINT,
-        replace=[(service, f"127.0.0.1:{broker.port}")],
-        # Every pod has its own network namespace; here they share one.
-        env_overrides={"TTG_METRICS_PORT": str(free_port())},
-    )
-
-
-def ttg_json(pod: Pod, container: str, *args: str) -> dict[str, Any]:
-    """``ttg ARGS --json`` with a rendered container's environment (the helm test pod's)."""
-    proc = subprocess.run(
-        [*WORKER_ENTRYPOINT, *args, "--json"],
-        env=pod.env(container),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    try:
-        out: dict[str, Any] = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"ttg {args}: {proc.stdout!r} {proc.stderr!r}") from None
-    out["_exit"] = proc.returncode
-    return out
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return int(e.code), ""
-    except OSError:
-        return 0, ""
 
 
 def start_broker(rendered: Rendered, backend: str, tmp_path: Path) -> BrokerPod:
@@ -134,8 +73,13 @@ def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str) -
     broker = start_broker(rendered, backend, tmp_path)
 
     def pod_of(kind: str, name: str, pod_dir: str) -> Pod:
+        service = f"ttg-{backend}:{SERVICE_PORT[backend]}"
         return ttg_pod(
-            rendered, kind, name, broker=broker, backend=backend, workdir=tmp_path / pod_dir
+            rendered,
+            kind,
+            name,
+            addresses={service: f"127.0.0.1:{broker.port}"},
+            workdir=tmp_path / pod_dir,
         )
 
     try:
@@ -220,6 +164,4 @@ def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str) -
         for pod in pods:
             pod.stop(signal.SIGKILL)
         broker.stop()
-        # Shown by pytest only when the test failed.
-        for log in sorted(tmp_path.glob("*/*.log")):
-            print(f"--- {log.relative_to(tmp_path)}\n{log.read_text(errors='replace')[-3000:]}")  # noqa: T201
+        print_logs(tmp_path)
