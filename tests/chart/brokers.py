@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +79,15 @@ class ContainerExited(Exception):
 
 
 class BrokerPod:
-    """The rendered broker StatefulSet's pod, started locally; ``port`` is its AMQP/Redis port."""
+    """The rendered broker StatefulSet's pod, started locally; ``port`` is its AMQP/Redis port
+    (and ``management_port`` RabbitMQ's management UI's, when the chart enables it)."""
 
-    def __init__(self, pod: Pod, container: str, port: int) -> None:
+    def __init__(self, pod: Pod, container: str, port: int, management_port: int = 0) -> None:
         self.pod = pod
         self.container = container
         self.port = port
-        self.proc = None
+        self.management_port = management_port
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> BrokerPod:
         self.pod.run_init_containers()
@@ -109,23 +112,37 @@ def statefulset_pod_spec(rendered: Rendered, name: str) -> dict[str, object]:
 
 
 def rabbitmq_pod(
-    rendered: Rendered, workdir: Path, data: Path, *, sts: str = "ttg-rabbitmq"
+    rendered: Rendered,
+    workdir: Path,
+    data: Path,
+    *,
+    sts: str = "ttg-rabbitmq",
+    cluster_secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> BrokerPod:
-    """The rendered RabbitMQ pod on a free port, with ``data`` as its PersistentVolumeClaim."""
+    """The rendered RabbitMQ pod on a free port, with ``data`` as its PersistentVolumeClaim.
+
+    Its AMQP listener (plain or TLS) and its management UI's (plain or HTTPS)
+    move to free ports; ``cluster_secrets`` are Secrets the chart does not
+    render (an existingSecret, cert-manager's).
+    """
     if RABBITMQ_BIN is None:
         pytest.fail("rabbitmq-server not found: run `make tools` (installs it from Debian)")
-    port, prometheus, dist = free_port(), free_port(), free_port()
+    port, prometheus, dist, management = free_port(), free_port(), free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     pod = Pod(
         rendered,
         statefulset_pod_spec(rendered, sts),
         workdir,
         name=f"{sts}-0",
+        cluster_secrets=cluster_secrets,
         claims={"data": data},
         image_env=RABBITMQ_IMAGE_ENV,
         image_dirs={"/var/log/rabbitmq": workdir / "image-log"},
         replace=[
             ("listeners.tcp.default = 5672", f"listeners.tcp.default = 127.0.0.1:{port}"),
+            ("listeners.ssl.default = 5671", f"listeners.ssl.default = 127.0.0.1:{port}"),
+            ("management.tcp.port = 15672", f"management.tcp.port = {management}"),
+            ("management.ssl.port = 15671", f"management.ssl.port = {management}"),
             ("prometheus.tcp.port = 15692", f"prometheus.tcp.port = {prometheus}"),
             # The machine's own RabbitMQ may be rabbit@localhost: a name of our own.
             ("rabbit@localhost", f"ttg-{uuid.uuid4().hex[:8]}@localhost"),
@@ -134,13 +151,19 @@ def rabbitmq_pod(
         env_overrides={"RABBITMQ_DIST_PORT": str(dist)},
         path_prefix=[RABBITMQ_BIN],
     )
-    return BrokerPod(pod, "rabbitmq", port)
+    return BrokerPod(pod, "rabbitmq", port, management)
 
 
 def redis_pod(
-    rendered: Rendered, workdir: Path, data: Path, *, sts: str = "ttg-redis"
+    rendered: Rendered,
+    workdir: Path,
+    data: Path,
+    *,
+    sts: str = "ttg-redis",
+    cluster_secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> BrokerPod:
-    """The rendered Redis pod on a free port, with ``data`` as its PersistentVolumeClaim."""
+    """The rendered Redis pod on a free port (its config's and its probes' 6379), with
+    ``data`` as its PersistentVolumeClaim; ``cluster_secrets`` as for rabbitmq_pod."""
     if not shutil.which("redis-server"):
         pytest.fail("redis-server not found: run `make tools` (installs it from Debian)")
     port = free_port()
@@ -150,8 +173,9 @@ def redis_pod(
         statefulset_pod_spec(rendered, sts),
         workdir,
         name=f"{sts}-0",
+        cluster_secrets=cluster_secrets,
         claims={"data": data},
-        replace=[("bind * -::*", "bind 127.0.0.1"), ("port 6379", f"port {port}")],
+        replace=[("bind * -::*", "bind 127.0.0.1"), ("6379", str(port))],
     )
     return BrokerPod(pod, "redis", port)
 

@@ -567,9 +567,27 @@ def test_packaged_chart_holds_the_chart_and_nothing_else(major: str, tmp_path: P
     assert rendered(chart) == rendered(CHART)
 
 
-def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        (),
+        (
+            "rabbitmq.replicas=3",
+            "rabbitmq.managementUI.enabled=true",
+            "rabbitmq.tls.enabled=true",
+            "rabbitmq.tls.existingSecret=broker-tls",
+            "rabbitmq.tls.clientAuth.enabled=true",
+            "rabbitmq.tls.clientAuth.existingSecret=client-tls",
+        ),
+        ("rabbitmq.managementUI.enabled=true",),
+    ],
+    ids=["default", "cluster-tls-ui", "ui"],
+)
+def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(
+    major: str, settings: tuple[str, ...]
+) -> None:
     """3.13 is past community support; nothing rendered may be 3.x-only."""
-    r = render(major, "--set", "backend=rabbitmq")
+    r = render(major, "--set", "backend=rabbitmq", *[w for s in settings for w in ("--set", s)])
     sts = r.get("StatefulSet", "ttg-rabbitmq")["spec"]["template"]["spec"]
     for c in sts["containers"] + sts["initContainers"]:
         tag = c["image"].rsplit(":", 1)[1]
@@ -581,17 +599,38 @@ def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) ->
         if "=" in line and not line.lstrip().startswith("#")
     }
     # rabbitmq.conf keys RabbitMQ 4.x documents; 3.x-only ones (classic mirroring
-    # ha-* policies, mnesia tuning, management.load_definitions of 3.x form...) must not appear.
+    # ha-* policies, mnesia tuning, cluster_partition_handling, the pre-4.1
+    # cluster_formation.k8s.* peer discovery settings...) must not appear.
     known_4x = {
         "listeners.tcp.default",
+        "listeners.tcp",
+        "listeners.ssl.default",
+        "ssl_options.cacertfile",
+        "ssl_options.certfile",
+        "ssl_options.keyfile",
+        "ssl_options.verify",
+        "ssl_options.fail_if_no_peer_cert",
         "prometheus.tcp.port",
         "loopback_users",
         "log.console",
         "log.file",
         "consumer_timeout",
+        "cluster_formation.peer_discovery_backend",
+        "cluster_formation.target_cluster_size_hint",
+        "management.tcp.port",
+        "management.ssl.port",
+        "management.ssl.cacertfile",
+        "management.ssl.certfile",
+        "management.ssl.keyfile",
     }
     assert keys <= known_4x, keys - known_4x
-    assert conf["enabled_plugins"].strip() == "[rabbitmq_prometheus]."
+    plugins = conf["enabled_plugins"].strip().removeprefix("[").removesuffix("].").split(",")
+    assert plugins[0] == "rabbitmq_prometheus"
+    assert set(plugins) <= {
+        "rabbitmq_prometheus",
+        "rabbitmq_peer_discovery_k8s",
+        "rabbitmq_management",
+    }
 
 
 def pod_labels(doc: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,8 @@
 {{- /*
 ttg-rabbitmq.manifests renders every object of this chart from a context dict
-(Values, Release, fullname, labels, clients, imagePullSecrets), like ttg-redis.manifests: a named
-template so that the parent's one `backend` value decides whether it renders.
+(Values, Release, Capabilities, fullname, labels, clients, imagePullSecrets),
+like ttg-redis.manifests: a named template so that the parent's one `backend`
+value decides whether it renders.
 */ -}}
 {{- define "ttg-rabbitmq.selectorLabels" -}}
 app.kubernetes.io/name: rabbitmq
@@ -40,11 +41,23 @@ to the next address rather than waiting for the Service to drop the endpoint.
 {{- end }}
 {{- end }}
 
+{{- /* The AMQP port: 5671 (amqps) with TLS, which is then the only one; else 5672. */ -}}
+{{- define "ttg-rabbitmq.amqpPort" -}}
+{{- ternary 5671 5672 .Values.tls.enabled }}
+{{- end }}
+
+{{- /* The management UI's port: 15671 (HTTPS) with TLS, else 15672. */ -}}
+{{- define "ttg-rabbitmq.managementPort" -}}
+{{- ternary 15671 15672 .Values.tls.enabled }}
+{{- end }}
+
 {{- /* ttg-rabbitmq.clientUrl: TTG_BROKER_URL, comma-separated for a cluster (credentials come from the Secret). */ -}}
 {{- define "ttg-rabbitmq.clientUrl" -}}
+{{- $scheme := ternary "amqps" "amqp" .Values.tls.enabled }}
+{{- $port := include "ttg-rabbitmq.amqpPort" . }}
 {{- $urls := list }}
 {{- range splitList "\n" (include "ttg-rabbitmq.hosts" . | trim) }}
-{{- $urls = append $urls (printf "amqp://%s:5672/%%2F" .) }}
+{{- $urls = append $urls (printf "%s://%s:%s/%%2F" $scheme . $port) }}
 {{- end }}
 {{- join "," $urls }}
 {{- end }}
@@ -52,12 +65,18 @@ to the next address rather than waiting for the Service to drop the endpoint.
 {{- define "ttg-rabbitmq.plugins" -}}
 {{- $plugins := list "rabbitmq_prometheus" }}
 {{- if include "ttg-rabbitmq.clustered" . }}{{ $plugins = append $plugins "rabbitmq_peer_discovery_k8s" }}{{ end }}
+{{- if .Values.managementUI.enabled }}{{ $plugins = append $plugins "rabbitmq_management" }}{{ end }}
 {{- printf "[%s]." (join "," $plugins) }}
 {{- end }}
 
 {{- define "ttg-rabbitmq.manifests" -}}
 {{- $secretName := include "ttg-rabbitmq.secretName" . }}
 {{- $clustered := include "ttg-rabbitmq.clustered" . }}
+{{- $tls := .Values.tls }}
+{{- $amqpPort := include "ttg-rabbitmq.amqpPort" . | int }}
+{{- $amqpName := ternary "amqps" "amqp" $tls.enabled }}
+{{- $managementPort := include "ttg-rabbitmq.managementPort" . | int }}
+{{- include "ttg-rabbitmq.certificates" . }}
 {{- if not .Values.auth.existingSecret }}
 {{- /* Generated once; later upgrades reuse the stored password (lookup), so it survives `helm upgrade`. */}}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
@@ -96,7 +115,24 @@ metadata:
     {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
 data:
   rabbitmq.conf: |
+    {{- if $tls.enabled }}
+    # TLS only: no plaintext AMQP listener.
+    listeners.tcp = none
+    listeners.ssl.default = {{ $amqpPort }}
+    ssl_options.cacertfile = /tls/ca.crt
+    ssl_options.certfile = /tls/tls.crt
+    ssl_options.keyfile = /tls/tls.key
+    {{- if $tls.clientAuth.enabled }}
+    # Mutual TLS: only clients with a certificate the CA in ca.crt signed.
+    ssl_options.verify = verify_peer
+    ssl_options.fail_if_no_peer_cert = true
+    {{- else }}
+    ssl_options.verify = verify_none
+    ssl_options.fail_if_no_peer_cert = false
+    {{- end }}
+    {{- else }}
     listeners.tcp.default = 5672
+    {{- end }}
     prometheus.tcp.port = 15692
     loopback_users = none
     # Logs go to stdout only: the root filesystem is read-only.
@@ -115,6 +151,17 @@ data:
     cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s
     cluster_formation.target_cluster_size_hint = {{ int .Values.replicas }}
     {{- end }}
+    {{- if .Values.managementUI.enabled }}
+    # The management UI (log in with the Secret's username and password).
+    {{- if $tls.enabled }}
+    management.ssl.port = {{ $managementPort }}
+    management.ssl.cacertfile = /tls/ca.crt
+    management.ssl.certfile = /tls/tls.crt
+    management.ssl.keyfile = /tls/tls.key
+    {{- else }}
+    management.tcp.port = {{ $managementPort }}
+    {{- end }}
+    {{- end }}
     {{- with .Values.extraConfig }}
     {{- . | nindent 4 }}
     {{- end }}
@@ -132,12 +179,17 @@ spec:
   selector:
     {{- include "ttg-rabbitmq.selectorLabels" . | nindent 4 }}
   ports:
-    - name: amqp
-      port: 5672
-      targetPort: amqp
+    - name: {{ $amqpName }}
+      port: {{ $amqpPort }}
+      targetPort: {{ $amqpName }}
     - name: prometheus
       port: 15692
       targetPort: prometheus
+    {{- if .Values.managementUI.enabled }}
+    - name: management
+      port: {{ $managementPort }}
+      targetPort: management
+    {{- end }}
 ---
 apiVersion: v1
 kind: Service
@@ -155,8 +207,8 @@ spec:
       port: 4369
     - name: dist
       port: 25672
-    - name: amqp
-      port: 5672
+    - name: {{ $amqpName }}
+      port: {{ $amqpPort }}
 ---
 apiVersion: apps/v1
 kind: StatefulSet
@@ -302,14 +354,17 @@ spec:
             - name: RABBITMQ_ENABLED_PLUGINS_FILE
               value: /etc/rabbitmq/enabled_plugins
           ports:
-            - {name: amqp, containerPort: 5672}
+            - {name: {{ $amqpName }}, containerPort: {{ $amqpPort }}}
             - {name: prometheus, containerPort: 15692}
+            {{- if .Values.managementUI.enabled }}
+            - {name: management, containerPort: {{ $managementPort }}}
+            {{- end }}
             {{- if $clustered }}
             - {name: epmd, containerPort: 4369}
             - {name: dist, containerPort: 25672}
             {{- end }}
           startupProbe:
-            tcpSocket: {port: amqp}
+            tcpSocket: {port: {{ $amqpName }}}
             periodSeconds: 5
             failureThreshold: 60
           livenessProbe:
@@ -318,7 +373,7 @@ spec:
             periodSeconds: 30
             timeoutSeconds: 20
           readinessProbe:
-            tcpSocket: {port: amqp}
+            tcpSocket: {port: {{ $amqpName }}}
             periodSeconds: 5
           resources:
             {{- toYaml .Values.resources | nindent 12 }}
@@ -331,6 +386,9 @@ spec:
             - {name: data, mountPath: /var/lib/rabbitmq}
             - {name: config, mountPath: /etc/rabbitmq, readOnly: true}
             - {name: tmp, mountPath: /tmp}
+            {{- if $tls.enabled }}
+            - {name: tls, mountPath: /tls, readOnly: true}
+            {{- end }}
       volumes:
         - name: config-template
           configMap:
@@ -339,6 +397,13 @@ spec:
           emptyDir: {}
         - name: tmp
           emptyDir: {}
+        {{- if $tls.enabled }}
+        # tls.crt, tls.key, ca.crt; group-readable for the fsGroup, nobody else.
+        - name: tls
+          secret:
+            secretName: {{ include "ttg-rabbitmq.tlsSecretName" . }}
+            defaultMode: 0440
+        {{- end }}
         {{- if not .Values.persistence.enabled }}
         - name: data
           emptyDir: {}
@@ -393,7 +458,7 @@ spec:
             matchLabels:
               {{- toYaml .clients | nindent 14 }}
       ports:
-        - {port: amqp, protocol: TCP}
+        - {port: {{ $amqpName }}, protocol: TCP}
     # Prometheus may live in any namespace: scrapes of the metrics port only.
     - ports:
         - {port: prometheus, protocol: TCP}
@@ -409,6 +474,14 @@ spec:
         - {port: 4369, protocol: TCP}
         - {port: 25672, protocol: TCP}
         - {port: 6000, endPort: 6500, protocol: TCP}
+    {{- end }}
+    {{- if and .Values.managementUI.enabled .Values.managementUI.allowFrom }}
+    # The management UI, from where managementUI.allowFrom says (kubectl
+    # port-forward needs no rule: it reaches the pod from its own node).
+    - from:
+        {{- toYaml .Values.managementUI.allowFrom | nindent 8 }}
+      ports:
+        - {port: management, protocol: TCP}
     {{- end }}
 {{- end }}
 {{- end }}
