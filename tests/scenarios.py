@@ -52,8 +52,8 @@ class ClusterHarness(Harness, Protocol):
     def kill_broker_node(self) -> str:
         """SIGKILL one broker node, the one serving the most TTG connections; its name.
 
-        Returns at once: the node is down, and comes back (as the kubelet
-        restarts a container) only when the harness says so.
+        Returns once the node is killed, without waiting for it to come back
+        (on Kubernetes the kubelet restarts it; a local harness when told to).
         """
         ...
 
