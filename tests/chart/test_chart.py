@@ -15,6 +15,7 @@ import yaml
 
 from tests.chart.conftest import (
     ALL_APIS,
+    CERT_MANAGER_API,
     CHART,
     CRD_KINDS,
     SCENARIO_DIR,
@@ -121,10 +122,29 @@ LONGEST_RELEASE = "sweeps-of-the-materials-science-group-in-eu-west-1-xy"
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
+TLS_EVERYTHING = (
+    "tls.enabled=true",
+    "tls.clientAuth.enabled=true",
+    "tls.certManager.issuerRef.name=ca-issuer",
+)
+
+
 @pytest.mark.parametrize(
     ("backend", "extra"),
-    [("redis", ()), ("rabbitmq", ()), ("rabbitmq", ("--set", "rabbitmq.replicas=3"))],
-    ids=["redis", "rabbitmq", "rabbitmq-cluster"],
+    [
+        ("redis", ()),
+        ("rabbitmq", ()),
+        ("rabbitmq", ("--set", "rabbitmq.replicas=3")),
+        ("redis", tuple(w for s in TLS_EVERYTHING for w in ("--set", f"redis.{s}"))),
+        (
+            "rabbitmq",
+            (
+                *("--set", "rabbitmq.replicas=3", "--set", "rabbitmq.managementUI.enabled=true"),
+                *(w for s in TLS_EVERYTHING for w in ("--set", f"rabbitmq.{s}")),
+            ),
+        ),
+    ],
+    ids=["redis", "rabbitmq", "rabbitmq-cluster", "redis-tls", "rabbitmq-cluster-tls-ui"],
 )
 @pytest.mark.parametrize("release", [LONGEST_RELEASE, f"ttg-{LONGEST_RELEASE[4:]}"])
 def test_names_stay_valid_dns_labels_for_the_longest_release_name(
@@ -141,10 +161,15 @@ def test_names_stay_valid_dns_labels_for_the_longest_release_name(
         *extra,
         "-f",
         str(CHART / "ci/everything-values.yaml"),
-        *[f"--api-versions={a}" for a in ALL_APIS],
+        *[f"--api-versions={a}" for a in (*ALL_APIS, CERT_MANAGER_API)],
     )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    for cert in (d["spec"] for d in docs if d["kind"] == "Certificate"):
+        # What an X.509 certificate holds: names of at most 253, labels of 63, a CN of 64.
+        for name in cert.get("dnsNames", []):
+            assert len(name) <= 253 and all(len(label) <= 63 for label in name.split(".")), name
+        assert len(cert.get("commonName", "")) <= 64, cert
     seen = set()
     for d in docs:
         kind, name = d["kind"], d["metadata"]["name"]

@@ -106,3 +106,15 @@ def test_schema_rejects_bad_ui_values_naming_the_field(
     proc = run_helm(major, "template", "ttg", str(CHART), *UI, "--set", setting)
     assert proc.returncode != 0, setting
     assert field in proc.stderr, proc.stderr
+
+
+def test_notes_tell_how_to_reach_the_ui_only_when_it_is_on() -> None:
+    def notes(*args: str) -> str:
+        proc = run_helm("helm4", "install", "ttg", str(CHART), "--dry-run=client", *args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split("NOTES:", 1)[1]
+
+    on = notes(*UI)
+    assert "port-forward svc/ttg-rabbitmq 15672" in on and "http://localhost:15672" in on
+    assert "Secret ttg-rabbitmq" in on
+    assert "port-forward" not in notes("--set", "backend=rabbitmq")
