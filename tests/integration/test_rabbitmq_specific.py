@@ -57,8 +57,18 @@ def test_progress_of_a_finished_million_parameter_run_costs_no_memory_per_result
         batch = c.fetch(0.5, 64)
         c.complete(
             [
-                (d, Outcome(d.chunk, Status.OK, d.hi - d.lo, "filler", d.attempt, time.time(),
-                            [x * x for x in range(d.lo, d.hi)]))  # fmt: skip
+                (
+                    d,
+                    Outcome(
+                        d.chunk,
+                        Status.OK,
+                        d.hi - d.lo,
+                        "filler",
+                        d.attempt,
+                        time.time(),
+                        [x * x for x in range(d.lo, d.hi)],
+                    ),
+                )  # fmt: skip
                 for d in batch
             ]
         )
