@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import BackendEnv, ConsumerFactory, backend_env
 from tests.helpers import ROOT
 from ttg import compute
-from ttg.run import Outcome, RunSpec, Status
+from ttg.run import Delivery, Outcome, RunSpec, Status
 from ttg.space import RangeSpace
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,11 @@ before = rss_kib()
 p = reader.progress(run)
 print(p.done, p.done_params, rss_kib() - before)
 """
+
+
+def squares(d: Delivery) -> Outcome:
+    result = [x * x for x in range(d.lo, d.hi)]
+    return Outcome(d.chunk, Status.OK, d.hi - d.lo, "filler", d.attempt, time.time(), result)
 
 
 @pytest.fixture
