@@ -323,8 +323,13 @@ def test_progress_lists_chunks_in_flight_with_their_worker(
     broker.seed(make_spec(run_id, params=30))
     c = new_consumer(broker, "holder")
     d = fetch_one(c, run_id)
-    flights = eventually(lambda: broker.progress(run_id).in_flight, what="in_flight listed")
-    assert [(f.chunk, f.worker) for f in flights] == [(d.chunk, "holder")]
+
+    def listed() -> list[tuple[int, str]]:
+        # A consumer may hold more than it handed out (read ahead, a group of chunks)
+        # for a moment; what stays listed is the chunk the worker holds.
+        return [(f.chunk, f.worker) for f in broker.progress(run_id).in_flight]
+
+    eventually(lambda: listed() == [(d.chunk, "holder")], what="the held chunk listed alone")
     assert eventually(lambda: broker.progress(run_id).workers, what="a live worker") >= 1
 
 
