@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -133,7 +132,9 @@ def test_second_signal_exits_at_once(
     )
 
     workers.kill(only, signal.SIGTERM)
-    time.sleep(0.3)
+    # The second signal only once the first is being handled: the shutdown has begun.
+    log = workers.log_dir / f"{only}.log"  # type: ignore[operator]
+    eventually(lambda: "finishing the chunk in hand" in log.read_text(), what="shutdown begun")
     workers.kill(only, signal.SIGTERM)
 
     assert workers.wait(only, timeout=5) == 1
@@ -183,6 +184,25 @@ def test_transient_error_is_retried_then_kept_with_its_error(
     assert report["failed"] == 3, report
     (bad,) = [r for r in parameter_rows(backend, run_id) if r["status"] != "ok"]
     assert bad["index"] == 13 and bad["attempt"] == 3 and "ConnectionError" in bad["error"]
+
+
+def test_max_deliveries_belong_to_the_run_not_to_the_workers(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    # One owner per setting: a run seeded with 2 deliveries keeps 2, whatever a
+    # worker's environment says (a chart once set it on every worker).
+    seed(
+        backend, run_id, "--params", "20", "--chunk-size", "10",
+        "--compute", "tests.computes:flaky_on_13", "--max-deliveries", "2",
+    )  # fmt: skip
+    workers.start(1, TTG_MAX_DELIVERIES="5", TTG_RETRY_DELAY_SECONDS="0.05")
+
+    scenarios.wait_complete(harness, run_id, timeout=60)
+
+    report = scenarios.assert_verified(harness, run_id, allow_failed=True)
+    assert report["failed"] == 2 and report["errors"] == 1, report
+    (bad,) = [r for r in chunk_rows(backend, run_id) if r["status"] != "ok"]
+    assert bad["attempt"] == 2, bad
 
 
 def test_chunk_that_kills_its_worker_ends_in_the_dead_letters(

@@ -149,20 +149,37 @@ def test_a_second_result_is_a_visible_duplicate_that_changes_no_total(
     broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
-    c = new_consumer(broker, "c1")
-    d = fetch_one(c, run_id)
-    assert counted(complete(c, d))
-    # A zombie presumed dead finishes the same chunk later, with its own later delivery.
-    zombie = Delivery(d.spec, d.chunk, d.attempt + 1, d.handle)
-    assert complete(c, zombie, ok(zombie, "zombie", [0] * 10)) in (
-        Recorded.DUPLICATE,
-        Recorded.RECORDED,
-    )
+    c = new_consumer(broker, "c1", lease=1.0)
+    first = fetch_one(c, run_id)
+    # Given up on (as if its worker were presumed dead): the chunk is delivered again.
+    c.abandon(first)
+    again = fetch_one(c, run_id, timeout=15)
+    assert again.chunk == first.chunk and again.attempt == first.attempt + 1
+    assert counted(complete(c, again))
+    # The first delivery's holder finishes after all (a zombie): a visible duplicate.
+    late = complete(c, first, ok(first, "zombie", [0] * 10))
+    assert late in (Recorded.DUPLICATE, Recorded.RECORDED), late
     p = broker.progress(run_id)
     assert (p.done, p.done_params, p.duplicates) == (1, 10, 1)
     (only,) = list(broker.ledger(run_id))
-    assert only.worker == "c1" and only.result == [x * x for x in range(10)]
+    assert only.worker == "c1" and only.attempt == again.attempt
+    assert only.result == [x * x for x in range(10)]
     assert verify(broker, run_id)["ok"]
+
+
+def test_the_same_worker_recording_a_chunk_on_another_delivery_is_a_duplicate(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # Same worker, another delivery (attempt): not the same record sent again.
+    broker.seed(make_spec(run_id, params=10))
+    c = new_consumer(broker, "c1", lease=1.0)
+    first = fetch_one(c, run_id)
+    c.abandon(first)
+    again = fetch_one(c, run_id, timeout=15)
+    assert counted(complete(c, again))
+    complete(c, first)
+    p = broker.progress(run_id)
+    assert (p.done, p.duplicates) == (1, 1), p
 
 
 def test_retry_waits_for_its_delay_and_counts_the_attempt(

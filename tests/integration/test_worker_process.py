@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, eventually, ttg, ttg_json
-from ttg.local import LocalWorkers, free_port
+from ttg.local import LocalWorkers, RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,10 @@ def test_worker_is_alive_but_not_ready_while_its_broker_is_away(tmp_path: Path) 
 def test_json_logs_are_one_object_per_line(
     backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
 ) -> None:
-    seed(backend, run_id, "--params", "100", "--chunk-size", "50")
+    seed(
+        backend, run_id, "--params", "100", "--chunk-size", "50",
+        "--compute", "tests.computes:explode_on_13",
+    )  # fmt: skip
     (name,) = workers.start(1)
     eventually(
         lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"], what="done"
@@ -144,6 +147,11 @@ def test_json_logs_are_one_object_per_line(
     records = [json.loads(line) for line in lines]
     assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     assert any(r["msg"] == f"worker {name} started" for r in records)
+    # A line about a chunk carries which one as fields, for log search, not only in text.
+    (about,) = [r for r in records if "parameter errors" in r["msg"]]
+    assert (about["run"], about["chunk"], about["worker"], about["attempt"]) == (
+        run_id, 0, name, 1
+    ), about  # fmt: skip
 
 
 def test_status_watch_follows_the_run_to_completion(
@@ -202,6 +210,31 @@ def test_results_export_one_row_per_parameter_with_its_grid_values(
     assert [json.loads(line)["chunk"] for line in chunks.splitlines()] == [0, 1]
     missing = ttg("results", "--run", "no-such-run", env=backend.env)
     assert missing.returncode == 2 and "no run" in missing.stderr
+
+
+def test_demo_stops_with_one_line_when_every_worker_exited() -> None:
+    # Workers that cannot start (a bad setting they read, the demo does not): waiting
+    # for the run would never end; the demo says so and where the logs are.
+    proc = ttg("demo", "--params", "200", env={"TTG_PREFETCH": "lots"}, timeout=120)
+    assert proc.returncode == 1, proc
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ttg: error: all 2 workers exited before the run completed"), last
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_credentials_are_exit_4_in_one_line(
+    request: pytest.FixtureRequest, backend: BackendEnv
+) -> None:
+    if backend.name == "redis":
+        server = RedisServer(password="right").start()  # noqa: S106 - a test server
+        request.addfinalizer(server.stop)
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+    else:
+        url = backend.url.replace("guest:guest@", "guest:wrong@")
+    proc = ttg("status", "--run", "r1", env={"TTG_BACKEND": backend.name, "TTG_BROKER_URL": url})
+    assert proc.returncode == 4, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused our credentials" in lines[0], proc.stderr
 
 
 def test_demo_kills_a_worker_and_verifies_the_run() -> None:
