@@ -46,6 +46,25 @@ DASHBOARD_VARIABLES = {
     "__rate_interval": "1m",
     "datasource": "prometheus",
 }
+#: The dashboard's panels: per run from the exporter, per worker from the workers.
+RUN_PANELS = {
+    "Run state",
+    "Progress",
+    "ETA",
+    "Chunks finished /s",
+    "Parameters computed /s",
+    "Queue depth",
+    "Live workers per run",
+    "Failed chunks",
+    "Redeliveries, duplicates, malformed messages, compute errors",
+}
+WORKER_PANELS = {
+    "Chunk duration p50 / p95 per run",
+    "Chunk duration p95 per worker",
+    "Chunks completed /s per worker",
+    "Chunks in flight per worker",
+    "Broker reachable",
+}
 #: A series selector in PromQL: metric name, then its matchers.
 SELECTOR = re.compile(r"\b(ttg_\w+)\{([^}]*)\}")
 
@@ -207,24 +226,3 @@ def test_dashboard_is_well_formed() -> None:
     assert all("ttg_run_" in exprs[t] for t in exprs if t in RUN_PANELS), exprs
     assert all("ttg_run_" not in exprs[t] for t in exprs if t in WORKER_PANELS), exprs
     assert set(exprs) == RUN_PANELS | WORKER_PANELS
-
-
-#: The dashboard's panels: per run from the exporter, per worker from the workers.
-RUN_PANELS = {
-    "Run state",
-    "Progress",
-    "ETA",
-    "Chunks finished /s",
-    "Parameters computed /s",
-    "Queue depth",
-    "Live workers per run",
-    "Failed chunks",
-    "Redeliveries, duplicates, malformed messages, compute errors",
-}
-WORKER_PANELS = {
-    "Chunk duration p50 / p95 per run",
-    "Chunk duration p95 per worker",
-    "Chunks completed /s per worker",
-    "Chunks in flight per worker",
-    "Broker reachable",
-}
