@@ -36,9 +36,10 @@ $(HELM3):
 	bash ci/ensure-helm 3 $(TOOLS) helm3
 
 .PHONY: tools
-tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv), brokers, chromium
+tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv), brokers, chromium, prometheus
 	@bash ci/ensure-brokers.sh
 	@bash ci/ensure-chromium.sh
+	@bash ci/ensure-prometheus.sh
 
 .PHONY: test
 test: tools ## run every test that can run here (unit, integration, fault, chart; e2e skips without a cluster)
