@@ -12,6 +12,10 @@ HELM3   := $(TOOLS)/helm3
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
 PYTEST_ARGS ?=
+# Extra arguments of bench/run.py and bench/peers.py, e.g. BENCH_ARGS="--quick --backend redis".
+BENCH_ARGS  ?=
+# The peer benchmark's own venv: Dramatiq lives there, never in TTG's dependencies.
+BENCH_VENV  := .bench-venv
 
 .PHONY: help
 help: ## list the targets
@@ -21,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: worker/pyproject.toml requirements-dev.txt examples/sweep-sim/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo,report]' -e examples/sweep-sim -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -e examples/sweep-sim -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv
@@ -50,8 +54,20 @@ demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SI
 	$(VENV)/bin/ttg demo --params 20000 --workers 2 --work-ms 40 --kill-at 0.3
 
 .PHONY: bench
-bench: venv ## print throughput, recovery and seeding figures (Redis; RabbitMQ when present)
-	$(PY) bench/run.py
+bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, scale (BENCH_ARGS=--quick)
+	@bash ci/ensure-brokers.sh
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+$(BENCH_VENV)/.installed: bench/requirements-peers.txt
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements-peers.txt
+	touch $@
+
+.PHONY: bench-peers
+bench-peers: venv $(BENCH_VENV)/.installed ## TTG beside Dramatiq, same brokers, interleaved, 3 repetitions
+	@bash ci/ensure-brokers.sh
+	$(PY) bench/peers.py --peer-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 
 .PHONY: lock
 lock: ## regenerate worker/requirements.lock (hash-pinned deps of the worker image) after a dependency change
@@ -59,7 +75,7 @@ lock: ## regenerate worker/requirements.lock (hash-pinned deps of the worker ima
 
 .PHONY: clean
 clean: ## remove .venv, .tools and caches
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .tools .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: kind-up
 kind-up: tools ## Kind cluster (1+3 nodes) with the worker image loaded and TTG installed (BACKEND=redis|rabbitmq)

@@ -153,15 +153,15 @@ def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str) -
             exporter = pod_of("Deployment", "ttg-exporter", "exporter")
             pods.append(exporter)
             exporter.start("exporter")
-            port = int(exporter.env("exporter")["TTG_METRICS_PORT"])
+            exporter_port = int(exporter.env("exporter")["TTG_METRICS_PORT"])
             eventually(
-                lambda: exporter.http_probe("exporter", "readinessProbe", port) == 200,
+                lambda: exporter.http_probe("exporter", "readinessProbe", exporter_port) == 200,
                 timeout=120,
                 what="the exporter ready",
             )
 
             def queue() -> dict[str, Any]:
-                status, body = http_get(port, "/api/queue")
+                status, body = http_get(exporter_port, "/api/queue")
                 assert status == 200, status
                 return dict(json.loads(body))
 
@@ -208,7 +208,7 @@ def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str) -
                 rf'^ttg_run_chunks_done\{{[^}}]*run="{RUN}"[^}}]*\}} {CHUNKS}(\.0)?$', re.MULTILINE
             )
             eventually(
-                lambda: done_series.search(http_get(port, "/metrics")[1]),
+                lambda: done_series.search(http_get(exporter_port, "/metrics")[1]),
                 timeout=60,
                 what=f"the exporter's ttg_run_chunks_done reaches {CHUNKS}",
             )

@@ -10,6 +10,7 @@ errors) is reported as such and is not a success unless the caller allows it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ def status_report(p: Progress, rate: float | None = None) -> dict[str, Any]:
     if p.malformed:
         warnings.append(f"{p.malformed} task messages could not be read (see recent_errors)")
     return {
+        "ts": round(time.time(), 3),
         "run": p.run,
         "state": p.state,
         "control": p.control,

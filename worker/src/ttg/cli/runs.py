@@ -13,7 +13,7 @@ from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
 from ttg.cli import progress as bars
-from ttg.errors import UsageError
+from ttg.errors import RunNotFound, UsageError
 from ttg.metrics import RateMeter
 from ttg.results import (
     AGGREGATES,
@@ -92,8 +92,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     meter = RateMeter(halflife=5.0)
     bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
+    waiting = False
     while True:
-        p = broker.progress(args.run)
+        try:
+            p = broker.progress(args.run)
+        except RunNotFound:
+            # Watching a run about to be seeded (`ttg seed ... & ttg status --watch`).
+            if not waiting:
+                waiting = True
+                print(f"ttg: waiting for run {args.run} to be seeded", file=sys.stderr)
+            time.sleep(args.interval)
+            continue
         report = status_report(p, meter.update(p.finished))
         if args.json:
             print(bars.as_json(report), flush=True)
@@ -203,9 +212,7 @@ def write_run_report(broker: Broker, run: str, path: str) -> ReportSummary:
         )
         for o in broker.ledger(run)
     )
-    return write_report(
-        Path(path), run=run, verify=verdict, chunks=rows, events=broker.events(run)
-    )
+    return write_report(Path(path), run=run, verify=verdict, chunks=rows, events=broker.events(run))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -331,7 +338,11 @@ def add_parsers(command: Command) -> None:
     )
 
     p = with_run(command("status", cmd_status, "progress of a run", *conn))
-    p.add_argument("--watch", action="store_true", help="live progress until the run completes")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="live progress until the run completes (waits for a run not seeded yet)",
+    )
     p.add_argument(
         "--interval",
         type=float_at_least(0.1),

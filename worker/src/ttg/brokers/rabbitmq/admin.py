@@ -195,7 +195,9 @@ class RabbitMQBroker(Broker):
         if self._runs_tail is None:
             self._pub.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
             self._runs_tail = StreamTail(self._conn, RUNS, self._fold_run)
-        self._runs_tail.sync(self._pub)
+        # Exact on the first read; incremental after (a barrier per call would be a
+        # write per `ttg status --watch` tick).
+        self._runs_tail.sync(None if self._runs_tail.caught_up else self._pub)
 
     @translated
     def runs(self) -> list[str]:
@@ -319,7 +321,8 @@ class RabbitMQBroker(Broker):
                 if held and held[0] in wanted:
                     seen.setdefault(int(held[0]), []).append((t, worker))
         out = []
-        for e in events:
+        for event in events:
+            e = event
             if e.kind == "redelivered" and e.previous_worker is None and e.chunk is not None:
                 before = [w for t, w in seen.get(e.chunk, ()) if t <= e.t and w != e.worker]
                 silent = sorted(

@@ -369,21 +369,39 @@ class RabbitMQConsumer(IOThread, Consumer):
                 log.error("run %s was deleted: %d outcomes dropped", run, len(indexes))
                 for i in indexes:
                     out[i] = Recorded.GONE
-            for i in indexes:
-                self._ack(items[i][0])
+        self._ack_all([d for d, _ in items])
         return out
 
     def _ack(self, d: Delivery) -> None:
-        # No snapshot for an ack: readers drop chunks that have an outcome, and a
-        # snapshot taken between two chunks would show this worker holding nothing.
-        self._held.get(d.run, {}).pop(d.chunk, None)
-        if d.handle is None or d.handle.generation != self.generation:
-            return  # its connection is gone: RabbitMQ requeued it already
-        consumer_tag = self._unacked.pop(d.handle.tag, None)
-        if consumer_tag is None:
-            return  # settled before (a record sent again): a second ack would close the channel
-        self._ch.basic_ack(d.handle.tag)
-        self._forget_unacked(consumer_tag)
+        self._ack_all([d])
+
+    def _ack_all(self, ds: Sequence[Delivery]) -> None:
+        """Acknowledge ``ds``: one ``multiple`` ack when every earlier delivery is settled too.
+
+        On a quorum queue each acknowledgement is a command of the queue's log;
+        one ack for a whole batch is three times cheaper than one per delivery.
+        """
+        tags = []
+        for d in ds:
+            # No snapshot for an ack: readers drop chunks that have an outcome, and a
+            # snapshot taken between two chunks would show this worker holding nothing.
+            self._held.get(d.run, {}).pop(d.chunk, None)
+            if d.handle is None or d.handle.generation != self.generation:
+                continue  # its connection is gone: RabbitMQ requeued it already
+            consumer_tag = self._unacked.pop(d.handle.tag, None)
+            if consumer_tag is None:
+                continue  # settled before (a record sent again): a second ack closes the channel
+            self._forget_unacked(consumer_tag)
+            tags.append(d.handle.tag)
+        if not tags:
+            return
+        top = max(tags)
+        # Delivery tags grow with each delivery, and _unacked keeps them in that order.
+        if not self._unacked or next(iter(self._unacked)) > top:
+            self._ch.basic_ack(top, multiple=True)
+        else:
+            for tag in tags:
+                self._ch.basic_ack(tag)
 
     def _forget_unacked(self, consumer_tag: str) -> None:
         for sub in self._subscribed.values():

@@ -1,0 +1,32 @@
+"""The benchmark's workload, identical for TTG and its peers.
+
+Parameter p in 0..N-1 maps to ``(p * 2654435761) % 1000003`` (Knuth's
+multiplicative hash, reduced): integer work of a few hundred nanoseconds, so
+the figures measure the queue, not the compute. Workers import it as
+``bench_workload:knuth`` (``bench/`` on their PYTHONPATH, the module in
+``TTG_COMPUTE_ALLOW``); Dramatiq's actor in ``peer_dramatiq`` calls the same
+function.
+"""
+
+from __future__ import annotations
+
+import functools
+
+#: The compute name a TTG run records.
+COMPUTE = "bench_workload:knuth"
+#: The module prefix workers must allow (TTG_COMPUTE_ALLOW).
+MODULE = "bench_workload"
+
+MULTIPLIER = 2654435761
+MODULUS = 1000003
+
+
+def knuth(p: int) -> int:
+    """The result of parameter ``p``."""
+    return (p * MULTIPLIER) % MODULUS
+
+
+@functools.cache
+def total(params: int) -> int:
+    """Sum of every result of a run over 0..params-1: what a correct result set adds up to."""
+    return sum((p * MULTIPLIER) % MODULUS for p in range(params))
