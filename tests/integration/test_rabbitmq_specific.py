@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import BackendEnv, ConsumerFactory, backend_env
 from tests.helpers import ROOT
 from ttg import compute
-from ttg.run import Outcome, RunSpec, Status
+from ttg.run import Delivery, Outcome, RunSpec, Status
 from ttg.space import RangeSpace
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,11 @@ print(p.done, p.done_params, rss_kib() - before)
 """
 
 
+def squares(d: Delivery) -> Outcome:
+    result = [x * x for x in range(d.lo, d.hi)]
+    return Outcome(d.chunk, Status.OK, d.hi - d.lo, "filler", d.attempt, time.time(), result)
+
+
 @pytest.fixture
 def backend(rabbitmq_node: object) -> Iterator[BackendEnv]:
     yield from backend_env("rabbitmq", rabbitmq_node)  # type: ignore[arg-type]
@@ -55,13 +60,7 @@ def test_progress_of_a_finished_million_parameter_run_costs_no_memory_per_result
     deadline = time.monotonic() + 300
     while done < spec.total_chunks and time.monotonic() < deadline:
         batch = c.fetch(0.5, 64)
-        c.complete(
-            [
-                (d, Outcome(d.chunk, Status.OK, d.hi - d.lo, "filler", d.attempt, time.time(),
-                            [x * x for x in range(d.lo, d.hi)]))  # fmt: skip
-                for d in batch
-            ]
-        )
+        c.complete([(d, squares(d)) for d in batch])
         done += len(batch)
     assert done == spec.total_chunks
 

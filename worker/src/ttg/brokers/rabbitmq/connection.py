@@ -142,9 +142,13 @@ def _ssl_options(url: str, tls: TLS) -> pika.SSLOptions:
 
 
 def parameters(
-    urls: str, tls: TLS, heartbeat: int, *, blocked_timeout: float = 60
+    urls: str, tls: TLS, heartbeat: int, *, blocked_timeout: float = 60, name: str | None = None
 ) -> list[pika.URLParameters]:
     """Connection parameters for each of the comma-separated ``urls`` (a cluster's nodes).
+
+    ``heartbeat`` is what we ask for; pika keeps the client's value, so it is
+    what the connection gets (RabbitMQ's own ``heartbeat`` setting is only a
+    proposal). ``name`` labels the connection in RabbitMQ's tools.
 
     Raises:
         UsageError: a URL is malformed.
@@ -163,6 +167,9 @@ def parameters(
         params.blocked_connection_timeout = blocked_timeout
         params.connection_attempts = 1
         params.socket_timeout = 5
+        if name:
+            # Shown by `rabbitmqctl list_connections client_properties` and the UI.
+            params.client_properties = {"connection_name": name}
         out.append(params)
     if not out:
         raise UsageError("broker URL is empty")

@@ -70,7 +70,10 @@ class RabbitMQConsumer(IOThread, Consumer):
     ) -> None:
         # Heartbeats near the lease: a partitioned worker is dropped (and its
         # chunks requeued) after about two intervals; a crashed one at once.
-        super().__init__(parameters(url, tls, max(1, round(lease_seconds))), "ttg-amqp-io")
+        super().__init__(
+            parameters(url, tls, max(1, round(lease_seconds)), name=f"ttg worker {name}"),
+            "ttg-amqp-io",
+        )
         self.name = name
         self.cap = prefetch
         self.read_ahead = 1
