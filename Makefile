@@ -21,10 +21,11 @@ BENCH_VENV  := .bench-venv
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: worker/pyproject.toml requirements-dev.txt
+# The example compute package (examples/sweep-sim) too: its tests run it in real workers.
+$(VENV)/.installed: worker/pyproject.toml requirements-dev.txt examples/sweep-sim/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -e examples/sweep-sim -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv
