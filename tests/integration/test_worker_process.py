@@ -212,6 +212,24 @@ def test_results_export_one_row_per_parameter_with_its_grid_values(
     assert missing.returncode == 2 and "no run" in missing.stderr
 
 
+def test_demo_runs_your_own_compute_over_your_space() -> None:
+    proc = ttg(
+        "demo", "--space", "range:10:20", "--chunk-size", "2", "--work-ms", "0",
+        "--compute", "tests.computes:explode_on_13", "--compute-allow", "tests", "--json",
+        env={}, timeout=180,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    # Parameter 13 raises: the run completes with that one error, and the demo says so.
+    assert proc.returncode == 1, proc.stderr
+    assert (report["total_params"], report["done_params"], report["param_errors"]) == (10, 9, 1)
+    assert report["state"] == "complete-with-failures" and report["verified"], report
+
+
+def test_demo_refuses_a_compute_it_may_not_import() -> None:
+    proc = ttg("demo", "--compute", "os:system", env={}, timeout=60)
+    assert proc.returncode == 2 and "not allowed" in proc.stderr, proc
+
+
 def test_demo_stops_with_one_line_when_every_worker_exited() -> None:
     # Workers that cannot start (a bad setting they read, the demo does not): waiting
     # for the run would never end; the demo says so and where the logs are.

@@ -131,7 +131,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{report['param_errors']} parameter errors"
             + ("" if args.allow_failed else " (--allow-failed accepts them)")
         )
-    lines += [f"error: {e}" for e in report["recent_errors"]]
+    if report["dead"] or report["errors"]:
+        lines += [f"error: {e}" for e in report["recent_errors"]]
     lines += [f"problem: {p}" for p in report["problems"]]
     emit(args, report, "\n".join(lines))
     return 0 if report["ok"] else 1
