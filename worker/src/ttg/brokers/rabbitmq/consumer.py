@@ -319,11 +319,10 @@ class RabbitMQConsumer(IOThread, Consumer):
             if sub.tag == method.consumer_tag:
                 sub.unacked += 1
         self._group = count
-        for chunk in chunks:
-            self._activity.hold(run, chunk, attempt)
-            if attempt > 1:
-                self._event(run, {"e": "redelivered", "c": chunk, "w": self.name, "a": attempt})
-            self._inbox.put(Delivery(spec, chunk, attempt, msg, round_))
+        self._activity.hold(run, chunks, attempt)
+        if attempt > 1:
+            self._event(run, {"e": "redelivered", "c": first, "w": self.name, "a": attempt})
+        self._inbox.put([Delivery(spec, chunk, attempt, msg, round_) for chunk in chunks])
 
     def _malformed(self, run: str, headers: Any, e: Exception, tag: int) -> None:
         detail = f"malformed task message {headers}: {type(e).__name__}: {e}"

@@ -46,10 +46,11 @@ class Activity:
     #: A chunk arrived since the last snapshot.
     dirty: bool = False
 
-    def hold(self, run: str, chunk: int, attempt: int) -> None:
+    def hold(self, run: str, chunks: range, attempt: int) -> None:
         entry = (attempt, time.time())
-        self.held.setdefault(run, {})[chunk] = entry
-        self.recent.setdefault(run, {})[chunk] = entry
+        held, recent = self.held.setdefault(run, {}), self.recent.setdefault(run, {})
+        for chunk in chunks:
+            held[chunk] = recent[chunk] = entry
         self.dirty = True
 
     def drop(self, run: str, chunk: int) -> None:
@@ -87,9 +88,9 @@ class Inbox:
         self._items: collections.deque[Delivery] = collections.deque()
         self._ready = threading.Condition()
 
-    def put(self, d: Delivery) -> None:
+    def put(self, ds: list[Delivery]) -> None:
         with self._ready:
-            self._items.append(d)
+            self._items.extend(ds)
             self._ready.notify()
 
     def take(self, limit: int, timeout: float) -> list[Delivery]:
