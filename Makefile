@@ -38,9 +38,7 @@ $(HELM3):
 
 .PHONY: tools
 tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv), brokers, chromium, prometheus
-	@bash ci/ensure-brokers.sh
-	@bash ci/ensure-chromium.sh
-	@bash ci/ensure-prometheus.sh
+	@bash ci/ensure-packages.sh
 
 .PHONY: test
 test: tools ## run every test that can run here (unit, integration, fault, chart; e2e skips without a cluster)
@@ -56,7 +54,7 @@ demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SI
 
 .PHONY: bench
 bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, scale (BENCH_ARGS=--quick)
-	@bash ci/ensure-brokers.sh
+	@bash ci/ensure-packages.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 $(BENCH_VENV)/.installed: bench/requirements-peers.txt
@@ -67,7 +65,7 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt
 
 .PHONY: bench-peers
 bench-peers: venv $(BENCH_VENV)/.installed ## TTG beside Dramatiq, same brokers, interleaved, 3 repetitions
-	@bash ci/ensure-brokers.sh
+	@bash ci/ensure-packages.sh
 	$(PY) bench/peers.py --peer-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 
 .PHONY: lock

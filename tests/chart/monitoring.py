@@ -86,7 +86,7 @@ def grafana_expand(expr: str, variables: dict[str, str]) -> str:
 def binary(name: str) -> str:
     path = shutil.which(name)
     if not path:
-        pytest.fail(f"{name} missing: run `make tools` (ci/ensure-prometheus.sh installs it)")
+        pytest.fail(f"{name} missing: run `make tools` (ci/ensure-packages.sh installs it)")
     return path
 
 

@@ -60,6 +60,16 @@ def fetch_one(c: Consumer, run: str, timeout: float = 10) -> Delivery:
     return eventually(got, timeout=timeout, interval=0, what=f"a delivery of {run}")
 
 
+def delivered_twice(c: Consumer, run: str) -> tuple[Delivery, Delivery]:
+    """A chunk's first delivery, given up on (as if its worker were presumed dead), and
+    the delivery that follows."""
+    first = fetch_one(c, run)
+    c.abandon(first)
+    again = fetch_one(c, run, timeout=15)
+    assert again.chunk == first.chunk and again.attempt == first.attempt + 1
+    return first, again
+
+
 def ok(d: Delivery, worker: str, result: list[int] | None = None) -> Outcome:
     result = result if result is not None else [x * x for x in range(d.lo, d.hi)]
     return Outcome(d.chunk, Status.OK, d.hi - d.lo, worker, d.attempt, time.time(), result,
@@ -150,11 +160,7 @@ def test_a_second_result_is_a_visible_duplicate_that_changes_no_total(
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
     c = new_consumer(broker, "c1", lease=1.0)
-    first = fetch_one(c, run_id)
-    # Given up on (as if its worker were presumed dead): the chunk is delivered again.
-    c.abandon(first)
-    again = fetch_one(c, run_id, timeout=15)
-    assert again.chunk == first.chunk and again.attempt == first.attempt + 1
+    first, again = delivered_twice(c, run_id)
     assert counted(complete(c, again))
     # The first delivery's holder finishes after all (a zombie): a visible duplicate.
     late = complete(c, first, ok(first, "zombie", [0] * 10))
@@ -173,9 +179,7 @@ def test_the_same_worker_recording_a_chunk_on_another_delivery_is_a_duplicate(
     # Same worker, another delivery (attempt): not the same record sent again.
     broker.seed(make_spec(run_id, params=10))
     c = new_consumer(broker, "c1", lease=1.0)
-    first = fetch_one(c, run_id)
-    c.abandon(first)
-    again = fetch_one(c, run_id, timeout=15)
+    first, again = delivered_twice(c, run_id)
     assert counted(complete(c, again))
     complete(c, first)
     p = broker.progress(run_id)
