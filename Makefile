@@ -21,10 +21,11 @@ BENCH_VENV  := .bench-venv
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: worker/pyproject.toml requirements-dev.txt
+# The example compute package (examples/sweep-sim) too: its tests run it in real workers.
+$(VENV)/.installed: worker/pyproject.toml requirements-dev.txt examples/sweep-sim/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -e examples/sweep-sim -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv
@@ -36,9 +37,8 @@ $(HELM3):
 	bash ci/ensure-helm 3 $(TOOLS) helm3
 
 .PHONY: tools
-tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv), brokers, chromium
-	@bash ci/ensure-brokers.sh
-	@bash ci/ensure-chromium.sh
+tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the venv), brokers, chromium, prometheus
+	@bash ci/ensure-packages.sh
 
 .PHONY: test
 test: tools ## run every test that can run here (unit, integration, fault, chart; e2e skips without a cluster)
@@ -54,7 +54,7 @@ demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SI
 
 .PHONY: bench
 bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, scale (BENCH_ARGS=--quick)
-	@bash ci/ensure-brokers.sh
+	@bash ci/ensure-packages.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 $(BENCH_VENV)/.installed: bench/requirements-peers.txt
@@ -65,7 +65,7 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt
 
 .PHONY: bench-peers
 bench-peers: venv $(BENCH_VENV)/.installed ## TTG beside Dramatiq, same brokers, interleaved, 3 repetitions
-	@bash ci/ensure-brokers.sh
+	@bash ci/ensure-packages.sh
 	$(PY) bench/peers.py --peer-python $(BENCH_VENV)/bin/python $(BENCH_ARGS)
 
 .PHONY: lock

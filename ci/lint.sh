@@ -11,8 +11,8 @@ step() { printf '\n== %s\n' "$*"; }
 
 python_checks() {
   step "ruff"
-  "${VENV}/ruff" check worker tests bench
-  step "mypy --strict (worker/src)"
+  "${VENV}/ruff" check worker tests bench examples
+  step "mypy --strict (worker/src, examples)"
   "${VENV}/mypy"
 }
 
@@ -33,9 +33,13 @@ chart_checks() {
 }
 
 container_checks() {
-  [ -f "${ROOT}/worker/Dockerfile" ] || return 0
+  local dockerfiles=() f
+  for f in worker/Dockerfile examples/sweep-sim/Dockerfile; do
+    [ -f "${ROOT}/${f}" ] && dockerfiles+=("${ROOT}/${f}")
+  done
+  [ "${#dockerfiles[@]}" -gt 0 ] || return 0
   step "hadolint"
-  "${VENV}/hadolint" "${ROOT}/worker/Dockerfile"
+  "${VENV}/hadolint" "${dockerfiles[@]}"
 }
 
 workflow_checks() {

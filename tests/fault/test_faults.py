@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -133,7 +132,9 @@ def test_second_signal_exits_at_once(
     )
 
     workers.kill(only, signal.SIGTERM)
-    time.sleep(0.3)
+    # The second signal only once the first is being handled: the shutdown has begun.
+    log = workers.log_dir / f"{only}.log"  # type: ignore[operator]
+    eventually(lambda: "finishing the chunk in hand" in log.read_text(), what="shutdown begun")
     workers.kill(only, signal.SIGTERM)
 
     assert workers.wait(only, timeout=5) == 1
@@ -183,6 +184,25 @@ def test_transient_error_is_retried_then_kept_with_its_error(
     assert report["failed"] == 3, report
     (bad,) = [r for r in parameter_rows(backend, run_id) if r["status"] != "ok"]
     assert bad["index"] == 13 and bad["attempt"] == 3 and "ConnectionError" in bad["error"]
+
+
+def test_max_deliveries_belong_to_the_run_not_to_the_workers(
+    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
+) -> None:
+    # One owner per setting: a run seeded with 2 deliveries keeps 2, whatever a
+    # worker's environment says (a chart once set it on every worker).
+    seed(
+        backend, run_id, "--params", "20", "--chunk-size", "10",
+        "--compute", "tests.computes:flaky_on_13", "--max-deliveries", "2",
+    )  # fmt: skip
+    workers.start(1, TTG_MAX_DELIVERIES="5", TTG_RETRY_DELAY_SECONDS="0.05")
+
+    scenarios.wait_complete(harness, run_id, timeout=60)
+
+    report = scenarios.assert_verified(harness, run_id, allow_failed=True)
+    assert report["failed"] == 2 and report["errors"] == 1, report
+    (bad,) = [r for r in chunk_rows(backend, run_id) if r["status"] != "ok"]
+    assert bad["attempt"] == 2, bad
 
 
 def test_chunk_that_kills_its_worker_ends_in_the_dead_letters(
@@ -241,10 +261,12 @@ SEED_KILL_TOTAL = {"redis": 300_000, "rabbitmq": 150_000}
 
 
 def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
-    backend: BackendEnv, run_id: str
+    request: pytest.FixtureRequest, backend: BackendEnv, run_id: str
 ) -> None:
     total = SEED_KILL_TOTAL[backend.name]
-    args = ["--run", run_id, "--params", str(total), "--chunk-size", "1"]
+    # Chunks of 1000 parameters travel one per message (small chunks would be grouped):
+    # every task message is one chunk, so counting messages counts chunks.
+    args = ["--run", run_id, "--params", str(total * 1000), "--chunk-size", "1000"]
     seeder = subprocess.Popen(
         [sys.executable, "-m", "ttg", "seed", *args],
         env=child_env(backend.env),
@@ -269,15 +291,27 @@ def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
 
     assert rerun["_exit"] == 0 and rerun["seeded_chunks"] == total
     assert rerun["added"] == total - halfway
-    depth = b.progress(run_id).queue_depth
     if backend.name == "redis":
         # The cursor moves in the same Lua step as its batch: exactly once.
-        assert depth == total, "a chunk was lost or published twice"
+        assert b.progress(run_id).queue_depth == total, "a chunk was lost or published twice"
     else:
         # The cursor is published after its batch is confirmed: nothing lost, and at
-        # most the one batch in flight at the kill published twice (the ledger
-        # counts a second result as a duplicate).
-        assert total <= depth <= total + RABBITMQ_UNCONFIRMED, depth
+        # most what was unconfirmed at the kill published twice (the ledger counts a
+        # second result as a duplicate).
+        node = request.getfixturevalue("rabbitmq_node")
+
+        def messages() -> int:
+            out = node.ctl_run("list_queues", "name", "messages", "--quiet", "--no-table-headers")
+            (count,) = [
+                int(line.split("\t")[1])
+                for line in out.splitlines()
+                if line.startswith(f"ttg.{run_id}.tasks\t")
+            ]
+            return count
+
+        # The queue's figures catch up within seconds; a lost chunk never would.
+        eventually(lambda: messages() >= total, timeout=60, interval=1, what="every chunk queued")
+        assert messages() <= total + RABBITMQ_UNCONFIRMED
 
 
 def test_broker_restart_mid_run_loses_nothing_acknowledged(

@@ -13,7 +13,7 @@ from tests import scenarios
 from tests.computes import GATE_ENV
 from tests.conftest import BackendEnv, backend_env
 from tests.fault.conftest import LocalHarness, seed, status
-from tests.helpers import ROOT, eventually, ttg, ttg_json
+from tests.helpers import eventually, ttg, ttg_json
 from ttg.local import LocalWorkers, RabbitMQNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -91,44 +91,38 @@ def test_connection_cut_while_holding_a_chunk_is_redelivered(
     assert sorted(workers.alive()) == sorted(workers.procs), "a worker died instead of reconnecting"
 
 
-def test_worker_idle_longer_than_the_heartbeat_window_serves_the_next_run(
-    tmp_path: Path,
+def test_a_worker_holds_one_serviced_connection_and_serves_after_idling(
+    backend: BackendEnv, rabbitmq_node: RabbitMQNode, workers: LocalWorkers, run_id: str
 ) -> None:
-    # A node whose heartbeat is 1 s: any connection nothing services is closed
-    # after a few seconds. A worker must hold none (its one connection is serviced
-    # by its I/O thread), so a run seeded after a long idle gap is served at once.
-    node = RabbitMQNode(extra_config="heartbeat = 1\n").start()
-    pool = LocalWorkers(
-        {
-            "TTG_BACKEND": "rabbitmq",
-            "TTG_BROKER_URL": node.url,
-            "TTG_METRICS_PORT": "0",
-            "TTG_LOG_FORMAT": "json",
-            "PYTHONPATH": str(ROOT),
-        },
-        log_dir=tmp_path,
-    )
-    env = {"TTG_BACKEND": "rabbitmq", "TTG_BROKER_URL": node.url}
-    try:
-        ttg("seed", "--run", "first", "--params", "100", "--chunk-size", "10", env=env, check=True)
-        pool.start(1, TTG_LEASE_SECONDS="30")  # heartbeats of 30 s offered; the node's 1 s wins
-        eventually(lambda: ttg_json("status", "--run", "first", env=env)["complete"], timeout=60)
-        idle_since = time.monotonic()
-        connected = eventually(lambda: connections(node), what="worker connected")
-        # Idle for several heartbeat windows, the worker's connection alive throughout.
-        eventually(
-            lambda: time.monotonic() - idle_since > 8 and set(connections(node)) >= set(connected),
-            timeout=60,
-            what="8 s idle",
+    # A connection nothing services is dropped by the broker after two missed
+    # heartbeats; a worker idle between runs then lost the next run's first chunk.
+    # A worker holds exactly one connection, its I/O thread serves its heartbeats
+    # (1 s here: the lease) while idle, and the next run is served at once.
+    seed(backend, run_id, "--params", "100", "--chunk-size", "10")
+    (only,) = workers.start(1, TTG_LEASE_SECONDS="1")
+    eventually(lambda: status(backend, run_id)["complete"], timeout=60, what="first run done")
+
+    def worker_connections() -> list[str]:
+        out = rabbitmq_node.ctl_run(
+            "list_connections", "pid", "client_properties", "--quiet", "--no-table-headers"
         )
-        ttg("seed", "--run", "second", "--params", "100", "--chunk-size", "10", env=env, check=True)
-        eventually(lambda: ttg_json("status", "--run", "second", env=env)["complete"], timeout=60)
-        report = ttg_json("verify", "--run", "second", env=env)
-        assert report["ok"] and report["redelivered"] == 0, report
-        assert pool.alive() == list(pool.procs)
-    finally:
-        pool.stop()
-        node.stop()
+        return [line.split("\t")[0] for line in out.splitlines() if only in line]
+
+    held = eventually(worker_connections, what="the worker's connection listed")
+    assert len(held) == 1, f"a worker must hold one connection, it holds {held}"
+    idle_since = time.monotonic()
+    # Idle for several heartbeat windows, its one connection alive throughout.
+    eventually(
+        lambda: time.monotonic() - idle_since > 8 and worker_connections() == held,
+        timeout=60,
+        what="8 s idle on the same connection",
+    )
+    second = f"{run_id}-next"
+    seed(backend, second, "--params", "100", "--chunk-size", "10")
+    eventually(lambda: status(backend, second)["complete"], timeout=60, what="second run done")
+    report = ttg_json("verify", "--run", second, env=backend.env)
+    assert report["ok"] and report["redelivered"] == 0, report
+    assert worker_connections() == held
 
 
 def test_task_queue_delivery_limit_is_the_run_s_max_deliveries(
@@ -168,5 +162,4 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
 
     report = scenarios.assert_verified(harness, run_id, allow_failed=True)
     assert report["errors"] == 1 and report["failed"] == 4, report
-    time.sleep(0.5)
     assert sorted(workers.alive()) == sorted([first, second])

@@ -102,7 +102,8 @@ def test_a_consumer_that_could_not_renew_its_lease_claims_nothing(
     # may have lapsed for the same reason, so it steals from nobody for a lease.
     c._last_beat_failed = time.monotonic()
     assert c._reclaim(run_id, 10) == []
-    time.sleep(1.1)
+    # A lease later, with its own renewals healthy again, it takes them.
+    eventually(c._may_reclaim, timeout=10, what="a lease after the failed renewal")
     assert sorted(d.chunk for d in c._reclaim(run_id, 10)) == [0, 1]
 
 
@@ -126,11 +127,15 @@ def test_acknowledged_entries_are_removed_and_a_complete_run_is_no_longer_served
 ) -> None:
     seed(broker, run_id, params=100)
     c = consumer(new_consumer, broker, "c")
-    done = 0
-    while done < 10:
+    done = [0]
+
+    def drained() -> bool:
         batch = c.fetch(0.1, 10)
         c.complete([(d, ok(d, "c")) for d in batch])
-        done += len(batch)
+        done[0] += len(batch)
+        return done[0] == 10
+
+    eventually(drained, timeout=30, interval=0, what="every chunk completed")
     assert broker.client.xlen(key(run_id, "tasks")) == 0
     assert broker.client.hget(key(run_id, "meta"), "completed_at")
     c._next_rescan = 0.0

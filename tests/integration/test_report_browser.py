@@ -24,7 +24,7 @@ from tests.reportdata import SyntheticRun
 from ttg.local import LocalWorkers
 from ttg.report import write_report
 
-#: Debian's chromium package; ci/ensure-chromium.sh installs it (make tools).
+#: Debian's chromium package; ci/ensure-packages.sh installs it (make tools).
 CHROMIUM = Path("/usr/bin/chromium")
 #: Flags for a quiet, offline, throwaway browser: no sandbox (root in CI), no
 #: GPU, no background traffic of its own.
@@ -50,10 +50,10 @@ __all__ = ["harness"]  # the fault suite's fixture, used here too
 
 @pytest.fixture(scope="module")
 def chromium() -> Path:
-    """The browser, installed with ci/ensure-chromium.sh if missing."""
+    """The browser, installed with ci/ensure-packages.sh if missing."""
     if not CHROMIUM.exists():
         proc = subprocess.run(
-            ["bash", str(ROOT / "ci" / "ensure-chromium.sh")],
+            ["bash", str(ROOT / "ci" / "ensure-packages.sh")],
             capture_output=True,
             text=True,
             timeout=600,
@@ -62,7 +62,7 @@ def chromium() -> Path:
         if not CHROMIUM.exists():
             pytest.skip(
                 "!!! HEADLESS CHROMIUM COULD NOT BE INSTALLED: the report was NOT checked in a "
-                f"browser (ci/ensure-chromium.sh exited {proc.returncode}: "
+                f"browser (ci/ensure-packages.sh exited {proc.returncode}: "
                 f"{proc.stderr.strip()[-300:]}) !!!"
             )
     return CHROMIUM

@@ -10,12 +10,13 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, eventually, ttg, ttg_json
-from ttg.local import LocalWorkers, free_port
+from ttg.local import LocalWorkers, RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +135,10 @@ def test_worker_is_alive_but_not_ready_while_its_broker_is_away(tmp_path: Path) 
 def test_json_logs_are_one_object_per_line(
     backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
 ) -> None:
-    seed(backend, run_id, "--params", "100", "--chunk-size", "50")
+    seed(
+        backend, run_id, "--params", "100", "--chunk-size", "50",
+        "--compute", "tests.computes:explode_on_13",
+    )  # fmt: skip
     (name,) = workers.start(1)
     eventually(
         lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"], what="done"
@@ -144,6 +148,11 @@ def test_json_logs_are_one_object_per_line(
     records = [json.loads(line) for line in lines]
     assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     assert any(r["msg"] == f"worker {name} started" for r in records)
+    # A line about a chunk carries which one as fields, for log search, not only in text.
+    (about,) = [r for r in records if "parameter errors" in r["msg"]]
+    assert (about["run"], about["chunk"], about["worker"], about["attempt"]) == (
+        run_id, 0, name, 1
+    ), about  # fmt: skip
 
 
 def test_status_watch_follows_the_run_to_completion(
@@ -204,6 +213,49 @@ def test_results_export_one_row_per_parameter_with_its_grid_values(
     assert missing.returncode == 2 and "no run" in missing.stderr
 
 
+def test_demo_runs_your_own_compute_over_your_space() -> None:
+    proc = ttg(
+        "demo", "--space", "range:10:20", "--chunk-size", "2", "--work-ms", "0",
+        "--compute", "tests.computes:explode_on_13", "--compute-allow", "tests", "--json",
+        env={}, timeout=180,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    # Parameter 13 raises: the run completes with that one error, and the demo says so.
+    assert proc.returncode == 1, proc.stderr
+    assert (report["total_params"], report["done_params"], report["param_errors"]) == (10, 9, 1)
+    assert report["state"] == "complete-with-failures" and report["verified"], report
+
+
+def test_demo_refuses_a_compute_it_may_not_import() -> None:
+    proc = ttg("demo", "--compute", "os:system", env={}, timeout=60)
+    assert proc.returncode == 2 and "not allowed" in proc.stderr, proc
+
+
+def test_demo_stops_with_one_line_when_every_worker_exited() -> None:
+    # Workers that cannot start (a bad setting they read, the demo does not): waiting
+    # for the run would never end; the demo says so and where the logs are.
+    proc = ttg("demo", "--params", "200", env={"TTG_PREFETCH": "lots"}, timeout=120)
+    assert proc.returncode == 1, proc
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ttg: error: all 2 workers exited before the run completed"), last
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_credentials_are_exit_4_in_one_line(
+    request: pytest.FixtureRequest, backend: BackendEnv
+) -> None:
+    if backend.name == "redis":
+        server = RedisServer(password="right").start()  # noqa: S106 - a test server
+        request.addfinalizer(server.stop)
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+    else:
+        url = backend.url.replace("guest:guest@", "guest:wrong@")
+    proc = ttg("status", "--run", "r1", env={"TTG_BACKEND": backend.name, "TTG_BROKER_URL": url})
+    assert proc.returncode == 4, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused our credentials" in lines[0], proc.stderr
+
+
 def test_demo_kills_a_worker_and_verifies_the_run() -> None:
     proc = ttg(
         "demo",
@@ -227,3 +279,95 @@ def test_demo_kills_a_worker_and_verifies_the_run() -> None:
     assert report["killed_worker"] and report["redelivered"] >= 1
     assert 0 < report["redelivery_delay_s"] <= 3.0
     assert report["duplicates"] == 0
+
+
+def test_pause_resume_cancel_and_runs_through_the_cli(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "4000", "--chunk-size", "100", "--work-ms", "100")
+    workers.start(1)
+    eventually(lambda: ttg_json("status", "--run", run_id, env=backend.env)["done"] >= 2)
+
+    paused = ttg_json("pause", "--run", run_id, env=backend.env)
+    assert paused["_exit"] == 0 and paused["control"] == "paused", paused
+
+    # Within a lease the worker finishes what it holds and takes nothing more.
+    def settled() -> dict[str, Any]:
+        s = ttg_json("status", "--run", run_id, env=backend.env)
+        assert s["state"] == "paused" and not s["in_flight"], s
+        return s
+
+    done = eventually(settled, timeout=30, what="paused, nothing in flight")["done"]
+    runs = ttg_json("runs", env=backend.env)
+    (row,) = [r for r in runs["runs"] if r["run"] == run_id]
+    assert row["state"] == "paused" and row["backend"] == backend.name, row
+    assert ttg_json("status", "--run", run_id, env=backend.env)["done"] == done
+
+    assert ttg_json("resume", "--run", run_id, env=backend.env)["_exit"] == 0
+    eventually(lambda: ttg_json("status", "--run", run_id, env=backend.env)["done"] > done)
+    cancelled = ttg_json("cancel", "--run", run_id, env=backend.env)
+    assert cancelled["_exit"] == 0
+    report = eventually(
+        lambda: (
+            (r := ttg_json("status", "--run", run_id, env=backend.env))["state"] == "cancelled"
+            and r
+        ),
+        what="state cancelled",
+    )
+    assert report["done"] < report["total_chunks"]
+
+
+def test_status_warns_when_no_worker_serves_a_run(backend: BackendEnv, run_id: str) -> None:
+    seed(backend, run_id, "--params", "100", "--chunk-size", "10")
+    report = ttg_json("status", "--run", run_id, env=backend.env)
+    assert report["workers"] == 0 and report["state"] == "running", report
+    assert any("no live worker" in w for w in report["warnings"]), report
+    text = ttg("status", "--run", run_id, env=backend.env, check=True).stdout
+    assert "warning: no live worker: 10 chunks wait" in text, text
+
+
+def test_results_of_an_unfinished_run_warn_how_many_rows_are_missing(
+    backend: BackendEnv, run_id: str
+) -> None:
+    seed(backend, run_id, "--params", "100", "--chunk-size", "10")
+    proc = ttg("results", "--run", run_id, env=backend.env, check=True)
+    assert proc.stdout == ""
+    assert "10 of 10 chunks have no outcome yet, their rows are missing" in proc.stderr
+
+
+def test_results_as_parquet_aggregated_and_cut_short_by_head(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq  # noqa: PLC0415 - the parquet extra, installed by make venv
+
+    seed(backend, run_id, "--params", "3000", "--chunk-size", "100")
+    workers.start(1)
+    eventually(lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"])
+
+    out = tmp_path / "results.parquet"
+    ttg("results", "--run", run_id, "--format", "parquet", "--output", str(out),
+        env=backend.env, check=True)  # fmt: skip
+    table = pq.read_table(out)
+    assert table.num_rows == 3000
+    assert table.column_names[:3] == ["index", "value", "result"]
+    assert table.column("result").to_pylist()[:4] == [0, 1, 4, 9]
+
+    total = ttg("results", "--run", run_id, "--aggregate", "sum", env=backend.env, check=True)
+    assert json.loads(total.stdout)["value"] == sum(x * x for x in range(3000))
+
+    # A reader that leaves early (`| head`) is not an error.
+    results = subprocess.Popen(
+        [sys.executable, "-m", "ttg", "results", "--run", run_id],
+        env=child_env(backend.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert results.stdout is not None
+    head = subprocess.run(
+        ["head", "-n", "2"], stdin=results.stdout, capture_output=True, text=True, timeout=120,
+        check=True,
+    )  # fmt: skip
+    results.stdout.close()  # only head reads it: when head leaves, the pipe breaks
+    _, err = results.communicate(timeout=120)
+    assert len(head.stdout.splitlines()) == 2, head.stdout
+    assert results.returncode == 0 and err == b"", err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tests.helpers import ttg
@@ -25,6 +27,27 @@ from ttg.local import free_port
         ["demo", "--kill-at", "1.5"],
         ["demo", "--workers", "1", "--kill-at", "0.3"],
         ["worker", "--lease-seconds", "-1"],
+        ["worker", "--metrics-port", "70000"],
+        ["worker", "--compute-allow", "not a module"],
+        ["demo", "--lease-seconds", "-1"],
+        ["status", "--run", "ok", "--watch", "--interval", "0"],
+        ["status", "--run", "ok", "--watch", "--interval", "-1"],
+        ["results", "--run", "ok", "--output", "/no/such/dir/results.csv"],
+        ["results", "--run", "ok", "--output", "/"],
+        ["report", "--run", "ok", "--output", "/no/such/dir/report.html"],
+        ["verify", "--run", "ok", "--strict"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--compute", "os:system"],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--params",
+            "10",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "ttg.compute:nope",
+        ],
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
@@ -45,6 +68,25 @@ def test_unreachable_broker_is_exit_3_without_traceback() -> None:
     )
     assert proc.returncode == 3, proc
     assert proc.stderr.startswith("ttg: error: ") and "Traceback" not in proc.stderr
+
+
+def test_metrics_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - the worker listens on all interfaces too
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = ttg(
+            "worker",
+            env={
+                "TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+                "TTG_METRICS_PORT": str(port),
+            },
+            timeout=30,
+        )
+    assert proc.returncode == 2, proc
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"ttg: error: metrics port {port} is in use (TTG_METRICS_PORT)"
+    ), proc.stderr
 
 
 def test_version() -> None:

@@ -66,6 +66,27 @@ matchExpressions:
     values: [worker, exporter]
 {{- end }}
 
+{{- /*
+The Prometheus label that carries ttg.io/release on every scraped series: the
+monitors copy it from the pod (relabelings), so alerts, the dashboard and KEDA
+tell two releases in one namespace apart, whatever Argo CD does to
+app.kubernetes.io/instance.
+*/ -}}
+{{- define "ttg.releaseLabel" -}}
+ttg_release
+{{- end }}
+
+{{- /* The monitors' relabeling that adds it. */ -}}
+{{- define "ttg.releaseRelabeling" -}}
+- sourceLabels: [__meta_kubernetes_pod_label_ttg_io_release]
+  targetLabel: {{ include "ttg.releaseLabel" . }}
+{{- end }}
+
+{{- /* PromQL matchers for this release's series: namespace="…", ttg_release="…". */ -}}
+{{- define "ttg.promSelector" -}}
+namespace="{{ .Release.Namespace }}", {{ include "ttg.releaseLabel" . }}="{{ .Release.Name }}"
+{{- end }}
+
 {{- define "ttg.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "ttg.fullname" .) .Values.serviceAccount.name }}

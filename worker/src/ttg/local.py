@@ -52,13 +52,19 @@ class RedisServer:
     """
 
     def __init__(
-        self, *, appendonly: bool = True, binary: str | None = None, directory: Path | None = None
+        self,
+        *,
+        appendonly: bool = True,
+        binary: str | None = None,
+        directory: Path | None = None,
+        password: str | None = None,
     ) -> None:
         found = binary or shutil.which("redis-server")
         if not found:
             raise UsageError("redis-server not found on PATH (apt-get install redis-server)")
         self.binary = found
         self.appendonly = appendonly
+        self.password = password
         self.port = free_port()
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="ttg-redis-"))
@@ -87,6 +93,7 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.dir / "redis.log"),
+            *(["--requirepass", self.password] if self.password else []),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, timeout=10)

@@ -13,6 +13,7 @@ import csv
 import importlib
 import json
 import math
+import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -281,6 +282,24 @@ def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if how == "sum" and float(value).is_integer():
         value = int(value)
     return {"aggregate": how, "value": value, "count": count}
+
+
+def check_writable(path: str | None) -> None:
+    """Refuse, before any work, an output file that cannot be written.
+
+    Raises:
+        UsageError: its directory is missing or not writable, or it is a directory.
+    """
+    if not path:
+        return
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path()
+    if target.is_dir():
+        raise UsageError(f"--output {path}: is a directory")
+    if not folder.is_dir():
+        raise UsageError(f"--output {path}: no directory {folder}")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"--output {path}: not writable")
 
 
 @contextlib.contextmanager

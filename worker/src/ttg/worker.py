@@ -136,6 +136,8 @@ class Worker:
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttg-compute")
         self._computing = False
         self._fetching_stopped = False
+        #: Computes allowed and imported, by name (the compute thread's own).
+        self._loaded: dict[str, compute.ComputeFn] = {}
 
     # -- signals ----------------------------------------------------------------------
 
@@ -301,12 +303,14 @@ class Worker:
                     "the workers holding it were lost each time",
                 )
             )
-        try:
-            compute.check_allowed(spec.compute, self.compute_allow)
-            fn = compute.load(spec.compute)
-        except UsageError as e:
-            # The same answer on every attempt: dead at once, never retried.
-            return _Complete(Outcome.dead(d, self.name, str(e)))
+        fn = self._loaded.get(spec.compute)
+        if fn is None:
+            try:
+                compute.check_allowed(spec.compute, self.compute_allow)
+                fn = self._loaded[spec.compute] = compute.load(spec.compute)
+            except UsageError as e:
+                # The same answer on every attempt: dead at once, never retried.
+                return _Complete(Outcome.dead(d, self.name, str(e)))
         r = compute.run_chunk(fn, spec.parameter_space, d.lo, d.hi, spec.work_ms)
         result_json, unserialisable = compute.encode_results(r.results, d.lo)
         errors = [(i, text) for i, text, _ in r.errors] + unserialisable
@@ -344,9 +348,7 @@ class Worker:
             if recorded is _GONE:
                 recorded = [Recorded.GONE] * len(items)
             if isinstance(recorded, list):
-                for (d, v), r in zip(completes, recorded, strict=True):
-                    in_hand.pop(id(d), None)
-                    self._completed(d, v, r)
+                self._count(completes, recorded, in_hand)
         for d, verdict in got:
             if isinstance(verdict, _Retry):
                 delay = min(self.retry_delay * 2 ** (d.attempt - 1), MAX_RETRY_DELAY_SECONDS)
@@ -371,12 +373,38 @@ class Worker:
                 in_hand.pop(id(d), None)
                 self._give_back(d)
 
+    def _count(
+        self,
+        completes: list[tuple[Delivery, _Complete]],
+        recorded: list[Recorded],
+        in_hand: dict[int, Delivery],
+    ) -> None:
+        """Metrics and logs of recorded outcomes; plain successes are counted per run at once."""
+        plain: dict[str, list[int]] = {}  # run -> [chunks, parameters]
+        for (d, v), r in zip(completes, recorded, strict=True):
+            in_hand.pop(id(d), None)
+            if v.seconds is not None:
+                self.metrics.run(d.run).duration.observe(v.seconds)
+                self.read_ahead.observe(v.seconds)
+            if (
+                v.outcome.status is Status.OK
+                and d.attempt == 1
+                and r in (Recorded.COUNTED, Recorded.RECORDED)
+            ):
+                tally = plain.setdefault(d.run, [0, 0])
+                tally[0] += 1
+                tally[1] += v.outcome.params
+            else:
+                self._completed(d, v, r)
+        for run, (chunks, params) in plain.items():
+            m = self.metrics.run(run)
+            m.completed.inc(chunks)
+            m.params.inc(params)
+
     def _completed(self, d: Delivery, v: _Complete, recorded: Recorded) -> None:
+        """One outcome that is not a plain first-delivery success: counted and logged."""
         m = self.metrics.run(d.run)
         o = v.outcome
-        if v.seconds is not None:
-            m.duration.observe(v.seconds)
-            self.read_ahead.observe(v.seconds)
         if d.attempt > 1:
             m.redelivered.inc()
         if recorded is Recorded.GONE:

@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ttg import scenario
+from ttg import compute, scenario
+from ttg import space as spaces
 from ttg.broker import Broker, open_broker
 from ttg.brokers import BACKENDS
 from ttg.cli import Command, int_at_least
@@ -25,7 +26,6 @@ from ttg.errors import TTGError, UsageError
 from ttg.local import EmbeddedRedis, LocalWorkers, RabbitMQNode
 from ttg.metrics import RateMeter
 from ttg.run import RunSpec
-from ttg.space import RangeSpace
 from ttg.verify import status_report, verify
 
 
@@ -37,8 +37,11 @@ def add_parser(command: Command) -> None:
         "log-format",
         "log-level",
         "lease-seconds",
+        "compute",
+        "compute-allow",
     )
-    p.add_argument("--params", type=int_at_least(1), default=20_000)
+    p.add_argument("--params", type=int_at_least(1), default=None, help="range 0..N-1 (20000)")
+    p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
     p.add_argument("--chunk-size", type=int_at_least(1), default=100)
     p.add_argument("--workers", type=int_at_least(1), default=2)
     p.add_argument("--work-ms", type=int_at_least(0), default=40, help="simulated cost per chunk")
@@ -76,6 +79,14 @@ def _start_broker(backend: str) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.kill_at is not None and args.workers < 2:
         raise UsageError("--kill-at needs --workers 2 or more (someone must finish the run)")
+    space = spaces.parse(args.space) if args.space else spaces.RangeSpace(0, args.params or 20_000)
+    if args.params is not None and args.params != space.size:
+        raise UsageError(f"--params {args.params} but --space has {space.size} parameters")
+    args.space_spec = space.to_spec()
+    # Your own compute: refused here if not allowed, and imported here first, so a typo
+    # is one line now rather than every chunk dead later.
+    compute.check_allowed(args.compute, args.compute_allow)
+    compute.load(args.compute)
     demo = _Demo(args)
     demo.say(f"starting a local {args.backend} broker ...")
     server = _start_broker(args.backend)
@@ -86,6 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "TTG_BROKER_URL": server.url,
             "TTG_METRICS_PORT": "0",
             "TTG_LEASE_SECONDS": str(args.lease_seconds),
+            "TTG_COMPUTE_ALLOW": ",".join(args.compute_allow),
             "TTG_LOG_FORMAT": "json",
         },
         log_dir=log_dir,
@@ -119,9 +131,9 @@ class _Demo:
         args = self.args
         spec = RunSpec(
             run=f"demo-{uuid.uuid4().hex[:6]}",
-            space=RangeSpace(0, args.params).to_spec(),
+            space=args.space_spec,
             chunk_size=args.chunk_size,
-            compute="ttg.compute:square",
+            compute=args.compute,
             work_ms=args.work_ms,
         )
         seeded = broker.seed(spec)
@@ -203,10 +215,11 @@ def _summary(r: dict[str, Any]) -> None:
     lines = [
         "",
         f"  {verdict}: run {r['run']}, {r['state']}",
-        f"  chunks     {r['done']}/{r['total_chunks']} done, {r['dead']} dead, "
-        f"{r['duplicates']} duplicates (never counted), {r['redelivered']} redelivered",
+        f"  chunks     {r['done']}/{r['total_chunks']} done, {r['errors']} with parameter "
+        f"errors, {r['dead']} dead, {r['duplicates']} duplicates (never counted), "
+        f"{r['redelivered']} redelivered",
         f"  params     {r['done_params']}/{r['total_params']}, "
-        f"closed-form sum of squares: {r['closed_form']}",
+        f"closed-form check: {r['closed_form']}",
         f"  time       {r['elapsed_s']}s with {r['workers']} workers "
         f"({r['params_per_s']:.0f} params/s)",
     ]

@@ -64,7 +64,10 @@ def explain(report: dict[str, Any]) -> str:
             f"{report['param_errors']} parameter errors (ttg results shows them; "
             "ttg retry re-runs them)"
         )
-    lines += [f"  error: {e}" for e in report.get("recent_errors") or []]
+    if report["dead"] or report["errors"] or not report["complete"]:
+        # Recent errors are history: once every chunk has a clean outcome (after a
+        # `ttg retry`), they no longer describe the run.
+        lines += [f"  error: {e}" for e in report.get("recent_errors") or []]
     lines += [f"  warning: {w}" for w in report.get("warnings") or []]
     flights = report.get("in_flight") or []
     for f in flights[:IN_FLIGHT_SHOWN]:

@@ -18,6 +18,7 @@ from ttg.metrics import RateMeter
 from ttg.results import (
     AGGREGATES,
     aggregate,
+    check_writable,
     chunk_rows,
     in_chunk_order,
     output,
@@ -130,7 +131,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{report['param_errors']} parameter errors"
             + ("" if args.allow_failed else " (--allow-failed accepts them)")
         )
-    lines += [f"error: {e}" for e in report["recent_errors"]]
+    if report["dead"] or report["errors"]:
+        lines += [f"error: {e}" for e in report["recent_errors"]]
     lines += [f"problem: {p}" for p in report["problems"]]
     emit(args, report, "\n".join(lines))
     return 0 if report["ok"] else 1
@@ -140,6 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    check_writable(args.output)
     broker = connect(args)
     spec = broker.spec(args.run)  # an unknown run is an error, not an empty file
     p = broker.progress(args.run)
@@ -216,6 +219,7 @@ def write_run_report(broker: Broker, run: str, path: str) -> ReportSummary:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    check_writable(args.output)
     summary = write_run_report(connect(args), args.run, args.output)
     lost = f", lost workers: {', '.join(summary.lost_workers)}" if summary.lost_workers else ""
     emit(
@@ -345,9 +349,9 @@ def add_parsers(command: Command) -> None:
     )
     p.add_argument(
         "--interval",
-        type=float_at_least(0.1),
+        type=float_at_least(0.01),
         default=1.0,
-        help="seconds between updates with --watch (>= 0.1)",
+        help="seconds between updates with --watch (>= 0.01)",
     )
 
     p = with_run(

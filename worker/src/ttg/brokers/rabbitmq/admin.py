@@ -35,7 +35,7 @@ from ttg.brokers.rabbitmq.connection import (
 )
 from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
 from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
-from ttg.brokers.rabbitmq.seeder import WindowedSeeder
+from ttg.brokers.rabbitmq.seeder import WindowedSeeder, group_size
 from ttg.errors import RunConflict, RunNotFound, UsageError
 from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec, Status
 
@@ -167,9 +167,15 @@ class RabbitMQBroker(Broker):
         if state.spec != spec:
             raise RunConflict(f"run {run!r} exists with different parameters; pick a new run id")
         start = state.cursor
-        cursor = WindowedSeeder(
-            self.params, run, start, total, on_progress=on_progress
-        ).run_to_end()
+        seeder = WindowedSeeder(
+            self.params,
+            run,
+            start,
+            total,
+            group=group_size(spec.chunk_size),
+            on_progress=on_progress,
+        )
+        cursor = seeder.run_to_end()
         state.cursor = max(state.cursor, cursor)
         return SeedReport(run, total, spec.total_params, cursor, cursor - start)
 
@@ -195,7 +201,9 @@ class RabbitMQBroker(Broker):
         if self._runs_tail is None:
             self._pub.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
             self._runs_tail = StreamTail(self._conn, RUNS, self._fold_run)
-        self._runs_tail.sync(self._pub)
+        # Exact on the first read; incremental after (a barrier per call would be a
+        # write per `ttg status --watch` tick).
+        self._runs_tail.sync(None if self._runs_tail.caught_up else self._pub)
 
     @translated
     def runs(self) -> list[str]:
@@ -226,7 +234,6 @@ class RabbitMQBroker(Broker):
         ch = self._conn.channel()
         try:
             tasks = ch.queue_declare(queue(run, "tasks"), passive=True).method
-            retry = ch.queue_declare(queue(run, "retry"), passive=True).method
         except pex.ChannelClosedByBroker as e:
             if e.reply_code == 404:
                 self._forget(run)
@@ -249,8 +256,9 @@ class RabbitMQBroker(Broker):
             redelivered=fold.redelivered,
             failed=fold.failed,
             malformed=fold.malformed,
-            # Unacknowledged deliveries are not in message_count: add what workers hold.
-            queue_depth=tasks.message_count + retry.message_count + len(in_flight),
+            # Messages may carry several chunks (and hold none once their chunks are
+            # done), so count chunks: seeded and without an outcome yet.
+            queue_depth=max(0, state.cursor - fold.finished),
             workers=tasks.consumer_count,
             control=self._runs.get(run, "running"),
             seeded_at=state.seeded_at,

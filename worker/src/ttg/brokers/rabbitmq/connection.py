@@ -6,9 +6,9 @@ Layout of one run ``R`` (all durable, declared by ``seed`` with fixed arguments)
                               {"run": R, "control": paused|running|cancelled}, deletions
                               {"deleted": R}; every consumer reads it from the start
     ttg.R.meta        stream  the RunSpec, then seeding cursors {"cursor": k}
-    ttg.R.tasks       quorum  one message per chunk (headers c=chunk, a=earlier deliveries,
-                              g=retry round); delivery limit = the run's max deliveries,
-                              then to ttg.R.dead
+    ttg.R.tasks       quorum  one message per chunk or per group of small chunks (headers
+                              c=first chunk, n=chunks, a=earlier deliveries, g=retry round);
+                              delivery limit = the run's max deliveries, then to ttg.R.dead
     ttg.R.retry       quorum  failed chunks waiting out their backoff (per-message TTL), then
                               dead-lettered (at-least-once) back into ttg.R.tasks
     ttg.R.dead        quorum  chunks RabbitMQ dead-lettered (their workers kept dying)
@@ -142,9 +142,13 @@ def _ssl_options(url: str, tls: TLS) -> pika.SSLOptions:
 
 
 def parameters(
-    urls: str, tls: TLS, heartbeat: int, *, blocked_timeout: float = 60
+    urls: str, tls: TLS, heartbeat: int, *, blocked_timeout: float = 60, name: str | None = None
 ) -> list[pika.URLParameters]:
     """Connection parameters for each of the comma-separated ``urls`` (a cluster's nodes).
+
+    ``heartbeat`` is what we ask for; pika keeps the client's value, so it is
+    what the connection gets (RabbitMQ's own ``heartbeat`` setting is only a
+    proposal). ``name`` labels the connection in RabbitMQ's tools.
 
     Raises:
         UsageError: a URL is malformed.
@@ -163,6 +167,9 @@ def parameters(
         params.blocked_connection_timeout = blocked_timeout
         params.connection_attempts = 1
         params.socket_timeout = 5
+        if name:
+            # Shown by `rabbitmqctl list_connections client_properties` and the UI.
+            params.client_properties = {"connection_name": name}
         out.append(params)
     if not out:
         raise UsageError("broker URL is empty")
@@ -242,8 +249,11 @@ def publish(
     )
 
 
-def task_headers(chunk: int, earlier: int, round_: int = 0) -> dict[str, int]:
+def task_headers(chunk: int, earlier: int, round_: int = 0, count: int = 1) -> dict[str, int]:
+    """Headers of a task message: chunks ``chunk .. chunk+count-1``, earlier deliveries, round."""
     headers = {"c": chunk, "a": earlier}
+    if count > 1:
+        headers["n"] = count
     if round_:
         headers["g"] = round_
     return headers

@@ -11,13 +11,19 @@ requeues its chunks at once. After a lost connection the I/O thread reconnects;
 deliveries of the old connection are requeued by RabbitMQ, and an outcome
 computed for one is still recorded in the ledger (where a second outcome is a
 duplicate), only its acknowledgement is skipped.
+
+A task message may carry a group of consecutive chunks (``messages.py``). The
+worker sees one delivery per chunk. A group is split into single-chunk
+messages — published before the group is acknowledged — whenever keeping it
+whole would cost something: when it is redelivered (so a chunk that kills its
+workers is isolated from the others), and when its chunks wait for the worker
+longer than ``STALE_GROUP_SECONDS`` (long chunks: other workers take the rest).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue as queues
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,30 +44,25 @@ from ttg.brokers.rabbitmq.connection import (
     task_headers,
 )
 from ttg.brokers.rabbitmq.iothread import IOThread
+from ttg.brokers.rabbitmq.messages import Activity, Inbox, Message, Unacked
 from ttg.errors import BrokerError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec
 
 log = logging.getLogger(__name__)
 
+#: Members of a group that wait longer than this for the worker go back as single chunks.
+STALE_GROUP_SECONDS = 0.25
 #: Shortest gap between two activity snapshots of a worker.
 SNAPSHOT_MIN_INTERVAL = 0.05
 
 
 @dataclass
 class _Subscription:
-    """One run's task consumer: its tag, its prefetch, and how many of its deliveries we hold."""
+    """One run's task consumer: its tag, its prefetch, and how many of its messages we hold."""
 
     tag: str
     prefetch: int
     unacked: int = 0
-
-
-@dataclass(frozen=True)
-class _Handle:
-    """Where a delivery came from: the connection generation and its delivery tag."""
-
-    generation: int
-    tag: int
 
 
 class RabbitMQConsumer(IOThread, Consumer):
@@ -70,31 +71,32 @@ class RabbitMQConsumer(IOThread, Consumer):
     ) -> None:
         # Heartbeats near the lease: a partitioned worker is dropped (and its
         # chunks requeued) after about two intervals; a crashed one at once.
-        super().__init__(parameters(url, tls, max(1, round(lease_seconds))), "ttg-amqp-io")
+        super().__init__(
+            parameters(url, tls, max(1, round(lease_seconds)), name=f"ttg worker {name}"),
+            "ttg-amqp-io",
+        )
         self.name = name
         self.cap = prefetch
-        self.read_ahead = 1
+        #: Prefetch of the task subscriptions, in messages.
+        self.window = 1
+        #: Chunks per message of the last group received (to size the window in messages).
+        self._group = 1
         #: Deliveries handed to the worker and not settled yet (the worker's thread only).
         self._unsettled = 0
         self.snapshot_s = lease_seconds / 4
-        self._inbox: queues.SimpleQueue[Delivery] = queues.SimpleQueue()
+        self._inbox = Inbox()
         #: run -> spec and control, from ttg.runs.
         self._specs: dict[str, RunSpec] = {}
         self._controls: dict[str, str] = {}
         #: run -> its task subscription.
         self._subscribed: dict[str, _Subscription] = {}
-        #: delivery tag -> consumer tag, for deliveries not yet acknowledged.
-        self._unacked: dict[int, str] = {}
+        self._unacked = Unacked()
         #: Runs whose dead-letter queue we consume (the worker records those deaths).
         self._dead_subscribed: set[str] = set()
         self._fetching = True
-        #: run -> chunk -> (attempt, started): what this worker holds, for activity snapshots.
-        self._held: dict[str, dict[int, tuple[int, float]]] = {}
-        #: run -> chunk -> (attempt, started): held at some point since the last snapshot.
-        self._recent: dict[str, dict[int, tuple[int, float]]] = {}
+        self._activity = Activity()
         self._snapshot_due = 0.0
         self._snapshot_last = 0.0
-        self._dirty = False
         self._ch: Any = None
         self._events: Any = None
 
@@ -109,39 +111,28 @@ class RabbitMQConsumer(IOThread, Consumer):
 
     def fetch(self, timeout: float, limit: int) -> list[Delivery]:
         # RabbitMQ pushes: the prefetch window is what we hold plus what we ask for.
-        self._window(self._unsettled + limit)
-        try:
-            first = self._inbox.get(timeout=timeout)
-        except queues.Empty:
-            return []
-        got = [first]
-        while len(got) < limit:
-            try:
-                got.append(self._inbox.get_nowait())
-            except queues.Empty:
-                break
+        self._size_window(self._unsettled + limit)
+        got = self._inbox.take(limit, timeout)
         out = []
         for d in got:
             if d.handle.generation != self.generation:
                 continue  # its connection is gone: RabbitMQ requeued it
             if self._controls.get(d.run, "running") != "running":
+                self._unsettled += 1
                 self.release(d)  # paused or cancelled since it arrived
                 continue
             out.append(d)
         self._unsettled += len(out)
         return out
 
-    def _window(self, size: int) -> None:
-        # Powers of two: a new window means a new subscription (see _resize), so few sizes.
-        self.read_ahead = min(self.cap, 1 << max(0, size - 1).bit_length())
-
-    def _settled(self) -> None:
-        self._unsettled = max(0, self._unsettled - 1)
+    def _size_window(self, chunks: int) -> None:
+        # Messages, in powers of two: a new window means a new subscription (see _resize).
+        messages = -(-chunks // self._group) + (1 if self._group > 1 else 0)
+        self.window = min(self.cap, 1 << max(0, messages - 1).bit_length())
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         out = self.call(lambda: self._record(items))
-        for _ in items:
-            self._settled()
+        self._unsettled = max(0, self._unsettled - len(items))
         return out
 
     def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
@@ -158,35 +149,20 @@ class RabbitMQConsumer(IOThread, Consumer):
                 task_headers(d.chunk, d.attempt, d.round),
                 expiration_ms=int(delay * 1000),
             )
-            self._ack(d)
+            self._settle([d])
 
         self.call(retry)
-        self._settled()
+        self._unsettled = max(0, self._unsettled - 1)
 
     def release(self, delivery: Delivery) -> None:
-        def release() -> None:
-            d = delivery
-            # A copy with the same count of earlier deliveries: a release is not a failure.
-            publish_task(
-                self._ch, queue(d.run, "tasks"), task_headers(d.chunk, d.attempt - 1, d.round)
-            )
-            self._event(d.run, {"e": "released", "c": d.chunk, "w": self.name})
-            self._ack(d)
-
-        self.call(release)
-        self._settled()
+        self.call(lambda: self._release_all([delivery], event=True))
+        self._unsettled = max(0, self._unsettled - 1)
 
     def abandon(self, delivery: Delivery) -> None:
-        def nack() -> None:
-            # Back to the queue at once (a delivery that counts, as a lost worker's does).
-            tag = delivery.handle.tag
-            if delivery.handle.generation == self.generation and tag in self._unacked:
-                self._ch.basic_nack(tag, requeue=True)
-                self._forget_unacked(self._unacked.pop(tag))
-            self._held.get(delivery.run, {}).pop(delivery.chunk, None)
-
-        self.post(nack)
-        self._settled()
+        # Back to the queue once its message is settled (a delivery that counts, as a
+        # lost worker's does); never raises.
+        self.post(lambda: self._settle([delivery], requeue=True))
+        self._unsettled = max(0, self._unsettled - 1)
 
     def stop_fetching(self) -> None:
         """Cancel every task subscription, so a released chunk is not pushed back to us."""
@@ -207,12 +183,10 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._subscribed.clear()
         self._unacked.clear()
         self._dead_subscribed = set()
-        self._held.clear()
-        self._recent.clear()
+        self._activity.clear()
         # Confirmed publishes (outcomes, retries, releases) and the task deliveries.
         self._ch = conn.channel()
         self._ch.confirm_delivery()
-        self._ch.basic_qos(prefetch_count=self.read_ahead)
         # Informational events and activity snapshots: no confirms, no waiting.
         self._events = conn.channel()
         runs = conn.channel()
@@ -223,15 +197,27 @@ class RabbitMQConsumer(IOThread, Consumer):
     def on_lost(self) -> None:
         self._ch = self._events = None
         # Whatever was delivered on the old connection is requeued by RabbitMQ.
-        while True:
-            try:
-                self._inbox.get_nowait()
-            except queues.Empty:
-                break
+        self._inbox.clear()
 
     def tick(self) -> None:
+        self._split_stale_groups()
         self._resize()
         self._snapshot()
+
+    def _split_stale_groups(self) -> None:
+        """Give back, as single chunks, group members the worker has not taken for a while.
+
+        With chunks that take long, the rest of a group would wait behind this
+        worker's computing; other workers take them at once instead. With short
+        chunks the worker takes them within milliseconds, and a group stays whole.
+        """
+        stale = [
+            d
+            for d in self._inbox.take_stale(STALE_GROUP_SECONDS)
+            if d.handle.generation == self.generation
+        ]
+        if stale:
+            self._release_all(stale, event=False)
 
     def _resize(self) -> None:
         """Give each run's subscription the prefetch window the worker asks for.
@@ -243,7 +229,7 @@ class RabbitMQConsumer(IOThread, Consumer):
         towards the dead-letter limit. With the window full, none is on its way.
         """
         for run, sub in list(self._subscribed.items()):
-            if sub.prefetch != self.read_ahead and sub.unacked >= sub.prefetch:
+            if sub.prefetch != self.window and sub.unacked >= sub.prefetch:
                 self._ch.basic_cancel(sub.tag)
                 del self._subscribed[run]
                 self._subscribe(run)
@@ -283,9 +269,9 @@ class RabbitMQConsumer(IOThread, Consumer):
             if e.reply_code == 404:
                 return  # deleted; its deletion is further down ttg.runs than we have read
             raise
-        self._ch.basic_qos(prefetch_count=self.read_ahead)
+        self._ch.basic_qos(prefetch_count=self.window)
         tag = self._ch.basic_consume(queue(run, "tasks"), self._on_task)
-        self._subscribed[run] = _Subscription(tag, self.read_ahead)
+        self._subscribed[run] = _Subscription(tag, self.window)
         if run not in self._dead_subscribed:
             self._dead_subscribed.add(run)
             self._ch.basic_consume(queue(run, "dead"), self._on_dead)
@@ -305,36 +291,50 @@ class RabbitMQConsumer(IOThread, Consumer):
             return
         headers = props.headers or {}
         try:
-            chunk, earlier = int(headers["c"]), int(headers.get("a", 0))
-            round_ = int(headers.get("g", 0))
-            if not 0 <= chunk < spec.total_chunks or earlier < 0 or round_ < 0:
-                raise ValueError("chunk, attempt or round out of range")
+            first, count = int(headers["c"]), int(headers.get("n", 1))
+            earlier, round_ = int(headers.get("a", 0)), int(headers.get("g", 0))
+            if first < 0 or count < 1 or first + count > spec.total_chunks or earlier < 0:
+                raise ValueError("chunk, count, attempt or round out of range")
+            if round_ < 0:
+                raise ValueError("round out of range")
         except (KeyError, ValueError, TypeError) as e:
-            detail = f"malformed task message {headers}: {type(e).__name__}: {e}"
-            log.error(
-                "%s: acknowledged and recorded as a problem of the run", detail, extra={"run": run}
-            )
-            publish(
-                self._ch,
-                queue(run, "ledger"),
-                {"e": "malformed", "w": self.name, "t": time.time(), "d": detail[:500]},
-            )
+            self._malformed(run, headers, e, method.delivery_tag)
+            return
+        attempt = earlier + int(headers.get("x-delivery-count", 0)) + 1
+        chunks = range(first, first + count)
+        if count > 1 and attempt > 1:
+            # A group back from a lost worker: split it, so a chunk that kills its
+            # workers goes to the dead letters alone, not with its neighbours.
+            for chunk in chunks:
+                publish_task(
+                    self._ch, queue(run, "tasks"), task_headers(chunk, attempt - 1, round_)
+                )
             self._ch.basic_ack(method.delivery_tag)
             return
-        self._unacked[method.delivery_tag] = method.consumer_tag
+        msg = Message(
+            self.generation, method.delivery_tag, method.consumer_tag, set(chunks), size=count
+        )
+        self._unacked.add(msg)
         for sub in self._subscribed.values():
             if sub.tag == method.consumer_tag:
                 sub.unacked += 1
-        attempt = earlier + int(headers.get("x-delivery-count", 0)) + 1
-        held = (attempt, time.time())
-        self._held.setdefault(run, {})[chunk] = held
-        self._recent.setdefault(run, {})[chunk] = held
-        self._dirty = True
+        self._group = count
+        self._activity.hold(run, chunks, attempt)
         if attempt > 1:
-            self._event(run, {"e": "redelivered", "c": chunk, "w": self.name, "a": attempt})
-        self._inbox.put(
-            Delivery(spec, chunk, attempt, _Handle(self.generation, method.delivery_tag), round_)
+            self._event(run, {"e": "redelivered", "c": first, "w": self.name, "a": attempt})
+        self._inbox.put([Delivery(spec, chunk, attempt, msg, round_) for chunk in chunks])
+
+    def _malformed(self, run: str, headers: Any, e: Exception, tag: int) -> None:
+        detail = f"malformed task message {headers}: {type(e).__name__}: {e}"
+        log.error(
+            "%s: acknowledged and recorded as a problem of the run", detail, extra={"run": run}
         )
+        publish(
+            self._ch,
+            queue(run, "ledger"),
+            {"e": "malformed", "w": self.name, "t": time.time(), "d": detail[:500]},
+        )
+        self._ch.basic_ack(tag)
 
     def _on_dead(self, ch: Any, method: Any, props: Any, _body: bytes) -> None:
         """RabbitMQ dead-lettered a task (delivery limit): record the death in the ledger."""
@@ -342,13 +342,14 @@ class RabbitMQConsumer(IOThread, Consumer):
         headers = props.headers or {}
         spec = self._specs.get(run)
         if spec is not None and str(headers.get("c", "")).isdigit():
-            chunk = int(headers["c"])
+            first, count = int(headers["c"]), int(headers.get("n", 1))
             attempt = int(headers.get("a", 0)) + spec.max_deliveries + 1
-            d = Delivery(spec, chunk, attempt, None, int(headers.get("g", 0)))
             error = "delivery limit reached: the workers holding it were lost each time"
-            publish(
-                ch, queue(run, "ledger"), {"o": [_outcome_body(Outcome.dead(d, self.name, error))]}
-            )
+            dead = [
+                _outcome_json(Outcome.dead(Delivery(spec, c, attempt, None), self.name, error))
+                for c in range(first, min(first + count, spec.total_chunks))
+            ]
+            publish(ch, queue(run, "ledger"), ('{"o":[' + ",".join(dead) + "]}").encode())
         ch.basic_ack(method.delivery_tag)
 
     # -- the I/O thread: settling --------------------------------------------------------------
@@ -369,67 +370,62 @@ class RabbitMQConsumer(IOThread, Consumer):
                 log.error("run %s was deleted: %d outcomes dropped", run, len(indexes))
                 for i in indexes:
                     out[i] = Recorded.GONE
-            for i in indexes:
-                self._ack(items[i][0])
+        self._settle([d for d, _ in items])
         return out
 
-    def _ack(self, d: Delivery) -> None:
-        # No snapshot for an ack: readers drop chunks that have an outcome, and a
-        # snapshot taken between two chunks would show this worker holding nothing.
-        self._held.get(d.run, {}).pop(d.chunk, None)
-        if d.handle is None or d.handle.generation != self.generation:
-            return  # its connection is gone: RabbitMQ requeued it already
-        consumer_tag = self._unacked.pop(d.handle.tag, None)
-        if consumer_tag is None:
-            return  # settled before (a record sent again): a second ack would close the channel
-        self._ch.basic_ack(d.handle.tag)
-        self._forget_unacked(consumer_tag)
+    def _release_all(self, ds: Sequence[Delivery], *, event: bool) -> None:
+        """Single-chunk copies back to the queue, then the originals settled.
 
-    def _forget_unacked(self, consumer_tag: str) -> None:
-        for sub in self._subscribed.values():
-            if sub.tag == consumer_tag:
-                sub.unacked -= 1
+        A copy keeps the count of earlier deliveries: a release is not a failure.
+        """
+        for d in ds:
+            publish_task(
+                self._ch, queue(d.run, "tasks"), task_headers(d.chunk, d.attempt - 1, d.round)
+            )
+            if event:
+                self._event(d.run, {"e": "released", "c": d.chunk, "w": self.name})
+        self._settle(ds)
+
+    def _settle(self, ds: Sequence[Delivery], *, requeue: bool = False) -> None:
+        """Mark chunks settled; acknowledge (or, for abandoned ones, requeue) finished messages."""
+        done = []
+        for d in ds:
+            self._activity.drop(d.run, d.chunk)
+            msg = d.handle
+            if msg is None or msg.generation != self.generation:
+                continue  # its connection is gone: RabbitMQ requeued it already
+            if self._unacked.settle(msg, d.chunk, requeue=requeue):
+                done.append(msg)
+                for sub in self._subscribed.values():
+                    if sub.tag == msg.consumer_tag:
+                        sub.unacked -= 1
+        multiple, acks, nacks = self._unacked.finish(done)
+        for tag in nacks:
+            self._ch.basic_nack(tag, requeue=True)
+        if multiple is not None:
+            self._ch.basic_ack(multiple, multiple=True)
+        for tag in acks:
+            self._ch.basic_ack(tag)
 
     def _event(self, run: str, msg: dict[str, Any]) -> None:
         msg.setdefault("t", time.time())
         self._events.basic_publish("", queue(run, "ledger"), body(msg))
 
     def _snapshot(self) -> None:
-        """Publish, per run, the chunks this worker held since its last snapshot.
-
-        Held *since*, not held *now*: chunks of a tenth of a second would
-        otherwise mostly be caught between two chunks, holding nothing. Readers
-        drop the ones whose outcome is in the ledger already.
-        """
+        """Publish, per run, the chunks this worker held since its last snapshot."""
         # On schedule, or soon after a delivery, but never more than 20 times a second.
         now = time.monotonic()
-        changed = self._dirty and now - self._snapshot_last >= SNAPSHOT_MIN_INTERVAL
+        changed = self._activity.dirty and now - self._snapshot_last >= SNAPSHOT_MIN_INTERVAL
         if (now < self._snapshot_due and not changed) or self._events is None:
             return
         self._snapshot_due = now + self.snapshot_s
         self._snapshot_last = now
-        self._dirty = False
-        for run in list(self._recent):
-            recent = self._recent[run]
+        for run, held in self._activity.snapshots().items():
             if run in self._specs:
-                snap = {
-                    "w": self.name,
-                    "t": time.time(),
-                    "h": [[c, a, s] for c, (a, s) in recent.items()],
-                }
+                snap = {"w": self.name, "t": time.time(), "h": held}
                 self._events.basic_publish("", queue(run, "activity"), body(snap))
-            held = self._held.get(run, {})
-            if held:
-                self._recent[run] = dict(held)
-            else:
-                del self._recent[run]  # said once that it holds nothing; quiet after
 
 
 def _outcome_json(o: Outcome) -> str:
     text = o.to_json()
     return f'{text[:-1]},"c":{o.chunk}}}'
-
-
-def _outcome_body(o: Outcome) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(_outcome_json(o))
-    return out

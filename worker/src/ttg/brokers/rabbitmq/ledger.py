@@ -28,6 +28,12 @@ from ttg.errors import BrokerError
 STREAM_IDLE_SECONDS = 0.05
 #: A one-shot read fails when nothing arrives for this long.
 READ_STALL_SECONDS = 30.0
+#: Stream messages in flight to a reader. A ledger message holds a batch of outcomes
+#: (tens of kB): the window bounds a reader's buffers, which would otherwise grow
+#: with the run's results.
+STREAM_PREFETCH = 64
+#: A stream reader acknowledges (flow control only) every this many messages.
+STREAM_ACK_EVERY = 16
 #: Distinct recent errors kept per run.
 RECENT_ERRORS = 5
 
@@ -59,13 +65,13 @@ class StreamTail:
         self.caught_up = False
         self._markers: set[str] = set()
         self.channel = conn.channel()
-        self.channel.basic_qos(prefetch_count=2000)
+        self.channel.basic_qos(prefetch_count=STREAM_PREFETCH)
         self.channel.basic_consume(name, self._on_message, arguments={"x-stream-offset": offset})
 
     def _on_message(self, ch: Any, method: Any, _props: Any, raw: bytes) -> None:
         self.received += 1
         # Streams need acknowledgements for flow control only; ack in batches.
-        if self.received % 500 == 0:
+        if self.received % STREAM_ACK_EVERY == 0:
             ch.basic_ack(method.delivery_tag, multiple=True)
         try:
             msg = json.loads(raw)
@@ -214,14 +220,14 @@ def read_stream(
         pub = conn.channel()
         pub.confirm_delivery()
         ch = conn.channel()
-        ch.basic_qos(prefetch_count=1000)
+        ch.basic_qos(prefetch_count=STREAM_PREFETCH)
         buf: deque[bytes] = deque()
         count = [0]
 
         def on_message(ch: Any, method: Any, _props: Any, raw: bytes) -> None:
             buf.append(raw)
             count[0] += 1
-            if count[0] % 500 == 0:
+            if count[0] % STREAM_ACK_EVERY == 0:
                 ch.basic_ack(method.delivery_tag, multiple=True)
 
         ch.basic_consume(name, on_message, arguments={"x-stream-offset": offset})

@@ -24,6 +24,19 @@ from ttg.errors import BrokerError, RunNotFound
 
 #: Publishes in flight, unconfirmed, at most.
 WINDOW = 4000
+#: Small chunks travel in groups of consecutive chunks, one message each, of about this
+#: many parameters: fewer messages to publish, deliver and acknowledge. A consumer
+#: splits a group back into single chunks when that matters (consumer.py).
+GROUP_PARAMS = 1000
+#: Most chunks in one message.
+GROUP_MAX = 64
+
+
+def group_size(chunk_size: int) -> int:
+    """Chunks per task message for chunks of ``chunk_size`` parameters."""
+    return max(1, min(GROUP_MAX, GROUP_PARAMS // chunk_size))
+
+
 #: The cursor is published once at least this many more chunks are confirmed.
 CURSOR_EVERY = 1000
 
@@ -38,6 +51,7 @@ class WindowedSeeder:
         start: int,
         total: int,
         *,
+        group: int = 1,
         on_progress: Callable[[int, int], None] | None = None,
         window: int = WINDOW,
         cursor_every: int = CURSOR_EVERY,
@@ -45,6 +59,7 @@ class WindowedSeeder:
         self.params = params
         self.run = run
         self.total = total
+        self.group = max(1, group)
         self.window = window
         self.cursor_every = cursor_every
         self.on_progress = on_progress
@@ -137,11 +152,12 @@ class WindowedSeeder:
     def _pump(self) -> None:
         tasks = queue(self.run, "tasks")
         while self.next < self.total and len(self._unconfirmed) < self.window:
-            props = pika.BasicProperties(delivery_mode=2, headers=task_headers(self.next, 0))
-            tag = self._publish(tasks, b"", props)
+            count = min(self.group, self.total - self.next)
+            headers = task_headers(self.next, 0, count=count)
+            tag = self._publish(tasks, b"", pika.BasicProperties(delivery_mode=2, headers=headers))
             self._tasks[self.next] = tag
             self._unconfirmed[tag] = ("task", self.next)
-            self.next += 1
+            self.next += count
         self._maybe_cursor()
 
     def _confirmed_prefix(self) -> int:

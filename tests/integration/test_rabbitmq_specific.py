@@ -1,0 +1,133 @@
+"""RabbitMQ backend details the shared conformance suite cannot see from the interface."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import BackendEnv, ConsumerFactory, backend_env
+from tests.helpers import ROOT, eventually
+from ttg import compute
+from ttg.broker import Consumer
+from ttg.errors import TTGError
+from ttg.local import RabbitMQNode
+from ttg.run import Delivery, Outcome, RunSpec, Status
+from ttg.space import RangeSpace
+
+pytestmark = pytest.mark.integration
+
+#: What a progress reader may grow by, per 10^6 parameters of a finished run.
+PROGRESS_BYTES_PER_MILLION = 2 * 1024 * 1024
+
+RSS_PROBE = """
+import sys
+from ttg.broker import open_broker
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+
+url, run = sys.argv[1], sys.argv[2]
+open_broker("rabbitmq", url).progress(run)  # everything imported, a connection open
+reader = open_broker("rabbitmq", url)
+before = rss_kib()
+p = reader.progress(run)
+print(p.done, p.done_params, rss_kib() - before)
+"""
+
+
+def squares(d: Delivery) -> Outcome:
+    result = [x * x for x in range(d.lo, d.hi)]
+    return Outcome(d.chunk, Status.OK, d.hi - d.lo, "filler", d.attempt, time.time(), result)
+
+
+@pytest.fixture
+def backend(rabbitmq_node: object) -> Iterator[BackendEnv]:
+    yield from backend_env("rabbitmq", rabbitmq_node)  # type: ignore[arg-type]
+
+
+def test_progress_of_a_finished_million_parameter_run_costs_no_memory_per_result(
+    backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # A reader keeps counters and a byte per chunk, never the results (which are
+    # 10^6 integers here): a million-parameter run must not cost megabytes per reader.
+    broker = backend.broker()
+    spec = RunSpec(run_id, RangeSpace(0, 1_000_000).to_spec(), 100, compute.DEFAULT_COMPUTE)
+    broker.seed(spec)
+    c = new_consumer(broker, "filler")
+    done = 0
+    deadline = time.monotonic() + 300
+    while done < spec.total_chunks and time.monotonic() < deadline:
+        batch = c.fetch(0.5, 64)
+        c.complete([(d, squares(d)) for d in batch])
+        done += len(batch)
+    assert done == spec.total_chunks
+
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, backend.url, run_id],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=ROOT,
+    )
+    chunks_done, params_done, growth_kib = map(int, probe.stdout.split())
+    assert (chunks_done, params_done) == (10_000, 1_000_000), probe.stdout
+    print(f"progress() of a finished 10^6-parameter run grew RSS by {growth_kib} KiB")  # noqa: T201
+    assert growth_kib * 1024 < PROGRESS_BYTES_PER_MILLION, growth_kib
+
+
+def test_an_outcome_the_broker_did_not_take_leaves_its_task_to_come_back(
+    backend: BackendEnv, rabbitmq_node: RabbitMQNode, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # Result first, then the acknowledgement (invariant 3). Publishers blocked by a
+    # memory alarm, a worker's outcome publish hangs; its connection is then cut. Had
+    # the task been acknowledged before the result was durable, the chunk would be
+    # gone for good; it must come back.
+    broker = backend.broker()
+    broker.seed(RunSpec(run_id, RangeSpace(0, 10).to_spec(), 10, compute.DEFAULT_COMPUTE))
+    # A long lease: no activity snapshot publishes on its own schedule, so the outcome
+    # is this connection's first publish once the alarm is on (a connection is blocked
+    # at its first publish, after reading whatever came before it, e.g. an ack).
+    holder = new_consumer(broker, f"{run_id}-holder", lease=1000)
+    (d,) = eventually(lambda: holder.fetch(0.2, 1), what="the chunk delivered")
+    # The snapshot that follows a delivery has gone out.
+    eventually(lambda: broker.progress(run_id).in_flight, what="the chunk shown in flight")
+    rabbitmq_node.ctl_run("set_vm_memory_high_watermark", "0.0001")
+    try:
+        attempt = threading.Thread(target=_complete_quietly, args=(holder, d), daemon=True)
+        attempt.start()
+
+        def blocked_connection() -> str | None:
+            out = rabbitmq_node.ctl_run(
+                "list_connections", "pid", "state", "client_properties", "--quiet",
+                "--no-table-headers",
+            )  # fmt: skip
+            return next(
+                (
+                    line.split("\t")[0]
+                    for line in out.splitlines()
+                    if f"{run_id}-holder" in line and "\tblocked\t" in line
+                ),
+                None,
+            )
+
+        pid = eventually(blocked_connection, timeout=60, what="the outcome's publish blocked")
+        holder.close()  # no reconnection: the chunk goes back to the queue, not to it
+        rabbitmq_node.ctl_run("close_connection", pid, "test: cut while blocked")
+    finally:
+        rabbitmq_node.ctl_run("set_vm_memory_high_watermark", "0.4")
+    other = new_consumer(broker, f"{run_id}-other")
+    (again,) = eventually(lambda: other.fetch(0.2, 1), timeout=60, what="the chunk back")
+    assert again.chunk == d.chunk and again.attempt >= 2
+
+
+def _complete_quietly(c: Consumer, d: Delivery) -> None:
+    with contextlib.suppress(TTGError):
+        c.complete([(d, squares(d))])
