@@ -77,7 +77,7 @@ clean: ## remove .venv, .tools and caches
 	rm -rf $(VENV) $(BENCH_VENV) .tools .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: kind-up
-kind-up: tools ## Kind cluster (1+3 nodes) with the worker image loaded and TTG installed (BACKEND=redis|rabbitmq)
+kind-up: tools ## Kind cluster (1+3 nodes) with the worker image loaded and TTG installed (BACKEND=redis|rabbitmq|rabbitmq-cluster)
 	bash kind/up.sh
 
 .PHONY: kind-down
@@ -86,5 +86,5 @@ kind-down: ## delete the Kind cluster
 
 SCENARIO ?= all
 .PHONY: e2e
-e2e: ## the end-to-end scenarios on the Kind cluster of `make kind-up` (SCENARIO=all|worker-sigkill|broker-restart)
+e2e: ## the end-to-end scenarios on the Kind cluster of `make kind-up` (SCENARIO=all|worker-sigkill|broker-restart|broker-node-sigkill)
 	@SCENARIO=$(SCENARIO) bash ci/e2e.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # e2e.sh — the end-to-end scenarios on a Kind cluster that already runs TTG
 # (make kind-up), then the evidence: logs, status, events.
-#   SCENARIO=all|worker-sigkill|broker-restart (default all)   ARTIFACTS=dir
+#   SCENARIO=all|worker-sigkill|broker-restart|broker-node-sigkill (default all)   ARTIFACTS=dir
+#   (broker-node-sigkill needs a RabbitMQ cluster: kind/up.sh with BACKEND=rabbitmq-cluster;
+#   on a single broker it is skipped)
 #   NAMESPACE=ttg RELEASE=ttg (where kind/up.sh installed it)
 set -euo pipefail
 
@@ -27,8 +29,8 @@ preflight() {
   kubectl --kubeconfig "${KUBECONFIG_FILE}" -n "${NAMESPACE}" get "deploy/${RELEASE}-worker" >/dev/null 2>&1 \
     || missing "TTG release ${RELEASE} not installed in namespace ${NAMESPACE}"
   case "${SCENARIO}" in
-    all | worker-sigkill | broker-restart) ;;
-    *) echo "e2e: SCENARIO=${SCENARIO}: use all, worker-sigkill or broker-restart" >&2; exit 2 ;;
+    all | worker-sigkill | broker-restart | broker-node-sigkill) ;;
+    *) echo "e2e: SCENARIO=${SCENARIO}: use all, worker-sigkill, broker-restart or broker-node-sigkill" >&2; exit 2 ;;
   esac
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # up.sh — a Kind cluster with TTG installed: create the cluster (unless it
 # exists), build the worker image, load it into the nodes, install the chart.
-#   BACKEND=redis|rabbitmq (default redis)   SKIP_CLUSTER=1 (cluster made elsewhere, e.g. kind-action)
+#   BACKEND=redis|rabbitmq|rabbitmq-cluster (default redis; rabbitmq-cluster: three
+#   RabbitMQ nodes, one per Kind worker)   SKIP_CLUSTER=1 (cluster made elsewhere, e.g. kind-action)
 set -euo pipefail
 
 # The newest pair the e2e workflow tests (its matrix also runs 1.29 and 1.31).
@@ -47,9 +48,12 @@ load_image() {
 
 install_chart() {
   local values=(--values "${ROOT}/values/kind.yaml")
-  if [ "${BACKEND}" = rabbitmq ]; then
-    values+=(--values "${ROOT}/values/rabbitmq.yaml")
-  fi
+  case "${BACKEND}" in
+    redis) ;;
+    rabbitmq) values+=(--values "${ROOT}/values/rabbitmq.yaml") ;;
+    rabbitmq-cluster) values+=(--values "${ROOT}/values/rabbitmq.yaml" --set rabbitmq.replicas=3) ;;
+    *) log "BACKEND=${BACKEND}: use redis, rabbitmq or rabbitmq-cluster"; exit 2 ;;
+  esac
   # A worker image from before `ttg exporter` existed cannot run the exporter.
   if ! docker run --rm "${IMAGE}" exporter --help >/dev/null 2>&1; then
     log "${IMAGE} has no \`ttg exporter\`: installing without the exporter"

@@ -1,5 +1,8 @@
 """Generate the values table of charts/ttg/README.md from the `# --` comments in values.yaml.
 
+The broker subcharts' values (charts/redis, charts/rabbitmq) follow the chart's
+own, under their key in the parent (`redis.`, `rabbitmq.`).
+
     python scripts/gen_chart_readme.py          # rewrite the table in place
     python scripts/gen_chart_readme.py --check  # exit 1 if the committed table is stale
 
@@ -23,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "ttg"
 START, END = "<!-- values:start -->", "<!-- values:end -->"
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_]+):")
+#: Subcharts whose values are set under their name in the parent's values.
+SUBCHARTS = ("redis", "rabbitmq")
 
 
 def documented_keys(text: str) -> list[tuple[str, str]]:
@@ -71,16 +76,24 @@ def type_of(value: Any) -> str:
     }.get(type(value), "null")
 
 
-def table(values_text: str) -> str:
+def rows(values_text: str, prefix: str = "") -> list[str]:
     values = yaml.safe_load(values_text)
-    rows = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
+    out = []
     for key, desc in documented_keys(values_text):
         value = lookup(values, key)
         default = json.dumps(value) if value not in ("", None) else '`""`'
         default = default if default == '`""`' else f"`{default}`"
         cell = desc.replace("|", "\\|")
-        rows.append(f"| `{key}` | {type_of(value)} | {default} | {cell} |")
-    return "\n".join(rows)
+        out.append(f"| `{prefix}{key}` | {type_of(value)} | {default} | {cell} |")
+    return out
+
+
+def table(values_text: str, subcharts: dict[str, str] | None = None) -> str:
+    lines = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
+    lines += rows(values_text)
+    for name, text in (subcharts or {}).items():
+        lines += rows(text, f"{name}.")
+    return "\n".join(lines)
 
 
 def undocumented(values: dict[str, Any], documented: set[str], prefix: str = "") -> list[str]:
@@ -107,15 +120,18 @@ def main() -> int:
         print(f"{readme}: markers {START} / {END} missing", file=sys.stderr)
         return 1
     values_text = (CHART / "values.yaml").read_text()
-    missing = undocumented(
-        yaml.safe_load(values_text), {k for k, _ in documented_keys(values_text)}
-    )
-    if missing:
-        print(f"values.yaml keys without a `# --` comment: {', '.join(missing)}", file=sys.stderr)
-        return 1
+    subcharts = {n: (CHART / "charts" / n / "values.yaml").read_text() for n in SUBCHARTS}
+    for path, source in [(CHART / "values.yaml", values_text)] + [
+        (CHART / "charts" / n / "values.yaml", s) for n, s in subcharts.items()
+    ]:
+        missing = undocumented(yaml.safe_load(source), {k for k, _ in documented_keys(source)})
+        if missing:
+            where = path.relative_to(ROOT)
+            print(f"{where}: keys without a `# --` comment: {', '.join(missing)}", file=sys.stderr)
+            return 1
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{table(values_text)}\n{END}{tail}"
+    new = f"{head}{START}\n{table(values_text, subcharts)}\n{END}{tail}"
     if args.check:
         if new != text:
             print(f"{readme} is stale: run python scripts/gen_chart_readme.py", file=sys.stderr)

@@ -15,9 +15,11 @@ from ttg import scenario
 from ttg.scenario import KillRecord
 
 __all__ = [
+    "ClusterHarness",
     "Harness",
     "KillRecord",
     "assert_verified",
+    "kill_broker_node_at",
     "kill_worker_holding_chunk_at",
     "restart_broker_at",
     "wait_complete",
@@ -44,6 +46,18 @@ class Harness(Protocol):
         ...
 
 
+class ClusterHarness(Harness, Protocol):
+    """Where the broker is a cluster of nodes (a RabbitMQ cluster)."""
+
+    def kill_broker_node(self) -> str:
+        """SIGKILL one broker node, the one serving the most TTG connections; its name.
+
+        Returns once the node is killed, without waiting for it to come back
+        (on Kubernetes the kubelet restarts it; a local harness when told to).
+        """
+        ...
+
+
 def _status(h: Harness, run: str) -> scenario.StatusFn:
     return lambda: h.ttg_json("status", "--run", run)
 
@@ -62,6 +76,22 @@ def restart_broker_at(
 ) -> dict[str, Any]:
     """Restart the broker once ``fraction`` of ``run`` is done; the status just before."""
     return scenario.restart_broker_at(_status(h, run), h.restart_broker, fraction, timeout=timeout)
+
+
+def kill_broker_node_at(
+    h: ClusterHarness, run: str, fraction: float, *, timeout: float = 120
+) -> tuple[str, dict[str, Any]]:
+    """SIGKILL one node of the broker cluster once ``fraction`` of ``run`` is done.
+
+    Returns the node and the status just before. The run must go on without
+    it: its quorum queues and streams keep a majority, and the workers it
+    served reconnect to the other nodes.
+    """
+    killed: list[str] = []
+    before = scenario.restart_broker_at(
+        _status(h, run), lambda: killed.append(h.kill_broker_node()), fraction, timeout=timeout
+    )
+    return killed[0], before
 
 
 def wait_complete(h: Harness, run: str, *, timeout: float = 600) -> dict[str, Any]:

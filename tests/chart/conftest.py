@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -27,6 +28,12 @@ ALL_APIS = [
     "monitoring.coreos.com/v1/PrometheusRule",
     "keda.sh/v1alpha1/ScaledObject",
 ]
+#: cert-manager's API (the brokers' TLS certificates).
+CERT_MANAGER_API = "cert-manager.io/v1/Certificate"
+#: Kubernetes versions every rendered manifest must validate against, strictly.
+KUBE_VERSIONS = ("1.29.0", "1.34.0")
+#: Kinds from CRDs, which the Kubernetes schemas do not know.
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject", "Certificate"}
 #: Values every scenario test renders: chart-testing's (charts/ttg/ci, which `ct`
 #: also installs), render-only ones that need APIs or Secrets a bare cluster
 #: lacks (tests/chart/scenarios), and the environment overlays (values/).
@@ -83,6 +90,50 @@ class Rendered:
             elif "template" in spec:
                 out.append((d["metadata"]["name"], spec["template"]["spec"]))
         return out
+
+
+def assert_valid_strictly(r: Rendered) -> None:
+    """Every object validates strictly for each of KUBE_VERSIONS (CRD kinds: their shape only)."""
+    assert r.docs
+    for doc in r.docs:
+        if doc["kind"] in CRD_KINDS:
+            assert {"apiVersion", "metadata", "spec"} <= doc.keys()
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(
+                    f"{doc['kind']} {doc['metadata']['name']} invalid for {version}: {e.message}"
+                )
+
+
+def assert_restricted(r: Rendered) -> None:
+    """Every pod meets the restricted Pod Security Standard (and sets its resources)."""
+    for name, spec in r.pod_specs():
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True, name
+        assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0, name
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in spec["containers"] + spec.get("initContainers", []):
+            csc = c["securityContext"]
+            assert csc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert csc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert csc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert "resources" in c, (name, c["name"])
+        # Restricted allows only these volume types (no hostPath and the like).
+        for v in spec.get("volumes", []):
+            kinds = set(v) - {"name"}
+            assert kinds <= {
+                "configMap",
+                "secret",
+                "emptyDir",
+                "persistentVolumeClaim",
+                "projected",
+                "downwardAPI",
+                "csi",
+                "ephemeral",
+            }, (name, v)
 
 
 def helm(major: str) -> Path:

@@ -6,8 +6,10 @@ of them in a test. The kubelet's part is done for real where one machine can:
 
 - env: ``value``; ``valueFrom`` with ``secretKeyRef`` / ``configMapKeyRef``
   resolved from the rendered Secrets and ConfigMaps (``optional`` honoured) and
-  ``fieldRef`` to the pod name; ``envFrom`` ConfigMaps and Secrets; ``$(VAR)``
-  references expanded in env, command and args;
+  ``fieldRef`` to the pod's name and namespace; ``envFrom`` ConfigMaps and
+  Secrets; ``$(VAR)`` references expanded in env, command and args. Secrets the
+  chart does not render (an ``existingSecret``, one cert-manager writes) are the
+  caller's, given as ``cluster_secrets``: what the cluster would hold;
 - volumes: ConfigMap and Secret volumes become directories of files, emptyDir
   and PersistentVolumeClaims become directories. A claim's directory is the
   caller's, so it outlives the pod, as a PVC does;
@@ -46,6 +48,9 @@ class Pod:
         spec: the pod spec (a template's ``spec`` or a bare Pod's).
         workdir: where this pod's volumes live (a fresh directory per pod).
         name: the pod name (``fieldRef: metadata.name``).
+        namespace: the pod's namespace (``fieldRef: metadata.namespace``).
+        cluster_secrets: Secrets the cluster holds that the chart does not render
+            (name -> key -> value).
         claims: claim name -> local directory, for volumes that outlive the pod.
         image_env: the environment the image sets (its ``ENV`` lines and defaults).
         image_dirs: image directories a container writes to -> local directory.
@@ -62,6 +67,8 @@ class Pod:
         workdir: Path,
         *,
         name: str = "pod-0",
+        namespace: str = "sweeps",
+        cluster_secrets: Mapping[str, Mapping[str, str]] | None = None,
         claims: Mapping[str, Path] | None = None,
         image_env: Mapping[str, str] | None = None,
         image_dirs: Mapping[str, Path] | None = None,
@@ -74,6 +81,8 @@ class Pod:
         self.spec = spec
         self.workdir = workdir
         self.name = name
+        self.namespace = namespace
+        self.cluster_secrets = {k: dict(v) for k, v in (cluster_secrets or {}).items()}
         self.claims = dict(claims or {})
         self.image_env = dict(image_env or {})
         self.entrypoint = list(entrypoint)
@@ -93,7 +102,7 @@ class Pod:
     def secret(self, name: str) -> dict[str, str]:
         doc = self._doc("Secret", name)
         if doc is None:
-            return {}
+            return dict(self.cluster_secrets.get(name, {}))
         out = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
         out.update(doc.get("stringData") or {})
         return out
@@ -268,8 +277,9 @@ class Pod:
             assert ref.get("optional"), f"{e['name']}: {kind} {ref['name']} has no key {ref['key']}"
             return None
         if "fieldRef" in source:
-            assert source["fieldRef"]["fieldPath"] == "metadata.name", source
-            return self.name
+            fields = {"metadata.name": self.name, "metadata.namespace": self.namespace}
+            assert source["fieldRef"]["fieldPath"] in fields, source
+            return fields[source["fieldRef"]["fieldPath"]]
         if "valueFrom" not in e:
             return ""  # a name alone: the empty string
         raise AssertionError(f"unsupported env source in {e}")
@@ -297,11 +307,14 @@ class Pod:
                 self._write_files(out[v["name"]], data, v["configMap"].get("items"))
             elif "secret" in v:
                 data = self.secret(v["secret"]["secretName"])
+                self._required("Secret", {"name": v["secret"]["secretName"], **v["secret"]}, data)
                 self._write_files(out[v["name"]], data, v["secret"].get("items"))
 
     def _write_files(
         self, into: Path, data: dict[str, str], items: list[dict[str, str]] | None
     ) -> None:
+        missing = [i["key"] for i in items or [] if i["key"] not in data]
+        assert not missing, f"the kubelet would not mount keys {missing} it cannot find"
         files = {i["path"]: data[i["key"]] for i in items} if items else data
         for rel, content in files.items():
             (into / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,23 @@ processes on free ports (tests/chart/brokers.py says what is substituted).
 
 from __future__ import annotations
 
+import base64
+import json
+import ssl
 import stat
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.chart.brokers import rabbitmq_pod, redis_pod
+from tests.chart.brokers import BrokerPod, rabbitmq_pod, redis_pod
+from tests.chart.certs import CA
 from tests.chart.conftest import render
 from tests.chart.pods import add_group_bits
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.slow]
 
@@ -83,5 +91,77 @@ def test_redis_without_auth_admits_clients_beyond_loopback(tmp_path: Path) -> No
         client = redis.Redis(port=broker.port)
         assert client.config_get("protected-mode") == {"protected-mode": "no"}
         assert client.ping()
+    finally:
+        broker.stop()
+
+
+def get_json(
+    url: str, user: str, password: str, context: ssl.SSLContext | None = None
+) -> tuple[int, dict[str, object]]:
+    assert url.startswith(("http://", "https://")), url
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as resp:  # noqa: S310
+            return int(resp.status), dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as e:
+        return int(e.code), {}
+
+
+def listener_protocols(broker: BrokerPod) -> set[str]:
+    """What the running node listens for (rabbitmq-diagnostics, with the pod's environment)."""
+    proc = subprocess.run(
+        ["rabbitmq-diagnostics", "-q", "listeners", "--formatter", "json"],
+        env=broker.pod.env("rabbitmq"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {listener["protocol"] for listener in json.loads(proc.stdout)["listeners"]}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_rabbitmq_management_ui_logs_in_with_the_secrets_credentials(
+    tmp_path: Path, tls: bool
+) -> None:
+    """Issue 11: the UI a `kubectl port-forward svc/ttg-rabbitmq 15672` reaches (15671, HTTPS,
+    with TLS) answers the Secret's user, as an administrator, and nobody else."""
+    args = ["--set", "backend=rabbitmq", "--set", "rabbitmq.managementUI.enabled=true"]
+    secrets: dict[str, dict[str, str]] = {}
+    context = None
+    if tls:
+        args += ["--set", "rabbitmq.tls.enabled=true"]
+        args += ["--set", "rabbitmq.tls.existingSecret=rabbitmq-server-tls"]
+        ca = CA.create(tmp_path / "pki")
+        pair = ca.issue("server", usages=["serverAuth"], dns=["ttg-rabbitmq"], ips=["127.0.0.1"])
+        secrets["rabbitmq-server-tls"] = ca.secret(pair)
+        context = ssl.create_default_context(cafile=str(ca.crt))
+    rendered = render("helm4", *args)
+    broker = rabbitmq_pod(
+        rendered, tmp_path / "pod", tmp_path / "pvc-data", cluster_secrets=secrets
+    )
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://127.0.0.1:{broker.management_port}/api/whoami"
+    try:
+        broker.start()
+        creds = broker.pod.secret("ttg-rabbitmq")
+        _, me = eventually(
+            lambda: (
+                (r := get_json(url, creds["username"], creds["password"], context))[0] == 200 and r
+            ),
+            timeout=120,
+            interval=0.5,
+            what=f"the management UI answering on {scheme}",
+        )
+        assert me["name"] == creds["username"] and "administrator" in str(me["tags"]), me
+        assert get_json(url, creds["username"], "wrong", context)[0] == 401
+        # TLS only: the node listens for AMQP and the UI over TLS, nothing plain but metrics.
+        protocols = listener_protocols(broker)
+        if tls:
+            assert {"amqp/ssl", "https"} <= protocols and not {"amqp", "http"} & protocols
+        else:
+            assert {"amqp", "http"} <= protocols and not {"amqp/ssl", "https"} & protocols
     finally:
         broker.stop()

@@ -10,16 +10,19 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from tests.chart.conftest import (
     ALL_APIS,
+    CERT_MANAGER_API,
     CHART,
+    CRD_KINDS,
     SCENARIO_DIR,
     SCENARIOS,
     Rendered,
+    assert_restricted,
+    assert_valid_strictly,
     render,
     run_helm,
     selects,
@@ -29,10 +32,6 @@ from tests.helpers import ROOT
 
 pytestmark = pytest.mark.chart
 
-#: Kubernetes versions every rendered manifest must validate against, strictly.
-KUBE_VERSIONS = ("1.29.0", "1.34.0")
-#: Kinds from CRDs, which the Kubernetes schemas do not know.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
 BROKER_OBJECTS = {
     "redis": {
         ("StatefulSet", "ttg-redis"),
@@ -53,19 +52,7 @@ def names(r: Rendered) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_scenario_renders_and_validates_strictly(major: str, scenario: Path) -> None:
-    r = render(major, "-f", str(scenario), apis=tuple(ALL_APIS))
-    assert r.docs
-    for doc in r.docs:
-        if doc["kind"] in CRD_KINDS:
-            assert {"apiVersion", "metadata", "spec"} <= doc.keys()
-            continue
-        for version in KUBE_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                pytest.fail(
-                    f"{doc['kind']} {doc['metadata']['name']} invalid for {version}: {e.message}"
-                )
+    assert_valid_strictly(render(major, "-f", str(scenario), apis=tuple(ALL_APIS)))
 
 
 @pytest.mark.parametrize(
@@ -118,13 +105,14 @@ def test_external_without_a_secret_fails_with_a_message(major: str) -> None:
 
 def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major: str) -> None:
     everything = str(CHART / "ci/everything-values.yaml")
+    optional = CRD_KINDS - {"Certificate"}  # the brokers' TLS, tested with TLS
     with_apis = render(major, "-f", everything, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
-    assert with_apis.kinds() >= CRD_KINDS
+    assert with_apis.kinds() >= optional
     assert ("ConfigMap", "ttg-dashboard") in names(with_apis)
     without_apis = render(major, "-f", everything)
-    assert not CRD_KINDS & without_apis.kinds()
+    assert not optional & without_apis.kinds()
     default = render(major, apis=tuple(ALL_APIS))
-    assert not CRD_KINDS & default.kinds()
+    assert not optional & default.kinds()
     assert ("ConfigMap", "ttg-dashboard") not in names(default)
     assert "HorizontalPodAutoscaler" not in default.kinds()
 
@@ -134,10 +122,33 @@ LONGEST_RELEASE = "sweeps-of-the-materials-science-group-in-eu-west-1-xy"
 DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
-@pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
+TLS_EVERYTHING = (
+    "tls.enabled=true",
+    "tls.clientAuth.enabled=true",
+    "tls.certManager.issuerRef.name=ca-issuer",
+)
+
+
+@pytest.mark.parametrize(
+    ("backend", "extra"),
+    [
+        ("redis", ()),
+        ("rabbitmq", ()),
+        ("rabbitmq", ("--set", "rabbitmq.replicas=3")),
+        ("redis", tuple(w for s in TLS_EVERYTHING for w in ("--set", f"redis.{s}"))),
+        (
+            "rabbitmq",
+            (
+                *("--set", "rabbitmq.replicas=3", "--set", "rabbitmq.managementUI.enabled=true"),
+                *(w for s in TLS_EVERYTHING for w in ("--set", f"rabbitmq.{s}")),
+            ),
+        ),
+    ],
+    ids=["redis", "rabbitmq", "rabbitmq-cluster", "redis-tls", "rabbitmq-cluster-tls-ui"],
+)
 @pytest.mark.parametrize("release", [LONGEST_RELEASE, f"ttg-{LONGEST_RELEASE[4:]}"])
 def test_names_stay_valid_dns_labels_for_the_longest_release_name(
-    major: str, backend: str, release: str
+    major: str, backend: str, extra: tuple[str, ...], release: str
 ) -> None:
     assert len(release) == 53
     proc = run_helm(
@@ -147,12 +158,18 @@ def test_names_stay_valid_dns_labels_for_the_longest_release_name(
         str(CHART),
         "--set",
         f"backend={backend}",
+        *extra,
         "-f",
         str(CHART / "ci/everything-values.yaml"),
-        *[f"--api-versions={a}" for a in ALL_APIS],
+        *[f"--api-versions={a}" for a in (*ALL_APIS, CERT_MANAGER_API)],
     )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    for cert in (d["spec"] for d in docs if d["kind"] == "Certificate"):
+        # What an X.509 certificate holds: names of at most 253, labels of 63, a CN of 64.
+        for name in cert.get("dnsNames", []):
+            assert len(name) <= 253 and all(len(label) <= 63 for label in name.split(".")), name
+        assert len(cert.get("commonName", "")) <= 64, cert
     seen = set()
     for d in docs:
         kind, name = d["kind"], d["metadata"]["name"]
@@ -172,8 +189,12 @@ def test_names_stay_valid_dns_labels_for_the_longest_release_name(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker")
     )
     env = {e["name"]: e for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
-    host = env["TTG_BROKER_URL"]["value"].split("//")[1].split(":")[0]
-    assert host in services, (host, services)
+    for url in env["TTG_BROKER_URL"]["value"].split(","):
+        # A Service, or a cluster node: <pod>.<headless Service>, each a DNS label.
+        host = url.split("//")[1].split(":")[0]
+        *pod, service = host.split(".")
+        assert service in services, (host, services)
+        assert all(len(label) <= 63 and DNS_LABEL.fullmatch(label) for label in (*pod, service))
     secret = env["TTG_BROKER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
     assert ("Secret", secret) in seen
 
@@ -214,17 +235,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(major: str, backen
     r = render(major, "--set", f"backend={backend}", *extra)
     pods = r.pod_specs()
     assert len(pods) >= (4 if backend == "external" else 5)  # worker, exporter, seed, test, broker
-    for name, spec in pods:
-        psc = spec["securityContext"]
-        assert psc["runAsNonRoot"] is True, name
-        assert isinstance(psc["runAsUser"], int) and psc["runAsUser"] > 0, name
-        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
-        for c in spec["containers"] + spec.get("initContainers", []):
-            csc = c["securityContext"]
-            assert csc["allowPrivilegeEscalation"] is False, (name, c["name"])
-            assert csc["readOnlyRootFilesystem"] is True, (name, c["name"])
-            assert csc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
-            assert "resources" in c, (name, c["name"])
+    assert_restricted(r)
 
 
 @pytest.mark.parametrize(
@@ -581,9 +592,27 @@ def test_packaged_chart_holds_the_chart_and_nothing_else(major: str, tmp_path: P
     assert rendered(chart) == rendered(CHART)
 
 
-def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        (),
+        (
+            "rabbitmq.replicas=3",
+            "rabbitmq.managementUI.enabled=true",
+            "rabbitmq.tls.enabled=true",
+            "rabbitmq.tls.existingSecret=broker-tls",
+            "rabbitmq.tls.clientAuth.enabled=true",
+            "rabbitmq.tls.clientAuth.existingSecret=client-tls",
+        ),
+        ("rabbitmq.managementUI.enabled=true",),
+    ],
+    ids=["default", "cluster-tls-ui", "ui"],
+)
+def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(
+    major: str, settings: tuple[str, ...]
+) -> None:
     """3.13 is past community support; nothing rendered may be 3.x-only."""
-    r = render(major, "--set", "backend=rabbitmq")
+    r = render(major, "--set", "backend=rabbitmq", *[w for s in settings for w in ("--set", s)])
     sts = r.get("StatefulSet", "ttg-rabbitmq")["spec"]["template"]["spec"]
     for c in sts["containers"] + sts["initContainers"]:
         tag = c["image"].rsplit(":", 1)[1]
@@ -595,17 +624,38 @@ def test_rabbitmq_is_a_supported_4_series_with_a_config_4_accepts(major: str) ->
         if "=" in line and not line.lstrip().startswith("#")
     }
     # rabbitmq.conf keys RabbitMQ 4.x documents; 3.x-only ones (classic mirroring
-    # ha-* policies, mnesia tuning, management.load_definitions of 3.x form...) must not appear.
+    # ha-* policies, mnesia tuning, cluster_partition_handling, the pre-4.1
+    # cluster_formation.k8s.* peer discovery settings...) must not appear.
     known_4x = {
         "listeners.tcp.default",
+        "listeners.tcp",
+        "listeners.ssl.default",
+        "ssl_options.cacertfile",
+        "ssl_options.certfile",
+        "ssl_options.keyfile",
+        "ssl_options.verify",
+        "ssl_options.fail_if_no_peer_cert",
         "prometheus.tcp.port",
         "loopback_users",
         "log.console",
         "log.file",
         "consumer_timeout",
+        "cluster_formation.peer_discovery_backend",
+        "cluster_formation.target_cluster_size_hint",
+        "management.tcp.port",
+        "management.ssl.port",
+        "management.ssl.cacertfile",
+        "management.ssl.certfile",
+        "management.ssl.keyfile",
     }
     assert keys <= known_4x, keys - known_4x
-    assert conf["enabled_plugins"].strip() == "[rabbitmq_prometheus]."
+    plugins = conf["enabled_plugins"].strip().removeprefix("[").removesuffix("].").split(",")
+    assert plugins[0] == "rabbitmq_prometheus"
+    assert set(plugins) <= {
+        "rabbitmq_prometheus",
+        "rabbitmq_peer_discovery_k8s",
+        "rabbitmq_management",
+    }
 
 
 def pod_labels(doc: dict[str, Any]) -> dict[str, str]:

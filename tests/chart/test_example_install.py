@@ -9,8 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.chart.conftest import Rendered, render
-from tests.chart.test_chart import KUBE_VERSIONS
+from tests.chart.conftest import KUBE_VERSIONS, Rendered, render
 from tests.examples.sweep import ALLOW, COMPUTE, GRID, GUIDE
 from tests.helpers import ROOT
 from ttg.compute import check_allowed, parse_allow

@@ -8,6 +8,14 @@ args and env — ConfigMaps and Secrets resolved as the kubelet would
 (tests/chart/pods.py) — as ``python -m ttg`` from the venv. The only
 substitutions are the broker's Service host:port (to 127.0.0.1 and the local
 port), and the metrics port each pod would own alone. The run must verify.
+
+With TLS on (`<backend>.tls.enabled`, and `tls.clientAuth` for mutual TLS) the
+chart is rendered as on a cluster with cert-manager: the test plays the
+issuer, signing with a CA made by `openssl` the certificates the rendered
+Certificates ask for (their DNS names, plus 127.0.0.1: the Service address is
+the one thing substituted), into the Secrets cert-manager would write. The
+broker then serves TLS only, on the names TTG's pods connect with; a client
+trusting another CA, or (mutual TLS) presenting no certificate, is refused.
 """
 
 from __future__ import annotations
@@ -16,42 +24,37 @@ import json
 import re
 import signal
 import subprocess
-import sys
-import urllib.request
-from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
+import redis
 
-from tests.chart.brokers import BrokerPod, free_port, rabbitmq_pod, redis_pod
-from tests.chart.conftest import Rendered, render
+from tests.chart.brokers import BrokerPod, rabbitmq_pod, redis_pod
+from tests.chart.certs import CA, Pair, handshake
+from tests.chart.conftest import CERT_MANAGER_API, Rendered, render
 from tests.chart.pods import Pod
+from tests.chart.wiring import (
+    WORKER_IMAGE_ENV,
+    has_exporter,
+    http_get,
+    print_logs,
+    ttg_json,
+    ttg_pod,
+)
 from tests.helpers import ROOT, eventually
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.slow]
 
-#: What worker/Dockerfile sets with ENV, and its ENTRYPOINT (`ttg`, here from the venv).
-WORKER_IMAGE_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "TTG_LOG_FORMAT": "json",
-}
-WORKER_ENTRYPOINT = [sys.executable, "-m", "ttg"]
 RUN = "wiring-1"
 PARAMS, CHUNK_SIZE = 3000, 100
 CHUNKS = PARAMS // CHUNK_SIZE
-#: Broker Service port per backend, as the chart renders it.
-SERVICE_PORT = {"redis": 6379, "rabbitmq": 5672}
-
-
-@cache
-def has_exporter() -> bool:
-    """Whether this `ttg` has the `exporter` subcommand (docs/contract.md, landing with it)."""
-    proc = subprocess.run(
-        [*WORKER_ENTRYPOINT, "exporter", "--help"], capture_output=True, timeout=60, check=False
-    )
-    return proc.returncode == 0
+#: Broker Service port per backend and TLS, as the chart renders it.
+SERVICE_PORT = {("redis", False): 6379, ("rabbitmq", False): 5672}
+SERVICE_PORT |= {("redis", True): 6379, ("rabbitmq", True): 5671}
+#: cert-manager's usages -> openssl's extendedKeyUsage names.
+USAGES = {"server auth": "serverAuth", "client auth": "clientAuth"}
 
 
 def test_worker_image_env_matches_the_dockerfile() -> None:
@@ -61,84 +64,129 @@ def test_worker_image_env_matches_the_dockerfile() -> None:
     assert 'ENTRYPOINT ["ttg"]' in dockerfile
 
 
-def ttg_pod(
-    rendered: Rendered, kind: str, name: str, *, broker: BrokerPod, backend: str, workdir: Path
-) -> Pod:
-    """A rendered pod of the worker image, its broker Service pointing at the local broker."""
-    doc = rendered.get(kind, name)
-    spec = doc["spec"] if kind == "Pod" else doc["spec"]["template"]["spec"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    service = f"ttg-{backend}:{SERVICE_PORT[backend]}"
-    return Pod(
-        rendered,
-        spec,
-        workdir,
-        name=workdir.name,
-        image_env=WORKER_IMAGE_ENV,
-        entrypoint=WORKER_ENTRYPOINT,
-        replace=[(service, f"127.0.0.1:{broker.port}")],
-        # Every pod has its own network namespace; here they share one.
-        env_overrides={"TTG_METRICS_PORT": str(free_port())},
-    )
+def start_broker(
+    rendered: Rendered, backend: str, tmp_path: Path, secrets: dict[str, dict[str, str]]
+) -> BrokerPod:
+    make = redis_pod if backend == "redis" else rabbitmq_pod
+    return make(
+        rendered, tmp_path / "broker", tmp_path / "pvc-data", cluster_secrets=secrets
+    ).start()
 
 
-def ttg_json(pod: Pod, container: str, *args: str) -> dict[str, Any]:
-    """``ttg ARGS --json`` with a rendered container's environment (the helm test pod's)."""
-    proc = subprocess.run(
-        [*WORKER_ENTRYPOINT, *args, "--json"],
-        env=pod.env(container),
+def issue_as_cert_manager(rendered: Rendered, ca: CA) -> dict[str, dict[str, str]]:
+    """The Secrets cert-manager would write for the rendered Certificates, signed by ``ca``."""
+    secrets = {}
+    for cert in (d for d in rendered.docs if d["kind"] == "Certificate"):
+        spec = cert["spec"]
+        pair = ca.issue(
+            spec["secretName"],
+            usages=[USAGES[u] for u in spec["usages"]],
+            # The Service address is substituted by 127.0.0.1 here.
+            dns=spec.get("dnsNames", []),
+            ips=["127.0.0.1"] if spec.get("dnsNames") else [],
+        )
+        secrets[spec["secretName"]] = ca.secret(pair)
+    return secrets
+
+
+def client_pair(secrets: dict[str, dict[str, str]], directory: Path) -> Pair:
+    """TTG's client certificate, from the client Secret, as files."""
+    (data,) = [v for k, v in secrets.items() if k.endswith("-client-tls")]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_text(data["tls.crt"])
+    (directory / "tls.key").write_text(data["tls.key"])
+    return Pair(directory / "tls.crt", directory / "tls.key")
+
+
+def assert_tls_only(backend: str, broker: BrokerPod, password: str) -> None:
+    """The broker's port speaks TLS only: a plaintext client gets nowhere."""
+    if backend == "redis":
+        plain = redis.Redis(port=broker.port, password=password, socket_timeout=5)
+        with pytest.raises(redis.RedisError):
+            plain.ping()
+    else:
+        params = pika.ConnectionParameters("127.0.0.1", broker.port, socket_timeout=5)
+        with pytest.raises(pika.exceptions.AMQPError):
+            pika.BlockingConnection(params)
+
+
+def refused(pod: Pod, container: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The container's `ttg status` with ``env`` changed; not waiting for the broker."""
+    return subprocess.run(
+        pod.argv(container),
+        env={**pod.env(container), "TTG_CONNECT_TIMEOUT_SECONDS": "0", **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    try:
-        out: dict[str, Any] = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"ttg {args}: {proc.stdout!r} {proc.stderr!r}") from None
-    out["_exit"] = proc.returncode
-    return out
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return int(e.code), ""
-    except OSError:
-        return 0, ""
+def assert_tls_enforced(
+    rendered: Rendered,
+    backend: str,
+    broker: BrokerPod,
+    test_pod: Pod,
+    ca: CA,
+    secrets: dict[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """The broker serves TLS only, with a certificate for the name TTG's pods connect to;
+    TTG verifies it (another CA: exit 4); with mutual TLS, a client without a certificate
+    is refused."""
+    mutual = any(name.endswith("-client-tls") for name in secrets)
+    env = test_pod.env("status")
+    rendered_env = rendered.get("Pod", "ttg-test-status")["spec"]["containers"][0]["env"]
+    (url,) = [e["value"] for e in rendered_env if e["name"] == "TTG_BROKER_URL"]
+    host = url.split("//")[1].split(":")[0]
+    client = client_pair(secrets, tmp_path / "client") if mutual else None
+    assert handshake(broker.port, host, ca.crt, client).startswith("TLSv1.")
+    assert_tls_only(backend, broker, env["TTG_BROKER_PASSWORD"])
+    if backend == "redis":
+        probe = broker.pod.exec_probe("redis", "readinessProbe")
+        assert probe.returncode == 0 and "PONG" in probe.stdout, probe
+    stranger = CA.create(tmp_path / "stranger", "someone-else")
+    untrusted = refused(test_pod, "status", TTG_BROKER_CA_FILE=str(stranger.crt))
+    assert untrusted.returncode == 4, untrusted
+    assert len(untrusted.stderr.strip().splitlines()) == 1, untrusted.stderr
+    if mutual:
+        anonymous = refused(test_pod, "status", TTG_BROKER_CERT_FILE="", TTG_BROKER_KEY_FILE="")
+        assert anonymous.returncode != 0 and not anonymous.stdout, anonymous
 
 
-def start_broker(rendered: Rendered, backend: str, tmp_path: Path) -> BrokerPod:
-    make = redis_pod if backend == "redis" else rabbitmq_pod
-    return make(rendered, tmp_path / "broker", tmp_path / "pvc-data").start()
-
-
+@pytest.mark.parametrize("tls", ["plain", "tls", "mutual-tls"])
 @pytest.mark.parametrize("backend", ["redis", "rabbitmq"])
-def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str) -> None:
-    rendered = render(
-        "helm4",
-        "--set",
-        f"backend={backend}",
-        "--set",
-        f"run.id={RUN}",
-        "--set",
-        f"run.params={PARAMS}",
-        "--set",
-        f"run.chunkSize={CHUNK_SIZE}",
-        "--set",
-        "run.workMs=20",
-    )
+def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str, tls: str) -> None:
+    settings = [f"backend={backend}", f"run.id={RUN}", f"run.params={PARAMS}"]
+    settings += [f"run.chunkSize={CHUNK_SIZE}", "run.workMs=20"]
+    if tls != "plain":
+        settings += [f"{backend}.tls.enabled=true", f"{backend}.tls.certManager.issuerRef.name=ca"]
+    if tls == "mutual-tls":
+        settings += [f"{backend}.tls.clientAuth.enabled=true"]
+    args = [word for s in settings for word in ("--set", s)]
+    rendered = render("helm4", *args, apis=(CERT_MANAGER_API,) if tls != "plain" else ())
+    ca = CA.create(tmp_path / "pki")
+    secrets = issue_as_cert_manager(rendered, ca)
+    assert bool(secrets) == (tls != "plain"), sorted(secrets)
     pods: list[Pod] = []
-    broker = start_broker(rendered, backend, tmp_path)
+    broker = start_broker(rendered, backend, tmp_path, secrets)
 
     def pod_of(kind: str, name: str, pod_dir: str) -> Pod:
+        service = f"ttg-{backend}:{SERVICE_PORT[backend, tls != 'plain']}"
         return ttg_pod(
-            rendered, kind, name, broker=broker, backend=backend, workdir=tmp_path / pod_dir
+            rendered,
+            kind,
+            name,
+            addresses={service: f"127.0.0.1:{broker.port}"},
+            workdir=tmp_path / pod_dir,
+            cluster_secrets=secrets,
         )
 
     try:
+        if tls != "plain":
+            test_pod = pod_of("Pod", "ttg-test-status", "test")
+            assert_tls_enforced(rendered, backend, broker, test_pod, ca, secrets, tmp_path)
+
         # The seeding Job's container, then the helm test pod's: the run exists.
         seed = pod_of("Job", "ttg-seed", "seed")
         seeded = seed.run("seed")
@@ -220,6 +268,4 @@ def test_rendered_pods_run_a_sweep_that_verifies(tmp_path: Path, backend: str) -
         for pod in pods:
             pod.stop(signal.SIGKILL)
         broker.stop()
-        # Shown by pytest only when the test failed.
-        for log in sorted(tmp_path.glob("*/*.log")):
-            print(f"--- {log.relative_to(tmp_path)}\n{log.read_text(errors='replace')[-3000:]}")  # noqa: T201
+        print_logs(tmp_path)

@@ -34,6 +34,10 @@ RUN_PARAMS, RUN_CHUNK_SIZE, RUN_WORK_MS = 24_000, 100, 1500
 #: How long a kubectl/ttg call may keep failing (a pod being replaced, the
 #: broker restarting) before the scenario sees it as a broker error.
 CALL_RETRY_S = 90.0
+#: The broker's pods (one, or a RabbitMQ cluster's nodes).
+BROKER_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=broker"
+#: How long a crashed broker container may take to be ready again.
+BROKER_READY_S = 300.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -51,6 +55,8 @@ class KindHarness:
 
     kubeconfig: str
     crashes: list[dict[str, Any]] = field(default_factory=list)
+    #: (pod, container, restarts before) of a node kill_broker_node crashed.
+    pending_restart: tuple[str, str, int] | None = None
 
     def kubectl(
         self, *args: str, check: bool = True, timeout: float = 120
@@ -160,14 +166,11 @@ class KindHarness:
         node, pid = self._container_pid(pod, "worker")
         subprocess.run(["docker", "exec", node, "kill", f"-{sig}", pid], check=True, timeout=60)
 
-    def restart_broker(self) -> None:
-        """Crash the broker: SIGKILL its server process from the node, then wait for it.
+    def broker_pods(self) -> list[dict[str, Any]]:
+        return sorted(self.pod_json(BROKER_SELECTOR), key=lambda p: p["metadata"]["name"])
 
-        The kubelet restarts the container in the same pod, on the same volume:
-        what it had acknowledged (AOF, quorum queues, streams) must be there.
-        """
-        selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=broker"
-        (pod,) = self.pod_json(selector)
+    def _crash(self, pod: dict[str, Any]) -> tuple[str, str, int]:
+        """SIGKILL the broker server in ``pod`` from its node; (pod, container, restarts)."""
         container = pod["spec"]["containers"][0]["name"]
         before = next(
             s["restartCount"] for s in pod["status"]["containerStatuses"] if s["name"] == container
@@ -175,21 +178,72 @@ class KindHarness:
         node, pid = self._container_pid(pod, container)
         subprocess.run(["docker", "exec", node, "kill", "-KILL", pid], check=True, timeout=60)
         self.crashes.append({"pod": pod["metadata"]["name"], "restarts_before": before})
+        return pod["metadata"]["name"], container, before
+
+    def wait_broker_ready_again(self, name: str, container: str, before: int) -> None:
+        """Until the crashed container of pod ``name`` has restarted and is ready."""
 
         def ready_again() -> bool:
             # Tolerates a moment with no pod or no status yet (never a bare `kubectl wait`).
-            for p in self.pod_json(selector):
+            for p in self.pod_json(BROKER_SELECTOR):
+                if p["metadata"]["name"] != name:
+                    continue
                 statuses = p.get("status", {}).get("containerStatuses") or []
                 s = next((s for s in statuses if s["name"] == container), None)
                 if s and s["restartCount"] > before and s.get("ready"):
                     return True
             return False
 
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + BROKER_READY_S
         while not ready_again():
             if time.monotonic() > deadline:
-                raise AssertionError(f"broker {container} not ready again 300s after SIGKILL")
+                raise AssertionError(
+                    f"broker {name} not ready again {BROKER_READY_S:.0f}s after SIGKILL"
+                )
             time.sleep(1)
+
+    def restart_broker(self) -> None:
+        """Crash the broker: SIGKILL its server process from the node, then wait for it.
+
+        The kubelet restarts the container in the same pod, on the same volume:
+        what it had acknowledged (AOF, quorum queues, streams) must be there.
+        A cluster's busiest node stands for the broker.
+        """
+        pods = self.broker_pods()
+        pod = pods[0] if len(pods) == 1 else self._busiest(pods)
+        self.wait_broker_ready_again(*self._crash(pod))
+
+    def _busiest(self, pods: list[dict[str, Any]]) -> dict[str, Any]:
+        """The RabbitMQ node serving the most client connections (pids name their node)."""
+        for pod in pods:
+            proc = self.kubectl(
+                "exec", pod["metadata"]["name"], "-c", pod["spec"]["containers"][0]["name"],
+                "--", "rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid",
+                check=False,
+            )  # fmt: skip
+            if proc.returncode == 0:
+                pids = proc.stdout.split()
+                return max(
+                    pods, key=lambda p: sum(f"<rabbit@{p['metadata']['name']}." in x for x in pids)
+                )
+        raise AssertionError("no broker node answered rabbitmqctl list_connections")
+
+    def kill_broker_node(self) -> str:
+        """``tests.scenarios.ClusterHarness``: SIGKILL the busiest node; the kubelet restarts it."""
+        pods = self.broker_pods()
+        assert len(pods) > 1, "not a cluster: install with rabbitmq.replicas=3"
+        name, container, before = self._crash(self._busiest(pods))
+        self.pending_restart = (name, container, before)
+        return name
+
+    def cluster_running_nodes(self) -> set[str]:
+        """Nodes the first broker pod sees running in its cluster."""
+        pod = self.broker_pods()[0]
+        proc = self.kubectl(
+            "exec", pod["metadata"]["name"], "-c", pod["spec"]["containers"][0]["name"],
+            "--", "rabbitmqctl", "cluster_status", "--formatter", "json",
+        )  # fmt: skip
+        return set(json.loads(proc.stdout).get("running_nodes", []))
 
 
 @pytest.fixture

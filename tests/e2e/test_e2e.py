@@ -42,3 +42,21 @@ def test_broker_restart(harness: KindHarness, run: str) -> None:
     scenarios.wait_complete(harness, run, timeout=COMPLETE_BUDGET_S)
     report = scenarios.assert_verified(harness, run)
     assert report["done"] == report["total_chunks"] > before["done"]
+
+
+def test_broker_node_sigkill(harness: KindHarness, run: str) -> None:
+    """A RabbitMQ cluster (rabbitmq.replicas=3) loses its busiest node mid-run: the run
+    goes on on the others, the node rejoins, nothing is lost (the same scenario as
+    tests/chart/test_wiring_cluster.py runs on local nodes)."""
+    nodes = harness.broker_pods()
+    if len(nodes) < 3:
+        pytest.skip("the broker is not a cluster (install with BACKEND=rabbitmq-cluster)")
+    node, before = scenarios.kill_broker_node_at(harness, run, 0.3, timeout=FAULT_BUDGET_S)
+    assert 0 < before["done"] < before["total_chunks"], before
+    assert harness.pending_restart and harness.pending_restart[0] == node
+    scenarios.wait_complete(harness, run, timeout=COMPLETE_BUDGET_S)
+    report = scenarios.assert_verified(harness, run)
+    assert report["done"] == report["total_chunks"] > before["done"]
+    # The kubelet restarted the crashed node; it is back in a whole cluster.
+    harness.wait_broker_ready_again(*harness.pending_restart)
+    assert len(harness.cluster_running_nodes()) == len(nodes)

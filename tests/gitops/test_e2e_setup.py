@@ -86,7 +86,25 @@ def test_e2e_runs_on_three_kubernetes_minors_with_pinned_node_images() -> None:
         image = by_minor[minor]["node_image"]
         assert re.fullmatch(rf"kindest/node:v{re.escape(minor)}\.\d+@sha256:[0-9a-f]{{64}}", image)
         assert re.fullmatch(r"v0\.\d+\.\d+", by_minor[minor]["kind"])
-    assert set(matrix["backend"]) == {"redis", "rabbitmq"}
+    assert set(matrix["backend"]) == {"redis", "rabbitmq", "rabbitmq-cluster"}
+
+
+def test_every_e2e_backend_installs_and_every_scenario_selects_a_test() -> None:
+    """The matrix's backends are ones kind/up.sh installs, and each SCENARIO of ci/e2e.sh
+    (its `-k` filter: dashes as underscores) selects exactly one e2e test."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "e2e.yaml").read_text())
+    up = (ROOT / "kind" / "up.sh").read_text()
+    for backend in workflow["jobs"]["kind"]["strategy"]["matrix"]["backend"]:
+        assert re.search(rf"^\s+{re.escape(backend)}\)", up, re.M), backend
+    assert "rabbitmq.replicas=3" in up
+    script = (ROOT / "ci" / "e2e.sh").read_text()
+    (case,) = re.findall(r"^\s+all \| ([a-z| -]+)\) ;;$", script, re.M)
+    scenarios = [s.strip() for s in case.split("|")]
+    assert "broker-node-sigkill" in scenarios
+    tests = [name for name in dir(test_e2e) if name.startswith("test_")]
+    for scenario in scenarios:
+        selected = [name for name in tests if scenario.replace("-", "_") in name]
+        assert len(selected) == 1, (scenario, selected)
 
 
 def test_e2e_seeds_its_own_run_and_crashes_the_broker() -> None:

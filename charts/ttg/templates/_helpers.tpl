@@ -139,7 +139,7 @@ With `external`, the whole URL comes from the user's Secret.
 {{- if eq .Values.backend "redis" }}
 {{- $name := include "ttg.brokerFullname" (list . "redis") }}
 - name: TTG_BROKER_URL
-  value: {{ printf "redis://%s:6379/0" $name | quote }}
+  value: {{ include "ttg-redis.clientUrl" (dict "Values" .Values.redis "fullname" $name) | quote }}
 {{- if .Values.redis.auth.enabled }}
 - name: TTG_BROKER_PASSWORD
   valueFrom:
@@ -151,7 +151,7 @@ With `external`, the whole URL comes from the user's Secret.
 {{- $name := include "ttg.brokerFullname" (list . "rabbitmq") }}
 {{- $secret := .Values.rabbitmq.auth.existingSecret | default $name }}
 - name: TTG_BROKER_URL
-  value: {{ printf "amqp://%s:5672/%%2F" $name | quote }}
+  value: {{ include "ttg-rabbitmq.clientUrl" (dict "Values" .Values.rabbitmq "fullname" $name) | quote }}
 - name: TTG_BROKER_USERNAME
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: username}
@@ -164,6 +164,65 @@ With `external`, the whole URL comes from the user's Secret.
     secretKeyRef:
       name: {{ required "external.existingSecret is required when backend=external" .Values.external.existingSecret }}
       key: {{ .Values.external.urlKey }}
+{{- end }}
+{{- with include "ttg.brokerTLS" . | fromYaml }}
+# The broker's certificate is verified against this CA (and names the host in the URL).
+- name: TTG_BROKER_CA_FILE
+  value: /etc/ttg/broker-ca/ca.crt
+{{- if .clientSecret }}
+- name: TTG_BROKER_CERT_FILE
+  value: /etc/ttg/broker-client/tls.crt
+- name: TTG_BROKER_KEY_FILE
+  value: /etc/ttg/broker-client/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- /*
+ttg.brokerTLS: TLS of the bundled broker, as YAML, empty when it has none:
+  caSecret      Secret whose ca.crt TTG's pods trust (the broker's own Secret:
+                only that key is mounted, never the broker's private key)
+  clientSecret  Secret with their client certificate (tls.clientAuth)
+The subcharts name the Secrets (ttg-redis.tlsSecretName, ...).
+*/ -}}
+{{- define "ttg.brokerTLS" -}}
+{{- if has .Values.backend (list "redis" "rabbitmq") }}
+{{- $kind := .Values.backend }}
+{{- $values := index .Values $kind }}
+{{- if $values.tls.enabled }}
+{{- $ctx := dict "Values" $values "fullname" (include "ttg.brokerFullname" (list . $kind)) }}
+caSecret: {{ include (printf "ttg-%s.tlsSecretName" $kind) $ctx }}
+{{- if $values.tls.clientAuth.enabled }}
+clientSecret: {{ include (printf "ttg-%s.tlsClientSecretName" $kind) $ctx }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- /* Volumes for ttg.brokerEnv's TLS files (nothing without TLS). */ -}}
+{{- define "ttg.brokerVolumes" -}}
+{{- with include "ttg.brokerTLS" . | fromYaml }}
+- name: broker-ca
+  secret:
+    secretName: {{ .caSecret }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- if .clientSecret }}
+# Readable by the pod's group (fsGroup) only.
+- name: broker-client
+  secret:
+    secretName: {{ .clientSecret }}
+    defaultMode: 0440
+    items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ttg.brokerVolumeMounts" -}}
+{{- with include "ttg.brokerTLS" . | fromYaml }}
+- {name: broker-ca, mountPath: /etc/ttg/broker-ca, readOnly: true}
+{{- if .clientSecret }}
+- {name: broker-client, mountPath: /etc/ttg/broker-client, readOnly: true}
+{{- end }}
 {{- end }}
 {{- end }}
 

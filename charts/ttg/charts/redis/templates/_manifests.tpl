@@ -3,6 +3,7 @@ ttg-redis.manifests renders every object of this chart from a context dict:
   Values    this chart's values (under the ttg chart: the parent's .Values.redis,
             which Helm has already merged with this chart's defaults)
   Release   the release
+  Capabilities  the cluster's (for cert-manager's API)
   fullname  object name, e.g. ttg-redis
   labels    labels every object carries
   clients   labels of the pods the NetworkPolicy admits
@@ -27,6 +28,30 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 {{- .Values.auth.existingSecret | default .fullname -}}
 {{- end }}
 
+{{- /* ttg-redis.clientUrl: TTG_BROKER_URL (the password comes from the Secret). */ -}}
+{{- define "ttg-redis.clientUrl" -}}
+{{- printf "%s://%s:6379/0" (ternary "rediss" "redis" .Values.tls.enabled) .fullname }}
+{{- end }}
+
+{{- /* redis-cli as the probes run it: over TLS when the broker serves only TLS. */ -}}
+{{- define "ttg-redis.cli" -}}
+- redis-cli
+- -p
+- "6379"
+{{- if .Values.tls.enabled }}
+- --tls
+- --cacert
+- /tls/ca.crt
+{{- if .Values.tls.clientAuth.enabled }}
+- --cert
+- /tls/tls.crt
+- --key
+- /tls/tls.key
+{{- end }}
+{{- end }}
+- ping
+{{- end }}
+
 {{- /*
 redis.conf: the settings TTG relies on, then the user's extraConfig lines,
 which come last so that they win (Redis keeps the last value of a directive).
@@ -35,7 +60,18 @@ which come last so that they win (Redis keeps the last value of a directive).
 # Rendered by the TTG chart (charts/redis). The password is not here: it is
 # given on the command line from the Secret.
 bind * -::*
+{{- if .Values.tls.enabled }}
+# TLS only: no plaintext port.
+port 0
+tls-port 6379
+tls-cert-file /tls/tls.crt
+tls-key-file /tls/tls.key
+tls-ca-cert-file /tls/ca.crt
+# Mutual TLS: only clients with a certificate the CA in ca.crt signed.
+tls-auth-clients {{ ternary "yes" "no" .Values.tls.clientAuth.enabled }}
+{{- else }}
 port 6379
+{{- end }}
 # Without a password, the NetworkPolicy is the only guard: protected mode would
 # refuse every client that is not on the pod's loopback.
 protected-mode {{ ternary "yes" "no" .Values.auth.enabled }}
@@ -53,6 +89,7 @@ save ""
 
 {{- define "ttg-redis.manifests" -}}
 {{- $secretName := include "ttg-redis.secretName" . }}
+{{- include "ttg-redis.certificates" . }}
 {{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}
 {{- /* Generated once; later upgrades reuse the stored password (lookup), so it survives `helm upgrade`. */}}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName }}
@@ -185,17 +222,20 @@ spec:
               containerPort: 6379
           startupProbe:
             exec:
-              command: ["redis-cli", "ping"]
+              command:
+                {{- include "ttg-redis.cli" . | nindent 16 }}
             periodSeconds: 2
             failureThreshold: 60
           livenessProbe:
             exec:
-              command: ["redis-cli", "ping"]
+              command:
+                {{- include "ttg-redis.cli" . | nindent 16 }}
             periodSeconds: 10
             timeoutSeconds: 5
           readinessProbe:
             exec:
-              command: ["redis-cli", "ping"]
+              command:
+                {{- include "ttg-redis.cli" . | nindent 16 }}
             periodSeconds: 5
             timeoutSeconds: 3
           resources:
@@ -213,12 +253,24 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- if .Values.tls.enabled }}
+            - name: tls
+              mountPath: /tls
+              readOnly: true
+            {{- end }}
       volumes:
         - name: config
           configMap:
             name: {{ .fullname }}-config
         - name: tmp
           emptyDir: {}
+        {{- if .Values.tls.enabled }}
+        # tls.crt, tls.key, ca.crt; group-readable for the fsGroup, nobody else.
+        - name: tls
+          secret:
+            secretName: {{ include "ttg-redis.tlsSecretName" . }}
+            defaultMode: 0440
+        {{- end }}
         {{- if not .Values.persistence.enabled }}
         - name: data
           emptyDir: {}
