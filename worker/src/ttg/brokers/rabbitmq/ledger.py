@@ -28,12 +28,14 @@ from ttg.errors import BrokerError
 STREAM_IDLE_SECONDS = 0.05
 #: A one-shot read fails when nothing arrives for this long.
 READ_STALL_SECONDS = 30.0
-#: Stream messages in flight to a reader. A ledger message holds a batch of outcomes
-#: (tens of kB): the window bounds a reader's buffers, which would otherwise grow
-#: with the run's results.
-STREAM_PREFETCH = 64
+#: Stream messages in flight to a kept-open tail (progress). A ledger message holds a
+#: batch of outcomes (tens of kB): the window bounds a reader's buffers, which would
+#: otherwise grow with the run's results.
+TAIL_PREFETCH = 16
+#: Stream messages in flight to a one-shot read (verify, results): faster, still bounded.
+READ_PREFETCH = 64
 #: A stream reader acknowledges (flow control only) every this many messages.
-STREAM_ACK_EVERY = 16
+STREAM_ACK_EVERY = 4
 #: Distinct recent errors kept per run.
 RECENT_ERRORS = 5
 
@@ -65,7 +67,7 @@ class StreamTail:
         self.caught_up = False
         self._markers: set[str] = set()
         self.channel = conn.channel()
-        self.channel.basic_qos(prefetch_count=STREAM_PREFETCH)
+        self.channel.basic_qos(prefetch_count=TAIL_PREFETCH)
         self.channel.basic_consume(name, self._on_message, arguments={"x-stream-offset": offset})
 
     def _on_message(self, ch: Any, method: Any, _props: Any, raw: bytes) -> None:
@@ -220,7 +222,7 @@ def read_stream(
         pub = conn.channel()
         pub.confirm_delivery()
         ch = conn.channel()
-        ch.basic_qos(prefetch_count=STREAM_PREFETCH)
+        ch.basic_qos(prefetch_count=READ_PREFETCH)
         buf: deque[bytes] = deque()
         count = [0]
 
