@@ -132,13 +132,7 @@ def translated(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _ssl_options(url: str, tls: TLS) -> pika.SSLOptions:
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"TLS files: {e}") from None
-    return pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
+    return pika.SSLOptions(tls.ssl_context(), server_hostname=urlsplit(url).hostname)
 
 
 def parameters(
