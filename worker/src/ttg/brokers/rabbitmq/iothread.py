@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import queue as queues
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -54,7 +55,9 @@ class IOThread:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: BaseException | None = None
-        self._node = 0
+        # Where the first connection goes: a random node, so a cluster's workers
+        # spread over its nodes (then the next node after each loss).
+        self._node = random.randrange(len(params))  # noqa: S311 - not security
 
     # -- for subclasses ---------------------------------------------------------------------
 
