@@ -136,9 +136,13 @@ def _ssl_options(url: str, tls: TLS) -> pika.SSLOptions:
 
 
 def parameters(
-    urls: str, tls: TLS, heartbeat: int, *, blocked_timeout: float = 60
+    urls: str, tls: TLS, heartbeat: int, *, blocked_timeout: float = 60, name: str | None = None
 ) -> list[pika.URLParameters]:
     """Connection parameters for each of the comma-separated ``urls`` (a cluster's nodes).
+
+    ``name`` becomes the connection's name in the broker (``rabbitmqctl
+    list_connections user_provided_name``, the management UI): which worker
+    holds which connection, on which node.
 
     Raises:
         UsageError: a URL is malformed.
@@ -157,6 +161,8 @@ def parameters(
         params.blocked_connection_timeout = blocked_timeout
         params.connection_attempts = 1
         params.socket_timeout = 5
+        if name:
+            params.client_properties = {**(params.client_properties or {}), "connection_name": name}
         out.append(params)
     if not out:
         raise UsageError("broker URL is empty")

@@ -70,7 +70,9 @@ class RabbitMQConsumer(IOThread, Consumer):
     ) -> None:
         # Heartbeats near the lease: a partitioned worker is dropped (and its
         # chunks requeued) after about two intervals; a crashed one at once.
-        super().__init__(parameters(url, tls, max(1, round(lease_seconds))), "ttg-amqp-io")
+        super().__init__(
+            parameters(url, tls, max(1, round(lease_seconds)), name=name), "ttg-amqp-io"
+        )
         self.name = name
         self.cap = prefetch
         self.read_ahead = 1
