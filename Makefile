@@ -51,6 +51,10 @@ demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SI
 bench: venv ## print throughput, recovery and seeding figures (Redis; RabbitMQ when present)
 	$(PY) bench/run.py
 
+.PHONY: bench-cluster
+bench-cluster: venv ## throughput on broker clusters, and the time from a node's death to progress
+	$(PY) bench/node_loss.py
+
 .PHONY: clean
 clean: ## remove .venv, .tools and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -24,22 +24,24 @@ FORM_TIMEOUT = 60.0
 
 
 class RedisCluster:
-    """``masters`` Redis masters (AOF on), no replicas, sharing the 16384 slots.
+    """``masters`` Redis masters (AOF on) sharing the 16384 slots, each with ``replicas``.
 
     Each node has its own client port, cluster-bus port and data directory.
     With no replicas, a killed master's slots are unavailable until it is
     restarted (``restart(i)``: same port and directory, so its AOF brings back
-    everything it acknowledged).
+    everything it acknowledged); with replicas, one of its replicas takes over
+    once the master has been silent for the node timeout (2 s here).
     """
 
-    def __init__(self, masters: int = 3, *, appendonly: bool = True) -> None:
+    def __init__(self, masters: int = 3, *, replicas: int = 0, appendonly: bool = True) -> None:
         if masters < 3:
             raise UsageError("a Redis Cluster needs at least 3 masters")
+        self.replicas = replicas
         self.cli = shutil.which("redis-cli")
         if not self.cli:
             raise UsageError("redis-cli not found on PATH (apt-get install redis-tools)")
         self.nodes = []
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             bus = free_port()
             node = RedisServer(appendonly=appendonly)
             node.extra_args = (
@@ -52,6 +54,8 @@ class RedisCluster:
                 "--cluster-node-timeout", "2000",
                 # Slots of the living masters keep serving while one is down.
                 "--cluster-require-full-coverage", "no",
+                # A replica's first sync starts at once, not after the default 5 s.
+                "--repl-diskless-sync-delay", "0",
             )  # fmt: skip
             self.nodes.append(node)
 
@@ -82,7 +86,7 @@ class RedisCluster:
                 [
                     str(self.cli), "--cluster", "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                    "--cluster-replicas", "0", "--cluster-yes",
+                    "--cluster-replicas", str(self.replicas), "--cluster-yes",
                 ],
                 capture_output=True,
                 text=True,
@@ -93,7 +97,8 @@ class RedisCluster:
         return self
 
     def wait_ok(self, timeout: float = FORM_TIMEOUT) -> None:
-        """Return once every living node reports ``cluster_state:ok``.
+        """Return once every living node reports ``cluster_state:ok`` and every living
+        replica is in sync with its master (a replica that never synced cannot take over).
 
         Raises:
             TimeoutError: it did not within ``timeout`` seconds.
@@ -102,18 +107,22 @@ class RedisCluster:
         for i, node in enumerate(self.nodes):
             if node.proc is None or node.proc.poll() is not None:
                 continue
-            while "cluster_state:ok" not in self.redis_cli(i, "cluster", "info"):
+            while not self._node_ok(i):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"redis cluster node {i} not ok after {timeout}s")
                 time.sleep(0.05)
 
+    def _node_ok(self, node: int) -> bool:
+        if "cluster_state:ok" not in self.redis_cli(node, "cluster", "info"):
+            return False
+        replication = self.redis_cli(node, "info", "replication")
+        return "role:slave" not in replication or "master_link_status:up" in replication
+
     def master_of(self, slot: int) -> int:
-        """Index of the node serving ``slot``."""
-        by_id = {}
-        for line in self.redis_cli(0, "cluster", "nodes").splitlines():
+        """Index of the node serving ``slot`` (as a living node sees it)."""
+        for line in self.redis_cli(self._living(), "cluster", "nodes").splitlines():
             fields = line.split()
             port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
-            by_id[fields[0]] = port
             for spec in fields[8:]:
                 lo, _, hi = spec.partition("-")
                 if not lo.isdigit():
@@ -124,7 +133,10 @@ class RedisCluster:
 
     def keyslot(self, key: str) -> int:
         """The slot of ``key`` (``CLUSTER KEYSLOT``)."""
-        return int(self.redis_cli(0, "cluster", "keyslot", key).strip())
+        return int(self.redis_cli(self._living(), "cluster", "keyslot", key).strip())
+
+    def _living(self) -> int:
+        return next(i for i, n in enumerate(self.nodes) if n.proc and n.proc.poll() is None)
 
     def kill(self, node: int, sig: int = signal.SIGKILL) -> None:
         """Signal node ``node`` (SIGKILL by default) and wait for it to exit."""
