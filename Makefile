@@ -72,6 +72,10 @@ bench-peers: venv $(BENCH_VENV)/.installed ## TTG beside Dramatiq, same brokers,
 lock: ## regenerate worker/requirements.lock (hash-pinned deps of the worker image) after a dependency change
 	bash ci/lock-worker-deps.sh
 
+.PHONY: bench-cluster
+bench-cluster: venv ## throughput on broker clusters, and the time from a node's death to progress
+	$(PY) bench/node_loss.py
+
 .PHONY: clean
 clean: ## remove .venv, .tools and caches
 	rm -rf $(VENV) $(BENCH_VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -14,21 +14,31 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from ttg.broker import Broker, Consumer, open_broker
+from ttg.broker import TLS, Broker, Consumer, open_broker
 from ttg.brokers.memory import MemoryBroker
 from ttg.local import LocalWorkers, RabbitMQNode, RedisServer
+from ttg.local.cluster import RedisCluster
+from ttg.local.tls import TLSMaterial, make_tls_material
 
 #: Every backend the shared fault suites run against (real broker processes).
 BACKENDS = ["redis", "rabbitmq"]
-#: What the conformance suite runs against: the real backends and the in-memory one.
-CONFORMANCE_BACKENDS = ["memory", *BACKENDS]
+#: Deployments of a backend the conformance suite also runs on: a 3-master Redis
+#: Cluster, and each backend's broker listening with TLS only.
+VARIANTS = ["redis-cluster", "redis-tls", "rabbitmq-tls"]
+#: What the conformance suite runs against: the real backends, their variants,
+#: and the in-memory one.
+CONFORMANCE_BACKENDS = ["memory", *BACKENDS, *VARIANTS]
 #: Compute modules the tests' workers may import (tests.computes).
 COMPUTE_ALLOW = "ttg.compute,tests"
 
 
 @dataclass
 class BackendEnv:
-    """One running broker as the tests see it."""
+    """One running broker as the tests see it.
+
+    ``name`` is the backend (``TTG_BACKEND``); ``tls`` what a client is given
+    to trust the broker (``TTG_BROKER_CA_FILE`` ...), empty for plaintext.
+    """
 
     name: str
     url: str
@@ -36,19 +46,28 @@ class BackendEnv:
     _brokers: list[Broker] = field(default_factory=list)
 
     memory: MemoryBroker | None = None
+    tls: TLS = field(default_factory=TLS)
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "TTG_BACKEND": self.name,
             "TTG_BROKER_URL": self.url,
             "TTG_COMPUTE_ALLOW": COMPUTE_ALLOW,
         }
+        for var, path in (
+            ("TTG_BROKER_CA_FILE", self.tls.ca_file),
+            ("TTG_BROKER_CERT_FILE", self.tls.cert_file),
+            ("TTG_BROKER_KEY_FILE", self.tls.key_file),
+        ):
+            if path:
+                env[var] = path
+        return env
 
     def broker(self) -> Broker:
         if self.memory is not None:
             return self.memory
-        b = open_broker(self.name, self.url)
+        b = open_broker(self.name, self.url, tls=self.tls)
         self._brokers.append(b)
         return b
 
@@ -73,6 +92,36 @@ def rabbitmq_node() -> Iterator[RabbitMQNode]:
     node.stop()
 
 
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
+    """A CA, a server and a client certificate it signed, and an unrelated CA."""
+    return make_tls_material(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three Redis masters sharing the slots (AOF on), for the whole session."""
+    cluster = RedisCluster(3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(tls_material: TLSMaterial) -> Iterator[RedisServer]:
+    """A Redis that speaks TLS only."""
+    server = RedisServer(tls=tls_material.server).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_tls_node(tls_material: TLSMaterial) -> Iterator[RabbitMQNode]:
+    """A RabbitMQ node whose only listener is AMQPS."""
+    node = RabbitMQNode(tls=tls_material.server).start()
+    yield node
+    node.stop()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
     """The shared broker of each backend in turn (runs are isolated by run id)."""
@@ -88,17 +137,28 @@ def any_backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
     yield from _backend(request)
 
 
+#: Conformance backend -> (TTG_BACKEND, the session fixture of its broker).
+_SERVERS = {
+    "redis": ("redis", "redis_server"),
+    "rabbitmq": ("rabbitmq", "rabbitmq_node"),
+    "redis-cluster": ("redis", "redis_cluster"),
+    "redis-tls": ("redis", "redis_tls_server"),
+    "rabbitmq-tls": ("rabbitmq", "rabbitmq_tls_node"),
+}
+
+
 def _backend(request: pytest.FixtureRequest) -> Iterator[BackendEnv]:
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-    else:
-        server = request.getfixturevalue("rabbitmq_node")
-    yield from backend_env(request.param, server)
+    name, fixture = _SERVERS[request.param]
+    server = request.getfixturevalue(fixture)
+    tls = request.getfixturevalue("tls_material").client if "tls" in request.param else TLS()
+    yield from backend_env(name, server, tls=tls)
 
 
-def backend_env(name: str, server: RedisServer | RabbitMQNode) -> Iterator[BackendEnv]:
+def backend_env(
+    name: str, server: RedisServer | RabbitMQNode | RedisCluster, *, tls: TLS | None = None
+) -> Iterator[BackendEnv]:
     """A BackendEnv on ``server`` that deletes, afterwards, every run the test made."""
-    env = BackendEnv(name, server.url, server.restart)
+    env = BackendEnv(name, server.url, server.restart, tls=tls or TLS())
     before = set(env.broker().runs())
     yield env
     # Runs a test leaves live would be served by the next test's workers.

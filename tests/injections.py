@@ -10,6 +10,8 @@ import pika
 import redis
 
 from tests.conftest import BackendEnv
+from ttg.brokers.rabbitmq.connection import parameters
+from ttg.brokers.redis.client import make_client
 from ttg.local import RabbitMQNode
 
 
@@ -38,13 +40,17 @@ def writes_refused(backend: BackendEnv, node: RabbitMQNode | None) -> Iterator[N
 
 
 def inject_task(backend: BackendEnv, run: str, fields: dict[str, Any]) -> None:
-    """Put a raw task message into a run's queue, as a buggy or hostile publisher would."""
+    """Put a raw task message into a run's queue, as a buggy or hostile publisher would.
+
+    Over the backend's own client factories, so it reaches a Redis Cluster or a
+    TLS-only broker the same way TTG does.
+    """
     if backend.name == "redis":
-        client = redis.Redis.from_url(backend.url)
+        client = make_client(backend.url, backend.tls)
         client.xadd(f"ttg:{{{run}}}:tasks", fields or {"junk": "1"})
         client.close()
     else:
-        conn = pika.BlockingConnection(pika.URLParameters(backend.url))
+        conn = pika.BlockingConnection(parameters(backend.url, backend.tls, heartbeat=30))
         conn.channel().basic_publish(
             "", f"ttg.{run}.tasks", b"junk", pika.BasicProperties(headers=fields)
         )

@@ -9,15 +9,18 @@ through the real ``ttg status`` and ``ttg verify`` commands.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ttg import scenario
-from ttg.scenario import KillRecord
+from ttg.errors import BrokerConnectionError
+from ttg.scenario import KillRecord, NodeLossRecord
 
 __all__ = [
     "ClusterHarness",
     "Harness",
     "KillRecord",
+    "NodeLossRecord",
     "assert_verified",
     "kill_broker_node_at",
     "kill_worker_holding_chunk_at",
@@ -69,6 +72,32 @@ def kill_worker_holding_chunk_at(
     return scenario.kill_worker_holding_chunk_at(
         _status(h, run), h.kill_worker, fraction, sig=sig, timeout=timeout
     )
+
+
+def kill_broker_node_at(
+    h: Harness,
+    run: str,
+    fraction: float,
+    kill_node: Callable[[dict[str, Any]], str],
+    *,
+    timeout: float = 120,
+) -> NodeLossRecord:
+    """Kill a broker node (``kill_node`` picks it) at ``fraction``; time until progress resumes.
+
+    A status read that fails while the cluster reorganises (exit 3, a one-line
+    error and no JSON) is retried.
+    """
+
+    def status() -> dict[str, Any]:
+        try:
+            s = h.ttg_json("status", "--run", run)
+        except AssertionError as e:  # no JSON printed: the command failed
+            raise BrokerConnectionError(str(e)) from None
+        if s["_exit"] != 0:
+            raise BrokerConnectionError(f"ttg status exited {s['_exit']}")
+        return s
+
+    return scenario.kill_broker_node_at(status, kill_node, fraction, timeout=timeout)
 
 
 def restart_broker_at(

@@ -63,7 +63,9 @@ def one_worker_holding_one_chunk(
 def test_sigkill_worker_holding_chunk_is_redelivered_within_lease(
     backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
 ) -> None:
-    seed(backend, run_id, "--params", "6000", "--chunk-size", "100", "--work-ms", "150")
+    # 120 chunks of 150 ms (6 s of work for 3 workers): on a loaded machine a status
+    # read takes a second, and the victim must still have work in hand when it lands.
+    seed(backend, run_id, "--params", "12000", "--chunk-size", "100", "--work-ms", "150")
     workers.start(3, TTG_LEASE_SECONDS=str(LEASE))
 
     killed = scenarios.kill_worker_holding_chunk_at(harness, run_id, 0.3)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,9 @@ from tests.computes import GATE_ENV
 from tests.conftest import BackendEnv, backend_env
 from tests.fault.conftest import LocalHarness, seed, status
 from tests.helpers import eventually, ttg, ttg_json
+from ttg.broker import TLS
+from ttg.brokers.rabbitmq import connection
+from ttg.errors import BrokerConnectionError
 from ttg.local import LocalWorkers, RabbitMQNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -163,3 +169,33 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
     report = scenarios.assert_verified(harness, run_id, allow_failed=True)
     assert report["errors"] == 1 and report["failed"] == 4, report
     assert sorted(workers.alive()) == sorted([first, second])
+
+
+def test_a_publisher_confirm_that_never_comes_cuts_the_connection(
+    rabbitmq_node: RabbitMQNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stream whose leader node dies can lose a confirm (seen on a 3-node cluster);
+    # here the node is frozen instead, so no confirm comes and, with 60 s heartbeats,
+    # nothing else would end the wait for a minute or two.
+    monkeypatch.setattr(connection, "CONFIRM_TIMEOUT_SECONDS", 1.0)
+    conn = connection.open_connection(connection.parameters(rabbitmq_node.url, TLS(), 60))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    name = f"ttg.confirm-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(name, arguments={"x-queue-type": "quorum"}, durable=True)
+    assert rabbitmq_node.proc is not None
+    os.killpg(rabbitmq_node.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(connection.ConfirmTimeout):
+            connection.publish(ch, name, {"n": 1})
+        waited = time.monotonic() - started
+    finally:
+        os.killpg(rabbitmq_node.proc.pid, signal.SIGCONT)
+    assert waited < 10, waited
+    assert not conn.is_open
+    with pytest.raises(BrokerConnectionError):
+        connection.translate(connection.ConfirmTimeout("x"))
+    cleanup = connection.open_connection(connection.parameters(rabbitmq_node.url, TLS(), 60))
+    cleanup.channel().queue_delete(name)
+    cleanup.close()

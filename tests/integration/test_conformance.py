@@ -416,3 +416,19 @@ def test_outcomes_for_a_deleted_run_are_gone_not_errors(
     d = fetch_one(c, run_id)
     broker.delete(run_id)
     assert complete(c, d) is Recorded.GONE
+
+
+def test_a_consumer_that_joins_while_a_run_is_paused_counts_no_delivery(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # What a worker that starts, or reconnects, after a pause and a resume sees: the
+    # run's history replayed. Nothing in it may count as a delivery of any chunk.
+    broker.seed(make_spec(run_id, params=50))
+    broker.set_control(run_id, "paused")
+    c = new_consumer(broker, "late", lease=1.0)
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        assert [d for d in c.fetch(0.1, 10) if d.run == run_id] == []
+    broker.set_control(run_id, "running")
+    got = [fetch_one(c, run_id) for _ in range(5)]
+    assert [d.attempt for d in got] == [1] * 5, [(d.chunk, d.attempt) for d in got]

@@ -24,6 +24,7 @@ conformance suite run unchanged against every backend:
 from __future__ import annotations
 
 import importlib
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,28 @@ class TLS:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that verifies the broker's certificate and host name.
+
+        Against ``ca_file``, or the system's CAs when it is unset; with the
+        client certificate when one is given.
+
+        Raises:
+            UsageError: a file is missing, unreadable or not what it should be
+                (bad input, exit 2: a worker must not wait for it forever).
+        """
+        if self.key_file and not self.cert_file:
+            raise UsageError("TTG_BROKER_KEY_FILE is set without TTG_BROKER_CERT_FILE")
+        what = f"TTG_BROKER_CA_FILE={self.ca_file}"
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                what = f"TTG_BROKER_CERT_FILE={self.cert_file}, TTG_BROKER_KEY_FILE={self.key_file}"
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"{what}: {e.strerror or e}") from None
+        return context
 
 
 class Consumer(ABC):

@@ -124,6 +124,82 @@ def kill_worker_holding_chunk_at(
     return KillRecord(worker, chunk, killed_at, round(time.monotonic() - killed_at, 3))
 
 
+@dataclass(frozen=True)
+class NodeLossRecord:
+    """A broker node killed mid-run, and how soon the run made progress again."""
+
+    node: str
+    killed_at: float
+    #: Chunks with an outcome in the last status read before the kill.
+    finished_before: int
+    #: Seconds from the kill until a status showed more chunks finished than the
+    #: first status read after it (or the run complete). An upper bound: it
+    #: includes up to one status read, whose mean duration is ``status_read_s``.
+    progress_again_s: float
+    #: Mean duration of a status read after the kill: the figure's resolution.
+    status_read_s: float
+
+
+def _finished(s: dict[str, Any]) -> int:
+    return int(s["done"]) + int(s["errors"]) + int(s["dead"])
+
+
+def kill_broker_node_at(
+    status: StatusFn,
+    kill_node: Callable[[dict[str, Any]], str],
+    fraction: float,
+    *,
+    timeout: float = 120,
+    poll: float = 0.05,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> NodeLossRecord:
+    """Once ``fraction`` of the run is done, kill one broker node; time until progress resumes.
+
+    ``kill_node`` gets the status that triggered it, kills a node of its
+    choice, and returns the node's name. Status reads that fail while the
+    cluster reorganises (``BrokerError``) are retried. Progress is measured
+    against the first status read after the kill, never one from before it
+    (chunks finished just before the kill are not progress after it).
+    """
+    s = wait_for(
+        status,
+        lambda s: s["progress"] >= fraction,
+        timeout=timeout,
+        poll=poll,
+        what=f"{fraction:.0%} progress",
+        on_status=on_status,
+    )
+    node = kill_node(s)
+    killed_at = time.monotonic()
+    reads: list[float] = []
+
+    def timed() -> dict[str, Any]:
+        t0 = time.monotonic()
+        out = status()
+        reads.append(time.monotonic() - t0)
+        return out
+
+    first = wait_for(
+        timed, lambda _s: True, timeout=timeout, poll=poll, what="a status after the kill"
+    )
+    base = _finished(first)
+    wait_for(
+        timed,
+        lambda s: _finished(s) > base or bool(s["complete"]),
+        timeout=timeout,
+        poll=poll,
+        what=f"progress after node {node} died",
+        on_status=on_status,
+    )
+    return NodeLossRecord(
+        node=node,
+        killed_at=killed_at,
+        finished_before=_finished(s),
+        progress_again_s=round(time.monotonic() - killed_at, 3),
+        status_read_s=round(sum(reads) / len(reads), 3),
+    )
+
+
 def restart_broker_at(
     status: StatusFn,
     restart: Callable[[], None],

@@ -35,11 +35,12 @@ Why this shape:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -65,6 +66,9 @@ ADMIN_HEARTBEAT = 30
 ADMIN_BLOCKED_TIMEOUT = 10
 #: Longest broker error text kept in a message.
 MAX_ERROR_CHARS = 200
+#: A publisher confirm not come after this long is taken as lost: the connection is
+#: cut and the publish retried on a new one (see ``confirm_deadline``).
+CONFIRM_TIMEOUT_SECONDS = 15.0
 
 T = TypeVar("T")
 
@@ -132,13 +136,7 @@ def translated(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _ssl_options(url: str, tls: TLS) -> pika.SSLOptions:
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"TLS files: {e}") from None
-    return pika.SSLOptions(context, server_hostname=urlsplit(url).hostname)
+    return pika.SSLOptions(tls.ssl_context(), server_hostname=urlsplit(url).hostname)
 
 
 def parameters(
@@ -148,7 +146,9 @@ def parameters(
 
     ``heartbeat`` is what we ask for; pika keeps the client's value, so it is
     what the connection gets (RabbitMQ's own ``heartbeat`` setting is only a
-    proposal). ``name`` labels the connection in RabbitMQ's tools.
+    proposal). ``name`` becomes the connection's name in the broker
+    (``rabbitmqctl list_connections user_provided_name``, the management UI):
+    which worker holds which connection, on which node.
 
     Raises:
         UsageError: a URL is malformed.
@@ -168,8 +168,7 @@ def parameters(
         params.connection_attempts = 1
         params.socket_timeout = 5
         if name:
-            # Shown by `rabbitmqctl list_connections client_properties` and the UI.
-            params.client_properties = {"connection_name": name}
+            params.client_properties = {**(params.client_properties or {}), "connection_name": name}
         out.append(params)
     if not out:
         raise UsageError("broker URL is empty")
@@ -236,17 +235,63 @@ def body(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode()
 
 
+class ConfirmTimeout(pex.AMQPConnectionError):  # type: ignore[misc]  # pika is untyped
+    """No publisher confirm within ``CONFIRM_TIMEOUT_SECONDS``: the connection was cut."""
+
+
+@contextlib.contextmanager
+def confirm_deadline(ch: BlockingChannel) -> Iterator[None]:
+    """Cut ``ch``'s connection if what runs inside waits longer than ``CONFIRM_TIMEOUT_SECONDS``.
+
+    A confirm-mode publish waits for its confirm with no time limit, serving
+    heartbeats meanwhile, so a confirm the broker lost (a stream whose leader
+    node died, RabbitMQ 3.10) would hold the caller, and every chunk its
+    connection holds, forever. Past the deadline the connection's socket is
+    closed as a missed heartbeat closes it: the publish raises, the caller
+    reconnects and sends again (a re-sent outcome is recognised), and the
+    broker requeues what the connection held. While a resource alarm blocks
+    the connection the deadline waits: ``blocked_connection_timeout`` decides.
+    """
+    # pika's public timers run only between blocking calls, never inside one:
+    # the timer goes on the connection's own I/O loop (the "_impl" connection,
+    # whose _terminate_stream is what pika's heartbeat checker calls).
+    impl = ch.connection._impl
+    handle: list[object] = []
+
+    def expire() -> None:
+        if getattr(impl, "_blocked_conn_timer", None) is not None:
+            handle[:] = [impl.ioloop.call_later(CONFIRM_TIMEOUT_SECONDS, expire)]
+            return
+        handle.clear()
+        if impl.is_open:
+            impl._terminate_stream(
+                ConfirmTimeout(f"no publisher confirm within {CONFIRM_TIMEOUT_SECONDS:.0f}s")
+            )
+
+    handle.append(impl.ioloop.call_later(CONFIRM_TIMEOUT_SECONDS, expire))
+    try:
+        yield
+    finally:
+        if handle:
+            impl.ioloop.remove_timeout(handle[0])
+
+
 def publish(
     ch: BlockingChannel, routing_key: str, msg: dict[str, Any] | bytes, **props: Any
 ) -> None:
-    """Publish persistently; on a confirm-mode channel this returns once the broker confirmed."""
-    ch.basic_publish(
-        "",
-        routing_key,
-        msg if isinstance(msg, bytes) else body(msg),
-        pika.BasicProperties(delivery_mode=2, content_type="application/json", **props),
-        mandatory=True,
-    )
+    """Publish persistently; on a confirm-mode channel this returns once the broker confirmed.
+
+    Raises:
+        ConfirmTimeout: no confirm within ``CONFIRM_TIMEOUT_SECONDS`` (the connection is cut).
+    """
+    with confirm_deadline(ch):
+        ch.basic_publish(
+            "",
+            routing_key,
+            msg if isinstance(msg, bytes) else body(msg),
+            pika.BasicProperties(delivery_mode=2, content_type="application/json", **props),
+            mandatory=True,
+        )
 
 
 def task_headers(chunk: int, earlier: int, round_: int = 0, count: int = 1) -> dict[str, int]:
@@ -266,14 +311,15 @@ def publish_task(
     *,
     expiration_ms: int | None = None,
 ) -> None:
-    ch.basic_publish(
-        "",
-        routing_key,
-        b"",
-        pika.BasicProperties(
-            delivery_mode=2,
-            headers=headers,
-            expiration=None if expiration_ms is None else str(expiration_ms),
-        ),
-        mandatory=True,
-    )
+    with confirm_deadline(ch):
+        ch.basic_publish(
+            "",
+            routing_key,
+            b"",
+            pika.BasicProperties(
+                delivery_mode=2,
+                headers=headers,
+                expiration=None if expiration_ms is None else str(expiration_ms),
+            ),
+            mandatory=True,
+        )

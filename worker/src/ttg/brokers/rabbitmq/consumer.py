@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +73,7 @@ class RabbitMQConsumer(IOThread, Consumer):
         # Heartbeats near the lease: a partitioned worker is dropped (and its
         # chunks requeued) after about two intervals; a crashed one at once.
         super().__init__(
-            parameters(url, tls, max(1, round(lease_seconds)), name=f"ttg worker {name}"),
-            "ttg-amqp-io",
+            parameters(url, tls, max(1, round(lease_seconds)), name=name), "ttg-amqp-io"
         )
         self.name = name
         self.cap = prefetch
@@ -95,6 +95,9 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._dead_subscribed: set[str] = set()
         self._fetching = True
         self._activity = Activity()
+        #: The ttg.runs replay of this connection reached our marker (see on_connected).
+        self._replayed = False
+        self._marker = ""
         self._snapshot_due = 0.0
         self._snapshot_last = 0.0
         self._ch: Any = None
@@ -193,6 +196,13 @@ class RabbitMQConsumer(IOThread, Consumer):
         runs.basic_qos(prefetch_count=500)
         runs.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
         runs.basic_consume(RUNS, self._on_run, arguments={"x-stream-offset": "first"})
+        # Replaying ttg.runs from the start must only rebuild state: subscribing to a
+        # run its history later pauses would make pika reject what it had buffered on
+        # the cancel, and a quorum queue counts each reject as a delivery. Our own
+        # marker, confirmed at the stream's end, says when the replay is over.
+        self._replayed = False
+        self._marker = uuid.uuid4().hex
+        publish(self._ch, RUNS, {"sync": self._marker, "w": self.name})
 
     def on_lost(self) -> None:
         self._ch = self._events = None
@@ -239,6 +249,14 @@ class RabbitMQConsumer(IOThread, Consumer):
     def _on_run(self, ch: Any, method: Any, _props: Any, raw: bytes) -> None:
         try:
             msg = json.loads(raw)
+            if "sync" in msg:
+                if msg["sync"] == self._marker:
+                    self._replayed = True  # the history is read: act on where it ended
+                    for run in list(self._specs):
+                        if self._controls.get(run) == "running":
+                            self._subscribe(run)
+                ch.basic_ack(method.delivery_tag)
+                return
             run = msg.get("run") or msg.get("deleted")
             if "deleted" in msg:
                 self._specs.pop(run, None)
@@ -251,7 +269,7 @@ class RabbitMQConsumer(IOThread, Consumer):
                 self._controls[run] = msg["control"]
                 if msg["control"] != "running":
                     self._unsubscribe(run)
-            if run in self._specs and self._controls.get(run) == "running":
+            if self._replayed and run in self._specs and self._controls.get(run) == "running":
                 self._subscribe(run)
         except (ValueError, TypeError, AttributeError, BrokerError) as e:
             log.error("unreadable message on %s ignored: %s", RUNS, e)

@@ -16,7 +16,9 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import queue as queues
+import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,7 +55,9 @@ class IOThread:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: BaseException | None = None
-        self._node = 0
+        # Where the first connection goes: a random node, so a cluster's workers
+        # spread over its nodes (then the next node after each loss).
+        self._node = random.randrange(len(params))  # noqa: S311 - not security
 
     # -- for subclasses ---------------------------------------------------------------------
 
@@ -71,13 +75,20 @@ class IOThread:
     def start_io(self) -> None:
         self._stop.clear()
         self._ready.clear()
+        self._last_error = None
         self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_SECONDS):
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self._ready.wait(0.05):
             error = self._last_error
-            self.stop_io()
             if isinstance(error, AuthenticationError):
+                # Refused (credentials, an untrusted certificate): retrying cannot
+                # help, so the worker says so once, at once, instead of after the wait.
+                self.stop_io()
                 raise error
+            if time.monotonic() < deadline:
+                continue
+            self.stop_io()
             raise BrokerConnectionError(
                 f"rabbitmq: not connected after {START_TIMEOUT_SECONDS:.0f}s ({error})"
             )
@@ -132,7 +143,8 @@ class IOThread:
                 self.tick()
             except _RECOVERABLE as e:
                 self._lost(e)
-                if isinstance(self._last_error, AuthenticationError):
+                if isinstance(self._last_error, AuthenticationError) and self._ready.is_set():
+                    # Refused after having been let in (before, start_io reports it).
                     log.error("%s", self._last_error)
                 backoff.sleep(self._stop)
             except Exception as e:

@@ -71,7 +71,9 @@ def translate(e: Exception) -> NoReturn:
     if isinstance(e, rex.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
         raise AuthenticationError(f"redis refused our credentials: {text}") from None
     if isinstance(e, rex.ConnectionError) and "certificate verify failed" in text.lower():
-        raise AuthenticationError(f"redis TLS: the server's certificate is not trusted ({text})")
+        raise AuthenticationError(
+            f"redis TLS: the server's certificate is not trusted ({text})"
+        ) from None
     if isinstance(e, rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
         raise BrokerConnectionError(f"redis unreachable: {text}") from None
     raise BrokerError(f"redis: {text}") from None
@@ -91,11 +93,16 @@ def translated(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def _tls_options(tls: TLS) -> dict[str, Any]:
+    # redis-py takes file names, not a context: build one anyway, so a missing or
+    # unreadable file is bad input (exit 2) now, not an endless "unreachable" later.
+    tls.ssl_context()
     return {
         "ssl_ca_certs": tls.ca_file,
         "ssl_certfile": tls.cert_file,
         "ssl_keyfile": tls.key_file,
         "ssl_cert_reqs": "required",
+        # redis-py 5 did not check the host name by default; the contract says we do.
+        "ssl_check_hostname": True,
     }
 
 

@@ -392,9 +392,14 @@ class RedisConsumer(Consumer):
         self._stop.set()
         if self._beat_thread:
             self._beat_thread.join(timeout=2)
+        with self._lock:
+            # Forgotten here, so a second close() touches nothing: a closed cluster
+            # client cannot even route a command (AttributeError, not a RedisError).
+            runs = set(self._serving) | self._holding
+            self._serving, self._holding = {}, set()
         with contextlib.suppress(rex.RedisError):
             # Nothing is pending for us any more: let nobody wait out our lease.
-            for run in set(self._serving) | self._holding:
+            for run in runs:
                 self.client.zrem(key(run, "leases"), self.name)
         with contextlib.suppress(rex.RedisError):
             self.client.close()

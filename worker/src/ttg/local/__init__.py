@@ -2,7 +2,9 @@
 
 Everything here starts a real process (a real ``redis-server``, a real
 ``ttg worker``), so what the demo shows and what the tests check is what runs
-in a cluster, minus Kubernetes.
+in a cluster, minus Kubernetes. Broker clusters (several nodes on this machine)
+are in ``ttg.local.cluster``; TLS certificates made with ``openssl`` in
+``ttg.local.tls``.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ttg.broker import TLS
 from ttg.errors import UsageError
 
 
@@ -48,7 +51,9 @@ class RedisServer:
     """A ``redis-server`` process on a free port with its own data directory.
 
     ``restart`` keeps port and directory, so with ``appendonly`` on it comes
-    back with everything it had acknowledged.
+    back with everything it had acknowledged. With ``tls`` (the server's
+    certificate, key, and the CA its clients' certificates may come from) it
+    listens with TLS only, on ``port``; a client certificate is optional.
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class RedisServer:
         binary: str | None = None,
         directory: Path | None = None,
         password: str | None = None,
+        tls: TLS | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         found = binary or shutil.which("redis-server")
         if not found:
@@ -65,6 +72,8 @@ class RedisServer:
         self.binary = found
         self.appendonly = appendonly
         self.password = password
+        self.tls = tls
+        self.extra_args = tuple(extra_args)
         self.port = free_port()
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="ttg-redis-"))
@@ -72,13 +81,25 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0",  # no plaintext listener at all
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert_file),
+            "--tls-key-file", str(self.tls.key_file),
+            "--tls-ca-cert-file", str(self.tls.ca_file),
+            "--tls-auth-clients", "optional",
+        ]  # fmt: skip
 
     def start(self) -> RedisServer:
         args = [
             self.binary,
-            "--port",
-            str(self.port),
+            *self._listen_args(),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -94,6 +115,7 @@ class RedisServer:
             "--logfile",
             str(self.dir / "redis.log"),
             *(["--requirepass", self.password] if self.password else []),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, timeout=10)
@@ -203,13 +225,22 @@ class RabbitMQNode:
     Started with the server script directly (the Debian wrapper would switch to
     the rabbitmq user, which cannot write our temporary directory), with no
     plugins, so it boots in a few seconds. ``restart`` keeps the data directory:
-    durable queues and streams survive it.
+    durable queues and streams survive it. With ``tls`` (the server's
+    certificate, key, and the CA of client certificates) its only listener is
+    AMQPS on ``port``. Nodes given the same ``cookie`` may join one cluster.
     """
 
     #: Where Debian's package keeps the real start script.
     SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
 
-    def __init__(self, *, consumer_timeout_ms: int = 3_600_000, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        consumer_timeout_ms: int = 3_600_000,
+        extra_config: str = "",
+        tls: TLS | None = None,
+        cookie: str | None = None,
+    ) -> None:
         script = next(
             (
                 f"{d}/rabbitmq-server"
@@ -226,19 +257,42 @@ class RabbitMQNode:
         self.port = free_port()
         self.dist_port = free_port()
         self.name = f"ttg-{uuid.uuid4().hex[:8]}@localhost"
+        self.tls = tls
+        #: Environment of the node and of rabbitmqctl (a cluster adds its own epmd's port).
+        self.extra_env: dict[str, str] = {}
         (self.dir / "enabled_plugins").write_text("[].\n")
+        if cookie:
+            # Erlang reads it from $HOME, and refuses it unless only we can read it.
+            path = self.dir / ".erlang.cookie"
+            path.write_text(cookie)
+            path.chmod(0o400)
         (self.dir / "rabbitmq.conf").write_text(
             "loopback_users = none\n"
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            + self._listener_config()
             # Workers hold a delivery unacknowledged while they compute.
-            f"consumer_timeout = {consumer_timeout_ms}\n"
+            + f"consumer_timeout = {consumer_timeout_ms}\n"
             "log.console = false\nlog.file.level = warning\n" + extra_config
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _listener_config(self) -> str:
+        if self.tls is None:
+            return f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+        return (
+            "listeners.tcp = none\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca_file}\n"
+            f"ssl_options.certfile = {self.tls.cert_file}\n"
+            f"ssl_options.keyfile = {self.tls.key_file}\n"
+            # A client certificate is checked when offered, not required.
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+        )
+
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def ctl_run(self, *args: str) -> str:
         """``rabbitmqctl ARGS`` against this node; its output."""
@@ -253,20 +307,30 @@ class RabbitMQNode:
         return proc.stdout
 
     def _env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "HOME": str(self.dir),
             "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
             "RABBITMQ_PID_FILE": str(self.dir / "pid"),
+            **self.extra_env,
         }
+        if self.tls is None:
+            # With TLS the config file alone says where to listen (no plaintext port).
+            env["RABBITMQ_NODE_PORT"] = str(self.port)
+        return env
 
     def start(self, timeout: float = 60) -> RabbitMQNode:
+        """Start the node and return once it accepts connections."""
+        self.launch()
+        return self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Start the node's process without waiting for it (see ``wait_started``)."""
         (self.dir / "mnesia").mkdir(exist_ok=True)
         (self.dir / "log").mkdir(exist_ok=True)
         out = open(self.dir / "server.out", "ab")  # noqa: SIM115 - the process owns it
@@ -278,6 +342,13 @@ class RabbitMQNode:
             start_new_session=True,
         )
         out.close()
+
+    def wait_started(self, timeout: float = 60) -> RabbitMQNode:
+        """Return once the launched node accepts connections.
+
+        Raises:
+            TimeoutError: it did not within ``timeout`` seconds (it is killed).
+        """
         try:
             wait_port(self.port, timeout=timeout)
         except TimeoutError:
