@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ttg import scenario
 from ttg.errors import BrokerConnectionError
@@ -49,6 +49,7 @@ class Harness(Protocol):
         ...
 
 
+@runtime_checkable
 class ClusterHarness(Harness, Protocol):
     """Where the broker is a cluster of nodes (a RabbitMQ cluster)."""
 
@@ -78,15 +79,23 @@ def kill_broker_node_at(
     h: Harness,
     run: str,
     fraction: float,
-    kill_node: Callable[[dict[str, Any]], str],
+    kill_node: Callable[[dict[str, Any]], str] | None = None,
     *,
     timeout: float = 120,
 ) -> NodeLossRecord:
-    """Kill a broker node (``kill_node`` picks it) at ``fraction``; time until progress resumes.
+    """Kill a broker node at ``fraction`` of ``run``; time until progress resumes.
 
-    A status read that fails while the cluster reorganises (exit 3, a one-line
-    error and no JSON) is retried.
+    ``kill_node`` picks and kills the node (given the status that triggered it);
+    by default a ``ClusterHarness`` kills the one serving the most connections.
+    The run must go on without it: its quorum queues and streams keep a
+    majority, and the workers it served reconnect to the other nodes. A status
+    read that fails while the cluster reorganises (exit 3, a one-line error and
+    no JSON) is retried.
     """
+    if kill_node is None:
+        cluster = h
+        assert isinstance(cluster, ClusterHarness), "give kill_node, or a ClusterHarness"
+        kill_node = lambda _s: cluster.kill_broker_node()  # noqa: E731 - a one-line adapter
 
     def status() -> dict[str, Any]:
         try:
@@ -105,22 +114,6 @@ def restart_broker_at(
 ) -> dict[str, Any]:
     """Restart the broker once ``fraction`` of ``run`` is done; the status just before."""
     return scenario.restart_broker_at(_status(h, run), h.restart_broker, fraction, timeout=timeout)
-
-
-def kill_broker_node_at(
-    h: ClusterHarness, run: str, fraction: float, *, timeout: float = 120
-) -> tuple[str, dict[str, Any]]:
-    """SIGKILL one node of the broker cluster once ``fraction`` of ``run`` is done.
-
-    Returns the node and the status just before. The run must go on without
-    it: its quorum queues and streams keep a majority, and the workers it
-    served reconnect to the other nodes.
-    """
-    killed: list[str] = []
-    before = scenario.restart_broker_at(
-        _status(h, run), lambda: killed.append(h.kill_broker_node()), fraction, timeout=timeout
-    )
-    return killed[0], before
 
 
 def wait_complete(h: Harness, run: str, *, timeout: float = 600) -> dict[str, Any]:

@@ -134,8 +134,9 @@ def test_rabbitmq_cluster_loses_a_node_mid_run_and_the_run_verifies(tmp_path: Pa
         eventually(all_ready, timeout=120, interval=0.5, what="every worker ready")
 
         harness = LocalClusterHarness(cluster, test_pod)
-        node, before = scenarios.kill_broker_node_at(harness, RUN, 0.3, timeout=240)
-        assert 0 < before["done"] < CHUNKS, before
+        lost = scenarios.kill_broker_node_at(harness, RUN, 0.3, timeout=240)
+        node, done_before = lost.node, lost.finished_before
+        assert 0 < done_before < CHUNKS, lost
         (down,) = harness.killed
 
         # With the node down: the workers it served reconnect to the others,
@@ -144,7 +145,7 @@ def test_rabbitmq_cluster_loses_a_node_mid_run_and_the_run_verifies(tmp_path: Pa
         for pod in workers:
             assert all(p.poll() is None for p in pod.procs), pod.log("worker")[-3000:]
         eventually(
-            lambda: harness.done() >= before["done"] + 10,
+            lambda: harness.done() >= done_before + 10,
             timeout=180,
             interval=0.5,
             what=f"10 more chunks done while {node} is down",
