@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
+from ttg.broker import BACKENDS as BACKEND_MODULES
 from ttg.broker import TLS, Broker, Consumer, open_broker
 from ttg.brokers.memory import MemoryBroker
 from ttg.local import LocalWorkers, RabbitMQNode, RedisServer
@@ -21,7 +22,7 @@ from ttg.local.cluster import RedisCluster
 from ttg.local.tls import TLSMaterial, make_tls_material
 
 #: Every backend the shared fault suites run against (real broker processes).
-BACKENDS = ["redis", "rabbitmq"]
+BACKENDS = list(BACKEND_MODULES)
 #: Deployments of a backend the conformance suite also runs on: a 3-master Redis
 #: Cluster, and each backend's broker listening with TLS only.
 VARIANTS = ["redis-cluster", "redis-tls", "rabbitmq-tls"]

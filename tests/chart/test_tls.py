@@ -22,10 +22,10 @@ from tests.chart.conftest import (
     render,
     run_helm,
 )
+from tests.conftest import BACKENDS
 
 pytestmark = pytest.mark.chart
 
-BACKENDS = ["redis", "rabbitmq"]
 CLIENTS = [
     ("Deployment", "ttg-worker"),
     ("Deployment", "ttg-exporter"),

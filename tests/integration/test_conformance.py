@@ -60,6 +60,13 @@ def fetch_one(c: Consumer, run: str, timeout: float = 10) -> Delivery:
     return eventually(got, timeout=timeout, interval=0, what=f"a delivery of {run}")
 
 
+def hands_out_nothing(c: Consumer, run: str, seconds: float) -> None:
+    """Fetch for ``seconds``: not one delivery of ``run`` may come."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert [d for d in c.fetch(0.1, 10) if d.run == run] == []
+
+
 def delivered_twice(c: Consumer, run: str) -> tuple[Delivery, Delivery]:
     """A chunk's first delivery, given up on (as if its worker were presumed dead), and
     the delivery that follows."""
@@ -298,9 +305,7 @@ def test_paused_run_hands_out_nothing_until_resumed(
     broker.seed(make_spec(run_id, params=20))
     broker.set_control(run_id, "paused")
     c = new_consumer(broker, "c1", lease=1.0)
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        assert [d for d in c.fetch(0.1, 10) if d.run == run_id] == []
+    hands_out_nothing(c, run_id, seconds=2)
     assert broker.progress(run_id).state == "paused"
     broker.set_control(run_id, "running")
     assert counted(complete(c, fetch_one(c, run_id)))
@@ -426,9 +431,7 @@ def test_a_consumer_that_joins_while_a_run_is_paused_counts_no_delivery(
     broker.seed(make_spec(run_id, params=50))
     broker.set_control(run_id, "paused")
     c = new_consumer(broker, "late", lease=1.0)
-    deadline = time.monotonic() + 1
-    while time.monotonic() < deadline:
-        assert [d for d in c.fetch(0.1, 10) if d.run == run_id] == []
+    hands_out_nothing(c, run_id, seconds=1)
     broker.set_control(run_id, "running")
     got = [fetch_one(c, run_id) for _ in range(5)]
     assert [d.attempt for d in got] == [1] * 5, [(d.chunk, d.attempt) for d in got]

@@ -28,9 +28,9 @@ import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ttg.brokers import BACKENDS
 from ttg.errors import UsageError
 from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
 
@@ -277,6 +277,22 @@ def _one_with_credentials(url: str, username: str | None, password: str | None) 
     return urlunsplit(parts._replace(netloc=f"{creds}@{netloc}"))
 
 
+#: Backends by the name ``TTG_BACKEND`` uses, and the module implementing each: the one
+#: list of them. A command imports only the backend it names, so a Redis deployment never
+#: loads pika and vice versa.
+BACKENDS = {"redis": "ttg.brokers.redis", "rabbitmq": "ttg.brokers.rabbitmq"}
+
+
+def _backend(backend: str) -> ModuleType:
+    try:
+        module_name = BACKENDS[backend]
+    except KeyError:
+        raise UsageError(
+            f"backend {backend!r} is not one of {', '.join(sorted(BACKENDS))}"
+        ) from None
+    return importlib.import_module(module_name)
+
+
 def open_broker(backend: str, url: str, *, tls: TLS | None = None) -> Broker:
     """Connect to the broker of kind ``backend`` at ``url``.
 
@@ -285,14 +301,7 @@ def open_broker(backend: str, url: str, *, tls: TLS | None = None) -> Broker:
         BrokerConnectionError: the broker does not answer.
         AuthenticationError: it refused our credentials or our TLS handshake.
     """
-    try:
-        module_name = BACKENDS[backend]
-    except KeyError:
-        raise UsageError(
-            f"backend {backend!r} is not one of {', '.join(sorted(BACKENDS))}"
-        ) from None
-    module = importlib.import_module(module_name)
-    broker: Broker = module.connect(url, tls=tls or TLS())
+    broker: Broker = _backend(backend).connect(url, tls=tls or TLS())
     return broker
 
 
@@ -310,13 +319,7 @@ def open_consumer(
     Raises:
         UsageError: unknown backend or malformed URL.
     """
-    try:
-        module = importlib.import_module(BACKENDS[backend])
-    except KeyError:
-        raise UsageError(
-            f"backend {backend!r} is not one of {', '.join(sorted(BACKENDS))}"
-        ) from None
-    consumer: Consumer = module.open_consumer(
+    consumer: Consumer = _backend(backend).open_consumer(
         url, tls or TLS(), name, lease_seconds=lease_seconds, prefetch=prefetch
     )
     return consumer

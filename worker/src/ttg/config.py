@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ttg.brokers import BACKENDS
+from ttg.broker import BACKENDS
 from ttg.errors import UsageError
 
 

@@ -125,32 +125,26 @@ def columns(spec: RunSpec, first_rows: list[dict[str, Any]]) -> Columns:
     return Columns(params, tuple(keys))
 
 
-def flatten(row: dict[str, Any], cols: Columns) -> dict[str, Any]:
-    """A row as the flat columns of CSV and Parquet."""
-    out: dict[str, Any] = {"index": row["index"]}
+def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
+    """A row as the flat cells of CSV and Parquet, in the order of ``cols.names``."""
     value = row["value"]
-    if cols.params == ("value",):
-        out["value"] = value
-    else:
-        out.update({name: value.get(name) for name in cols.params})
+    params = [value] if cols.params == ("value",) else [value.get(n) for n in cols.params]
     result = row["result"]
     if cols.result_keys:
         got = result if isinstance(result, dict) else {}
-        out.update({f"result.{k}": got.get(k) for k in cols.result_keys})
+        results = [got.get(k) for k in cols.result_keys]
     else:
-        out["result"] = result
-    for k in ("status", "error", "chunk", "worker", "attempt", "finished_at"):
-        out[k] = row[k]
-    return out
+        results = [result]
+    return [row["index"], *params, *results, row["status"], row["error"], row["chunk"],
+            row["worker"], row["attempt"], row["finished_at"]]  # fmt: skip
+
+
+#: Cell types CSV writes as they are (None as an empty cell); anything else is written as JSON.
+_SCALARS = frozenset({str, int, float, bool})
 
 
 def _cell(v: Any) -> Any:
-    """A CSV cell: scalars as they are, anything else as JSON."""
-    if v is None:
-        return ""
-    if isinstance(v, str | int | float | bool):
-        return v
-    return json.dumps(v)
+    return v if v is None or type(v) in _SCALARS else json.dumps(v)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
@@ -161,14 +155,56 @@ def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
+def _json(v: Any) -> str:
+    """``json.dumps(v, default=str)``, with the common case (an int) short-cut."""
+    return str(v) if type(v) is int else json.dumps(v, default=str)
+
+
+def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[str]) -> int:
+    """``write_jsonl(parameter_rows(spec, outcomes))``, byte for byte, several times faster.
+
+    The fields every parameter of a chunk shares are encoded once per chunk and
+    each chunk is written in one call: at 10^7 parameters this is most of the
+    export's time.
+    """
+    space = spec.parameter_space
+    n = 0
+    for o in outcomes:
+        lo, hi = spec.bounds(o.chunk)
+        shared = json.dumps(
+            {"chunk": o.chunk, "worker": o.worker, "attempt": o.attempt,
+             "finished_at": o.finished_at},
+            default=str,
+        )[1:]  # fmt: skip
+        dead = o.status is Status.DEAD
+        ok_tail = ", " + json.dumps({"status": "ok", "error": None})[1:-1] + ", " + shared
+        dead_tail = ", " + json.dumps({"status": "dead", "error": o.error})[1:-1] + ", " + shared
+        errors = dict(o.param_errors)
+        results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
+        lines = []
+        for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
+            if dead:
+                tail = dead_tail
+            elif i in errors:
+                tail = ", " + json.dumps({"status": "error", "error": errors[i]})[1:-1]
+                tail += ", " + shared
+            else:
+                tail = ok_tail
+            head = f'{{"index": {i}, "value": {_json(value)}, "result": {_json(result)}'
+            lines.append(f"{head}{tail}\n")
+        out.write("".join(lines))
+        n += len(lines)
+    return n
+
+
 def write_csv(spec: RunSpec, rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     head = [row for _, row in zip(range(1000), rows, strict=False)]
     cols = columns(spec, head)
-    writer = csv.DictWriter(out, fieldnames=cols.names)
-    writer.writeheader()
+    writer = csv.writer(out)
+    writer.writerow(cols.names)
     n = 0
     for row in _chain_rows(head, rows):
-        writer.writerow({k: _cell(v) for k, v in flatten(row, cols).items()})
+        writer.writerow([_cell(v) for v in flatten(row, cols)])
         n += 1
     return n
 
@@ -184,11 +220,11 @@ def write_parquet(spec: RunSpec, rows: Iterator[dict[str, Any]], path: str) -> i
     cols = columns(spec, head)
     writer = None
     n = 0
-    batch: list[dict[str, Any]] = []
+    batch: list[list[Any]] = []
 
     def flush() -> None:
         nonlocal writer
-        table_cols = {name: [r.get(name) for r in batch] for name in cols.names}
+        table_cols = {name: [r[k] for r in batch] for k, name in enumerate(cols.names)}
         arrays = {}
         for name, values in table_cols.items():
             try:

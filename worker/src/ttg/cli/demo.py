@@ -18,8 +18,7 @@ from typing import Any
 
 from ttg import compute, scenario
 from ttg import space as spaces
-from ttg.broker import Broker, open_broker
-from ttg.brokers import BACKENDS
+from ttg.broker import BACKENDS, Broker, open_broker
 from ttg.cli import Command, int_at_least
 from ttg.cli import progress as bars
 from ttg.errors import TTGError, UsageError

@@ -25,6 +25,7 @@ from ttg.results import (
     parameter_rows,
     write_csv,
     write_jsonl,
+    write_parameters_jsonl,
     write_parquet,
 )
 from ttg.run import RunSpec
@@ -175,7 +176,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         elif args.format == "csv":
             write_csv(spec, parameter_rows(spec, outcomes), out)
         else:
-            write_jsonl(parameter_rows(spec, outcomes), out)
+            write_parameters_jsonl(spec, outcomes, out)
     return 0
 
 

@@ -1,0 +1,67 @@
+"""The exporters' row encodings (the real-broker paths are in tests/integration)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from ttg.results import (
+    columns,
+    in_chunk_order,
+    parameter_rows,
+    write_csv,
+    write_jsonl,
+    write_parameters_jsonl,
+)
+from ttg.run import Outcome, RunSpec, Status
+
+GRID = RunSpec(
+    "grid",
+    {"kind": "grid", "axes": [["lr", [0.1, 0.01, "x\u00e9"]], ["depth", [1, 2, None, True]]]},
+    5,
+    "ttg.compute:checksum",
+)
+RANGE = RunSpec(
+    "range", {"kind": "range", "start": 3, "stop": 15, "step": 1}, 5, "ttg.compute:checksum"
+)
+OUTCOMES = [
+    Outcome(0, Status.OK, 5, "w\u00e9", 2, 1.5, started_at=1.0,
+            result=[{"a": 1.5, "b": [1]}, None, float("nan"), True, 'q",x\n'],
+            param_errors=((1, 'boom "x"'),)),
+    Outcome(1, Status.DEAD, 5, "w", 3, 2.0, error="dead\nreason"),
+    Outcome(2, Status.OK, 2, "w", 1, 3.25, result=[[1, 2], 10**30]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [GRID, RANGE], ids=["grid", "range"])
+def test_fast_jsonl_is_the_reference_encoding_byte_for_byte(spec: RunSpec) -> None:
+    reference, fast = io.StringIO(), io.StringIO()
+    n_ref = write_jsonl(parameter_rows(spec, OUTCOMES), reference)
+    n_fast = write_parameters_jsonl(spec, OUTCOMES, fast)
+    assert fast.getvalue() == reference.getvalue()
+    assert n_fast == n_ref == 12
+    statuses = [json.loads(line)["status"] for line in fast.getvalue().splitlines()]
+    assert statuses == ["ok", "error", "ok", "ok", "ok", *["dead"] * 5, "ok", "ok"]
+
+
+def test_csv_has_one_column_per_axis_and_result_key() -> None:
+    out = io.StringIO()
+    write_csv(GRID, parameter_rows(GRID, OUTCOMES), out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split(",") == [
+        "index", "lr", "depth", "result.a", "result.b", "status", "error", "chunk", "worker",
+        "attempt", "finished_at",
+    ]  # fmt: skip
+    assert lines[1] == "0,0.1,1,1.5,[1],ok,,0,w\u00e9,2,1.5"
+    assert lines[2] == '1,0.1,2,,,error,"boom ""x""",0,w\u00e9,2,1.5'
+    head = list(parameter_rows(GRID, OUTCOMES))
+    assert columns(GRID, head).params == ("lr", "depth")
+
+
+def test_chunks_come_out_in_order_past_the_in_memory_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ttg.results.IN_MEMORY_CHUNKS", 3)
+    order = (5, 1, 4, 0, 3, 2, 6)
+    shuffled = [Outcome(c, Status.OK, 1, "w", 1, float(c), result=[c]) for c in order]
+    assert [o.chunk for o in in_chunk_order(shuffled)] == list(range(7))
