@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import scenarios
-from tests.computes import GATE_ENV
+from tests.computes import GATE_ENV, GATE_FROM_ENV
 from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness, seed, status
 from tests.helpers import child_env, eventually, ttg
@@ -38,17 +38,35 @@ def test_broker_refusing_writes_for_longer_than_the_lease_loses_and_kills_nothin
     harness: LocalHarness,
     workers: LocalWorkers,
     run_id: str,
+    tmp_path: Path,
 ) -> None:
     # Redis at maxmemory answers OOM to every write, heartbeats included, for
     # longer than a lease: a worker must neither drop the outcome it holds nor
     # take the others' chunks once writes come back (nor count that as a delivery).
     node = request.getfixturevalue("rabbitmq_node") if backend.name == "rabbitmq" else None
-    seed(backend, run_id, "--params", "6000", "--chunk-size", "100", "--work-ms", "100")
-    workers.start(2, TTG_LEASE_SECONDS="1")
-    eventually(lambda: status(backend, run_id)["progress"] >= 0.3, timeout=120, what="30%")
+    # The first 30% flows; then each worker waits at the gate with a chunk in hand, so the
+    # run is still going however long the broker takes to start refusing (rabbitmqctl
+    # can take 20 s on a loaded machine). A few chunks below the gate may wait with them,
+    # in a worker's read-ahead behind its gated chunk.
+    gate = tmp_path / "gate"
+    seed(
+        backend, run_id, "--params", "6000", "--chunk-size", "100", "--work-ms", "20",
+        "--compute", "tests.computes:gated",
+    )  # fmt: skip
+    workers.start(2, TTG_LEASE_SECONDS="1", **{GATE_ENV: str(gate), GATE_FROM_ENV: "1800"})
+
+    def each_held_at_the_gate() -> bool:
+        s = status(backend, run_id)
+        gated = {f["worker"] for f in s["in_flight"] if f["chunk"] >= 18}
+        assert len(gated) == 2 and s["done"] >= 1, {k: s[k] for k in ("done", "in_flight")}
+        return True
+
+    eventually(each_held_at_the_gate, timeout=120, what="each worker held at the gate")
     with writes_refused(backend, node):
-        # Held until the fault bites: every worker's lease lapsed (Redis), or every
-        # worker blocked in a publish (RabbitMQ).
+        # The workers finish their chunks into a broker that refuses them; held until
+        # the fault bites: every worker's lease lapsed (Redis), or a worker blocked in
+        # a publish (RabbitMQ).
+        gate.touch()
         eventually(
             lambda: refusal_noticed(backend, node, run_id), timeout=60, what="workers stalled"
         )
