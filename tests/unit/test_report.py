@@ -16,6 +16,7 @@ from tests.reportdata import PARAM_ERRORS, T0, SyntheticRun
 from ttg.errors import UsageError
 from ttg.report import ChunkRow, Event, write_report
 from ttg.report.aggregate import MAX_TIME_BINS, Aggregate, Series, TimeGrid
+from ttg.report.charts import seconds_text
 
 
 def card(page: str, label: str) -> str:
@@ -282,3 +283,14 @@ def test_report_of_a_million_chunks_is_small_and_memory_stays_flat(tmp_path: Pat
     assert summary.bytes < 5 * 2**20
     # Holding the rows would take hundreds of MiB; aggregation holds a few bins.
     assert growth < 16 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB while reading rows"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(8.5e-4, "850 µs"), (9.999e-4, "1 ms"), (0.0125, "12.5 ms"), (0.9999, "1 s"),
+     (3.2, "3.2 s"), (119.99, "2 min"), (270, "4.5 min"), (7560, "2.1 h")],
+)  # fmt: skip
+def test_durations_read_as_people_write_them_even_at_a_unit_boundary(
+    seconds: float, text: str
+) -> None:
+    assert seconds_text(seconds) == text

@@ -234,7 +234,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "lost_workers": summary.lost_workers,
         },
         f"wrote {summary.path} ({summary.bytes // 1024} kB, {summary.chunks} chunks, "
-        f"{len(summary.workers)} workers{lost})",
+        f"{len(summary.workers)} worker{'' if len(summary.workers) == 1 else 's'}{lost})",
     )
     return 0
 

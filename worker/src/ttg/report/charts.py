@@ -100,21 +100,24 @@ class TimeAxis:
 
     def label(self) -> str:
         """The x axis label, with the wall-clock start."""
-        start = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.t0))
+        start = utc_text(self.t0)
         return f"time since start ({self.unit}); start {start}"
 
 
 def seconds_text(s: float) -> str:
-    """A duration for people: 850 µs, 12.5 ms, 3.2 s, 4.5 min, 2.1 h."""
-    if s < 1e-3:
-        return f"{s * 1e6:.3g} µs"
-    if s < 1:
-        return f"{s * 1e3:.3g} ms"
-    if s < 120:
-        return f"{s:.3g} s"
-    if s < 7200:
-        return f"{s / 60:.3g} min"
-    return f"{s / 3600:.3g} h"
+    """A duration for people: 850 µs, 12.5 ms, 3.2 s, 4.5 min, 2.1 h (rounded first, so
+    999.9 µs reads 1 ms)."""
+    for below, per_second, unit in ((1e-3, 1e6, "µs"), (1, 1e3, "ms"), (120, 1, "s"),
+                                    (7200, 1 / 60, "min")):  # fmt: skip
+        shown = float(f"{s * per_second:.3g}")
+        if shown < below * per_second:
+            return f"{shown:g} {unit}"
+    return f"{float(f'{s / 3600:.3g}'):g} h"
+
+
+def utc_text(t: float) -> str:
+    """A wall-clock time for people, in UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 def _thousands(v: float, _pos: object = None) -> str:

@@ -158,7 +158,7 @@ def _header(run: str, verify: Mapping[str, Any], agg: Aggregate) -> str:
     shown = "".join(f"<li>{escape(p)}</li>" for p in problems[:HEADER_PROBLEMS])
     if len(problems) > HEADER_PROBLEMS:
         shown += f"<li>and {len(problems) - HEADER_PROBLEMS:,} more (see Verification)</li>"
-    written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    written = charts.utc_text(time.time())
     return (
         f'<header class="verdict {"ok" if ok else "bad"}">'
         f'<div class="run">TTG run <b>{escape(run)}</b> · state '
@@ -334,7 +334,8 @@ def _verification(verify: Mapping[str, Any], agg: Aggregate) -> str:
     if problems:
         body += "<ul>" + "".join(f"<li>{escape(p)}</li>" for p in problems) + "</ul>"
     rows = "".join(
-        f"<tr><th>{escape(str(k))}</th><td>{_value(v)}</td></tr>"
+        f"<tr><th>{escape(str(k))}</th>"
+        f"<td>{charts.utc_text(v) if k == 'ts' and isinstance(v, float) else _value(v)}</td></tr>"
         for k, v in verify.items()
         if k != "problems"
     )
