@@ -4,10 +4,12 @@ Waiting for each confirm before the next publish costs a broker round trip
 (and a quorum-log write) per chunk: 20,000 chunks took 40 s. Here up to
 ``WINDOW`` publishes are in flight at once, on pika's asynchronous connection,
 and the seeding cursor (in the run's meta stream) is advanced only past chunks
-whose every task is confirmed, itself with a confirmed publish. A seeder
-killed at any point has published, beyond its durable cursor, at most
-``WINDOW + CURSOR_EVERY`` chunks that a rerun publishes again: duplicates the
-ledger absorbs (invariant 7), never a chunk skipped.
+whose every task is confirmed, itself with a confirmed publish. Publishing
+waits whenever it is ``WINDOW`` task messages plus ``CURSOR_EVERY`` chunks
+ahead of the confirmed cursor (however slowly the cursor's own confirms come
+back), so a seeder killed at any point has published at most that much that
+a rerun publishes again: duplicates the ledger absorbs (invariant 7), never a
+chunk skipped.
 """
 
 from __future__ import annotations
@@ -149,9 +151,17 @@ class WindowedSeeder:
         self._tag += 1
         return self._tag
 
+    def republish_bound(self) -> int:
+        """Most chunks published beyond the durable cursor: what a rerun may publish again."""
+        return self.window * self.group + self.cursor_every
+
     def _pump(self) -> None:
         tasks = queue(self.run, "tasks")
-        while self.next < self.total and len(self._unconfirmed) < self.window:
+        while (
+            self.next < self.total
+            and len(self._unconfirmed) < self.window
+            and self.next + self.group - self.durable <= self.republish_bound()
+        ):
             count = min(self.group, self.total - self.next)
             headers = task_headers(self.next, 0, count=count)
             tag = self._publish(tasks, b"", pika.BasicProperties(delivery_mode=2, headers=headers))
