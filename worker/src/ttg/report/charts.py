@@ -433,18 +433,20 @@ def duration_figure(agg: Aggregate) -> Figure:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: seconds_text(v)))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ymax = max(counts)
-    for q, name in ((0.5, "median"), (0.95, "p95")):
-        v = h.quantile(q)
-        if v is not None:
-            ax.axvline(v, color="#333333", linestyle="--", linewidth=1)
-            ax.annotate(
-                f"{name} ≈ {seconds_text(v)}",
-                (v, ymax),
-                xytext=(4, 0),
-                textcoords="offset points",
-                va="top",
-                fontsize=9,
-            )
+    marks = {name: v for q, name in ((0.5, "median"), (0.95, "p95"))
+             if (v := h.quantile(q)) is not None}  # fmt: skip
+    if len(marks) == 2 and seconds_text(marks["median"]) == seconds_text(marks["p95"]):
+        marks = {"median ≈ p95": marks["median"]}  # one line, one label: they would overlap
+    for row, (name, v) in enumerate(marks.items()):
+        ax.axvline(v, color="#333333", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"{name} ≈ {seconds_text(v)}",
+            (v, ymax),
+            xytext=(4, -14 * row),  # a row each: close values' labels stay apart
+            textcoords="offset points",
+            va="top",
+            fontsize=9,
+        )
     ax.set_title(
         f"Chunk durations (started → finished): {h.n:,} chunks, "
         f"mean {seconds_text(h.total / h.n)}, max {seconds_text(h.max)}"
