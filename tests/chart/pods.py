@@ -148,9 +148,13 @@ class Pod:
     def argv(self, container: str) -> list[str]:
         c = self.container(container)
         env = self.env(container)
-        words = [*(c.get("command") or self.entrypoint), *(c.get("args") or [])]
+        pod_words = [*(c.get("command") or []), *(c.get("args") or [])]
+        # The image's entrypoint stands for this machine's program already: its path is
+        # not a pod path to localize (a checkout under /tmp is not the pod's emptyDir).
+        entrypoint = [] if c.get("command") else self.entrypoint
+        words = [*entrypoint, *(self.localize(_expand(w, env)) for w in pod_words)]
         assert words, f"container {container}: no command, args or image entrypoint"
-        return [self.localize(_expand(w, env)) for w in words]
+        return words
 
     def localize(self, text: str) -> str:
         """Rewrite pod paths to local directories, then apply the literal replacements."""
