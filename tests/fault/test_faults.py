@@ -15,7 +15,7 @@ import pytest
 
 from tests import scenarios
 from tests.conftest import BackendEnv
-from tests.fault.conftest import LocalHarness, seed, status
+from tests.fault.conftest import LocalHarness, seed, status, two_runs_at_once
 from tests.helpers import child_env, eventually, ttg, ttg_json
 from ttg.brokers.rabbitmq.seeder import CURSOR_EVERY, WINDOW
 from ttg.errors import TTGError
@@ -355,19 +355,5 @@ def test_chunk_lasting_five_leases_stays_with_its_live_worker(
     assert chunk["worker"] == holder and chunk["attempt"] == 1, chunk
 
 
-def test_two_runs_at_once_stay_isolated(
-    backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
-) -> None:
-    other = f"{run_id}-b"
-    seed(backend, run_id, "--params", "3000", "--chunk-size", "100", "--work-ms", "20")
-    seed(backend, other, "--space", "range:1000:1500:5", "--chunk-size", "7", "--work-ms", "20")
-    workers.start(2)
-
-    scenarios.wait_complete(harness, run_id, timeout=60)
-    scenarios.wait_complete(harness, other, timeout=60)
-
-    a = scenarios.assert_verified(harness, run_id)
-    b = scenarios.assert_verified(harness, other)
-    assert (a["total_chunks"], a["total_params"]) == (30, 3000)
-    assert (b["total_chunks"], b["total_params"]) == (15, 100)
-    assert a["closed_form"] == b["closed_form"] == "match"
+def test_two_runs_at_once_stay_isolated(harness: LocalHarness, run_id: str) -> None:
+    two_runs_at_once(harness, run_id, f"{run_id}-b")

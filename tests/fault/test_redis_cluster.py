@@ -10,9 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import scenarios
 from tests.conftest import BackendEnv, backend_env
-from tests.fault.conftest import LocalHarness, seed
+from tests.fault.conftest import LocalHarness, two_runs_at_once
 
 # The shared fault test, collected here too: it runs unchanged on this module's
 # `backend`, the Redis Cluster.
@@ -20,7 +19,6 @@ from tests.fault.test_faults import (  # noqa: F401 - collected by pytest
     test_sigkill_worker_holding_chunk_is_redelivered_within_lease,
 )
 from ttg.brokers.redis.client import RUN_KEYS, key
-from ttg.local import LocalWorkers
 from ttg.local.cluster import RedisCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.slow]
@@ -44,24 +42,10 @@ def run_on_another_master(cluster: RedisCluster, run: str) -> tuple[str, int, in
 
 
 def test_two_runs_on_different_masters_both_complete_and_verify(
-    redis_cluster: RedisCluster,
-    backend: BackendEnv,
-    harness: LocalHarness,
-    workers: LocalWorkers,
-    run_id: str,
+    redis_cluster: RedisCluster, harness: LocalHarness, run_id: str
 ) -> None:
     other, master_a, master_b = run_on_another_master(redis_cluster, run_id)
-    seed(backend, run_id, "--params", "3000", "--chunk-size", "100", "--work-ms", "20")
-    seed(backend, other, "--space", "range:1000:1500:5", "--chunk-size", "7", "--work-ms", "20")
-    workers.start(2)
-
-    scenarios.wait_complete(harness, run_id, timeout=60)
-    scenarios.wait_complete(harness, other, timeout=60)
-
-    a = scenarios.assert_verified(harness, run_id)
-    b = scenarios.assert_verified(harness, other)
-    assert (a["total_params"], b["total_params"]) == (3000, 100)
-    assert a["closed_form"] == b["closed_form"] == "match"
+    two_runs_at_once(harness, run_id, other)
     # Each run's keys are all in its one slot, on its own master.
     for run, master in ((run_id, master_a), (other, master_b)):
         slot = redis_cluster.keyslot(key(run, "tasks"))

@@ -8,15 +8,13 @@ command fails when it cannot trust the broker.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BackendEnv, backend_env
-from tests.helpers import ROOT, child_env, eventually, ttg, ttg_json
+from tests.helpers import ROOT, eventually, ttg, ttg_json
 from ttg.local import LocalWorkers
 from ttg.local.tls import TLSMaterial
 
@@ -34,17 +32,6 @@ def tls_backend(request: pytest.FixtureRequest, tls_material: TLSMaterial) -> It
         f"{name}_tls_server" if name == "redis" else "rabbitmq_tls_node"
     )
     yield from backend_env(name, server, tls=tls_material.client)
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ttg", *args],
-        env=child_env(env),
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT,
-        check=False,
-    )
 
 
 def test_tls_sweep_with_a_client_certificate_verifies(
@@ -87,7 +74,7 @@ def test_a_broker_signed_by_another_ca_is_refused_in_one_line_with_exit_4(
     }
     args = ["status", "--run", "any"] if command == "status" else ["worker"]
 
-    proc = run_cli(*args, env=env)
+    proc = ttg(*args, env=env, timeout=WORKER_TIMEOUT)
 
     assert proc.returncode == 4, proc
     lines = proc.stderr.splitlines()
@@ -104,7 +91,7 @@ def test_a_missing_ca_file_is_bad_input_exit_2(
     env = {**tls_backend.env, "TTG_BROKER_CA_FILE": str(missing), "TTG_METRICS_PORT": "0"}
     args = ["status", "--run", "any"] if command == "status" else ["worker"]
 
-    proc = run_cli(*args, env=env)
+    proc = ttg(*args, env=env, timeout=WORKER_TIMEOUT)
 
     assert proc.returncode == 2, proc
     (line,) = proc.stderr.splitlines()

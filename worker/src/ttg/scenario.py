@@ -70,6 +70,25 @@ def wait_for(
         time.sleep(poll)
 
 
+def wait_for_progress(
+    status: StatusFn,
+    fraction: float,
+    *,
+    timeout: float,
+    poll: float,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """``wait_for`` until ``fraction`` of the run is done; that status."""
+    return wait_for(
+        status,
+        lambda s: s["progress"] >= fraction,
+        timeout=timeout,
+        poll=poll,
+        what=f"{fraction:.0%} progress",
+        on_status=on_status,
+    )
+
+
 def kill_worker_holding_chunk_at(
     status: StatusFn,
     kill: KillFn,
@@ -161,14 +180,7 @@ def kill_broker_node_at(
     against the first status read after the kill, never one from before it
     (chunks finished just before the kill are not progress after it).
     """
-    s = wait_for(
-        status,
-        lambda s: s["progress"] >= fraction,
-        timeout=timeout,
-        poll=poll,
-        what=f"{fraction:.0%} progress",
-        on_status=on_status,
-    )
+    s = wait_for_progress(status, fraction, timeout=timeout, poll=poll, on_status=on_status)
     node = kill_node(s)
     killed_at = time.monotonic()
     reads: list[float] = []
@@ -209,13 +221,7 @@ def restart_broker_at(
     poll: float = 0.1,
 ) -> dict[str, Any]:
     """Once ``fraction`` of the run is done, restart the broker; return the status before."""
-    s = wait_for(
-        status,
-        lambda s: s["progress"] >= fraction,
-        timeout=timeout,
-        poll=poll,
-        what=f"{fraction:.0%} progress",
-    )
+    s = wait_for_progress(status, fraction, timeout=timeout, poll=poll)
     restart()
     return s
 
