@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from ttg.local import RabbitMQNode, RedisServer
+from ttg.processes import RabbitMQNode, RedisServer
 
 
 def rabbitmq_available() -> bool:

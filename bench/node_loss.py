@@ -3,7 +3,7 @@
     .venv/bin/python bench/node_loss.py            # 3 trials per cluster (~3 min on 2 cores)
     .venv/bin/python bench/node_loss.py --trials 1
 
-- RabbitMQ: 3 nodes of one cluster (``ttg.local.cluster.RabbitMQCluster``), 3
+- RabbitMQ: 3 nodes of one cluster (``ttg.processes.cluster.RabbitMQCluster``), 3
   workers given all three URLs. At 30% of a run the node most workers are
   connected to is SIGKILLed; it is restarted (it rejoins) before the next trial.
 - Redis Cluster: 3 masters with one replica each. At 30% the master holding the
@@ -34,8 +34,8 @@ from run import Target, spec, sweep
 from ttg import scenario
 from ttg.broker import open_broker
 from ttg.brokers.redis.client import key
-from ttg.local import LocalWorkers, RabbitMQNode, RedisServer
-from ttg.local.cluster import RabbitMQCluster, RedisCluster
+from ttg.processes import LocalWorkers, RabbitMQNode, RedisServer
+from ttg.processes.cluster import RabbitMQCluster, RedisCluster
 from ttg.verify import status_report, verify
 
 WORKERS = 3

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import bench_workload
 
-from ttg.local import LocalWorkers
+from ttg.processes import LocalWorkers
 
 BENCH_DIR = Path(__file__).resolve().parent
 #: Seconds between status lines of the poller of a timed run (the Dramatiq poller uses the same).

@@ -17,9 +17,9 @@ from tests.helpers import ROOT
 from ttg.broker import BACKENDS as BACKEND_MODULES
 from ttg.broker import TLS, Broker, Consumer, open_broker
 from ttg.brokers.memory import MemoryBroker
-from ttg.local import LocalWorkers, RabbitMQNode, RedisServer
-from ttg.local.cluster import RedisCluster
-from ttg.local.tls import TLSMaterial, make_tls_material
+from ttg.processes import LocalWorkers, RabbitMQNode, RedisServer
+from ttg.processes.cluster import RedisCluster
+from ttg.processes.tls import TLSMaterial, make_tls_material
 
 #: Every backend the shared fault suites run against (real broker processes).
 BACKENDS = list(BACKEND_MODULES)

@@ -12,7 +12,7 @@ import redis
 from tests.conftest import BackendEnv
 from ttg.brokers.rabbitmq.connection import parameters
 from ttg.brokers.redis.client import make_client
-from ttg.local import RabbitMQNode
+from ttg.processes import RabbitMQNode
 
 
 @contextlib.contextmanager

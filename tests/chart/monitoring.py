@@ -25,7 +25,7 @@ import yaml
 
 from tests.chart.conftest import ALL_APIS, render
 from tests.helpers import eventually
-from ttg.local import free_port, wait_port
+from ttg.processes import free_port, wait_port
 
 #: The namespace and release `render` uses: what the chart's selectors name.
 NAMESPACE = "sweeps"

@@ -35,7 +35,7 @@ from tests.chart.monitoring import (
     rendered_monitoring,
 )
 from tests.helpers import ROOT, child_env, eventually, ttg_json
-from ttg.local import LocalWorkers, RedisServer, free_port
+from ttg.processes import LocalWorkers, RedisServer, free_port
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.slow]
 

@@ -23,7 +23,7 @@ from tests.examples.sweep import ALLOW, COMPUTE, EXAMPLE, GRID
 from tests.fault.conftest import LocalHarness, status
 from tests.helpers import ROOT, ttg, ttg_json
 from ttg.compute import PermanentError
-from ttg.local import LocalWorkers
+from ttg.processes import LocalWorkers
 from ttg.space import parse
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.helpers import ttg_json
-from ttg.local import LocalWorkers
+from ttg.processes import LocalWorkers
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness, seed, status
 from tests.helpers import child_env, eventually, ttg
 from tests.injections import inject_task, refusal_noticed, writes_refused
-from ttg.local import LocalWorkers
+from ttg.processes import LocalWorkers
 
 pytestmark = pytest.mark.fault
 

@@ -19,7 +19,7 @@ from tests.fault.conftest import LocalHarness, seed, status, two_runs_at_once
 from tests.helpers import child_env, eventually, ttg, ttg_json
 from ttg.brokers.rabbitmq.seeder import CURSOR_EVERY, WINDOW
 from ttg.errors import TTGError
-from ttg.local import LocalWorkers
+from ttg.processes import LocalWorkers
 
 pytestmark = pytest.mark.fault
 

@@ -20,8 +20,8 @@ from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness, seed
 from tests.helpers import eventually
-from ttg.local import LocalWorkers
-from ttg.local.cluster import RabbitMQCluster
+from ttg.processes import LocalWorkers
+from ttg.processes.cluster import RabbitMQCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from tests.helpers import eventually, ttg, ttg_json
 from ttg.broker import TLS
 from ttg.brokers.rabbitmq import connection
 from ttg.errors import BrokerConnectionError
-from ttg.local import LocalWorkers, RabbitMQNode
+from ttg.processes import LocalWorkers, RabbitMQNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 

@@ -19,7 +19,7 @@ from tests.fault.test_faults import (  # noqa: F401 - collected by pytest
     test_sigkill_worker_holding_chunk_is_redelivered_within_lease,
 )
 from ttg.brokers.redis.client import RUN_KEYS, key
-from ttg.local.cluster import RedisCluster
+from ttg.processes.cluster import RedisCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from ttg import compute
 from ttg.broker import Consumer
 from ttg.brokers.rabbitmq.seeder import CURSOR_EVERY, WINDOW, WindowedSeeder, group_size
 from ttg.errors import TTGError
-from ttg.local import RabbitMQNode
+from ttg.processes import RabbitMQNode
 from ttg.run import Delivery, Outcome, RunSpec, Status
 from ttg.space import RangeSpace
 

@@ -13,7 +13,7 @@ from ttg import compute
 from ttg.broker import TLS
 from ttg.brokers.redis import RedisBroker, RedisConsumer
 from ttg.brokers.redis.client import GROUP, key
-from ttg.local import RedisServer
+from ttg.processes import RedisServer
 from ttg.run import Delivery, Outcome, Recorded, RunSpec, Status
 from ttg.space import RangeSpace
 

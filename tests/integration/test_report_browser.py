@@ -21,7 +21,7 @@ from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness, harness, seed
 from tests.helpers import ROOT, ttg_json
 from tests.reportdata import SyntheticRun
-from ttg.local import LocalWorkers
+from ttg.processes import LocalWorkers
 from ttg.report import write_report
 
 #: Debian's chromium package; ci/ensure-packages.sh installs it (make tools).

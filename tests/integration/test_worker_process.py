@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import BackendEnv
 from tests.helpers import child_env, eventually, ttg, ttg_json
-from ttg.local import LocalWorkers, RedisServer, free_port
+from ttg.processes import LocalWorkers, RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

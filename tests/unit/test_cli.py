@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from tests.helpers import ttg
-from ttg.local import free_port
+from ttg.processes import free_port
 
 
 @pytest.mark.parametrize(

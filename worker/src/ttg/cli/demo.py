@@ -22,8 +22,8 @@ from ttg.broker import BACKENDS, Broker, open_broker
 from ttg.cli import Command, int_at_least
 from ttg.cli import progress as bars
 from ttg.errors import TTGError, UsageError
-from ttg.local import EmbeddedRedis, LocalWorkers, RabbitMQNode
 from ttg.metrics import RateMeter
+from ttg.processes import EmbeddedRedis, LocalWorkers, RabbitMQNode
 from ttg.run import RunSpec
 from ttg.verify import status_report, verify
 

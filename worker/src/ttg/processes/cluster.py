@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from ttg.errors import UsageError
-from ttg.local import RabbitMQNode, RedisServer, free_port, wait_port
+from ttg.processes import RabbitMQNode, RedisServer, free_port, wait_port
 
 #: How long a cluster may take to agree that it is whole, seconds.
 FORM_TIMEOUT = 60.0

@@ -3,8 +3,8 @@
 Everything here starts a real process (a real ``redis-server``, a real
 ``ttg worker``), so what the demo shows and what the tests check is what runs
 in a cluster, minus Kubernetes. Broker clusters (several nodes on this machine)
-are in ``ttg.local.cluster``; TLS certificates made with ``openssl`` in
-``ttg.local.tls``.
+are in ``ttg.processes.cluster``; TLS certificates made with ``openssl`` in
+``ttg.processes.tls``.
 """
 
 from __future__ import annotations
