@@ -136,8 +136,9 @@ SETTINGS = {
         Setting(
             "compute-allow",
             _allow,
-            "ttg.compute",
-            "module prefixes a run's compute may come from, comma-separated",
+            "ttg.compute:square",
+            "computes a run may name, comma-separated: module prefixes, module:function, "
+            "exec:PROGRAM",
         ),
         Setting("log-format", str, "text", "log line format", ("text", "json")),
         Setting("log-level", str, "INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),

@@ -28,6 +28,27 @@ class RunConflict(UsageError):
     """A run with this id exists with different parameters."""
 
 
+class RunDataError(TTGError):
+    """What the broker holds for one run cannot be read: garbage, or data of a newer version.
+
+    Raised by the backends' decode layer for one run's spec or records; a reader
+    that serves many runs (a worker, the exporter, ``ttg runs``) skips that run,
+    reports it, and goes on with the others. ``ttg delete`` still removes it.
+    Exit code 5 (docs/contract.md): neither bad input nor an unreachable broker.
+    """
+
+    exit_code = 5
+
+    def __init__(self, run: str | None, problem: str) -> None:
+        super().__init__(f"run {run}: {problem}" if run else problem)
+        self.run = run
+        self.problem = problem
+
+
+class UnsupportedRun(RunDataError):
+    """The run's spec requires features this version does not know (a newer ``ttg seed``)."""
+
+
 class BrokerError(TTGError):
     """The broker refused or failed an operation; worth retrying."""
 

@@ -85,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # Your own compute: refused here if not allowed, and imported here first, so a typo
     # is one line now rather than every chunk dead later.
     compute.check_allowed(args.compute, args.compute_allow)
-    compute.load(args.compute)
+    compute.load(args.compute, args.compute_allow)
     demo = _Demo(args)
     demo.say(f"starting a local {args.backend} broker ...")
     server = _start_broker(args.backend)

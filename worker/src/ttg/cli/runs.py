@@ -58,7 +58,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     # unless the seeder does not have the user's code.
     compute.check_allowed(spec.compute, args.compute_allow)
     if not args.no_check:
-        compute.load(spec.compute)
+        compute.load(spec.compute, args.compute_allow)
     broker = connect(args)
     bar = bars.Bar(f"seeding {spec.run}", enabled=not args.json and sys.stderr.isatty())
     report = broker.seed(spec, on_progress=bar.update)
