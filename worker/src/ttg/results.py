@@ -92,7 +92,7 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
     space = spec.parameter_space
     for o in outcomes:
         lo, hi = spec.bounds(o.chunk)
-        errors = dict(o.param_errors)
+        errors = {p[0]: p[1] for p in o.param_errors}
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
             if o.status is Status.DEAD:
@@ -179,7 +179,7 @@ def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[s
         dead = o.status is Status.DEAD
         ok_tail = ", " + json.dumps({"status": "ok", "error": None})[1:-1] + ", " + shared
         dead_tail = ", " + json.dumps({"status": "dead", "error": o.error})[1:-1] + ", " + shared
-        errors = dict(o.param_errors)
+        errors = {p[0]: p[1] for p in o.param_errors}
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         lines = []
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):

@@ -1,4 +1,12 @@
-"""Runs, chunks, ledger entries and progress: the vocabulary every backend shares."""
+"""Runs, chunks, ledger entries and progress: the vocabulary every backend shares.
+
+A run's spec is versioned and forward compatible (docs/contract.md, "Run specs"):
+it carries a ``format`` and the features a reader must understand to run it
+(``requires``). A reader ignores fields it does not know unless a feature it
+lacks is required; then the run is *unsupported* (``UnsupportedRun``) and a
+worker skips that run, never the others. Everything read back is checked
+(types, bounds, the run it was stored under) before it is believed.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +14,43 @@ import enum
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ttg import compute
+from ttg import compute, decode
 from ttg import space as spaces
-from ttg.errors import UsageError
+from ttg.decode import DecodeError
+from ttg.errors import RunDataError, UnsupportedRun, UsageError
 
 #: A run id names broker keys and queues, and Kubernetes objects in the chart.
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 #: How a run is steered: the only values of its control flag.
 CONTROLS = ("running", "paused", "cancelled")
+
+#: The run-spec format this version writes. A stored spec without ``format`` is format 1.
+FORMAT = 2
+#: Spec fields whose meaning a reader must not silently ignore, and the feature each
+#: needs. Such a field defaults to "off"; whenever it is not at its default the writer
+#: lists its feature in ``requires``, so a reader that lacks the feature skips the run
+#: instead of running it wrongly.
+FEATURE_FIELDS: dict[str, str] = {}
+#: Features of a run spec this version understands.
+FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
+#: Most parameters in a run (a signed 64-bit index).
+MAX_PARAMS = 2**63 - 1
+#: Most chunks in a run: readers keep a byte or a bit per chunk (100 MB at this bound).
+MAX_CHUNKS = 10**8
+#: Longest simulated cost of a chunk (one hour).
+MAX_WORK_MS = 3_600_000
+#: Most deliveries of a chunk before it is recorded dead.
+MAX_DELIVERIES = 1000
+#: Longest stored spec, in bytes of JSON.
+MAX_SPEC_BYTES = 8 * 1024 * 1024
+#: Deepest nesting in a parameter space's JSON (a grid value nests 4 levels below it).
+MAX_SPACE_DEPTH = 36
+#: Most features one spec may require.
+MAX_REQUIRES = 32
 
 
 def check_run_id(run: str) -> str:
@@ -26,9 +59,16 @@ def check_run_id(run: str) -> str:
     Raises:
         UsageError: it is not ``[a-z0-9][a-z0-9-]{0,62}``.
     """
-    if not RUN_ID.fullmatch(run):
-        raise UsageError(f"run id {run!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
+    if not isinstance(run, str) or not RUN_ID.fullmatch(run):
+        raise UsageError(f"run id {decode.preview(run, 80)} must match [a-z0-9][a-z0-9-]{{0,62}}")
     return run
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, got {decode.preview(value, 40)}")
+    if not lo <= value <= hi:
+        raise UsageError(f"{name} must be in {lo}..{hi}, got {decode.preview(value, 40)}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +76,12 @@ class RunSpec:
     """Everything that defines a run; immutable once seeded.
 
     ``max_deliveries`` belongs to the run (one owner per setting): workers
-    never override it.
+    never override it. ``format`` and ``requires`` say how to read the rest
+    (module docstring); neither takes part in comparing two specs' meaning
+    beyond what the fields themselves say.
+
+    Raises:
+        UsageError: a field has the wrong type or is out of bounds.
     """
 
     run: str
@@ -45,18 +90,35 @@ class RunSpec:
     compute: str
     work_ms: int = 0
     max_deliveries: int = 5
+    format: int = field(default=FORMAT, compare=False)
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
-        if self.chunk_size < 1:
-            raise UsageError(f"chunk size must be >= 1, got {self.chunk_size}")
-        if self.work_ms < 0:
-            raise UsageError(f"work-ms must be >= 0, got {self.work_ms}")
+        _check_int("chunk size", self.chunk_size, 1, MAX_PARAMS)
+        _check_int("work-ms", self.work_ms, 0, MAX_WORK_MS)
+        _check_int("max deliveries", self.max_deliveries, 1, MAX_DELIVERIES)
+        _check_int("spec format", self.format, 1, 10**6)
+        if not isinstance(self.compute, str) or len(self.compute) > compute.MAX_NAME_CHARS:
+            raise UsageError(f"compute must be a name, got {decode.preview(self.compute, 80)}")
         compute.check_name(self.compute)
-        if self.max_deliveries < 1:
-            raise UsageError(f"max deliveries must be >= 1, got {self.max_deliveries}")
+        needed = {f for name, f in FEATURE_FIELDS.items() if self._not_default(name)}
+        requires = tuple(sorted(set(self.requires) | needed))
+        unknown = sorted(set(requires) - FEATURES)
+        if unknown:
+            raise UsageError(f"spec requires unknown features: {', '.join(unknown)}")
+        object.__setattr__(self, "requires", requires)
         # Built once: a worker asks for it on every chunk.
-        object.__setattr__(self, "_space", spaces.from_spec(self.space))
+        object.__setattr__(self, "_space", _space_of(self.space))
+        if self.total_chunks > MAX_CHUNKS:
+            raise UsageError(
+                f"{self.total_params} parameters in chunks of {self.chunk_size} make "
+                f"{self.total_chunks} chunks, more than {MAX_CHUNKS}: choose a larger chunk size"
+            )
+
+    def _not_default(self, name: str) -> bool:
+        f = next(f for f in fields(self) if f.name == name)
+        return bool(getattr(self, name) != f.default)
 
     @property
     def parameter_space(self) -> spaces.RangeSpace | spaces.GridSpace:
@@ -79,26 +141,94 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("_space", None)
+        d["requires"] = list(self.requires)
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        """Rebuild a spec read from a broker.
+    def from_dict(cls, d: Any, run: str | None = None) -> RunSpec:
+        """Rebuild a spec read from a broker, stored under ``run`` (when the key says).
+
+        Fields this version does not know are ignored unless the spec requires a
+        feature it lacks.
 
         Raises:
-            UsageError: the stored object is not a valid spec.
+            UnsupportedRun: the spec requires features this version does not know.
+            RunDataError: it is not a valid spec, or names another run than ``run``.
         """
+        who = run or _run_named(d)
         try:
-            return cls(**d)
-        except TypeError as e:
-            raise UsageError(f"stored run spec is not valid: {e}") from None
+            d = decode.as_dict(d, "the spec")
+            fmt = decode.as_int(d.get("format", 1), "its format", 1, 10**6)
+            listed = d.get("requires", [])
+            if not isinstance(listed, list) or len(listed) > MAX_REQUIRES:
+                raise DecodeError(f"its requires {decode.preview(listed, 80)} is not a short list")
+            requires = tuple(decode.as_str(r, "a required feature", 64) for r in listed)
+            unknown = sorted(set(requires) - FEATURES)
+            if unknown:
+                raise UnsupportedRun(
+                    who,
+                    f"its spec (format {fmt}) requires {', '.join(map(decode.one_line, unknown))}, "
+                    "which this version of ttg does not know: upgrade it",
+                )
+            if run is not None and d.get("run") != run:
+                raise DecodeError(
+                    f"its spec names run {decode.preview(d.get('run'), 80)}, "
+                    "not the run it is stored under"
+                )
+            known = {f.name for f in fields(cls) if f.init}
+            kwargs = {k: v for k, v in d.items() if k in known}
+            kwargs["format"], kwargs["requires"] = fmt, requires
+            return cls(**kwargs)
+        except (UsageError, DecodeError, TypeError, ValueError, OverflowError) as e:
+            raise RunDataError(who, f"unreadable spec: {decode.one_line(str(e), 300)}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> RunSpec:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes, run: str | None = None) -> RunSpec:
+        """``from_dict`` of JSON text (bounded, no NaN).
+
+        Raises:
+            UnsupportedRun, RunDataError: as ``from_dict``.
+        """
+        try:
+            d = decode.loads(text, what="the spec", max_bytes=MAX_SPEC_BYTES)
+        except DecodeError as e:
+            raise RunDataError(run, f"unreadable spec: {e}") from None
+        return cls.from_dict(d, run)
+
+
+def _run_named(d: Any) -> str | None:
+    """The run a spec says it belongs to, if that is a valid run id (for messages)."""
+    run = d.get("run") if isinstance(d, dict) else None
+    return run if isinstance(run, str) and RUN_ID.fullmatch(run) else None
+
+
+def _space_of(spec: Any) -> spaces.RangeSpace | spaces.GridSpace:
+    """The parameter space of a spec's ``space``, checked as untrusted input.
+
+    Raises:
+        UsageError: it is not a space, or too deep, or too large.
+    """
+    if not isinstance(spec, dict):
+        raise UsageError(f"space must be an object, got {decode.preview(spec, 80)}")
+    if decode.depth(spec, MAX_SPACE_DEPTH) > MAX_SPACE_DEPTH:
+        raise UsageError(f"space is nested deeper than {MAX_SPACE_DEPTH} levels")
+    if spec.get("kind") == "range":
+        for k in ("start", "stop", "step"):
+            if k in spec:
+                _check_int(f"range {k}", spec[k], -MAX_PARAMS, MAX_PARAMS)
+    try:
+        space = spaces.from_spec(spec)
+        size = space.size
+    except OverflowError:
+        raise UsageError(f"space has more than {MAX_PARAMS} parameters") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"space {decode.preview(spec, 80)}: {type(e).__name__}: {e}") from None
+    if size > MAX_PARAMS:
+        raise UsageError(f"space has {size} parameters, more than {MAX_PARAMS}")
+    return space
 
 
 @dataclass(frozen=True)
@@ -143,12 +273,39 @@ class Status(enum.StrEnum):
     DEAD = "dead"
 
 
+#: Longest worker name read from a ledger.
+MAX_WORKER_CHARS = 256
+#: Longest error text read from a ledger (the worker writes far less).
+MAX_ERROR_CHARS = 20_000
+#: Longest traceback of a parameter error (DESIGN.md: at most 2,000 characters are written).
+MAX_TRACEBACK_CHARS = 20_000
+
+
+def _param_errors(v: Any) -> tuple[tuple[int, str] | tuple[int, str, str], ...]:
+    """``pe`` of a ledger entry: ``[index, message]`` or ``[index, message, traceback]`` each."""
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise DecodeError(f"parameter errors {decode.preview(v, 40)} are not a list")
+    out: list[tuple[int, str] | tuple[int, str, str]] = []
+    for p in v:
+        if not isinstance(p, list) or len(p) not in (2, 3):
+            raise DecodeError(f"parameter error {decode.preview(p, 60)} is not [index, message]")
+        index = decode.as_int(p[0], "a parameter error's index", 0, MAX_PARAMS)
+        message = decode.as_str(p[1], "a parameter error", MAX_ERROR_CHARS)
+        if len(p) == 3:
+            out.append((index, message, decode.as_str(p[2], "a traceback", MAX_TRACEBACK_CHARS)))
+        else:
+            out.append((index, message))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A chunk's entry in the ledger: its results (with any parameter errors), or its death.
 
-    ``param_errors`` are ``(parameter index, error)`` pairs; the result list holds
-    None at their places.
+    ``param_errors`` are ``(parameter index, error)`` pairs, or triples with the
+    error's traceback; the result list holds None at their places.
     """
 
     chunk: int
@@ -159,7 +316,7 @@ class Outcome:
     finished_at: float
     result: list[Any] | None = None
     error: str | None = None
-    param_errors: tuple[tuple[int, str], ...] = ()
+    param_errors: tuple[tuple[int, str] | tuple[int, str, str], ...] = ()
     started_at: float | None = None
     round: int = 0
     #: ``result`` already encoded as JSON (the worker encodes once, to find unserialisable values).
@@ -190,24 +347,45 @@ class Outcome:
         return f'{head[:-1]},"r":{result}}}'
 
     @classmethod
-    def from_dict(cls, chunk: int, d: dict[str, Any]) -> Outcome:
+    def from_dict(cls, chunk: int, d: Any) -> Outcome:
+        """An outcome read from a ledger, every field checked.
+
+        Raises:
+            DecodeError: a field is missing, of the wrong type or out of bounds.
+        """
+        d = decode.as_dict(d, f"outcome of chunk {chunk}")
+        try:
+            status = Status(d["s"])
+        except (KeyError, ValueError, TypeError):
+            raise DecodeError(
+                f"outcome of chunk {chunk}: status {decode.preview(d.get('s'), 40)} is unknown"
+            ) from None
+        result = d.get("r")
+        if result is not None and not isinstance(result, list):
+            raise DecodeError(f"outcome of chunk {chunk}: results are not a list")
+        t0 = d.get("t0")
         return cls(
             chunk=chunk,
-            status=Status(d["s"]),
-            params=int(d["n"]),
-            worker=str(d["w"]),
-            attempt=int(d["a"]),
-            finished_at=float(d["t"]),
-            result=d.get("r"),
-            error=d.get("e"),
-            param_errors=tuple((int(i), str(e)) for i, e in d.get("pe") or ()),
-            started_at=d.get("t0"),
-            round=int(d.get("g", 0)),
+            status=status,
+            params=decode.as_int(d.get("n"), "its parameter count", 0, MAX_PARAMS),
+            worker=decode.as_str(d.get("w"), "its worker", MAX_WORKER_CHARS),
+            attempt=decode.as_int(d.get("a"), "its attempt", 0, MAX_PARAMS),
+            finished_at=decode.as_float(d.get("t"), "its finish time"),
+            result=result,
+            error=decode.opt_str(d.get("e"), "its error", MAX_ERROR_CHARS),
+            param_errors=_param_errors(d.get("pe")),
+            started_at=None if t0 is None else decode.as_float(t0, "its start time"),
+            round=decode.as_int(d.get("g", 0), "its round", 0, MAX_PARAMS),
         )
 
     @classmethod
-    def from_json(cls, chunk: int, text: str) -> Outcome:
-        return cls.from_dict(chunk, json.loads(text))
+    def from_json(cls, chunk: int, text: str | bytes) -> Outcome:
+        """``from_dict`` of JSON text (NaN and Infinity kept: a compute may return them).
+
+        Raises:
+            DecodeError: as ``from_dict``, or the text is not JSON.
+        """
+        return cls.from_dict(chunk, decode.loads(text, what=f"chunk {chunk}", allow_nan=True))
 
     @classmethod
     def dead(cls, d: Delivery, worker: str, error: str) -> Outcome:
@@ -280,6 +458,8 @@ class Progress:
     in_flight: list[InFlight] = field(default_factory=list)
     #: The last few distinct errors (compute failures, malformed messages), newest first.
     recent_errors: list[str] = field(default_factory=list)
+    #: Records of the run the broker holds that could not be read (garbage), described.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
