@@ -55,6 +55,8 @@ def test_bad_run_ids_are_rejected(bad: str) -> None:
         {"compute": 7},
         {"compute": "no colon"},
         {"requires": ("teleport",)},
+        {"space": {"kind": "grid", "axes": [["x", [1.0, float("nan")]]]}},
+        {"space": {"kind": "grid", "axes": [["x", [{"a": [float("inf")]}]]]}},
     ],
 )
 def test_bad_specs_are_rejected(kw: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,18 +61,23 @@ def loads(
         raise DecodeError(f"{what}: not JSON ({str(e)[:PREVIEW_CHARS]})") from None
 
 
-def depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON value, counting no deeper than ``limit + 1`` (iterative)."""
-    deepest = 0
+def check_value(value: Any, what: str, max_depth: int) -> None:
+    """Refuse a JSON value nested deeper than ``max_depth``, or holding NaN or an infinity.
+
+    Iterative, so a deep value costs no recursion; it stops at the first fault.
+
+    Raises:
+        DecodeError: what is wrong, and where.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         v, d = stack.pop()
         if isinstance(v, dict | list):
-            deepest = max(deepest, d)
-            if d > limit:
-                return d
+            if d > max_depth:
+                raise DecodeError(f"{what} is nested deeper than {max_depth} levels")
             stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return deepest
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise DecodeError(f"{what} holds {v}, which JSON cannot hold")
 
 
 def as_dict(v: Any, what: str) -> dict[str, Any]:
@@ -198,3 +204,20 @@ class Problems:
 
     def __bool__(self) -> bool:
         return self.count > 0
+
+
+class Throttle:
+    """Says yes once per key every ``seconds``: one log line per bad run, not one per read."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def __call__(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -math.inf) < self.seconds:
+            return False
+        if len(self._last) > 10_000:  # keys are run ids: bounded, but never without limit
+            self._last.clear()
+        self._last[key] = now
+        return True

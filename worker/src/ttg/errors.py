@@ -59,6 +59,17 @@ class BrokerConnectionError(BrokerError):
     """The broker cannot be reached (down, restarting, network cut)."""
 
 
+class BrokerDataError(BrokerError, RunDataError):
+    """The broker refused an operation because of what it holds for a run (Redis ``WRONGTYPE``,
+    a script failing on garbage): retrying will not help until that data is removed.
+
+    A ``BrokerError`` to the worker loop (it backs off, and gives up on the run's
+    chunks after its budget), a ``RunDataError`` to a command (exit 5).
+    """
+
+    exit_code = 5
+
+
 class AuthenticationError(BrokerError):
     """The broker refused our credentials, or the TLS handshake failed: retrying will not help."""
 

@@ -213,8 +213,10 @@ def _space_of(spec: Any) -> spaces.RangeSpace | spaces.GridSpace:
     """
     if not isinstance(spec, dict):
         raise UsageError(f"space must be an object, got {decode.preview(spec, 80)}")
-    if decode.depth(spec, MAX_SPACE_DEPTH) > MAX_SPACE_DEPTH:
-        raise UsageError(f"space is nested deeper than {MAX_SPACE_DEPTH} levels")
+    try:
+        decode.check_value(spec, "space", MAX_SPACE_DEPTH)
+    except DecodeError as e:
+        raise UsageError(str(e)) from None
     if spec.get("kind") == "range":
         for k in ("start", "stop", "step"):
             if k in spec:

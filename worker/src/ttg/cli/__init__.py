@@ -3,7 +3,8 @@
 Exit codes (docs/contract.md): 0 yes/done; 1 the answer is no (verify found
 failures or problems); 2 bad input, including a run the broker does not know
 (one line on stderr, never a traceback); 3 broker unreachable; 4 the broker
-refused our credentials or our TLS handshake.
+refused our credentials or our TLS handshake; 5 the run's data in the broker
+cannot be read (garbage, or a spec from a newer version); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, NoReturn
 from ttg import __version__, config, logs
 from ttg.backoff import Backoff
 from ttg.broker import TLS, Broker, open_broker, with_credentials
+from ttg.decode import one_line
 from ttg.errors import AuthenticationError, BrokerConnectionError, TTGError, UsageError
 from ttg.run import check_run_id
 
@@ -134,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(args.log_format, args.log_level)
         return int(args.func(args))
     except TTGError as e:
-        print(f"ttg: error: {e}", file=sys.stderr)
+        # Messages may quote what the broker or user code holds: one line, no escapes.
+        print(f"ttg: error: {one_line(str(e), 2000)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         # `ttg results | head`: the reader left; not an error. Quiet the interpreter's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,8 @@ from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
 from ttg.cli import progress as bars
-from ttg.errors import RunNotFound, UsageError
+from ttg.decode import Problems, one_line
+from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
 from ttg.metrics import RateMeter
 from ttg.results import (
     AGGREGATES,
@@ -28,7 +30,7 @@ from ttg.results import (
     write_parameters_jsonl,
     write_parquet,
 )
-from ttg.run import RunSpec
+from ttg.run import Outcome, RunSpec
 from ttg.verify import status_report, verify
 
 if TYPE_CHECKING:
@@ -153,19 +155,32 @@ def cmd_results(args: argparse.Namespace) -> int:
             f"{p.total_chunks} chunks have no outcome yet, their rows are missing",
             file=sys.stderr,
         )
-    outcomes = in_chunk_order(broker.ledger(args.run))
+    unreadable = Problems()
+    try:
+        _export(args, spec, in_chunk_order(broker.ledger(args.run, problems=unreadable)))
+    finally:
+        if unreadable:
+            print(
+                f"ttg: warning: run {args.run}: {unreadable.count} ledger records could not be "
+                f"read, their rows are missing ({unreadable.shown[0]})",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _export(args: argparse.Namespace, spec: RunSpec, outcomes: Iterator[Outcome]) -> None:
     if args.aggregate:
         emit_all = aggregate(args.aggregate, parameter_rows(spec, outcomes))
         emit_all["run"] = args.run
         print(bars.as_json(emit_all))
-        return 0
+        return
     if args.format == "parquet":
         if not args.output:
             raise UsageError("--format parquet needs --output FILE")
         if args.chunks:
             raise UsageError("--chunks is for jsonl and csv")
         write_parquet(spec, parameter_rows(spec, outcomes), args.output)
-        return 0
+        return
     with output(args.output, sys.stdout) as out:
         if args.chunks:
             rows = chunk_rows(outcomes)
@@ -177,7 +192,6 @@ def cmd_results(args: argparse.Namespace) -> int:
             write_csv(spec, parameter_rows(spec, outcomes), out)
         else:
             write_parameters_jsonl(spec, outcomes, out)
-    return 0
 
 
 def _write_chunks_csv(rows: Any, out: Any) -> None:
@@ -251,6 +265,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             p = broker.progress(run)
         except UsageError:
             continue  # deleted meanwhile
+        except RunDataError as e:
+            rows.append(_unreadable_row(run, e, args.backend))
+            continue
         rows.append(
             {
                 "run": run,
@@ -262,6 +279,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "workers": p.workers,
                 "age_s": round(now - p.seeded_at, 1) if p.seeded_at else None,
                 "backend": args.backend,
+                "problems": p.problems,
             }
         )
     lines = [f"{'RUN':<24} {'STATE':<24} {'PROGRESS':>9} {'FAILURES':>9} {'WORKERS':>8} {'AGE':>8}"]
@@ -271,8 +289,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{'?' if r['workers'] is None else r['workers']:>8} "
             f"{bars.duration(r['age_s']):>8}"
         )
+        lines += [f"  problem: {one_line(p, 300)}" for p in r["problems"]]
     emit(args, {"runs": rows}, "\n".join(lines) if rows else "no runs")
     return 0
+
+
+def _unreadable_row(run: str, e: RunDataError, backend: str) -> dict[str, Any]:
+    """A row of ``ttg runs`` for a run whose spec cannot be read: what is wrong, and zeros."""
+    return {
+        "run": run,
+        "state": "unsupported" if isinstance(e, UnsupportedRun) else "unreadable",
+        "progress": 0.0,
+        "done": 0,
+        "failures": 0,
+        "total_chunks": None,
+        "workers": None,
+        "age_s": None,
+        "backend": backend,
+        "problems": [e.problem],
+    }
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -304,8 +339,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     broker = connect(args)
-    broker.spec(args.run)  # unknown run: exit 2, like every other command
-    broker.delete(args.run)
+    # Not through its spec: a run whose data cannot be read is deleted all the same.
+    if not broker.delete(args.run):
+        raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
     emit(args, {"run": args.run, "deleted": True}, f"run {args.run} deleted")
     return 0
 

@@ -41,7 +41,13 @@ import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
 
 from ttg.broker import TLS
-from ttg.errors import AuthenticationError, BrokerConnectionError, BrokerError, UsageError
+from ttg.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
+    BrokerDataError,
+    BrokerError,
+    UsageError,
+)
 
 #: Consumer group every worker joins, in every run's task stream.
 GROUP = "ttg"
@@ -76,6 +82,12 @@ def translate(e: Exception) -> NoReturn:
         ) from None
     if isinstance(e, rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
         raise BrokerConnectionError(f"redis unreachable: {text}") from None
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        raise UsageError(f"broker URL: the database number is out of range ({text})") from None
+    if text.startswith("WRONGTYPE") or "user_script" in text or "Error running script" in text:
+        # A key holding the wrong kind of value, or a script failing on what a key
+        # holds: the run's data is garbage, not the broker unreachable.
+        raise BrokerDataError(None, f"redis refused it because of what a run's key holds: {text}")
     raise BrokerError(f"redis: {text}") from None
 
 
