@@ -130,7 +130,9 @@ def test_garbage_runs_never_stop_workers_or_readers(
         f"{run_id}-deep": good_spec_json(f"{run_id}-deep").replace(
             '"axes"', '"x": ' + "[" * 100 + "]" * 100 + ', "axes"'
         ).replace('"start": 0', '"start": ' + "[" * 100 + "0" + "]" * 100),
-        f"{run_id}-nan": good_spec_json(f"{run_id}-nan").replace('"chunk_size": 10', '"chunk_size": NaN'),
+        f"{run_id}-nan": good_spec_json(f"{run_id}-nan").replace(
+            '"chunk_size": 10', '"chunk_size": NaN'
+        ),
         f"{run_id}-other": good_spec_json("somebody-else"),
         f"{run_id}-huge": good_spec_json(f"{run_id}-huge", chunk_size=10**30),
     }  # fmt: skip

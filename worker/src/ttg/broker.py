@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ttg.decode import Problems
+from ttg.decode import Problems, mask_url
 from ttg.errors import UsageError
 from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
 
@@ -273,7 +273,16 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     """
     if not username and not password:
         return url
-    return ",".join(_one_with_credentials(u.strip(), username, password) for u in url.split(","))
+    try:
+        return ",".join(
+            _one_with_credentials(u.strip(), username, password) for u in url.split(",")
+        )
+    except ValueError:
+        # Never quote the parser: its complaint may hold a piece of a password.
+        raise UsageError(
+            f"broker URL {mask_url(url)!r} is malformed (quote a password's special "
+            "characters in a URL, e.g. @ as %40, or give TTG_BROKER_PASSWORD alone)"
+        ) from None
 
 
 def _one_with_credentials(url: str, username: str | None, password: str | None) -> str:

@@ -221,3 +221,21 @@ class Throttle:
             self._last.clear()
         self._last[key] = now
         return True
+
+
+def mask_url(url: str) -> str:
+    """``url`` (or a comma-separated list of them) with any credentials shown as ``***``.
+
+    Safe for a URL that does not parse: a password written unquoted (with ``@``,
+    ``/``, ``#`` or ``:`` in it) is hidden whole, never in part — everything
+    between ``://`` and the last ``@`` of each URL is credentials.
+    """
+    return ",".join(_mask_one(u) for u in url.split(","))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep:
+        return "***" if "@" in url else url
+    return url if at < 0 else f"{scheme}://***@{rest[at + 1 :]}"

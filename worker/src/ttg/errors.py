@@ -20,6 +20,12 @@ class UsageError(TTGError):
     exit_code = 2
 
 
+class Interrupted(TTGError):
+    """SIGINT or SIGTERM stopped a command part way; the message says what was left as it was."""
+
+    exit_code = 130
+
+
 class RunNotFound(UsageError):
     """The run id names no run the broker knows (bad input: exit 2, like any other)."""
 

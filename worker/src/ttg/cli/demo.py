@@ -24,7 +24,7 @@ from ttg.cli import progress as bars
 from ttg.errors import TTGError, UsageError
 from ttg.metrics import RateMeter
 from ttg.processes import EmbeddedRedis, LocalWorkers, RabbitMQNode
-from ttg.run import RunSpec
+from ttg.run import MAX_PARAMS, MAX_WORK_MS, RunSpec
 from ttg.verify import status_report, verify
 
 
@@ -39,11 +39,15 @@ def add_parser(command: Command) -> None:
         "compute",
         "compute-allow",
     )
-    p.add_argument("--params", type=int_at_least(1), default=None, help="range 0..N-1 (20000)")
+    p.add_argument(
+        "--params", type=int_at_least(1, MAX_PARAMS), default=None, help="range 0..N-1 (20000)"
+    )
     p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
-    p.add_argument("--chunk-size", type=int_at_least(1), default=100)
-    p.add_argument("--workers", type=int_at_least(1), default=2)
-    p.add_argument("--work-ms", type=int_at_least(0), default=40, help="simulated cost per chunk")
+    p.add_argument("--chunk-size", type=int_at_least(1, MAX_PARAMS), default=100)
+    p.add_argument("--workers", type=int_at_least(1, 64), default=2)
+    p.add_argument(
+        "--work-ms", type=int_at_least(0, MAX_WORK_MS), default=40, help="simulated cost per chunk"
+    )
     p.add_argument(
         "--kill-at",
         type=_fraction,

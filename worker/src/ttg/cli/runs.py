@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,21 +15,11 @@ from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
 from ttg.cli import progress as bars
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
+from ttg.export import AGGREGATES, FORMATS, ExportOptions, aggregate_ledger, export
 from ttg.metrics import RateMeter
-from ttg.results import (
-    AGGREGATES,
-    aggregate,
-    check_writable,
-    chunk_rows,
-    in_chunk_order,
-    output,
-    parameter_rows,
-    write_csv,
-    write_jsonl,
-    write_parameters_jsonl,
-    write_parquet,
-)
-from ttg.run import Outcome, RunSpec
+from ttg.outputs import check_output
+from ttg.results import dumps, problems_line
+from ttg.run import MAX_PARAMS, MAX_WORK_MS, RunSpec
 from ttg.verify import status_report, verify
 
 if TYPE_CHECKING:
@@ -145,7 +134,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    check_writable(args.output)
+    opts = ExportOptions(args.format, args.output, args.chunks, args.raw)
+    if args.output:
+        check_output(args.output)  # before any work
     broker = connect(args)
     spec = broker.spec(args.run)  # an unknown run is an error, not an empty file
     p = broker.progress(args.run)
@@ -156,56 +147,18 @@ def cmd_results(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     unreadable = Problems()
+    ledger = broker.ledger(args.run, problems=unreadable)
     try:
-        _export(args, spec, in_chunk_order(broker.ledger(args.run, problems=unreadable)))
-    finally:
-        if unreadable:
-            print(
-                f"ttg: warning: run {args.run}: {unreadable.count} ledger records could not be "
-                f"read, their rows are missing ({unreadable.shown[0]})",
-                file=sys.stderr,
-            )
-    return 0
-
-
-def _export(args: argparse.Namespace, spec: RunSpec, outcomes: Iterator[Outcome]) -> None:
-    if args.aggregate:
-        emit_all = aggregate(args.aggregate, parameter_rows(spec, outcomes))
-        emit_all["run"] = args.run
-        print(bars.as_json(emit_all))
-        return
-    if args.format == "parquet":
-        if not args.output:
-            raise UsageError("--format parquet needs --output FILE")
-        if args.chunks:
-            raise UsageError("--chunks is for jsonl and csv")
-        write_parquet(spec, parameter_rows(spec, outcomes), args.output)
-        return
-    with output(args.output, sys.stdout) as out:
-        if args.chunks:
-            rows = chunk_rows(outcomes)
-            if args.format == "csv":
-                _write_chunks_csv(rows, out)
-            else:
-                write_jsonl(rows, out)
-        elif args.format == "csv":
-            write_csv(spec, parameter_rows(spec, outcomes), out)
+        if args.aggregate:
+            reduced = aggregate_ledger(spec, ledger, args.aggregate)
+            print(dumps({**reduced, "run": args.run}, sort_keys=True), flush=True)
         else:
-            write_parameters_jsonl(spec, outcomes, out)
-
-
-def _write_chunks_csv(rows: Any, out: Any) -> None:
-    import csv  # noqa: PLC0415
-    import json  # noqa: PLC0415
-
-    from ttg.results import CHUNK_FIELDS  # noqa: PLC0415
-
-    writer = csv.writer(out)
-    writer.writerow(CHUNK_FIELDS)
-    for r in rows:
-        writer.writerow(
-            [json.dumps(r[k]) if k in ("result", "param_errors") else r[k] for k in CHUNK_FIELDS]
-        )
+            export(spec, ledger, opts, sys.stdout)
+    finally:
+        warning = problems_line(args.run, unreadable)
+        if warning:
+            print(f"ttg: warning: {warning}", file=sys.stderr)
+    return 0
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -234,7 +187,7 @@ def write_run_report(broker: Broker, run: str, path: str) -> ReportSummary:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    check_writable(args.output)
+    check_output(args.output)
     summary = write_run_report(connect(args), args.run, args.output)
     lost = f", lost workers: {', '.join(summary.lost_workers)}" if summary.lost_workers else ""
     emit(
@@ -368,9 +321,18 @@ def add_parsers(command: Command) -> None:
         "max-deliveries",
     )
     with_run(p)
-    p.add_argument("--params", type=int_at_least(1), help="parameters 0..N-1 (or give --space)")
-    p.add_argument("--chunk-size", required=True, type=int_at_least(1))
-    p.add_argument("--work-ms", type=int_at_least(0), default=0, help="simulated cost per chunk")
+    p.add_argument(
+        "--params",
+        type=int_at_least(1, MAX_PARAMS),
+        help="parameters 0..N-1 (or give --space)",
+    )
+    p.add_argument("--chunk-size", required=True, type=int_at_least(1, MAX_PARAMS))
+    p.add_argument(
+        "--work-ms",
+        type=int_at_least(0, MAX_WORK_MS),
+        default=0,
+        help=f"simulated cost per chunk (at most {MAX_WORK_MS})",
+    )
     p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
     p.add_argument(
         "--no-check",
@@ -386,7 +348,7 @@ def add_parsers(command: Command) -> None:
     )
     p.add_argument(
         "--interval",
-        type=float_at_least(0.01),
+        type=float_at_least(0.01, 3600),
         default=1.0,
         help="seconds between updates with --watch (>= 0.01)",
     )
@@ -404,9 +366,17 @@ def add_parsers(command: Command) -> None:
         command("results", cmd_results, "export results, one row per parameter", *conn),
         json_flag=False,
     )
-    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
-    p.add_argument("--output", help="file to write (default stdout)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
+    p.add_argument(
+        "--output",
+        help="file to write (default stdout): written beside it, renamed over it when complete",
+    )
     p.add_argument("--chunks", action="store_true", help="one row per chunk instead")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="CSV cells as they are (by default a text cell starting with = + - @ gets a ')",
+    )
     p.add_argument(
         "--aggregate",
         metavar="HOW",
