@@ -264,6 +264,7 @@ class Shape:
     dicts: bool = True
     #: Kinds seen per result column ("" is the single result column).
     kinds: dict[str, set[str]] = field(default_factory=dict)
+    _keyset: frozenset[str] = frozenset()
 
     def observe(self, o: Outcome, lo: int) -> None:
         """Learn from outcome ``o``, whose chunk starts at parameter ``lo``."""
@@ -282,10 +283,11 @@ class Shape:
         if not isinstance(r, dict) or len(r) > MAX_RESULT_COLUMNS:
             self.dicts = False
             return
-        keys = tuple(sorted(str(k) for k in r))
         if self.keys is None:
-            self.keys = keys
-        elif keys != self.keys:
+            # The first result's order: the compute's own, as people expect the columns.
+            self.keys = tuple(str(k) for k in r)
+            self._keyset = frozenset(self.keys)
+        elif len(r) != len(self._keyset) or not all(k in self._keyset for k in r):
             self.dicts = False
             return
         for k, v in r.items():
