@@ -285,3 +285,44 @@ def test_garbage_records_are_problems_of_their_run(
         proc = ttg(*args, env=backend.env)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
     assert workers.alive(), "the worker lives on"
+
+
+# -- the allowlist: only functions an allowed module defines ---------------------------------
+
+
+def test_an_allowed_module_cannot_hand_out_what_it_imported(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
+) -> None:
+    """``tests`` is allowed, and tests.hostile_pkg imports subprocess.check_output and os.system.
+
+    check_output(value) of a grid point iterates its axis names: the axes below
+    would be the command line ``sh -c 'touch MARKER'``.
+    """
+    marker = tmp_path / "pwned"
+    space = f"grid:sh=1;-c=1;touch {marker}=1"
+    for n, attr in enumerate(("check_output", "system", "shell", "Runner")):
+        compute = f"tests.hostile_pkg:{attr}"
+        proc = ttg("seed", "--run", f"{run_id}-{n}", "--space", space, "--chunk-size", "1",
+                   "--compute", compute, env=backend.env)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "not allowed" in proc.stderr or "not a function" in proc.stderr, proc.stderr
+    # A seeder without the user's code cannot check what the name is; workers can.
+    ttg("seed", "--run", run_id, "--space", space, "--chunk-size", "1", "--no-check",
+        "--compute", "tests.hostile_pkg:check_output", env=backend.env, check=True)  # fmt: skip
+    honest = f"{run_id}-honest"
+    ttg("seed", "--run", honest, "--params", "50", "--chunk-size", "5",
+        "--compute", "tests.hostile_pkg:scaled", env=backend.env, check=True)  # fmt: skip
+    workers.start(2)
+    eventually(lambda: verified(backend, honest), timeout=90, what="the honest compute ran")
+
+    def refused() -> bool:
+        report = ttg_json("status", "--run", run_id, env=backend.env)
+        # Dead with the reason, or declined by every worker: either way, never computed.
+        return report["dead"] == 1 or any("cannot run" in w for w in report["warnings"])
+
+    eventually(refused, timeout=60, what="the imported callable refused")
+    assert not marker.exists(), "check_output ran in a worker"
+    report = ttg_json("status", "--run", run_id, env=backend.env)
+    assert report["done"] == 0 and "defined in 'subprocess'" in " ".join(
+        report["recent_errors"] + report["warnings"]
+    )

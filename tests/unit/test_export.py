@@ -237,3 +237,17 @@ def test_rows_are_those_of_every_parameter() -> None:
     assert [
         r["index"] for r in parameter_rows(s, sorted(ledger(s, int), key=lambda o: o.chunk))
     ] == list(range(25))
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_csv_on_a_terminal_shows_control_characters_escaped() -> None:
+    s = spec(2, 2)
+    evil = "ok\x1b]0;pwned\x07\x1b[2J"
+    out = Terminal()
+    export(s, ledger(s, lambda i: evil), ExportOptions("csv"), out)
+    assert "\x1b" not in out.getvalue() and "\\x1b]0;pwned\\x07" in out.getvalue()
+    assert evil in run_export(s, ledger(s, lambda i: evil), format="csv"), "a file keeps it"

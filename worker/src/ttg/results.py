@@ -16,7 +16,7 @@ Lossless (DESIGN.md invariant 13), decided in docs/contract.md "Exports":
   ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (in JSONL, and in JSON cells).
 - A CSV cell that a spreadsheet would run as a formula (it starts with ``=``,
   ``+``, ``-``, ``@``, a tab or a carriage return: OWASP's list) gets a leading
-  ``'`` unless ``raw``.
+  ``'`` unless ``raw``; on a terminal, control characters are shown escaped.
 - ``aggregate`` sums integers as Python integers and floats exactly (rounded
   once at the end): the sum of 3·10^6 squares is the closed form, to the unit.
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ttg.decode import Problems
+from ttg.decode import Problems, printable
 from ttg.run import Outcome, RunSpec, Status
 from ttg.space import GridSpace
 
@@ -347,14 +347,17 @@ def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
 _SCALARS = frozenset({str, int, float, bool})
 
 
-def _cell(v: Any, raw: bool) -> Any:
+def _cell(v: Any, raw: bool, tty: bool = False) -> Any:
     if v is None:
         return v
     if type(v) not in _SCALARS:
-        return dumps(v)
-    if not raw and type(v) is str and v.startswith(FORMULA_START):
-        return "'" + v
-    return v
+        v = dumps(v)
+    elif raw or type(v) is not str:
+        return v
+    elif v.startswith(FORMULA_START):
+        v = "'" + v
+    # On a terminal, a compute's text must not move the cursor or retitle the window.
+    return printable(v) if tty else v
 
 
 def write_csv(
@@ -367,9 +370,10 @@ def write_csv(
 ) -> int:
     writer = csv.writer(out)
     writer.writerow(cols.names)
+    tty = not raw and out.isatty()
     n = 0
     for row in rows:
-        writer.writerow([_cell(v, raw) for v in flatten(row, cols)])
+        writer.writerow([_cell(v, raw, tty) for v in flatten(row, cols)])
         n += 1
     return n
 
@@ -377,10 +381,11 @@ def write_csv(
 def write_chunks_csv(rows: Iterable[dict[str, Any]], out: IO[str], *, raw: bool = False) -> int:
     writer = csv.writer(out)
     writer.writerow(CHUNK_FIELDS)
+    tty = not raw and out.isatty()
     n = 0
     for r in rows:
         writer.writerow(
-            [dumps(r[k]) if k in ("result", "param_errors") else _cell(r[k], raw)
+            [_cell(dumps(r[k]) if k in ("result", "param_errors") else r[k], raw, tty)
              for k in CHUNK_FIELDS]
         )  # fmt: skip
         n += 1

@@ -14,7 +14,7 @@ import enum
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from ttg import compute, decode
@@ -33,7 +33,8 @@ FORMAT = 2
 #: Spec fields whose meaning a reader must not silently ignore, and the feature each
 #: needs. Such a field defaults to "off"; whenever it is not at its default the writer
 #: lists its feature in ``requires``, so a reader that lacks the feature skips the run
-#: instead of running it wrongly.
+#: instead of running it wrongly. A new field of that kind: a RunSpec field with an
+#: "off" default, checked in ``__post_init__``, and an entry here (FEATURES follows).
 FEATURE_FIELDS: dict[str, str] = {}
 #: Features of a run spec this version understands.
 FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
@@ -118,7 +119,9 @@ class RunSpec:
 
     def _not_default(self, name: str) -> bool:
         f = next(f for f in fields(self) if f.name == name)
-        return bool(getattr(self, name) != f.default)
+        factory: Any = f.default_factory
+        default = factory() if f.default is MISSING and factory is not MISSING else f.default
+        return bool(getattr(self, name) != default)
 
     @property
     def parameter_space(self) -> spaces.RangeSpace | spaces.GridSpace:
