@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from ttg import limits
 from ttg import run as runs
 from ttg.decode import DecodeError
 from ttg.errors import RunDataError, UnsupportedRun, UsageError
@@ -155,7 +156,7 @@ GARBAGE_SPECS = [
     '{"run": "r1", "space": {"kind": "zigzag"}, "chunk_size": 1, "compute": "ttg.compute:square"}',
     '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": 1, '
     '"compute": "ttg.compute:square", "work_ms": 1e300}',
-    "x" * (runs.MAX_SPEC_BYTES + 1),
+    "x" * (limits.MAX_SPEC_BYTES + 1),
 ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ttg.broker import BACKENDS
 from ttg.errors import UsageError
-from ttg.run import MAX_DELIVERIES
+from ttg.limits import MAX_DELIVERIES
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,32 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from ttg import compute, decode
+from ttg import compute, decode, limits
 from ttg import space as spaces
 from ttg.decode import DecodeError
 from ttg.errors import RunDataError, UnsupportedRun, UsageError
+from ttg.limits import (
+    MAX_CHUNKS,
+    MAX_DELIVERIES,
+    MAX_ERROR_CHARS,
+    MAX_PARAMS,
+    MAX_REQUIRES,
+    MAX_SPEC_BYTES,
+    MAX_WORK_MS,
+    MAX_WORKER_CHARS,
+    check_int,
+    param_errors,
+    run_named,
+    space_of,
+)
 
-#: A run id names broker keys and queues, and Kubernetes objects in the chart.
-RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: What a run id looks like (ttg.limits; named here too, where runs are).
+RUN_ID = limits.RUN_ID
+check_run_id = limits.check_run_id
 
 #: How a run is steered: the only values of its control flag.
 CONTROLS = ("running", "paused", "cancelled")
@@ -38,38 +52,6 @@ FORMAT = 2
 FEATURE_FIELDS: dict[str, str] = {}
 #: Features of a run spec this version understands.
 FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
-#: Most parameters in a run (a signed 64-bit index).
-MAX_PARAMS = 2**63 - 1
-#: Most chunks in a run: readers keep a byte or a bit per chunk (100 MB at this bound).
-MAX_CHUNKS = 10**8
-#: Longest simulated cost of a chunk (one hour).
-MAX_WORK_MS = 3_600_000
-#: Most deliveries of a chunk before it is recorded dead.
-MAX_DELIVERIES = 1000
-#: Longest stored spec, in bytes of JSON.
-MAX_SPEC_BYTES = 8 * 1024 * 1024
-#: Deepest nesting in a parameter space's JSON (a grid value nests 4 levels below it).
-MAX_SPACE_DEPTH = 36
-#: Most features one spec may require.
-MAX_REQUIRES = 32
-
-
-def check_run_id(run: str) -> str:
-    """Return ``run`` if it is a valid run id.
-
-    Raises:
-        UsageError: it is not ``[a-z0-9][a-z0-9-]{0,62}``.
-    """
-    if not isinstance(run, str) or not RUN_ID.fullmatch(run):
-        raise UsageError(f"run id {decode.preview(run, 80)} must match [a-z0-9][a-z0-9-]{{0,62}}")
-    return run
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{name} must be an integer, got {decode.preview(value, 40)}")
-    if not lo <= value <= hi:
-        raise UsageError(f"{name} must be in {lo}..{hi}, got {decode.preview(value, 40)}")
 
 
 @dataclass(frozen=True)
@@ -96,10 +78,10 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
-        _check_int("chunk size", self.chunk_size, 1, MAX_PARAMS)
-        _check_int("work-ms", self.work_ms, 0, MAX_WORK_MS)
-        _check_int("max deliveries", self.max_deliveries, 1, MAX_DELIVERIES)
-        _check_int("spec format", self.format, 1, 10**6)
+        check_int("chunk size", self.chunk_size, 1, MAX_PARAMS)
+        check_int("work-ms", self.work_ms, 0, MAX_WORK_MS)
+        check_int("max deliveries", self.max_deliveries, 1, MAX_DELIVERIES)
+        check_int("spec format", self.format, 1, 10**6)
         if not isinstance(self.compute, str) or len(self.compute) > compute.MAX_NAME_CHARS:
             raise UsageError(f"compute must be a name, got {decode.preview(self.compute, 80)}")
         compute.check_name(self.compute)
@@ -110,7 +92,7 @@ class RunSpec:
             raise UsageError(f"spec requires unknown features: {', '.join(unknown)}")
         object.__setattr__(self, "requires", requires)
         # Built once: a worker asks for it on every chunk.
-        object.__setattr__(self, "_space", _space_of(self.space))
+        object.__setattr__(self, "_space", space_of(self.space))
         if self.total_chunks > MAX_CHUNKS:
             raise UsageError(
                 f"{self.total_params} parameters in chunks of {self.chunk_size} make "
@@ -161,7 +143,7 @@ class RunSpec:
             UnsupportedRun: the spec requires features this version does not know.
             RunDataError: it is not a valid spec, or names another run than ``run``.
         """
-        who = run or _run_named(d)
+        who = run or run_named(d)
         try:
             d = decode.as_dict(d, "the spec")
             fmt = decode.as_int(d.get("format", 1), "its format", 1, 10**6)
@@ -200,40 +182,6 @@ class RunSpec:
         except DecodeError as e:
             raise RunDataError(run, f"unreadable spec: {e}") from None
         return cls.from_dict(d, run)
-
-
-def _run_named(d: Any) -> str | None:
-    """The run a spec says it belongs to, if that is a valid run id (for messages)."""
-    run = d.get("run") if isinstance(d, dict) else None
-    return run if isinstance(run, str) and RUN_ID.fullmatch(run) else None
-
-
-def _space_of(spec: Any) -> spaces.RangeSpace | spaces.GridSpace:
-    """The parameter space of a spec's ``space``, checked as untrusted input.
-
-    Raises:
-        UsageError: it is not a space, or too deep, or too large.
-    """
-    if not isinstance(spec, dict):
-        raise UsageError(f"space must be an object, got {decode.preview(spec, 80)}")
-    try:
-        decode.check_value(spec, "space", MAX_SPACE_DEPTH)
-    except DecodeError as e:
-        raise UsageError(str(e)) from None
-    if spec.get("kind") == "range":
-        for k in ("start", "stop", "step"):
-            if k in spec:
-                _check_int(f"range {k}", spec[k], -MAX_PARAMS, MAX_PARAMS)
-    try:
-        space = spaces.from_spec(spec)
-        size = space.size
-    except OverflowError:
-        raise UsageError(f"space has more than {MAX_PARAMS} parameters") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"space {decode.preview(spec, 80)}: {type(e).__name__}: {e}") from None
-    if size > MAX_PARAMS:
-        raise UsageError(f"space has {size} parameters, more than {MAX_PARAMS}")
-    return space
 
 
 @dataclass(frozen=True)
@@ -276,33 +224,6 @@ class Status(enum.StrEnum):
     #: No results: the chunk could not be computed (its workers kept dying, the
     #: compute is not allowed or cannot be imported).
     DEAD = "dead"
-
-
-#: Longest worker name read from a ledger.
-MAX_WORKER_CHARS = 256
-#: Longest error text read from a ledger (the worker writes far less).
-MAX_ERROR_CHARS = 20_000
-#: Longest traceback of a parameter error (DESIGN.md: at most 2,000 characters are written).
-MAX_TRACEBACK_CHARS = 20_000
-
-
-def _param_errors(v: Any) -> tuple[tuple[int, str] | tuple[int, str, str], ...]:
-    """``pe`` of a ledger entry: ``[index, message]`` or ``[index, message, traceback]`` each."""
-    if v is None:
-        return ()
-    if not isinstance(v, list):
-        raise DecodeError(f"parameter errors {decode.preview(v, 40)} are not a list")
-    out: list[tuple[int, str] | tuple[int, str, str]] = []
-    for p in v:
-        if not isinstance(p, list) or len(p) not in (2, 3):
-            raise DecodeError(f"parameter error {decode.preview(p, 60)} is not [index, message]")
-        index = decode.as_int(p[0], "a parameter error's index", 0, MAX_PARAMS)
-        message = decode.as_str(p[1], "a parameter error", MAX_ERROR_CHARS)
-        if len(p) == 3:
-            out.append((index, message, decode.as_str(p[2], "a traceback", MAX_TRACEBACK_CHARS)))
-        else:
-            out.append((index, message))
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -378,7 +299,7 @@ class Outcome:
             finished_at=decode.as_float(d.get("t"), "its finish time"),
             result=result,
             error=decode.opt_str(d.get("e"), "its error", MAX_ERROR_CHARS),
-            param_errors=_param_errors(d.get("pe")),
+            param_errors=param_errors(d.get("pe")),
             started_at=None if t0 is None else decode.as_float(t0, "its start time"),
             round=decode.as_int(d.get("g", 0), "its round", 0, MAX_PARAMS),
         )

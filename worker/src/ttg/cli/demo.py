@@ -22,9 +22,10 @@ from ttg.broker import BACKENDS, Broker, open_broker
 from ttg.cli import Command, int_at_least
 from ttg.cli import progress as bars
 from ttg.errors import TTGError, UsageError
+from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.metrics import RateMeter
 from ttg.processes import EmbeddedRedis, LocalWorkers, RabbitMQNode
-from ttg.run import MAX_PARAMS, MAX_WORK_MS, RunSpec
+from ttg.run import RunSpec
 from ttg.verify import status_report, verify
 
 

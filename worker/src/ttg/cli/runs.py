@@ -16,10 +16,11 @@ from ttg.cli import progress as bars
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
 from ttg.export import AGGREGATES, FORMATS, ExportOptions, aggregate_ledger, export
+from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.metrics import RateMeter
 from ttg.outputs import check_output
 from ttg.results import dumps, problems_line
-from ttg.run import MAX_PARAMS, MAX_WORK_MS, RunSpec
+from ttg.run import RunSpec
 from ttg.verify import status_report, verify
 
 if TYPE_CHECKING:

@@ -17,14 +17,8 @@ from typing import Any
 
 from ttg import decode
 from ttg.decode import MAX_INT, DecodeError
-from ttg.run import (
-    CONTROLS,
-    MAX_CHUNKS,
-    MAX_ERROR_CHARS,
-    MAX_WORKER_CHARS,
-    RUN_ID,
-    Outcome,
-)
+from ttg.limits import MAX_CHUNKS, MAX_ERROR_CHARS, MAX_WORKER_CHARS, RUN_ID
+from ttg.run import CONTROLS, Outcome
 
 #: Longest stream message read (a ledger batch of a prefetch window of big results).
 MAX_MESSAGE_BYTES = decode.MAX_JSON_BYTES

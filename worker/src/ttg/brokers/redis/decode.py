@@ -15,7 +15,8 @@ from typing import Any
 
 from ttg import decode
 from ttg.decode import MAX_INT, DecodeError, Problems
-from ttg.run import CONTROLS, MAX_CHUNKS, MAX_WORKER_CHARS, Outcome, RunEvent
+from ttg.limits import MAX_CHUNKS, MAX_WORKER_CHARS
+from ttg.run import CONTROLS, Outcome, RunEvent
 
 #: The tallies of ``ttg:{R}:stats`` a reader knows (others are ignored).
 STATS = (
