@@ -24,7 +24,7 @@ def test_json_log_lines_are_one_object_with_extra_fields() -> None:
 
 
 def test_rate_meter_tracks_a_steady_rate() -> None:
-    meter = RateMeter(halflife=5)
+    meter = RateMeter(window=5)
     for t in range(20):
         rate = meter.update(count=10 * t, now=float(t))
     assert abs(rate - 10) < 1e-9

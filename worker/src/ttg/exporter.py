@@ -29,7 +29,8 @@ from prometheus_client.registry import Collector
 
 from ttg.broker import Broker
 from ttg.errors import RunNotFound, TTGError
-from ttg.metrics import Probes, RateMeter, Route
+from ttg.httpd import Route
+from ttg.metrics import Probes, RateMeter
 from ttg.run import Progress
 
 log = logging.getLogger(__name__)
