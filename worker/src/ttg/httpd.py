@@ -74,7 +74,8 @@ class HTTPServer:
         self._waiting: collections.OrderedDict[asyncio.StreamWriter, None] = (
             collections.OrderedDict()
         )
-        self._open = 0
+        #: Every connection open and not dropped yet.
+        self._open: set[asyncio.StreamWriter] = set()
         self._pool = cf.ThreadPoolExecutor(ROUTE_THREADS, thread_name_prefix="ttg-http-route")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="ttg-http", daemon=True)
@@ -88,7 +89,7 @@ class HTTPServer:
     @property
     def connections(self) -> int:
         """Connections open now (for tests and debugging)."""
-        return self._open
+        return len(self._open)
 
     def start(self) -> HTTPServer:
         self._thread.start()
@@ -108,7 +109,10 @@ class HTTPServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._serve, sock=self.sock, limit=MAX_REQUEST_BYTES)
+                # The backlog again: start_server listens anew, with 100 by default.
+                asyncio.start_server(
+                    self._serve, sock=self.sock, limit=MAX_REQUEST_BYTES, backlog=BACKLOG
+                )
             )
         finally:
             self._started.set()
@@ -125,12 +129,14 @@ class HTTPServer:
 
     def _make_room(self) -> None:
         """Close the oldest connections still silent until we hold no more than the maximum."""
-        while self._open > self.max_connections and self._waiting:
+        while len(self._open) > self.max_connections and self._waiting:
+            # Counted closed at once: its task sees the end only at the loop's next turn.
             oldest, _ = self._waiting.popitem(last=False)
+            self._open.discard(oldest)
             oldest.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._open += 1
+        self._open.add(writer)
         self._waiting[writer] = None
         self._make_room()
         try:
@@ -146,7 +152,7 @@ class HTTPServer:
         except (TimeoutError, ConnectionError, OSError, ValueError):
             pass  # a client too slow, gone, or sending more than a request head
         finally:
-            self._open -= 1
+            self._open.discard(writer)
             writer.transport.abort()
 
     async def _respond(self, request_line: bytes) -> bytes:
