@@ -580,6 +580,8 @@ def eta_follows_the_truth_of_long_chunks(rig: Rig) -> None:
         if not (done_at - t) / 2.5 - 5 <= e <= 2.5 * (done_at - t) + 8
     ]
     assert not wrong, f"ETA read (shown, true): {wrong}"
+    ratios = [e / (done_at - t) for t, e in while_running if done_at - t > LONG_S]
+    print(f"\n== run L: ETA / time left, {min(ratios):.2f} to {max(ratios):.2f}")  # noqa: T201
 
 
 def _no_worker(given: dict[str, Check]) -> dict[str, Check]:
