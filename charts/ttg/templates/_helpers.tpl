@@ -95,8 +95,10 @@ namespace="{{ .Release.Namespace }}", {{ include "ttg.releaseLabel" . }}="{{ .Re
 {{- end }}
 {{- end }}
 
+{{- /* The worker image; by digest too when image.digest is set (a released chart pins it). */ -}}
 {{- define "ttg.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- with .Values.image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{- /*
