@@ -47,6 +47,7 @@ def release(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
         timeout=300,
         check=False,
     )
@@ -327,6 +328,9 @@ def recording(bin_dir: Path, name: str, log: Path, stdout: str = "") -> Path:
     path.write_text(
         "#!/usr/bin/env bash\n"
         f'printf "%s\\n" "{name} $*" >> {shlex.quote(str(log))}\n'
+        # Read what is piped in (a password), as the real client does: the writer
+        # must never find the pipe closed.
+        "cat > /dev/null\n"
         f"printf '%s' {shlex.quote(stdout)}\n"
     )
     path.chmod(0o755)
