@@ -171,6 +171,26 @@ def test_workflows_pass_actionlint_and_the_github_schema() -> None:
     assert schema.returncode == 0, schema.stdout + schema.stderr
 
 
+def test_workflows_pass_zizmors_offline_audits() -> None:
+    """Template injection, excessive permissions, unpinned or impostor references, credentials
+    persisted by checkout...: zizmor's audits that need no GitHub API, with its default
+    persona (what ci/lint.sh runs)."""
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "zizmor"),
+            "--offline",
+            "--no-progress",
+            str(ROOT / ".github" / "workflows"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No findings to report" in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_workflows_pin_actions_by_sha_and_read_only_permissions(workflow: Path) -> None:
     text = workflow.read_text()
