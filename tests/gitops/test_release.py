@@ -193,6 +193,23 @@ def test_release_refuses_to_package_without_the_image_digest(tmp_path: Path, dig
 READMES = [ROOT / "README.md", CHART / "README.md"]
 
 
+def test_chart_readme_says_the_default_backend_is_a_single_point_of_failure() -> None:
+    """Issue 20, N9 (its words): one Redis pod on one ReadWriteOnce volume, said plainly,
+    with what to use instead; the in-chart Redis HA sentence is its helper's to complete."""
+    text = " ".join((CHART / "README.md").read_text().split())
+    assert "one Redis pod on one ReadWriteOnce volume: a single point of failure" in text
+    assert "rabbitmq.replicas=3" in text and "redis+cluster://" in text
+    # And it is true: the default renders one Redis replica on one ReadWriteOnce claim.
+    rendered = subprocess.run(
+        [str(HELMS["helm4"]), "template", "ttg", str(CHART)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    (sts,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "StatefulSet"]
+    assert sts["spec"]["replicas"] == 1
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
 def shell_lines(text: str) -> list[list[str]]:
     """The README's indented helm and docker command lines, continuations joined, as the
     shell splits them."""
