@@ -38,6 +38,8 @@ CALL_RETRY_S = 90.0
 BROKER_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=broker"
 #: How long a crashed broker container may take to be ready again.
 BROKER_READY_S = 300.0
+#: How long a probe pod keeps trying to reach the broker (NetworkPolicy checks).
+PROBE_S = 30
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -257,12 +259,19 @@ class KindHarness:
         template = deploy["spec"]["template"]["spec"]
         (exporter,) = template["containers"]
         name = f"e2e-probe-{uuid.uuid4().hex[:6]}"
+        # Tries for PROBE_S: a policy agent may not know a pod seconds old yet, and a
+        # connection it lets through once is enough; one refused is not.
         probe = (
-            "import socket, sys\n"
-            "try:\n"
-            f"    socket.create_connection(({host!r}, {port}), timeout=10).close()\n"
-            "except OSError as e:\n"
-            "    sys.exit(f'refused: {e}')\n"
+            "import socket, sys, time\n"
+            f"deadline = time.monotonic() + {PROBE_S}\n"
+            "while time.monotonic() < deadline:\n"
+            "    try:\n"
+            f"        socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
+            "        sys.exit(0)\n"
+            "    except OSError as e:\n"
+            "        print(f'refused: {e}', flush=True)\n"
+            "        time.sleep(1)\n"
+            "sys.exit(1)\n"
         )
         pod = {
             "apiVersion": "v1",

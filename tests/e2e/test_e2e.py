@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests import scenarios
-from tests.e2e.conftest import KindHarness
+from tests.e2e.conftest import RELEASE, KindHarness
 from tests.helpers import ROOT, eventually
 
 #: The tests' own budgets (seconds): reaching the fault, then finishing the run.
@@ -70,7 +70,7 @@ def test_network_policy_admits_ttg_pods_only_and_stream_replication(harness: Kin
     RabbitMQ cluster its peers' stream replication, which uses a port range (NetworkPolicy
     `endPort`), keeps every member of a run's ledger in step: a CNI that honoured only the
     range's first port would leave replicas behind (and publishes unconfirmed)."""
-    release = {"app.kubernetes.io/part-of": "ttg", "ttg.io/release": "ttg"}
+    release = {"app.kubernetes.io/part-of": "ttg", "ttg.io/release": RELEASE}
     assert harness.reaches_broker(release), "a TTG pod of this release is refused"
     assert not harness.reaches_broker({}), "the NetworkPolicy is not enforced"
     nodes = harness.broker_pods()
