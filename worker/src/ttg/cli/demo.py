@@ -147,7 +147,7 @@ class _Demo:
         )
         started = time.monotonic()
         workers.start(args.workers)
-        meter = RateMeter(halflife=2.0)
+        meter = RateMeter(window=5.0)
         self.bar = bars.Bar(spec.run, enabled=not args.json and sys.stderr.isatty())
 
         def status() -> dict[str, Any]:

@@ -84,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         report = status_report(broker.progress(args.run))
         emit(args, report, bars.explain(report))
         return 0
-    meter = RateMeter(halflife=5.0)
+    meter = RateMeter(window=15.0)
     bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
     waiting = False
     while True:

@@ -133,6 +133,8 @@ class LedgerFold:
         self.rounds: dict[int, int] = {}
         self.done = self.done_params = self.errors = self.param_errors = self.dead = 0
         self.duplicates = self.redelivered = self.failed = self.malformed = 0
+        #: What ``ttg retry`` took out of the counts, kept (Progress.retried, retried_params).
+        self.retried = self.retried_params = 0
         self.recent: deque[str] = deque(maxlen=RECENT_ERRORS)
         #: Outcomes and events that could not be read.
         self.problems = Problems()
@@ -223,7 +225,10 @@ class LedgerFold:
             if self.is_open(r.chunk):
                 continue
             self.marks[r.chunk] = 0
-            self._count(_CODES[r.status], r.params, r.param_errors, -1)
+            code = _CODES[r.status]
+            self._count(code, r.params, r.param_errors, -1)
+            self.retried += 1
+            self.retried_params += {1: r.params, 2: r.params - r.param_errors}.get(code, 0)
             self.rounds[r.chunk] = max(round_, self.rounds.get(r.chunk, 0))
 
 

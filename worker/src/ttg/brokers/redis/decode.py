@@ -18,11 +18,8 @@ from ttg.decode import MAX_INT, DecodeError, Problems
 from ttg.limits import MAX_CHUNKS, MAX_WORKER_CHARS
 from ttg.run import CONTROLS, Outcome, RunEvent
 
-#: The tallies of ``ttg:{R}:stats`` a reader knows (others are ignored).
-STATS = (
-    "done", "done_params", "dead", "errors", "param_errors", "duplicates", "redelivered",
-    "failed", "malformed", "finished", "finished_params",
-)  # fmt: skip
+#: Most tallies read from ``ttg:{R}:stats`` (a handful are written).
+MAX_TALLIES = 100
 #: Longest event detail shown (the worker writes at most 500 characters).
 MAX_DETAIL_CHARS = 2000
 #: Event kinds (``RunEvent.kind``) a reader shows.
@@ -30,14 +27,15 @@ EVENT_KINDS = frozenset({"redelivered", "released", "failed", "malformed", "retr
 
 
 def stats(raw: Mapping[str, Any], problems: Problems) -> dict[str, int]:
-    """The run's tallies; a tally that is not a count is a problem and reads as 0."""
+    """The run's tallies (every field is a count); one that is not is a problem and reads as 0."""
     out: dict[str, int] = {}
-    for name in STATS:
-        if name in raw:
-            try:
-                out[name] = decode.as_int(raw[name], f"tally {name}", 0, MAX_INT, text=True)
-            except DecodeError as e:
-                problems.add(str(e))
+    for name in list(raw)[:MAX_TALLIES]:
+        try:
+            out[name] = decode.as_int(raw[name], f"tally {name}", 0, MAX_INT, text=True)
+        except DecodeError as e:
+            problems.add(decode.one_line(str(e), 200))
+    if len(raw) > MAX_TALLIES:
+        problems.add(f"{len(raw)} tallies, more than {MAX_TALLIES}: the rest ignored")
     return out
 
 
