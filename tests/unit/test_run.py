@@ -90,14 +90,29 @@ def test_progress_states() -> None:
     assert p.state == "complete" and p.failures == 0
 
 
-def test_a_new_spec_is_format_2_and_requires_nothing_by_default() -> None:
-    d = json.loads(spec().to_json())
-    assert d["format"] == FORMAT == 2 and d["requires"] == []
+#: The fields a format-1 reader (ttg 0.3: ``RunSpec(**stored)``) accepts, and no other.
+FORMAT_1 = {"run", "space", "chunk_size", "compute", "work_ms", "max_deliveries"}
+
+
+def test_a_spec_that_requires_nothing_is_stored_as_format_1_for_older_readers() -> None:
+    d = json.loads(spec(work_ms=5).to_json())
+    assert set(d) == FORMAT_1, "a 0.3 worker reads it: new seeder, old workers"
+    assert RunSpec.from_json(spec(work_ms=5).to_json(), "r1").format == 1
+
+
+def test_a_spec_that_requires_a_feature_is_stored_as_format_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(runs.FEATURE_FIELDS, "work_ms", "simulated-cost")
+    monkeypatch.setattr(runs, "FEATURES", frozenset({"simulated-cost"}))
+    d = json.loads(spec(work_ms=5).to_json())
+    assert d["format"] == FORMAT == 2 and d["requires"] == ["simulated-cost"]
+    assert set(json.loads(spec().to_json())) == FORMAT_1 - {"work_ms"}, "off: left out"
 
 
 def test_a_spec_without_format_is_format_1_and_still_the_same_run() -> None:
     d = spec().to_dict()
-    del d["format"], d["requires"]
+    assert "format" not in d
     old = RunSpec.from_dict(d, "r1")
     assert old.format == 1 and old == spec(), "re-seeding an old run must not conflict"
 

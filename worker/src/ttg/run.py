@@ -42,7 +42,8 @@ check_run_id = limits.check_run_id
 #: How a run is steered: the only values of its control flag.
 CONTROLS = ("running", "paused", "cancelled")
 
-#: The run-spec format this version writes. A stored spec without ``format`` is format 1.
+#: The run-spec format this version writes for a spec that requires features; a stored
+#: spec without ``format`` is format 1 (one that requires nothing is written so).
 FORMAT = 2
 #: Spec fields whose meaning a reader must not silently ignore, and the feature each
 #: needs. Such a field defaults to "off"; whenever it is not at its default the writer
@@ -124,9 +125,21 @@ class RunSpec:
         return lo, min(lo + self.chunk_size, self.total_params)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form. A spec that requires nothing is written exactly as format 1
+        (no ``format``, ``requires`` or feature field at its default), so every reader,
+        older versions' too, runs it: a rolling upgrade's new seeder and old workers
+        agree. One that requires a feature is written as format 2 with its ``requires``.
+        """
         d = asdict(self)
         d.pop("_space", None)
-        d["requires"] = list(self.requires)
+        if not self.requires:
+            for name in ("format", "requires", *FEATURE_FIELDS):
+                d.pop(name, None)
+            return d
+        d["format"], d["requires"] = FORMAT, list(self.requires)
+        for name in FEATURE_FIELDS:
+            if not self._not_default(name):
+                d.pop(name, None)
         return d
 
     def to_json(self) -> str:
