@@ -59,3 +59,10 @@ def gated(x: int) -> int:
             raise TimeoutError(f"gate {path} never opened")
         time.sleep(0.02)
     return x * x
+
+
+def dict_then_plain(x: int) -> object:
+    """A result whose shape changes after the first 1,500 parameters (the export tests)."""
+    if x < 1500:
+        return {"x": x, "tag": "=HYPERLINK(1)"}
+    return x if x % 2 else {"x": x, "late": -x}

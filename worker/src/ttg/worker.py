@@ -308,7 +308,7 @@ class Worker:
         if fn is None:
             try:
                 compute.check_allowed(spec.compute, self.compute_allow)
-                fn = self._loaded[spec.compute] = compute.load(spec.compute)
+                fn = self._loaded[spec.compute] = compute.load(spec.compute, self.compute_allow)
             except UsageError as e:
                 # The same answer on every attempt: dead at once, never retried.
                 return _Complete(Outcome.dead(d, self.name, str(e)))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.broker import Broker, Consumer, RetryReport, SeedReport
+from ttg.decode import Problems
 from ttg.errors import BrokerError, RunConflict, RunNotFound, UsageError
 from ttg.run import (
     CONTROLS,
@@ -170,7 +171,7 @@ class MemoryBroker(Broker):
                 recent_errors=errors,
             )
 
-    def ledger(self, run: str) -> Iterator[Outcome]:
+    def ledger(self, run: str, *, problems: Problems | None = None) -> Iterator[Outcome]:
         with self._lock:
             outcomes = list(self._run(run).ledger.values())
         yield from outcomes
