@@ -25,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: worker/pyproject.toml requirements-dev.txt examples/sweep-sim/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -e examples/sweep-sim -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet,pandas]' -e examples/sweep-sim -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv

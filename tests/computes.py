@@ -59,3 +59,8 @@ def gated(x: int) -> int:
             raise TimeoutError(f"gate {path} never opened")
         time.sleep(0.02)
     return x * x
+
+
+def label(p: dict[str, object]) -> str:
+    """A grid point as one string: ``{"a": 1, "b": "x"}`` -> ``"a=1,b=x"``."""
+    return ",".join(f"{k}={v}" for k, v in p.items())

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from ttg import config
-from ttg.broker import with_credentials
+from ttg.endpoint import with_credentials
 from ttg.errors import UsageError
 
 

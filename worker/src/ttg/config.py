@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ttg.broker import BACKENDS
+from ttg.endpoint import BACKENDS, DEFAULT_BACKEND, DEFAULT_URL
 from ttg.errors import UsageError
 
 
@@ -82,11 +82,11 @@ def _allow(text: str) -> tuple[str, ...]:
 SETTINGS = {
     s.name: s
     for s in [
-        Setting("backend", str, "redis", "broker kind", tuple(BACKENDS)),
+        Setting("backend", str, DEFAULT_BACKEND, "broker kind", tuple(BACKENDS)),
         Setting(
             "broker-url",
             str,
-            "redis://localhost:6379/0",
+            DEFAULT_URL,
             "broker URL (RabbitMQ: several, comma-separated, for a cluster)",
         ),
         Setting("broker-username", str, None, "user, replacing the one in the URL"),

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ttg.errors import UsageError
+from ttg.failures import traceback_of
 from ttg.run import Outcome, RunSpec, Status
-from ttg.space import GridSpace
 
 #: Chunks sorted in memory before the sort spills to disk.
 IN_MEMORY_CHUNKS = 5000
@@ -75,30 +75,35 @@ class Columns:
     params: tuple[str, ...]
     #: Keys of dict results, each its own column (empty: one "result" column).
     result_keys: tuple[str, ...]
+    #: Whether the ``traceback`` column is there (CSV: only when asked for).
+    traceback: bool = True
 
     @property
     def names(self) -> list[str]:
         results = [f"result.{k}" for k in self.result_keys] or ["result"]
-        return ["index", *self.params, *results, "status", "error", "chunk", "worker",
+        tb = ["traceback"] if self.traceback else []
+        return ["index", *self.params, *results, "status", "error", *tb, "chunk", "worker",
                 "attempt", "finished_at"]  # fmt: skip
 
 
 def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
     """One row per parameter of each outcome: its value, result, status and error.
 
-    Status is ``ok``, ``error`` (its compute raised; the error says how) or
-    ``dead`` (the whole chunk could not be computed).
+    Status is ``ok``, ``error`` (its compute raised; the error says how, the
+    traceback where, when the worker kept one) or ``dead`` (the whole chunk
+    could not be computed).
     """
     space = spec.parameter_space
     for o in outcomes:
         lo, hi = spec.bounds(o.chunk)
-        errors = dict(o.param_errors)
+        errors = _errors(o)
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
+            tb = None
             if o.status is Status.DEAD:
                 status, error = "dead", o.error
             elif i in errors:
-                status, error = "error", errors[i]
+                status, (error, tb) = "error", errors[i]
             else:
                 status, error = "ok", None
             yield {
@@ -107,6 +112,7 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
                 "result": result,
                 "status": status,
                 "error": error,
+                "traceback": tb,
                 "chunk": o.chunk,
                 "worker": o.worker,
                 "attempt": o.attempt,
@@ -114,28 +120,34 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
             }
 
 
-def columns(spec: RunSpec, first_rows: list[dict[str, Any]]) -> Columns:
+def _errors(o: Outcome) -> dict[int, tuple[str, str | None]]:
+    """Parameter index -> (error, traceback or None), from ``(i, e)`` or ``(i, e, tb)`` entries."""
+    return {int(e[0]): (str(e[1]), traceback_of(e)) for e in o.param_errors}
+
+
+def columns(spec: RunSpec, first_rows: list[dict[str, Any]], *, traceback: bool = True) -> Columns:
     """Columns for ``spec``; dict results (seen in ``first_rows``) become one column per key."""
     space = spec.parameter_space
-    params = tuple(name for name, _ in space.axes) if isinstance(space, GridSpace) else ("value",)
+    params = space.names or ("value",)
     keys: dict[str, None] = {}
     for row in first_rows:
         if isinstance(row["result"], dict):
             keys.update(dict.fromkeys(str(k) for k in row["result"]))
-    return Columns(params, tuple(keys))
+    return Columns(params, tuple(keys), traceback)
 
 
 def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
     """A row as the flat cells of CSV and Parquet, in the order of ``cols.names``."""
     value = row["value"]
-    params = [value] if cols.params == ("value",) else [value.get(n) for n in cols.params]
+    params = [value.get(n) for n in cols.params] if isinstance(value, dict) else [value]
     result = row["result"]
     if cols.result_keys:
         got = result if isinstance(result, dict) else {}
         results = [got.get(k) for k in cols.result_keys]
     else:
         results = [result]
-    return [row["index"], *params, *results, row["status"], row["error"], row["chunk"],
+    tb = [row.get("traceback")] if cols.traceback else []
+    return [row["index"], *params, *results, row["status"], row["error"], *tb, row["chunk"],
             row["worker"], row["attempt"], row["finished_at"]]  # fmt: skip
 
 
@@ -177,16 +189,19 @@ def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[s
             default=str,
         )[1:]  # fmt: skip
         dead = o.status is Status.DEAD
-        ok_tail = ", " + json.dumps({"status": "ok", "error": None})[1:-1] + ", " + shared
-        dead_tail = ", " + json.dumps({"status": "dead", "error": o.error})[1:-1] + ", " + shared
-        errors = dict(o.param_errors)
+        ok = {"status": "ok", "error": None, "traceback": None}
+        ok_tail = ", " + json.dumps(ok)[1:-1] + ", " + shared
+        dead_tail = ", " + json.dumps({**ok, "status": "dead", "error": o.error})[1:-1]
+        dead_tail += ", " + shared
+        errors = _errors(o)
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         lines = []
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
             if dead:
                 tail = dead_tail
             elif i in errors:
-                tail = ", " + json.dumps({"status": "error", "error": errors[i]})[1:-1]
+                error, tb = errors[i]
+                tail = ", " + json.dumps({"status": "error", "error": error, "traceback": tb})[1:-1]
                 tail += ", " + shared
             else:
                 tail = ok_tail
@@ -197,9 +212,12 @@ def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[s
     return n
 
 
-def write_csv(spec: RunSpec, rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+def write_csv(
+    spec: RunSpec, rows: Iterator[dict[str, Any]], out: IO[str], *, traceback: bool = False
+) -> int:
+    """One CSV row per parameter; the ``traceback`` column only when asked for (it is long)."""
     head = [row for _, row in zip(range(1000), rows, strict=False)]
-    cols = columns(spec, head)
+    cols = columns(spec, head, traceback=traceback)
     writer = csv.writer(out)
     writer.writerow(cols.names)
     n = 0
@@ -253,6 +271,28 @@ def write_parquet(spec: RunSpec, rows: Iterator[dict[str, Any]], path: str) -> i
     return n
 
 
+def table_cells(
+    spec: RunSpec, rows: Iterator[dict[str, Any]], *, traceback: bool = True
+) -> tuple[list[str], list[list[Any]]]:
+    """Column names and flat rows, as CSV and Parquet lay them out (for a DataFrame)."""
+    head = [row for _, row in zip(range(1000), rows, strict=False)]
+    cols = columns(spec, head, traceback=traceback)
+    return cols.names, [flatten(row, cols) for row in _chain_rows(head, rows)]
+
+
+def write_chunks_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+    """The per-chunk view as CSV: results and parameter errors as JSON cells."""
+    writer = csv.writer(out)
+    writer.writerow(CHUNK_FIELDS)
+    n = 0
+    for r in rows:
+        writer.writerow(
+            [json.dumps(r[k]) if k in ("result", "param_errors") else r[k] for k in CHUNK_FIELDS]
+        )
+        n += 1
+    return n
+
+
 def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
     """The per-chunk view (``--chunks``): one row per chunk, its results as one JSON list."""
     for o in outcomes:
@@ -277,16 +317,21 @@ def _chain_rows(
     yield from rest
 
 
-def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(
+    how: str, rows: Iterable[dict[str, Any]], *, field: str | None = None
+) -> dict[str, Any]:
     """Reduce the results of the rows whose status is ok.
 
-    ``how`` is one of ``AGGREGATES`` (numeric results), or ``module:function``,
-    called with an iterator of the rows and returning something JSON can hold.
+    ``how`` is one of ``AGGREGATES`` (numeric results; with ``field``, the
+    field of that name of dict results), or ``module:function``, called with an
+    iterator of the rows and returning something JSON can hold.
 
     Raises:
         UsageError: unknown reduction, or a result that is not a number.
     """
     ok = (r for r in rows if r["status"] == "ok")
+    if field is not None:
+        ok = ({**r, "result": _field(r, field)} for r in ok)
     if ":" in how:
         module_name, _, attr = how.partition(":")
         try:
@@ -303,8 +348,10 @@ def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for r in ok:
         v = r["result"]
         if not isinstance(v, int | float) or isinstance(v, bool):
+            hint = " (dict results: --field NAME)" if isinstance(v, dict) else ""
             raise UsageError(
-                f"--aggregate {how}: result of parameter {r['index']} is not a number: {v!r}"
+                f"--aggregate {how}: result of parameter {r['index']} is not a number: "
+                f"{_short(v)}{hint}"
             )
         count += 1
         total += v
@@ -317,7 +364,25 @@ def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }[how]
     if how == "sum" and float(value).is_integer():
         value = int(value)
-    return {"aggregate": how, "value": value, "count": count}
+    out: dict[str, Any] = {"aggregate": how, "value": value, "count": count}
+    if field is not None:
+        out["field"] = field
+    return out
+
+
+def _field(row: dict[str, Any], name: str) -> Any:
+    result = row["result"]
+    if not isinstance(result, dict) or name not in result:
+        raise UsageError(
+            f"--field {name}: result of parameter {row['index']} has no field {name!r}: "
+            f"{_short(result)}"
+        )
+    return result[name]
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def check_writable(path: str | None) -> None:

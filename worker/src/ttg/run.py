@@ -59,8 +59,8 @@ class RunSpec:
         object.__setattr__(self, "_space", spaces.from_spec(self.space))
 
     @property
-    def parameter_space(self) -> spaces.RangeSpace | spaces.GridSpace:
-        space: spaces.RangeSpace | spaces.GridSpace = self.__dict__["_space"]
+    def parameter_space(self) -> spaces.AnySpace:
+        space: spaces.AnySpace = self.__dict__["_space"]
         return space
 
     @property

@@ -10,8 +10,7 @@ import sys
 from typing import Any
 
 from ttg import config
-from ttg.broker import open_consumer
-from ttg.cli import Command, broker_url, connect, tls_of
+from ttg.cli.common import Command, endpoint
 from ttg.exporter import Exporter
 from ttg.metrics import Metrics, Probes, probe_routes, serve
 from ttg.worker import Worker
@@ -23,13 +22,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Until the worker's own handlers are in place, a signal just ends the wait.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     name = args.worker_name or config.default_worker_name()
-    consumer = open_consumer(
-        args.backend,
-        broker_url(args),
-        name,
-        lease_seconds=args.lease_seconds,
-        prefetch=args.prefetch,
-        tls=tls_of(args),
+    consumer = endpoint(args).open_consumer(
+        name, lease_seconds=args.lease_seconds, prefetch=args.prefetch
     )
     metrics = Metrics()
     metrics.broker_up.set_function(lambda: 1 if consumer.connected else 0)
@@ -66,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    exporter = Exporter(lambda: connect(args), args.backend)
+    exporter = Exporter(lambda: endpoint(args).open_broker(), args.backend)
 
     def stop(*_: Any) -> None:
         exporter.stop()

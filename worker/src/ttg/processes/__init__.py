@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ttg.broker import TLS
+from ttg.endpoint import TLS
 from ttg.errors import UsageError
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pika.exceptions as pex
 
-from ttg.broker import TLS, Broker, RetryReport, SeedReport
+from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.brokers.rabbitmq.connection import (
     ADMIN_BLOCKED_TIMEOUT,
     ADMIN_HEARTBEAT,
@@ -36,6 +36,7 @@ from ttg.brokers.rabbitmq.connection import (
 from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
 from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
 from ttg.brokers.rabbitmq.seeder import WindowedSeeder, group_size
+from ttg.endpoint import TLS
 from ttg.errors import RunConflict, RunNotFound, UsageError
 from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec, Status
 

@@ -33,7 +33,7 @@ from typing import Any
 import pika
 import pika.exceptions as pex
 
-from ttg.broker import TLS, Consumer
+from ttg.broker import Consumer
 from ttg.brokers.rabbitmq.connection import (
     RUNS,
     body,
@@ -46,6 +46,7 @@ from ttg.brokers.rabbitmq.connection import (
 )
 from ttg.brokers.rabbitmq.iothread import IOThread
 from ttg.brokers.rabbitmq.messages import Activity, Inbox, Message, Unacked
+from ttg.endpoint import TLS
 from ttg.errors import BrokerError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from ttg.broker import TLS, Broker, RetryReport, SeedReport
+from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.brokers.redis.client import (
     GENERATION,
     GROUP,
@@ -24,6 +24,7 @@ from ttg.brokers.redis.client import (
     translated,
 )
 from ttg.brokers.redis.consumer import RedisConsumer
+from ttg.endpoint import TLS
 from ttg.errors import RunConflict, RunNotFound, UsageError
 from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec
 

@@ -40,7 +40,7 @@ import redis
 import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
 
-from ttg.broker import TLS
+from ttg.endpoint import TLS
 from ttg.errors import AuthenticationError, BrokerConnectionError, BrokerError, UsageError
 
 #: Consumer group every worker joins, in every run's task stream.

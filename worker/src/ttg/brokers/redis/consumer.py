@@ -27,7 +27,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from ttg.broker import TLS, Consumer
+from ttg.broker import Consumer
 from ttg.brokers.redis.client import (
     GENERATION,
     GROUP,
@@ -37,6 +37,7 @@ from ttg.brokers.redis.client import (
     make_client,
     translated,
 )
+from ttg.endpoint import TLS
 from ttg.errors import BrokerError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec
 
