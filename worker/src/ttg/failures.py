@@ -137,10 +137,13 @@ class ErrorGroups:
             group = self.groups[key] = ErrorGroup(kind, message, error_type(message))
         group.params += params
         group.chunks += new_chunk
-        if group.example is None:
-            group.example = Example(index if index is not None else prefixed, chunk)
-        if traceback and group.example.traceback is None:
-            group.example.traceback = traceback[:TRACEBACK_LIMIT]
+        at = index if index is not None else prefixed
+        ex = group.example
+        # The example is the lowest parameter seen (ledgers come in no set order), so the
+        # same run always shows the same one.
+        if ex is None or (at is not None and (ex.index is None or at < ex.index)):
+            tb = traceback[:TRACEBACK_LIMIT] if traceback else None
+            group.example = Example(at, chunk, traceback=tb)
         return group
 
     def add_chunk(
