@@ -115,3 +115,45 @@ def test_api_attach_from_a_second_process(
 def test_api_attach_to_an_unknown_run_is_a_usage_error(backend: BackendEnv) -> None:
     with pytest.raises(UsageError, match="no run"):
         ttg.Sweep.attach("no-such-run", broker=endpoint(backend))
+
+
+def test_cli_space_file_aggregate_field_and_verify_by_value(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
+) -> None:
+    """The CLI is a door over the same Sweep: a table from --space-file, the same answers."""
+    from tests.helpers import ttg as cli  # noqa: PLC0415
+
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(f'{{"omega": {o}, "zeta": {z}}}\n' for o in (1, 2) for z in (0, 1)))
+    env = backend.env
+    seeded = cli(
+        "seed", "--run", run_id, "--space-file", str(table), "--chunk-size", "1",
+        "--compute", "tests.computes:damped", "--json", env=env, check=True,
+    )  # fmt: skip
+    assert json.loads(seeded.stdout)["total_params"] == 4
+    workers.start(1, TTG_TEST_BROKEN=str(table))  # the file exists: zeta 0 raises
+    sweep = ttg.Sweep.attach(run_id, broker=endpoint(backend))
+    sweep.wait(timeout=120)
+    agg = cli("results", "--run", run_id, "--aggregate", "sum", "--field", "omega2", env=env)
+    assert json.loads(agg.stdout) == {
+        "aggregate": "sum", "field": "omega2", "value": 5, "count": 2, "run": run_id,
+    }  # fmt: skip
+    text = cli("verify", "--run", run_id, env=env)
+    assert text.returncode == 1
+    lines = text.stdout.splitlines()
+    assert lines[0] == (
+        "NOT VERIFIED: exactly once: holds; 2 parameters failed (2 raised, 0 in dead chunks) "
+        "(--allow-failed accepts them)"
+    )
+    assert (
+        "  2 parameters failed in 2 chunks: ZeroDivisionError: division by zero  "
+        "e.g. parameter 0 (omega=1, zeta=0)"
+    ) in lines
+    csv_out = cli("results", "--run", run_id, "--format", "csv", "--traceback", env=env)
+    assert csv_out.stdout.splitlines()[0].split(",")[:8] == [
+        "index", "omega", "zeta", "result.amplitude", "result.omega2", "status", "error",
+        "traceback",
+    ]  # fmt: skip
+    assert sweep.verify().to_dict() | {"ts": 0} == json.loads(
+        cli("verify", "--run", run_id, "--json", env=env).stdout
+    ) | {"ts": 0}

@@ -36,6 +36,55 @@ from ttg.processes import free_port
         ["results", "--run", "ok", "--output", "/"],
         ["report", "--run", "ok", "--output", "/no/such/dir/report.html"],
         ["verify", "--run", "ok", "--strict"],
+        # A grid (or table) with the default compute, which is for integer ranges.
+        ["seed", "--run", "ok", "--space", "grid:a=1,2", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--space", "linspace:0:1:5", "--chunk-size", "1"],
+        # A value that looks like a space keyword but does not parse.
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "grid:r=range:2.5:4.0:x",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "tests.computes:label",
+        ],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "grid:z=linspace:0:1",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "tests.computes:label",
+        ],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space-file",
+            "/no/such/file.csv",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "tests.computes:label",
+        ],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "range:0:4",
+            "--space-file",
+            "x.csv",
+            "--chunk-size",
+            "1",
+        ],
+        ["results", "--run", "ok", "--field", "y"],
         ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--compute", "os:system"],
         [
             "seed",
@@ -92,3 +141,15 @@ def test_metrics_port_in_use_is_one_line_and_exit_2() -> None:
 def test_version() -> None:
     proc = ttg("--version", env={})
     assert proc.returncode == 0 and proc.stdout.startswith("ttg ")
+
+
+def test_refusals_name_what_is_wrong() -> None:
+    env = {"TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    grid = ttg("seed", "--run", "ok", "--space", "grid:a=1,2", "--chunk-size", "1", env=env)
+    assert "a grid space needs a compute (--compute module:function)" in grid.stderr
+    axis = ttg(
+        "seed", "--run", "ok", "--space", "grid:r=range:2.5:4.0:x", "--chunk-size", "1",
+        "--compute", "tests.computes:label", env=env,
+    )  # fmt: skip
+    assert axis.stderr.startswith("ttg: error: --space grid axis 'r': ")
+    assert "'x' is not a number" in axis.stderr

@@ -34,7 +34,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Protocol
 
 from ttg.errors import UsageError
-from ttg.table import TableSpace, json_value, read_table, table
+from ttg.tables import TableSpace, json_value, read_table, table
 
 __all__ = [
     "AnySpace", "Axis", "GridSpace", "RangeSpace", "Space", "TableSpace", "arange", "from_spec",
@@ -353,29 +353,27 @@ def _materialize(name: str, axis: RangeSpace | Axis) -> tuple[Any, ...]:
 
 
 def _form(text: str, where: str) -> RangeSpace | Axis:
-    """``range:START:STOP[:STEP]``, ``linspace:START:STOP:NUM`` or ``logspace:...``."""
+    """``range:START:STOP[:STEP]``, ``linspace:START:STOP:NUM`` or ``logspace:...``.
+
+    Raises:
+        UsageError: naming ``where`` (the flag, the grid axis) and the text.
+    """
     kind, _, rest = text.strip().partition(":")
-    parts = rest.split(":")
-    if kind == "range":
-        if len(parts) not in (2, 3):
-            raise UsageError(f"{where}: expected range:START:STOP[:STEP], got {text!r}")
-        nums = [_decimal(p, f"{where}: {text!r}") for p in parts]
-        if all(
-            n == n.to_integral_value() and "." not in p for n, p in zip(nums, parts, strict=True)
-        ):
-            return RangeSpace(*(int(n) for n in nums))
-        return Axis("range", parts[0].strip(), parts[1].strip(),
-                    parts[2].strip() if len(parts) == 3 else "1")  # fmt: skip
-    if kind in ("linspace", "logspace"):
-        if len(parts) != 3:
-            raise UsageError(f"{where}: expected {kind}:START:STOP:NUM, got {text!r}")
-        for p in parts:
-            _decimal(p, f"{where}: {text!r}")
-        try:
-            return Axis(kind, *(p.strip() for p in parts))
-        except UsageError as e:
-            raise UsageError(f"{where}: {e}") from None
-    raise UsageError(f"{where}: {text!r} is not range:, linspace: or logspace:")
+    parts = [p.strip() for p in rest.split(":")]
+    try:
+        if kind == "range" and len(parts) in (2, 3):
+            nums = [_decimal(p, repr(text)) for p in parts]
+            if all(n == n.to_integral_value() and "." not in p for n, p in zip(nums, parts)):  # noqa: B905 - same length
+                return RangeSpace(*(int(n) for n in nums))
+            return Axis("range", parts[0], parts[1], parts[2] if len(parts) == 3 else "1")
+        if kind in ("linspace", "logspace") and len(parts) == 3:
+            for p in parts:
+                _decimal(p, repr(text))
+            return Axis(kind, *parts)
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    shape = "START:STOP[:STEP]" if kind == "range" else "START:STOP:NUM"
+    raise UsageError(f"{where}: expected {kind}:{shape}, got {text!r}")
 
 
 def _grid_value(raw: str) -> Any:

@@ -16,7 +16,7 @@ from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least
 from ttg.errors import RunNotFound, UsageError
 from ttg.results import AGGREGATES, check_writable
 from ttg.sweep import Sweep, make_space
-from ttg.table import read_table
+from ttg.tables import read_table
 
 # -- seed ---------------------------------------------------------------------------------
 
