@@ -81,3 +81,14 @@ def config_cost(row: dict[str, object]) -> float:
     """A table row -> a number, using every column (types as the table kept them)."""
     assert isinstance(row["name"], str) and isinstance(row["layers"], int), row
     return float(row["layers"]) * float(row["lr"])  # type: ignore[arg-type]
+
+
+def several_errors(x: int) -> int:
+    """Three distinct errors, each on a known set of parameters; the rest square."""
+    if x % 10 == 3:
+        return x // (x - x)  # ZeroDivisionError: integer division or modulo by zero
+    if x % 10 == 7:
+        return {"a": 1}["mass"]  # KeyError: 'mass'
+    if x == 50:
+        raise ValueError("negative mass at x=50")
+    return x * x

@@ -26,11 +26,19 @@ TOP_ERRORS = 20
 HEADER_PROBLEMS = 8
 #: List items shown per field in the verify detail.
 DETAIL_LIST_ITEMS = 20
+#: Event kinds in the report's words (the vocabulary of ``ttg.verify``): one, many.
+EVENT_WORDS = {
+    "failed": ("failed attempt", "failed attempts"),
+    "redelivered": ("redelivery", "redeliveries"),
+    "released": ("chunk given back", "chunks given back"),
+    "malformed": ("unreadable task message", "unreadable task messages"),
+    "retry": ("chunk re-queued by ttg retry", "chunks re-queued by ttg retry"),
+}
 
 
-def plural(n: int, word: str) -> str:
+def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 parameter``, ``2 parameters`` (never "1 parameters")."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 def _num(v: Any) -> str:
@@ -188,7 +196,10 @@ def failures(agg: Aggregate, spec: RunSpec | None, section: Any) -> str:
             f"</tr>{_rows(retried, spec, retried=True)}</table>"
         )
     if agg.event_kinds:
-        kinds = ", ".join(f"{n:,} {escape(k)}" for k, n in sorted(agg.event_kinds.items()))
+        kinds = ", ".join(
+            escape(plural(n, *EVENT_WORDS.get(k, (k, k))))
+            for k, n in sorted(agg.event_kinds.items())
+        )
         body += f'<p class="hint">Events recorded: {kinds}.</p>'
     out: str = section("failures", "Failures", hint, body)
     return out
