@@ -176,9 +176,13 @@ def add(parser: argparse.ArgumentParser, *names: str) -> None:
 def resolve(args: argparse.Namespace, *names: str) -> None:
     """Fill each setting on ``args``: flag, else environment, else default; check types.
 
+    ``args.defaulted`` names the settings nobody set (a worker may then pick for itself).
+
     Raises:
         UsageError: a value does not parse or is not allowed.
     """
+    defaults: set[str] = getattr(args, "defaulted", set())
+    args.defaulted = defaults
     for name in names:
         s = SETTINGS[name]
         attr = name.replace("-", "_")
@@ -188,6 +192,7 @@ def resolve(args: argparse.Namespace, *names: str) -> None:
             raw, source = os.environ.get(s.env), s.env
         if raw is None or raw == "":
             raw, source = s.default, f"default of {s.flag}"
+            defaults.add(name)
             if raw is None or not isinstance(raw, str) or s.type is str:
                 setattr(args, attr, raw)
                 continue

@@ -148,6 +148,10 @@ class Local:
             return
         self._served.add(compute)
         self._allow.add(_allow_entry(compute))
+        self.start_workers()
+
+    def start_workers(self) -> None:
+        """(Re)start the workers with the allowlist as it stands."""
         if self._pool is not None:
             self._pool.stop()
         env = {

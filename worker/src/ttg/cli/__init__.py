@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ttg import __version__, config, logs
-from ttg.cli import demo, runs, serve
+from ttg.cli import demo, local, runs, serve
 from ttg.cli.common import Parser
 from ttg.errors import TTGError
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parsers(command)
     runs.add_parsers(command)
     demo.add_parser(command)
+    local.add_parser(command)
     return parser
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from ttg import config
 from ttg.cli.common import Command, endpoint
+from ttg.errors import UsageError
 from ttg.exporter import Exporter
-from ttg.metrics import Metrics, Probes, probe_routes, serve
+from ttg.metrics import Metrics, Probes, Route, probe_routes, serve
 from ttg.worker import Worker
 
 log = logging.getLogger("ttg")
@@ -30,7 +31,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     probes = Probes(ready=lambda: consumer.connected)
     if args.metrics_port:
         # From the start: /healthz answers while the broker is still away (/readyz does not).
-        serve(args.metrics_port, probe_routes(metrics.registry, probes))
+        args.metrics_port = _serve_metrics(args, probe_routes(metrics.registry, probes))
     worker = Worker(
         consumer,
         metrics=metrics,
@@ -57,6 +58,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         os._exit(code)
     return code
+
+
+def _serve_metrics(args: argparse.Namespace, routes: dict[str, Route]) -> int:
+    """Serve on the metrics port; the port served on.
+
+    A second worker on one machine (``ttg.local``, a terminal beside another)
+    finds the default port taken: it takes a free one and says which. A port
+    someone chose is theirs: taken, it is an error (exit 2).
+    """
+    try:
+        serve(args.metrics_port, routes)
+        return int(args.metrics_port)
+    except UsageError:
+        if "metrics-port" not in args.defaulted:
+            raise
+    server = serve(0, routes)
+    port = int(server.server_address[1])
+    log.warning(
+        "metrics port %s is in use (another worker on this machine?): serving /metrics on "
+        ":%s instead; set TTG_METRICS_PORT to choose one, 0 to turn it off",
+        args.metrics_port,
+        port,
+    )
+    return port
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:

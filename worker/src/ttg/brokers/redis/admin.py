@@ -35,7 +35,7 @@ IN_FLIGHT_SHOWN = 50
 #: Events ``progress`` reads back for the recent distinct errors.
 RECENT_EVENTS = 200
 #: Distinct recent errors ``progress`` reports.
-RECENT_ERRORS = 5
+RECENT_ERRORS = 20
 #: Chunks re-queued per ``retry`` step (one Lua call each).
 REQUEUE_BATCH = 500
 
