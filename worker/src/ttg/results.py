@@ -16,10 +16,10 @@ import math
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 from ttg.errors import UsageError
 from ttg.failures import traceback_of
@@ -86,7 +86,28 @@ class Columns:
                 "attempt", "finished_at"]  # fmt: skip
 
 
-def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
+class ResultRow(TypedDict):
+    """One parameter's row, as ``ttg results`` writes it (JSONL: this object)."""
+
+    index: int
+    #: The parameter: a number for a range, a dict for a grid point or a table row.
+    value: Any
+    result: Any
+    #: ``ok`` | ``error`` | ``dead``.
+    status: str
+    error: str | None
+    traceback: str | None
+    chunk: int
+    worker: str
+    attempt: int
+    finished_at: float
+
+
+#: A row of the per-parameter view (``ResultRow``) or of the per-chunk one (``--chunks``).
+Row = Mapping[str, Any]
+
+
+def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[ResultRow]:
     """One row per parameter of each outcome: its value, result, status and error.
 
     Status is ``ok``, ``error`` (its compute raised; the error says how, the
@@ -125,7 +146,7 @@ def _errors(o: Outcome) -> dict[int, tuple[str, str | None]]:
     return {int(e[0]): (str(e[1]), traceback_of(e)) for e in o.param_errors}
 
 
-def columns(spec: RunSpec, first_rows: list[dict[str, Any]], *, traceback: bool = True) -> Columns:
+def columns(spec: RunSpec, first_rows: list[ResultRow], *, traceback: bool = True) -> Columns:
     """Columns for ``spec``; dict results (seen in ``first_rows``) become one column per key."""
     space = spec.parameter_space
     params = space.names or ("value",)
@@ -136,7 +157,7 @@ def columns(spec: RunSpec, first_rows: list[dict[str, Any]], *, traceback: bool 
     return Columns(params, tuple(keys), traceback)
 
 
-def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
+def flatten(row: ResultRow, cols: Columns) -> list[Any]:
     """A row as the flat cells of CSV and Parquet, in the order of ``cols.names``."""
     value = row["value"]
     params = [value.get(n) for n in cols.params] if isinstance(value, dict) else [value]
@@ -159,7 +180,7 @@ def _cell(v: Any) -> Any:
     return v if v is None or type(v) in _SCALARS else json.dumps(v)
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+def write_jsonl(rows: Iterable[Row], out: IO[str]) -> int:
     n = 0
     for row in rows:
         out.write(json.dumps(row, default=str) + "\n")
@@ -213,7 +234,7 @@ def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[s
 
 
 def write_csv(
-    spec: RunSpec, rows: Iterator[dict[str, Any]], out: IO[str], *, traceback: bool = False
+    spec: RunSpec, rows: Iterator[ResultRow], out: IO[str], *, traceback: bool = False
 ) -> int:
     """One CSV row per parameter; the ``traceback`` column only when asked for (it is long)."""
     head = [row for _, row in zip(range(1000), rows, strict=False)]
@@ -227,7 +248,7 @@ def write_csv(
     return n
 
 
-def write_parquet(spec: RunSpec, rows: Iterator[dict[str, Any]], path: str) -> int:
+def write_parquet(spec: RunSpec, rows: Iterator[ResultRow], path: str) -> int:
     """Parquet needs the ``parquet`` extra (pyarrow); values of mixed types are written as JSON."""
     try:
         import pyarrow as pa  # noqa: PLC0415 - optional extra
@@ -272,7 +293,7 @@ def write_parquet(spec: RunSpec, rows: Iterator[dict[str, Any]], path: str) -> i
 
 
 def table_cells(
-    spec: RunSpec, rows: Iterator[dict[str, Any]], *, traceback: bool = True
+    spec: RunSpec, rows: Iterator[ResultRow], *, traceback: bool = True
 ) -> tuple[list[str], list[list[Any]]]:
     """Column names and flat rows, as CSV and Parquet lay them out (for a DataFrame)."""
     head = [row for _, row in zip(range(1000), rows, strict=False)]
@@ -280,7 +301,7 @@ def table_cells(
     return cols.names, [flatten(row, cols) for row in _chain_rows(head, rows)]
 
 
-def write_chunks_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+def write_chunks_csv(rows: Iterable[Row], out: IO[str]) -> int:
     """The per-chunk view as CSV: results and parameter errors as JSON cells."""
     writer = csv.writer(out)
     writer.writerow(CHUNK_FIELDS)
@@ -293,7 +314,7 @@ def write_chunks_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
-def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
+def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[Row]:
     """The per-chunk view (``--chunks``): one row per chunk, its results as one JSON list."""
     for o in outcomes:
         yield {
@@ -310,16 +331,12 @@ def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
         }
 
 
-def _chain_rows(
-    head: list[dict[str, Any]], rest: Iterator[dict[str, Any]]
-) -> Iterator[dict[str, Any]]:
+def _chain_rows(head: list[ResultRow], rest: Iterator[ResultRow]) -> Iterator[ResultRow]:
     yield from head
     yield from rest
 
 
-def aggregate(
-    how: str, rows: Iterable[dict[str, Any]], *, field: str | None = None
-) -> dict[str, Any]:
+def aggregate(how: str, rows: Iterable[Row], *, field: str | None = None) -> dict[str, Any]:
     """Reduce the results of the rows whose status is ok.
 
     ``how`` is one of ``AGGREGATES`` (numeric results; with ``field``, the
@@ -335,9 +352,7 @@ def aggregate(
     if ":" in how:
         module_name, _, attr = how.partition(":")
         try:
-            fn: Callable[[Iterator[dict[str, Any]]], Any] = getattr(
-                importlib.import_module(module_name), attr
-            )
+            fn: Callable[[Iterator[Row]], Any] = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise UsageError(f"--aggregate {how!r}: {e}") from None
         return {"aggregate": how, "value": fn(ok)}
@@ -370,7 +385,7 @@ def aggregate(
     return out
 
 
-def _field(row: dict[str, Any], name: str) -> Any:
+def _field(row: Row, name: str) -> Any:
     result = row["result"]
     if not isinstance(result, dict) or name not in result:
         raise UsageError(

@@ -315,13 +315,10 @@ class Sweep:
 
     # -- results ----------------------------------------------------------------------------
 
-    def rows(self, *, traceback: bool = True) -> Iterator[dict[str, Any]]:
-        """One dict per parameter with an outcome, in index order (flat memory)."""
+    def rows(self) -> Iterator[exports.ResultRow]:
+        """One row per parameter with an outcome, in index order (flat memory)."""
         outcomes = exports.in_chunk_order(self.broker.ledger(self.spec.run))
-        rows = exports.parameter_rows(self.spec, outcomes)
-        if traceback:
-            return rows
-        return ({k: v for k, v in r.items() if k != "traceback"} for r in rows)
+        return exports.parameter_rows(self.spec, outcomes)
 
     def results(self, *, traceback: bool = True) -> pd.DataFrame:
         """A pandas DataFrame, one row per parameter (pandas comes with the ``pandas`` extra).
@@ -379,7 +376,7 @@ class Sweep:
 
     def aggregate(self, how: str, *, field: str | None = None) -> dict[str, Any]:
         """Reduce the ``ok`` results: sum, min, max, mean (of ``field`` for dict results) or M:F."""
-        out = exports.aggregate(how, self.rows(traceback=False), field=field)
+        out = exports.aggregate(how, self.rows(), field=field)
         out["run"] = self.spec.run
         return out
 
