@@ -290,7 +290,9 @@ def test_report_needs_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             tmp_path / "r.html", run="r", verify=verify_report(), spec=spec(), chunks=rows(),
             events=[],
         )  # fmt: skip
-    assert str(e.value) == "ttg report needs the report extra: pip install 'ttg[report]'"
+    assert str(e.value) == (
+        "ttg report needs the report extra: pip install -e 'worker[report]' (in a TTG checkout)"
+    )
     assert read == [] and not (tmp_path / "r.html").exists()
 
 

