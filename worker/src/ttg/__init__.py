@@ -12,13 +12,7 @@ The Python API (docs: README "Using it"):
         assert sweep.verify().ok
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    #: The package's version, from its installed metadata (pyproject.toml is the one source).
-    __version__ = version("ttg")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+from typing import Any
 
 from ttg.embedded import Local, local
 from ttg.space import arange, grid, linspace, logspace, table
@@ -27,3 +21,21 @@ from ttg.sweep import Sweep
 __all__ = [
     "Local", "Sweep", "__version__", "arange", "grid", "linspace", "local", "logspace", "table",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``ttg.__version__``, read from the installed metadata on first use.
+
+    pyproject.toml is the one place the version is written; reading the metadata
+    costs ~0.1 s, which every ``ttg`` command would pay at start if done eagerly.
+    """
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            value = version("ttg")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0+unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module 'ttg' has no attribute {name!r}")

@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ttg import __version__, config, logs
+import ttg
+from ttg import config, logs
 from ttg.cli import demo, local, runs, serve
 from ttg.cli.common import Parser
 from ttg.errors import TTGError
@@ -22,9 +23,17 @@ from ttg.errors import TTGError
 log = logging.getLogger("ttg")
 
 
+class _Version(argparse.Action):
+    """``--version``: the package's version, looked up only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"ttg {ttg.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ttg", description="Parameter sweeps computed exactly once, provably.")
-    parser.add_argument("--version", action="version", version=f"ttg {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(
