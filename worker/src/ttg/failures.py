@@ -15,7 +15,8 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+
+from ttg.tables import JSON
 
 #: Distinct errors tracked; any later new one is only counted (``ErrorGroups.untracked``).
 MAX_DISTINCT = 1000
@@ -49,7 +50,7 @@ def error_type(message: str) -> str:
 PARAM_TEXT = 160
 
 
-def param_text(param: Any) -> str:
+def param_text(param: JSON) -> str:
     """A parameter's value as people read it: ``omega=0.5, zeta=0.25`` for a grid point."""
     if isinstance(param, dict):
         text = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in param.items())
@@ -58,7 +59,7 @@ def param_text(param: Any) -> str:
     return text if len(text) <= PARAM_TEXT else text[: PARAM_TEXT - 1] + "…"
 
 
-def traceback_of(e: Sequence[Any]) -> str | None:
+def traceback_of(e: Sequence[object]) -> str | None:
     """The traceback of a parameter error, when its producer kept one (the optional third item)."""
     return str(e[2])[:TRACEBACK_LIMIT] if len(e) > 2 and e[2] else None
 
@@ -76,7 +77,7 @@ class Example:
     index: int | None
     chunk: int | None
     #: The parameter's value (a grid point, a table row), when known.
-    param: Any = None
+    param: JSON = None
     traceback: str | None = None
 
 
@@ -101,7 +102,7 @@ class ErrorGroup:
     chunks: int = 0
     example: Example | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -150,7 +151,7 @@ class ErrorGroups:
         self,
         status: str,
         error: str | None,
-        errors: Sequence[Sequence[Any]],
+        errors: Sequence[Sequence[int | str]],
         params: int,
         chunk: int,
     ) -> None:

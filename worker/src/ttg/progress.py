@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import TextIO
 
 from ttg.failures import ErrorGroup, param_text
 from ttg.verify import RecentFailure, StatusReport, VerifyReport
@@ -39,7 +40,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
-def as_json(report: StatusReport | dict[str, Any]) -> str:
+def as_json(report: StatusReport | Mapping[str, object]) -> str:
     body = report.to_dict() if isinstance(report, StatusReport) else report
     return json.dumps(body, sort_keys=True, default=str)
 

@@ -34,7 +34,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Protocol
 
 from ttg.errors import UsageError
-from ttg.tables import TableSpace, json_value, read_table, table
+from ttg.tables import JSON, TableSpace, json_value, read_table, table
 
 __all__ = [
     "AnySpace", "Axis", "GridSpace", "RangeSpace", "Space", "TableSpace", "arange", "from_spec",
@@ -59,11 +59,11 @@ class Space(Protocol):
     @property
     def names(self) -> tuple[str, ...]: ...
 
-    def value(self, index: int) -> Any: ...
+    def value(self, index: int) -> JSON: ...
 
-    def values(self, lo: int, hi: int) -> Iterator[Any]: ...
+    def values(self, lo: int, hi: int) -> Iterator[JSON]: ...
 
-    def to_spec(self) -> dict[str, Any]: ...
+    def to_spec(self) -> dict[str, JSON]: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class RangeSpace:
     def values(self, lo: int, hi: int) -> Iterator[int]:
         return iter(range(self.value(lo), self.value(lo) + (hi - lo) * self.step, self.step))
 
-    def to_spec(self) -> dict[str, Any]:
+    def to_spec(self) -> dict[str, JSON]:
         return {"kind": "range", "start": self.start, "stop": self.stop, "step": self.step}
 
 
@@ -179,7 +179,7 @@ class Axis:
     def to_list(self) -> list[int | float]:
         return list(self.values(0, self.size))
 
-    def to_spec(self) -> dict[str, Any]:
+    def to_spec(self) -> dict[str, JSON]:
         return {"kind": self.kind, "start": self.start, "stop": self.stop, "step": self.step}
 
 
@@ -221,7 +221,7 @@ class GridSpace:
     ``{axis: value}``.
     """
 
-    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    axes: tuple[tuple[str, tuple[JSON, ...]], ...]
 
     def __post_init__(self) -> None:
         if not self.axes:
@@ -243,21 +243,21 @@ class GridSpace:
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.axes)
 
-    def value(self, index: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def value(self, index: int) -> dict[str, JSON]:
+        out: dict[str, JSON] = {}
         for name, vals in reversed(self.axes):
             index, k = divmod(index, len(vals))
             out[name] = vals[k]
         return {name: out[name] for name, _ in self.axes}
 
-    def values(self, lo: int, hi: int) -> Iterator[dict[str, Any]]:
+    def values(self, lo: int, hi: int) -> Iterator[dict[str, JSON]]:
         return (self.value(i) for i in range(lo, hi))
 
-    def to_spec(self) -> dict[str, Any]:
+    def to_spec(self) -> dict[str, JSON]:
         return {"kind": "grid", "axes": [[name, list(vals)] for name, vals in self.axes]}
 
 
-def grid(**axes: Iterable[Any] | RangeSpace | Axis) -> GridSpace:
+def grid(**axes: Iterable[object] | RangeSpace | Axis) -> GridSpace:
     """The cartesian product of the named axes, last axis fastest (``itertools.product``).
 
     Each axis is a list (or any iterable, e.g. a numpy array), a ``range``, or
@@ -266,7 +266,7 @@ def grid(**axes: Iterable[Any] | RangeSpace | Axis) -> GridSpace:
     out = []
     for name, axis in axes.items():
         if isinstance(axis, (RangeSpace, Axis)):
-            vals: tuple[Any, ...] = _materialize(name, axis)
+            vals: tuple[JSON, ...] = _materialize(name, axis)
         elif isinstance(axis, (str, bytes, Mapping)) or not isinstance(axis, Iterable):
             raise UsageError(
                 f"grid axis {name!r}: give a list of values, not {type(axis).__name__}"
@@ -337,13 +337,13 @@ def _looks_like_form(raw: str) -> bool:
     return any(head.startswith((f"{f}:", f"{f}(")) for f in (*FORMS, "arange"))
 
 
-def _axis(name: str, raw: str) -> tuple[Any, ...]:
+def _axis(name: str, raw: str) -> tuple[JSON, ...]:
     if _looks_like_form(raw):
         return _materialize(name, _form(raw, f"--space grid axis {name!r}"))
     return tuple(_grid_value(v) for v in raw.split(","))
 
 
-def _materialize(name: str, axis: RangeSpace | Axis) -> tuple[Any, ...]:
+def _materialize(name: str, axis: RangeSpace | Axis) -> tuple[JSON, ...]:
     if axis.size > MAX_AXIS_VALUES:
         raise UsageError(
             f"grid axis {name!r} has {axis.size} values, more than the {MAX_AXIS_VALUES} "
@@ -376,7 +376,7 @@ def _form(text: str, where: str) -> RangeSpace | Axis:
     raise UsageError(f"{where}: expected {kind}:{shape}, got {text!r}")
 
 
-def _grid_value(raw: str) -> Any:
+def _grid_value(raw: str) -> JSON:
     raw = raw.strip()
     if not raw:
         raise UsageError('grid values must not be empty (write "" for an empty string)')

@@ -18,17 +18,21 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeAlias, cast
 
 from ttg.errors import UsageError
+
+#: A value JSON can hold: what a parameter (a grid point's or a row's field) may be.
+JSON: TypeAlias = str | int | float | bool | list["JSON"] | dict[str, "JSON"] | None
 
 #: Largest table a run's spec may hold, as JSON (a spec is read whole by every worker).
 MAX_TABLE_BYTES = 32 * 1024 * 1024
 
 
-def json_value(v: Any, where: str) -> Any:
+def json_value(v: object, where: str) -> JSON:
     """``v`` as JSON holds it: numpy scalars become Python numbers; NaN and infinities refused.
 
     Raises:
@@ -39,7 +43,7 @@ def json_value(v: Any, where: str) -> Any:
         v = item()
     if isinstance(v, float) and not math.isfinite(v):
         raise UsageError(f"{where}: {v} is not a number a run can hold (JSON has no {v})")
-    return v
+    return cast(JSON, v)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class TableSpace:
     """A table of configurations: parameter i is row i, a dict ``{column: value}``."""
 
     columns: tuple[str, ...]
-    rows: tuple[tuple[Any, ...], ...]
+    rows: tuple[tuple[JSON, ...], ...]
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -68,13 +72,13 @@ class TableSpace:
     def names(self) -> tuple[str, ...]:
         return self.columns
 
-    def value(self, index: int) -> dict[str, Any]:
+    def value(self, index: int) -> dict[str, JSON]:
         return dict(zip(self.columns, self.rows[index], strict=True))
 
-    def values(self, lo: int, hi: int) -> Iterator[dict[str, Any]]:
+    def values(self, lo: int, hi: int) -> Iterator[dict[str, JSON]]:
         return (self.value(i) for i in range(lo, hi))
 
-    def to_spec(self) -> dict[str, Any]:
+    def to_spec(self) -> dict[str, JSON]:
         return {
             "kind": "table",
             "columns": list(self.columns),
@@ -82,7 +86,13 @@ class TableSpace:
         }
 
 
-def table(rows: Iterable[Mapping[str, Any]] | Any) -> TableSpace:
+class Frame(Protocol):
+    """What ``table`` takes from a pandas DataFrame."""
+
+    def to_dict(self, orient: str) -> Iterable[Mapping[str, object]]: ...
+
+
+def table(rows: Iterable[Mapping[str, object]] | Frame | str | os.PathLike[str]) -> TableSpace:
     """A table space, one parameter per row: dicts with the same keys, a DataFrame, or a file.
 
     A ``str`` or ``os.PathLike`` is read as ``--space-file`` reads it (``read_table``).
@@ -91,11 +101,10 @@ def table(rows: Iterable[Mapping[str, Any]] | Any) -> TableSpace:
         UsageError: rows with different keys, a value JSON cannot hold, an
             empty table, or one past ``MAX_TABLE_BYTES``.
     """
-    if isinstance(rows, str) or hasattr(rows, "__fspath__"):
-        return read_table(str(rows))
-    to_dict = getattr(rows, "to_dict", None)
-    if callable(to_dict):  # a pandas DataFrame
-        rows = to_dict("records")
+    if isinstance(rows, str | os.PathLike):
+        return read_table(os.fspath(rows))
+    if not isinstance(rows, Iterable):  # a pandas DataFrame
+        rows = rows.to_dict("records")
     columns: tuple[str, ...] | None = None
     out = []
     for n, row in enumerate(rows, 1):
@@ -145,7 +154,7 @@ def read_table(path: str) -> TableSpace:
         raise UsageError(f"--space-file {path}: {e}") from None
 
 
-def _csv_rows(path: str, reader: Iterator[list[str]]) -> list[dict[str, Any]]:
+def _csv_rows(path: str, reader: Iterator[list[str]]) -> list[dict[str, JSON]]:
     header = [k.strip() for k in next(reader, [])]
     if not header or not all(header):
         raise UsageError(f"--space-file {path}: expected a CSV header naming every column")
@@ -161,7 +170,7 @@ def _csv_rows(path: str, reader: Iterator[list[str]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _json_row(path: str, n: int, line: str) -> dict[str, Any]:
+def _json_row(path: str, n: int, line: str) -> dict[str, JSON]:
     try:
         row = json.loads(line)
     except ValueError:
@@ -171,11 +180,12 @@ def _json_row(path: str, n: int, line: str) -> dict[str, Any]:
     return row
 
 
-def _cell(raw: str) -> Any:
+def _cell(raw: str) -> JSON:
     raw = raw.strip()
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        value: JSON = json.loads(raw)
     except ValueError:
         return raw
+    return value

@@ -29,6 +29,7 @@ from typing import Any
 from ttg import compute, failures
 from ttg.broker import Broker
 from ttg.run import InFlight, Outcome, Progress, RunSpec, Status
+from ttg.tables import JSON
 
 #: Chunk ids listed in a report when some are missing.
 MISSING_SAMPLE = 20
@@ -42,7 +43,7 @@ class RecentFailure:
 
     error: str
     index: int | None = None
-    param: Any = None
+    param: JSON = None
 
 
 @dataclass
