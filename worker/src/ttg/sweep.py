@@ -157,6 +157,8 @@ class Sweep:
             ``TTG_COMPUTE_ALLOW`` says when set, else not checked here (the
             workers refuse what they may not run).
         check: Import the compute here before seeding, so a typo fails now.
+        **options: Further fields of the run's spec, as ``ttg.run.RunSpec`` names
+            them (limits, a program to run, a results store: see docs/contract.md).
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class Sweep:
         max_deliveries: int = 5,
         compute_allow: tuple[str, ...] | None = None,
         check: bool = True,
+        **options: Any,
     ) -> None:
         self._connect(broker)
         s = make_space(space)
@@ -183,6 +186,9 @@ class Sweep:
                 )
             compute = computes.DEFAULT_COMPUTE
         name = compute_name(compute, self._host)
+        unknown = set(options) - set(RunSpec.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"Sweep: no run option {', '.join(sorted(unknown))} in this version")
         self.spec = RunSpec(
             run=run,
             space=s.to_spec(),
@@ -190,6 +196,7 @@ class Sweep:
             compute=name,
             work_ms=work_ms,
             max_deliveries=max_deliveries,
+            **options,
         )
         allow = compute_allow
         if allow is None and os.environ.get("TTG_COMPUTE_ALLOW") and self._host is None:
