@@ -3,8 +3,8 @@
 Everything here starts a real process (a real ``redis-server``, a real
 ``ttg worker``), so what the demo shows and what the tests check is what runs
 in a cluster, minus Kubernetes. Broker clusters (several nodes on this machine)
-are in ``ttg.processes.cluster``; TLS certificates made with ``openssl`` in
-``ttg.processes.tls``.
+are in ``ttg.processes.cluster`` (the benchmarks use them too); the tests' TLS
+certificates are made in ``tests/tls.py``.
 """
 
 from __future__ import annotations
