@@ -62,7 +62,7 @@ def test_reseeding_with_other_parameters_names_what_differs() -> None:
     with pytest.raises(RunConflict) as e:
         other.seed()
     assert str(e.value) == (
-        "run 'r1' exists with different chunk_size 10 there, 20 here: pick a new run id"
+        "run 'r1' exists with different parameters: chunk_size 10 there, 20 here; pick a new run id"
     )
     grid = ttg.Sweep(
         "r1", compute="tests.computes:label", space=ttg.grid(a=range(100)), chunk_size=10,

@@ -75,8 +75,11 @@ def _endpoint(broker: BrokerArg) -> Endpoint:
     if isinstance(broker, Endpoint):
         return broker
     if isinstance(broker, str):
-        base = endpoints.from_env({k: v for k, v in os.environ.items() if k != "TTG_BACKEND"})
-        return replace(base, backend=endpoints.backend_of(broker), url=broker)
+        # A URL given here is the whole address: credentials meant for TTG_BROKER_URL's
+        # broker stay out of it; the TLS files and the connect timeout still apply.
+        base = endpoints.from_env(os.environ)
+        return replace(base, backend=endpoints.backend_of(broker), url=broker, username=None,
+                       password=None)  # fmt: skip
     return broker.endpoint
 
 
@@ -292,7 +295,7 @@ class Sweep:
             return repr(value)
 
         diffs = "; ".join(f"{f} {show(stored, f)} there, {show(mine, f)} here" for f in fields)
-        return f"run {self.spec.run!r} exists with different {diffs}: pick a new run id"
+        return f"run {self.spec.run!r} exists with different parameters: {diffs}; pick a new run id"
 
     def run(self, *, progress: bool = False, timeout: float | None = None) -> StatusReport:
         """Seed, then wait until every chunk has an outcome (or the run is paused or cancelled).
