@@ -77,3 +77,13 @@ def test_broker_argument_forms() -> None:
     assert ttg.Sweep("r", space=1, broker="rediss://h:1/0").endpoint.backend == "redis"
     with pytest.raises(UsageError, match="scheme 'http'"):
         ttg.Sweep("r", space=1, broker="http://h")
+
+
+def test_no_broker_named_is_refused_rather_than_the_default_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TTG_BROKER_URL", raising=False)
+    with pytest.raises(UsageError, match="no broker: pass broker="):
+        ttg.Sweep("r", space=10)
+    monkeypatch.setenv("TTG_BROKER_URL", "amqp://u:p@h/v")
+    assert ttg.Sweep("r", space=10).endpoint.backend == "rabbitmq"

@@ -71,6 +71,12 @@ BrokerArg = str | Endpoint | Host | None
 
 def _endpoint(broker: BrokerArg) -> Endpoint:
     if broker is None:
+        if not os.environ.get("TTG_BROKER_URL"):
+            # The commands' default (localhost:6379) would be some other Redis on this
+            # machine: from Python, say where the broker is.
+            raise UsageError(
+                "no broker: pass broker= (a URL, or a ttg.local() block) or set TTG_BROKER_URL"
+            )
         return endpoints.from_env(os.environ)
     if isinstance(broker, Endpoint):
         return broker
