@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from ttg.results import (
     write_csv,
     write_jsonl,
     write_parameters_jsonl,
+    write_parquet,
 )
 from ttg.run import Outcome, RunSpec, Status
 
@@ -108,3 +110,14 @@ def test_aggregate_a_field_of_dict_results() -> None:
         aggregate("sum", rows)
     with pytest.raises(UsageError, match="--field w: result of parameter 0 has no field 'w'"):
         aggregate("sum", rows, field="w")
+
+
+def test_parquet_has_the_traceback_column(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "r.parquet"
+    write_parquet(RANGE, parameter_rows(RANGE, [WITH_TRACEBACKS]), str(path))
+    table = pq.read_table(path)
+    assert "traceback" in table.column_names
+    tracebacks = table.column("traceback").to_pylist()
+    assert tracebacks[1].endswith("ZeroDivisionError: division by zero")
+    assert tracebacks[0] is None and tracebacks[3] is None
