@@ -124,7 +124,9 @@ def test_metric_names_on_the_page_are_the_ones_exported() -> None:
     documented = set(re.findall(r"`(ttg_[a-z_]+)", section("Metrics")))
     p = Progress("r", total_chunks=10, total_params=100, seeded_chunks=10, workers=1,
                  seeded_at=1.0)  # fmt: skip
-    snapshot = Snapshot(at=1.0, broker_up=True, runs={"r": p}, rates={"r": 1.0})
+    snapshot = Snapshot(
+        at=1.0, broker_up=True, runs={"r": p}, etas={"r": 1.0}, problems={"bad": "unreadable"}
+    )
     exported = _names(Metrics().registry.collect()) | _names(
         RunCollector(lambda: snapshot, "redis").collect()
     )

@@ -273,6 +273,11 @@ class Progress:
     failed: int = 0
     malformed: int = 0
     queue_depth: int = 0
+    #: Chunks ``ttg retry`` re-queued, ever, and the computed parameters their earlier
+    #: outcomes had counted: what left ``done``/``errors``/``dead`` and ``done_params``.
+    #: Added back, they give counts that only grow (the exporter's counters).
+    retried: int = 0
+    retried_params: int = 0
     #: Live workers serving the run (None: the backend cannot tell).
     workers: int | None = None
     control: str = "running"

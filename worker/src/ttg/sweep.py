@@ -219,7 +219,7 @@ class Sweep:
         self._host: Host | None = None if isinstance(broker, str | Endpoint | None) else broker
         self.endpoint = _endpoint(broker)
         self._broker: Broker | None = None
-        self._meter = RateMeter(halflife=5.0)
+        self._meter = RateMeter()
 
     @classmethod
     def attach(cls, run: str, broker: BrokerArg = None) -> Sweep:
@@ -315,8 +315,7 @@ class Sweep:
 
     def status(self) -> StatusReport:
         """The run's progress now, its recent errors named by their parameters' values."""
-        p = self.broker.progress(self.spec.run)
-        return status_report(p, self._meter.update(p.finished), self.spec)
+        return status_report(self.broker.progress(self.spec.run), spec=self.spec, meter=self._meter)
 
     def wait(
         self,

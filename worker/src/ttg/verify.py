@@ -28,6 +28,7 @@ from typing import Any
 
 from ttg import compute, failures
 from ttg.broker import Broker
+from ttg.metrics import RateMeter
 from ttg.run import InFlight, Outcome, Progress, RunSpec, Status
 from ttg.tables import JSON
 
@@ -133,12 +134,24 @@ def _recent(p: Progress, spec: RunSpec | None) -> list[RecentFailure]:
 
 
 def status_report(
-    p: Progress, rate: float | None = None, spec: RunSpec | None = None
+    p: Progress,
+    rate: float | None = None,
+    spec: RunSpec | None = None,
+    meter: RateMeter | None = None,
 ) -> StatusReport:
-    """The status of a run from its counters; ``spec`` names failing parameters by value."""
+    """The status of a run from its counters; ``spec`` names failing parameters by value.
+
+    With a ``meter`` fed by earlier readings, the rate and ETA are its (windowed,
+    so long chunks do not read as a collapsing rate); the ETA is unknown (None)
+    while no worker serves the run.
+    """
     remaining = p.total_chunks - p.finished
     eta = None
-    if rate:
+    if meter is not None:
+        rate = meter.update(p.finished)
+        eta = meter.eta(remaining) if p.workers != 0 or remaining == 0 else None
+        eta = None if eta is None else round(eta, 1)
+    elif rate:
         eta = round(remaining / rate, 1)
     elif remaining == 0:
         eta = 0.0

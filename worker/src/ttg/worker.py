@@ -232,6 +232,7 @@ class Worker:
     def _work(self, batch: list[Delivery]) -> None:
         """Compute ``batch`` in the compute thread and settle every delivery of it."""
         in_hand = {id(d): d for d in batch}
+        self.metrics.see(d.run for d in batch)
         self.metrics.in_flight.set(len(in_hand))
         outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]] = queue.SimpleQueue()
         self._computing = True

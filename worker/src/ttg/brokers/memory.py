@@ -155,6 +155,10 @@ class MemoryBroker(Broker):
                 redelivered=s["redelivered"],
                 failed=s["failed"],
                 malformed=s["malformed"],
+                retried=len(r.history),
+                retried_params=sum(
+                    o.params - len(o.param_errors) for o in r.history if o.status is not Status.DEAD
+                ),
                 queue_depth=len(r.queue) + len(r.delayed) + len(r.held),
                 workers=sum(1 for t in self._leases.values() if t > now),
                 control=r.control,

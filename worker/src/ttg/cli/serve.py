@@ -13,7 +13,8 @@ from ttg import config
 from ttg.cli.common import Command, endpoint
 from ttg.errors import UsageError
 from ttg.exporter import Exporter
-from ttg.metrics import Metrics, Probes, Route, probe_routes, serve
+from ttg.httpd import Route
+from ttg.metrics import Metrics, Probes, probe_routes, serve
 from ttg.worker import Worker
 
 log = logging.getLogger("ttg")
@@ -74,7 +75,7 @@ def _serve_metrics(args: argparse.Namespace, routes: dict[str, Route]) -> int:
         if "metrics-port" not in args.defaulted:
             raise
     server = serve(0, routes)
-    port = int(server.server_address[1])
+    port = server.port
     log.warning(
         "metrics port %s is in use (another worker on this machine?): serving /metrics on "
         ":%s instead; set TTG_METRICS_PORT to choose one, 0 to turn it off",

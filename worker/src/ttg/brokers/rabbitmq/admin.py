@@ -257,6 +257,8 @@ class RabbitMQBroker(Broker):
             redelivered=fold.redelivered,
             failed=fold.failed,
             malformed=fold.malformed,
+            retried=fold.retried,
+            retried_params=fold.retried_params,
             # Messages may carry several chunks (and hold none once their chunks are
             # done), so count chunks: seeded and without an outcome yet.
             queue_depth=max(0, state.cursor - fold.finished),

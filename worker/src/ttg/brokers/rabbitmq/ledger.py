@@ -129,6 +129,8 @@ class LedgerFold:
         self.rounds: dict[int, int] = {}
         self.done = self.done_params = self.errors = self.param_errors = self.dead = 0
         self.duplicates = self.redelivered = self.failed = self.malformed = 0
+        #: What ``ttg retry`` took out of the counts, kept (Progress.retried, retried_params).
+        self.retried = self.retried_params = 0
         self.recent: deque[str] = deque(maxlen=RECENT_ERRORS)
 
     @property
@@ -202,7 +204,10 @@ class LedgerFold:
             if not 0 <= chunk < self.total or self.is_open(chunk):
                 continue
             self.marks[chunk] = 0
-            self._count(_CODES.get(status, 3), int(params), int(perr), -1)
+            code = _CODES.get(status, 3)
+            self._count(code, int(params), int(perr), -1)
+            self.retried += 1
+            self.retried_params += {1: int(params), 2: int(params) - int(perr)}.get(code, 0)
             self.rounds[chunk] = max(round_, self.rounds.get(chunk, 0))
 
 

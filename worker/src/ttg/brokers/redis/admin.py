@@ -170,6 +170,8 @@ class RedisBroker(Broker):
             redelivered=s.get("redelivered", 0),
             failed=s.get("failed", 0),
             malformed=s.get("malformed", 0),
+            retried=s.get("retried", 0),
+            retried_params=s.get("retried_params", 0),
             queue_depth=length + delayed,
             workers=workers,
             control=meta.get("control", "running"),

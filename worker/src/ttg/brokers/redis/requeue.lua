@@ -25,7 +25,10 @@ for i = 4, #ARGV do
         redis.call('HINCRBY', KEYS[2], 'errors', -1)
         redis.call('HINCRBY', KEYS[2], 'done_params', perr - o.n)
         redis.call('HINCRBY', KEYS[2], 'param_errors', -perr)
+        redis.call('HINCRBY', KEYS[2], 'retried_params', o.n - perr)
       end
+      -- What left the counts, kept: finished + retried only grows (the exporter's counters).
+      redis.call('HINCRBY', KEYS[2], 'retried', 1)
       redis.call('RPUSH', KEYS[6], chunk .. ' ' .. text)
       redis.call('HDEL', KEYS[1], chunk)
       redis.call('HSET', KEYS[4], chunk, round)
