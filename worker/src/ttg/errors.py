@@ -80,3 +80,13 @@ class AuthenticationError(BrokerError):
     """The broker refused our credentials, or the TLS handshake failed: retrying will not help."""
 
     exit_code = 4
+
+
+def needs_extra(what: str, extra: str) -> UsageError:
+    """The error for a feature whose optional dependencies are not installed.
+
+    The install line works from a TTG checkout (the package is not on PyPI).
+    """
+    return UsageError(
+        f"{what} needs the {extra} extra: pip install -e 'worker[{extra}]' (in a TTG checkout)"
+    )
