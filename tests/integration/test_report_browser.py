@@ -159,7 +159,9 @@ def test_report_of_a_real_run_with_a_killed_worker(
     chromium: Path, backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers,
     run_id: str, tmp_path: Path,
 ) -> None:  # fmt: skip
-    seed(backend, run_id, "--params", "4000", "--chunk-size", "100", "--work-ms", "80")
+    # 160 chunks of 150 ms (12 s of work for 2 workers): on a loaded machine a status read
+    # takes a second or more, and the victim must still have work in hand when it lands.
+    seed(backend, run_id, "--params", "16000", "--chunk-size", "100", "--work-ms", "150")
     workers.start(2)
     killed = scenarios.kill_worker_holding_chunk_at(harness, run_id, 0.3)
     scenarios.wait_complete(harness, run_id, timeout=120)
@@ -168,7 +170,7 @@ def test_report_of_a_real_run_with_a_killed_worker(
     out = ttg_json("report", "--run", run_id, "--output", str(page), env=backend.env)
 
     assert out["_exit"] == 0, out
-    assert out["chunks"] == 40 and killed.worker in out["lost_workers"], out
+    assert out["chunks"] == 160 and killed.worker in out["lost_workers"], out
     status, errors = render_status(browse(chromium, page, tmp_path, "--dump-dom"))
     assert errors == "" and status.get("data-rendered") == "yes", (status, errors)
     assert f"{killed.worker} LOST" in page.read_text() or killed.worker in page.read_text()
