@@ -42,3 +42,18 @@ class AuthenticationError(BrokerError):
     """The broker refused our credentials, or the TLS handshake failed: retrying will not help."""
 
     exit_code = 4
+
+
+class StoreError(TTGError):
+    """A results store (``file://`` volume, ``s3://`` bucket) failed an operation; worth retrying.
+
+    Exit code 3, like an unreachable broker: the store may be back later.
+    """
+
+    exit_code = 3
+
+
+class StoreAccessDenied(StoreError):
+    """The results store refused our credentials or our access to the bucket."""
+
+    exit_code = 4

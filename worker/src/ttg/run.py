@@ -16,6 +16,9 @@ from ttg.errors import UsageError
 #: A run id names broker keys and queues, and Kubernetes objects in the chart.
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
+#: What a run spec's ``results`` may hold (``ttg.store.parse_url`` checks the details).
+RESULTS_URL = re.compile(r"broker|file:///[^\x00-\x1f]*|s3://[^\x00-\x1f/]+(/[^\x00-\x1f]*)?")
+
 #: How a run is steered: the only values of its control flag.
 CONTROLS = ("running", "paused", "cancelled")
 
@@ -45,6 +48,9 @@ class RunSpec:
     compute: str
     work_ms: int = 0
     max_deliveries: int = 5
+    #: Where workers write the run's results: ``broker`` (in the ledger), ``file:///PATH``
+    #: or ``s3://BUCKET/PREFIX`` (a results store, ``ttg.store``). Set once, at seeding.
+    results: str = "broker"
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
@@ -55,6 +61,10 @@ class RunSpec:
         compute.check_name(self.compute)
         if self.max_deliveries < 1:
             raise UsageError(f"max deliveries must be >= 1, got {self.max_deliveries}")
+        if not isinstance(self.results, str) or not RESULTS_URL.fullmatch(self.results):
+            raise UsageError(
+                f"results {self.results!r}: expected broker, file:///PATH or s3://BUCKET"
+            )
         # Built once: a worker asks for it on every chunk.
         object.__setattr__(self, "_space", spaces.from_spec(self.space))
 
@@ -79,6 +89,9 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("_space", None)
+        if d["results"] == "broker":
+            # Left out at its default: a broker run's spec stays what older workers read.
+            del d["results"]
         return d
 
     def to_json(self) -> str:
@@ -144,11 +157,36 @@ class Status(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class ObjectRef:
+    """Where a results store keeps one chunk's results: what the ledger counts and checks."""
+
+    #: The object's name under the store's base (``runs/RUN/chunk-....parquet``).
+    name: str
+    #: Its rows: one per parameter of the chunk.
+    rows: int
+    #: sha256 of the object's bytes, hex.
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.name, "n": self.rows, "h": self.sha256}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ObjectRef:
+        """Raises: ValueError, TypeError or KeyError: not an object reference."""
+        name, rows, digest = d["k"], d["n"], d["h"]
+        if not isinstance(name, str) or not isinstance(digest, str) or type(rows) is not int:
+            raise ValueError(f"not an object reference: {d!r}")
+        return cls(name, rows, digest)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """A chunk's entry in the ledger: its results (with any parameter errors), or its death.
 
     ``param_errors`` are ``(parameter index, error)`` pairs; the result list holds
-    None at their places.
+    None at their places. A run with a results store keeps its results there: the
+    ledger then holds ``ref`` (the object, its rows and digest) and ``result`` is None
+    until a reader fetches the object (``ttg.store``).
     """
 
     chunk: int
@@ -164,6 +202,8 @@ class Outcome:
     round: int = 0
     #: ``result`` already encoded as JSON (the worker encodes once, to find unserialisable values).
     result_json: str | None = field(default=None, compare=False, repr=False)
+    #: The results store's object holding ``result`` (None: the results are in the ledger).
+    ref: ObjectRef | None = None
 
     def to_json(self) -> str:
         """The ledger's JSON form. ``w`` and ``a`` come first: the Redis scripts
@@ -181,6 +221,8 @@ class Outcome:
             body["e"] = self.error
         if self.param_errors:
             body["pe"] = [list(p) for p in self.param_errors]
+        if self.ref is not None:
+            body["o"] = self.ref.to_dict()
         head = json.dumps(body, separators=(",", ":"))
         result = (
             self.result_json
@@ -203,6 +245,7 @@ class Outcome:
             param_errors=tuple((int(i), str(e)) for i, e in d.get("pe") or ()),
             started_at=d.get("t0"),
             round=int(d.get("g", 0)),
+            ref=ObjectRef.from_dict(d["o"]) if d.get("o") is not None else None,
         )
 
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 from ttg import compute
 from ttg.broker import Broker
 from ttg.run import Outcome, Progress, RunSpec, Status
+from ttg.store.check import StoreCheck
 
 #: Chunk ids listed in a report when some are missing.
 MISSING_SAMPLE = 20
@@ -103,7 +104,9 @@ def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
             t.ok_chunks += 1
         t.param_errors += len(o.param_errors)
         t.ok_params += o.params - len(o.param_errors)
-        if o.params != hi - lo or not isinstance(o.result, list) or len(o.result) != hi - lo:
+        if o.result is None and o.ref is not None:
+            t.summable = False  # its object is missing or altered: the store check said so
+        elif o.params != hi - lo or not isinstance(o.result, list) or len(o.result) != hi - lo:
             t.problems.append(f"chunk {o.chunk} result covers {o.params} of {hi - lo} parameters")
         elif o.status is Status.OK and o.param_errors:
             t.problems.append(f"chunk {o.chunk} is ok but lists parameter errors")
@@ -115,17 +118,22 @@ def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
     return t
 
 
-def verify(broker: Broker, run: str, *, allow_failed: bool = False) -> dict[str, Any]:
+def verify(
+    broker: Broker, run: str, *, allow_failed: bool = False, check: StoreCheck | None = None
+) -> dict[str, Any]:
     """Check invariants 1 and 2 (and the closed form) for ``run`` from its ledger.
 
     ``ok`` is true only when every chunk has exactly one counted outcome, the
     counters agree with the ledger, the closed form matches where there is
     one, and — unless ``allow_failed`` — no chunk is dead or has parameter errors.
+    A run with a results store has every counted object checked too (``check``:
+    pass one to gather a certificate's leaves).
     """
     spec = broker.spec(run)
     progress = broker.progress(run)
-    t = _scan(spec, broker.ledger(run))
-    problems = t.problems
+    check = check or StoreCheck(spec)
+    t = _scan(spec, check.outcomes(broker.ledger(run)))
+    problems = t.problems + check.finish()
     missing = [c for c in range(spec.total_chunks) if not t.seen[c]]
     if (progress.done, progress.errors, progress.dead) != (
         t.ok_chunks,
@@ -162,4 +170,5 @@ def verify(broker: Broker, run: str, *, allow_failed: bool = False) -> dict[str,
         verified=complete and not problems,
         ok=complete and not problems and (allow_failed or failures == 0),
     )
+    report.update(check.fields())
     return report
