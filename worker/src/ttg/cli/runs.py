@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ttg import compute, config
+from ttg import compute, config, store
 from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
@@ -29,6 +29,9 @@ from ttg.results import (
     write_parquet,
 )
 from ttg.run import RunSpec
+from ttg.store import certificate
+from ttg.store.check import StoreCheck
+from ttg.store.reader import delete_run, resolved
 from ttg.verify import status_report, verify
 
 if TYPE_CHECKING:
@@ -53,12 +56,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
         compute=args.compute,
         work_ms=args.work_ms,
         max_deliveries=args.max_deliveries,
+        results=args.results_url,
     )
     # Refused here rather than by every worker: the allowlist always, the import
     # unless the seeder does not have the user's code.
     compute.check_allowed(spec.compute, args.compute_allow)
     if not args.no_check:
         compute.load(spec.compute)
+    if spec.results != store.BROKER:
+        store.check_writable(spec.results)  # before the run exists: exit 3 or 4 otherwise
     broker = connect(args)
     bar = bars.Bar(f"seeding {spec.run}", enabled=not args.json and sys.stderr.isatty())
     report = broker.seed(spec, on_progress=bar.update)
@@ -121,7 +127,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(connect(args), args.run, allow_failed=args.allow_failed)
+    if args.offline:
+        return _verify_offline(args)
+    if args.dataset:
+        raise UsageError("a DATASET is checked with --offline --certificate FILE")
+    if not args.run:
+        raise UsageError("the following arguments are required: --run (or --offline)")
+    if args.certificate:
+        check_writable(args.certificate)
+    broker = connect(args)
+    spec = broker.spec(args.run)
+    if args.certificate and spec.results == store.BROKER:
+        raise UsageError(
+            f"run {args.run} keeps its results in the broker: a certificate proves a "
+            "results store's dataset (seed with TTG_RESULTS_URL)"
+        )
+    check = StoreCheck(spec, certificate=bool(args.certificate))
+    report = verify(broker, args.run, allow_failed=args.allow_failed, check=check)
+    if args.certificate and check.leaves is not None:
+        certificate.write(args.certificate, certificate.document(spec, check.leaves, report))
+        report["certificate"] = args.certificate
     verdict = "VERIFIED" if report["ok"] else "NOT VERIFIED"
     lines = [f"{verdict}: {bars.describe(report)}", f"closed form: {report['closed_form']}"]
     if report["missing"]:
@@ -134,6 +159,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     if report["dead"] or report["errors"]:
         lines += [f"error: {e}" for e in report["recent_errors"]]
+    lines += [f"problem: {p}" for p in report["problems"]]
+    if report.get("results", store.BROKER) != store.BROKER:
+        strays, pending = report["strays_removed"], report["pending_objects"]
+        lines.append(
+            f"results store: {report['objects_checked']} objects checked in {report['results']}"
+            + (f", {strays} strays removed" if strays else "")
+            + (f", {pending} not counted yet" if pending else "")
+        )
+    if report.get("certificate"):
+        lines.append(f"certificate: {report['certificate']}")
+    emit(args, report, "\n".join(lines))
+    return 0 if report["ok"] else 1
+
+
+def _verify_offline(args: argparse.Namespace) -> int:
+    """``verify --offline --certificate FILE DATASET``: no broker, the dataset alone."""
+    if not args.certificate or not args.dataset:
+        raise UsageError("--offline needs --certificate FILE and the DATASET to check")
+    report = certificate.check_offline(
+        args.certificate, args.dataset, allow_failed=args.allow_failed
+    )
+    verdict = report["certificate_verdict"]
+    lines = [
+        f"{'VERIFIED' if report['ok'] else 'NOT VERIFIED'} offline: run {report['run']}, "
+        f"{report['objects']} objects, {report['rows']} rows in {report['dataset']}",
+        f"root hash: {'matches' if report['root_match'] else 'DIFFERS from'} the certificate's; "
+        f"certificate's verdict: {'verified' if verdict.get('verified') else 'not verified'}"
+        f"{'' if verdict.get('ok') else ' (with failures)'}, {report['created_at']}",
+    ]
+    if report["missing"]:
+        lines.append(f"missing {report['missing']} chunks, e.g. {report['missing_sample']}")
     lines += [f"problem: {p}" for p in report["problems"]]
     emit(args, report, "\n".join(lines))
     return 0 if report["ok"] else 1
@@ -153,7 +209,8 @@ def cmd_results(args: argparse.Namespace) -> int:
             f"{p.total_chunks} chunks have no outcome yet, their rows are missing",
             file=sys.stderr,
         )
-    outcomes = in_chunk_order(broker.ledger(args.run))
+    # A run with a results store: each chunk's object is read (and checked) in turn.
+    outcomes = resolved(spec, in_chunk_order(broker.ledger(args.run)))
     if args.aggregate:
         emit_all = aggregate(args.aggregate, parameter_rows(spec, outcomes))
         emit_all["run"] = args.run
@@ -304,9 +361,15 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     broker = connect(args)
-    broker.spec(args.run)  # unknown run: exit 2, like every other command
+    spec = broker.spec(args.run)  # unknown run: exit 2, like every other command
+    # The objects first: while the run exists, a failed deletion can be tried again.
+    objects = not args.keep_results and delete_run(spec)
     broker.delete(args.run)
-    emit(args, {"run": args.run, "deleted": True}, f"run {args.run} deleted")
+    emit(
+        args,
+        {"run": args.run, "deleted": True, "results_deleted": objects},
+        f"run {args.run} deleted" + (f", and its results in {spec.results}" if objects else ""),
+    )
     return 0
 
 
@@ -330,6 +393,7 @@ def add_parsers(command: Command) -> None:
         "compute",
         "compute-allow",
         "max-deliveries",
+        "results-url",
     )
     with_run(p)
     p.add_argument("--params", type=int_at_least(1), help="parameters 0..N-1 (or give --space)")
@@ -355,8 +419,24 @@ def add_parsers(command: Command) -> None:
         help="seconds between updates with --watch (>= 0.01)",
     )
 
-    p = with_run(
-        command("verify", cmd_verify, "exit 0 only if every chunk succeeded, exactly once", *conn)
+    p = command("verify", cmd_verify, "exit 0 only if every chunk succeeded, exactly once", *conn)
+    p.add_argument("--run", type=run_id, help="the run (not with --offline)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument(
+        "--certificate",
+        metavar="FILE",
+        help="write the run's certificate to FILE (with --offline: the certificate to check)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="check --certificate FILE against DATASET alone, without the broker",
+    )
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        metavar="DATASET",
+        help="with --offline: the run's folder (a path, file:///… or s3://…/runs/RUN)",
     )
     p.add_argument(
         "--allow-failed",
@@ -403,4 +483,11 @@ def add_parsers(command: Command) -> None:
     p.add_argument("--dead", action="store_true", help="only the dead chunks")
     p.add_argument("--errors", action="store_true", help="only the chunks with parameter errors")
 
-    with_run(command("delete", cmd_delete, "remove a run and all the broker holds for it", *conn))
+    p = with_run(
+        command("delete", cmd_delete, "remove a run: what the broker holds, its results", *conn)
+    )
+    p.add_argument(
+        "--keep-results",
+        action="store_true",
+        help="leave the run's objects in its results store (only the broker's side goes)",
+    )

@@ -14,6 +14,7 @@ from ttg.broker import open_consumer
 from ttg.cli import Command, broker_url, connect, tls_of
 from ttg.exporter import Exporter
 from ttg.metrics import Metrics, Probes, probe_routes, serve
+from ttg.store.writer import ResultsWriter
 from ttg.worker import Worker
 
 log = logging.getLogger("ttg")
@@ -33,7 +34,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     metrics = Metrics()
     metrics.broker_up.set_function(lambda: 1 if consumer.connected else 0)
-    probes = Probes(ready=lambda: consumer.connected)
+    results = ResultsWriter(name)
+    probes = Probes(
+        ready=lambda: consumer.connected and results.problem is None,
+        why=lambda: results.problem if consumer.connected else None,
+    )
     if args.metrics_port:
         # From the start: /healthz answers while the broker is still away (/readyz does not).
         serve(args.metrics_port, probe_routes(metrics.registry, probes))
@@ -45,6 +50,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         retry_delay=args.retry_delay_seconds,
         read_ahead_cap=args.prefetch,
         compute_allow=args.compute_allow,
+        results=results,
     )
     worker.install_signal_handlers()
     log.info(

@@ -21,6 +21,9 @@ it complete without the broker.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import gc
 import re
 import threading
 import uuid
@@ -92,8 +95,29 @@ def open_store(url: str) -> ObjectStore:
                 store = FileStore(canonical, Path(unquote(parts.path)))
             else:
                 store = S3Store(canonical, parts.netloc, parts.path.strip("/"))
+                if not any(isinstance(s, S3Store) for s in _stores.values()):
+                    # Registered after pyarrow's own handler, so it runs first: the AWS SDK
+                    # aborts the process if it is shut down while a client is still alive.
+                    atexit.register(_forget_s3)
             _stores[canonical] = store
         return store
+
+
+def _forget_s3() -> None:
+    """Drop every S3 client, then shut the AWS SDK down, before the interpreter's own exit.
+
+    Left to pyarrow's handler, with a client still referenced, the SDK's threads were
+    sometimes destroyed while running: "terminate called without an active exception",
+    exit -6, after the command had done its work.
+    """
+    with _lock:
+        for url in [u for u, s in _stores.items() if isinstance(s, S3Store)]:
+            del _stores[url]
+    gc.collect()
+    with contextlib.suppress(Exception):
+        from pyarrow import fs  # noqa: PLC0415
+
+        fs.finalize_s3()
 
 
 def check_writable(url: str) -> None:

@@ -143,16 +143,17 @@ class CountedObjects:
         t = Tally()
         for name, _ in store.list(run_prefix(self.spec.run)):
             base = name.rsplit("/", 1)[-1]
-            if base.startswith("."):
-                continue  # a write in progress (file store), never a dataset file
-            chunk = chunk_of(name)
+            # A file store's write in progress, or left by a worker killed mid-write
+            # (".chunk-...parquet.<hex>.tmp"): a stray as soon as its chunk is counted.
+            temp = base.startswith(".") and base.endswith(".tmp")
+            chunk = chunk_of(base[1:].rsplit(".", 2)[0] if temp else base)
             if chunk is None or not 0 <= chunk < self.spec.total_chunks:
                 t.foreign += 1
                 continue
             counted = self._tokens[chunk]
             if counted == 0:
                 t.pending += 1
-            elif counted != _token(name):
+            elif temp or counted != _token(name):
                 store.delete(name)
                 t.strays_removed += 1
         return t
