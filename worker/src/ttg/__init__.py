@@ -1,3 +1,3 @@
 """TTG: parameter sweeps through a queue, with proof that every parameter was computed once."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"

@@ -1,9 +1,9 @@
 {{- /*
 TLS of the broker (tls.enabled): the Secret with the broker's certificate
-(tls.existingSecret, or one a cert-manager Certificate writes), and with
-tls.clientAuth the Secret TTG's pods present their client certificate from.
-Each named template takes the same context dict as ttg-rabbitmq.manifests;
-the parent chart calls the *SecretName ones to mount what its pods need.
+(tls.existingSecret, or one a cert-manager Certificate writes, certificate.yaml),
+and with tls.clientAuth the Secret TTG's pods present their client certificate
+from. Each named template takes the objects' context dict (_helpers.tpl); the
+parent chart calls the *SecretName ones to mount what its pods need.
 */ -}}
 {{- define "ttg-rabbitmq.tlsSecretName" -}}
 {{- .Values.tls.existingSecret | default (printf "%s-tls" .fullname) -}}
@@ -43,58 +43,6 @@ the parent chart calls the *SecretName ones to mount what its pods need.
 {{- end }}
 {{- if not $tls.certManager.issuerRef.name }}
 {{- fail "rabbitmq.tls.certManager.issuerRef.name is required: the Issuer or ClusterIssuer that signs the broker's certificate" }}
-{{- end }}
-{{- end }}
-{{- end }}
-
-{{- define "ttg-rabbitmq.certificates" -}}
-{{- $tls := .Values.tls }}
-{{- if $tls.enabled }}
-{{- include "ttg-rabbitmq.tlsCheck" . }}
-{{- if not $tls.existingSecret }}
----
-apiVersion: cert-manager.io/v1
-kind: Certificate
-metadata:
-  name: {{ .fullname }}-tls
-  labels:
-    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
-spec:
-  secretName: {{ .fullname }}-tls
-  issuerRef:
-    {{- toYaml $tls.certManager.issuerRef | nindent 4 }}
-  # The Service and, for a cluster, every node under the headless Service: the
-  # names in TTG_BROKER_URL, which TTG's pods verify the certificate against.
-  dnsNames:
-    {{- range splitList "\n" (include "ttg-rabbitmq.tlsDnsNames" . | trim) }}
-    - {{ . | quote }}
-    {{- end }}
-  usages: ["server auth"]
-  privateKey:
-    algorithm: ECDSA
-    size: 256
-    rotationPolicy: Always
-{{- end }}
-{{- if and $tls.clientAuth.enabled (not $tls.clientAuth.existingSecret) }}
----
-# TTG's client certificate (mutual TLS), from the same issuer: the broker
-# trusts the CA in the server Secret's ca.crt.
-apiVersion: cert-manager.io/v1
-kind: Certificate
-metadata:
-  name: {{ .fullname }}-client-tls
-  labels:
-    {{- include "ttg-rabbitmq.labels" . | nindent 4 }}
-spec:
-  secretName: {{ .fullname }}-client-tls
-  commonName: {{ printf "%s-client" .fullname | quote }}
-  issuerRef:
-    {{- toYaml $tls.certManager.issuerRef | nindent 4 }}
-  usages: ["client auth"]
-  privateKey:
-    algorithm: ECDSA
-    size: 256
-    rotationPolicy: Always
 {{- end }}
 {{- end }}
 {{- end }}

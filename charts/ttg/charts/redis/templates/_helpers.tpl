@@ -1,0 +1,121 @@
+{{- /*
+Every object of this chart is a named template in the file named after its
+kind (statefulset.yaml defines ttg-redis.statefulset, ...), rendered from a
+context dict:
+  Values    this chart's values (under the ttg chart: the parent's .Values.redis,
+            which Helm has already merged with this chart's defaults)
+  Release   the release
+  Capabilities  the cluster's (for cert-manager's API)
+  fullname  object name, e.g. ttg-redis
+  labels    labels every object carries
+  clients   labels of the pods the NetworkPolicy admits
+  imagePullSecrets  the parent chart's (optional; added to this chart's own)
+Named templates, not plain ones, so that the parent can render them when its
+one `backend` value says so (ttg-redis.manifests, from its templates/broker.yaml):
+a subchart's own templates can only be gated by a boolean `condition:`, which
+`--set backend=rabbitmq` alone cannot flip. Installed alone (standalone: true),
+each file renders its own object (ttg-redis.standalone).
+*/ -}}
+{{- define "ttg-redis.selectorLabels" -}}
+app.kubernetes.io/name: redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "ttg-redis.labels" -}}
+{{ include "ttg-redis.selectorLabels" . }}
+{{ toYaml .labels }}
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+{{- end }}
+
+{{- define "ttg-redis.secretName" -}}
+{{- .Values.auth.existingSecret | default .fullname -}}
+{{- end }}
+
+{{- /* ttg-redis.clientUrl: TTG_BROKER_URL (the password comes from the Secret). */ -}}
+{{- define "ttg-redis.clientUrl" -}}
+{{- printf "%s://%s:6379/0" (ternary "rediss" "redis" .Values.tls.enabled) .fullname }}
+{{- end }}
+
+{{- /* redis-cli as the probes run it: over TLS when the broker serves only TLS. */ -}}
+{{- define "ttg-redis.cli" -}}
+- redis-cli
+- -p
+- "6379"
+{{- if .Values.tls.enabled }}
+- --tls
+- --cacert
+- /tls/ca.crt
+{{- if .Values.tls.clientAuth.enabled }}
+- --cert
+- /tls/tls.crt
+- --key
+- /tls/tls.key
+{{- end }}
+{{- end }}
+- ping
+{{- end }}
+
+{{- /*
+redis.conf: the settings TTG relies on, then the user's extraConfig lines,
+which come last so that they win (Redis keeps the last value of a directive).
+*/ -}}
+{{- define "ttg-redis.conf" -}}
+# Rendered by the TTG chart (charts/redis). The password is not here: it is
+# given on the command line from the Secret.
+bind * -::*
+{{- if .Values.tls.enabled }}
+# TLS only: no plaintext port.
+port 0
+tls-port 6379
+tls-cert-file /tls/tls.crt
+tls-key-file /tls/tls.key
+tls-ca-cert-file /tls/ca.crt
+# Mutual TLS: only clients with a certificate the CA in ca.crt signed.
+tls-auth-clients {{ ternary "yes" "no" .Values.tls.clientAuth.enabled }}
+{{- else }}
+port 6379
+{{- end }}
+# Without a password, the NetworkPolicy is the only guard: protected mode would
+# refuse every client that is not on the pod's loopback.
+protected-mode {{ ternary "yes" "no" .Values.auth.enabled }}
+dir /data
+# AOF with fsync every second: a result and its acknowledgement are one Lua
+# script, so a restart keeps both or neither.
+appendonly {{ ternary "yes" "no" .Values.persistence.enabled }}
+appendfsync everysec
+save ""
+{{- with .Values.extraConfig }}
+# extraConfig
+{{ . | trim }}
+{{- end }}
+{{- end }}
+
+{{- /*
+ttg-redis.manifests: every object, in the order the parent has always rendered
+them (Helm sorts them by kind; objects of one kind keep this order). Each
+starts a new line: the object templates begin with `---`.
+*/ -}}
+{{- define "ttg-redis.manifests" -}}
+{{- range list "certificate" "secret" "configmap" "service" "statefulset" "networkpolicy" }}
+{{ include (printf "ttg-redis.%s" .) $ }}
+{{- end }}
+{{- end }}
+
+{{- /*
+ttg-redis.standalone (list . "statefulset"): renders that object when this chart
+is installed on its own, with the context the ttg chart would give it.
+*/ -}}
+{{- define "ttg-redis.standalone" -}}
+{{- $root := index . 0 }}
+{{- if $root.Values.standalone }}
+{{- $ctx := dict
+      "Values" $root.Values
+      "Release" $root.Release
+      "Capabilities" $root.Capabilities
+      "fullname" (printf "%s-redis" ($root.Release.Name | trunc 46 | trimSuffix "-"))
+      "labels" (dict "app.kubernetes.io/managed-by" $root.Release.Service)
+      "clients" (dict "app.kubernetes.io/part-of" "ttg" "ttg.io/release" $root.Release.Name) }}
+{{- include (printf "ttg-redis.%s" (index . 1)) $ctx }}
+{{- end }}
+{{- end }}
