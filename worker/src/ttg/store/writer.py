@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from hashlib import sha256
 from typing import Any
 
@@ -44,6 +46,8 @@ MAX_CHUNK_BYTES_STORE = 1 << 30
 NOT_READY_AFTER_SECONDS = 10.0
 #: Objects written but not yet settled that a worker remembers (so a retried write reuses them).
 MAX_REMEMBERED = 10_000
+#: Objects of one batch written at once.
+WRITE_THREADS = 8
 
 _Key = tuple[str, int, int, int]
 
@@ -128,6 +132,8 @@ class ResultsWriter:
         self._written: dict[_Key, ObjectRef] = {}
         self._failing_since: float | None = None
         self._last_error = ""
+        self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="ttg-store")
+        self._lock = threading.Lock()
 
     @staticmethod
     def _key(d: Delivery) -> _Key:
@@ -142,24 +148,36 @@ class ResultsWriter:
         Raises:
             StoreError: a store failed (retry the call: what was written is reused).
         """
-        out = []
+        out: list[tuple[Delivery, Outcome]] = []
+        refs: dict[int, ObjectRef] = {}
+        writes: list[tuple[int, Delivery, Outcome, list[str | None]]] = []
+        for d, given in items:
+            in_broker = d.spec.results == BROKER
+            o, texts = capped(given, d.lo, in_broker=in_broker)
+            written = self._written.get(self._key(d))
+            if written is not None:
+                refs[len(out)] = written
+            elif not in_broker and o.status is not Status.DEAD:
+                writes.append((len(out), d, o, texts if texts is not None else _texts(o, d.lo)))
+            out.append((d, o))
         try:
-            for d, given in items:
-                in_broker = d.spec.results == BROKER
-                o, texts = capped(given, d.lo, in_broker=in_broker)
-                if not in_broker and o.status is not Status.DEAD:
-                    ref = self._written.get(self._key(d))
-                    if ref is None:
-                        ref = self._write(d, o, texts if texts is not None else _texts(o, d.lo))
-                    o = dataclasses.replace(o, result=None, result_json=None, ref=ref)
-                out.append((d, o))
+            # Several objects at once: each write waits on its fsync (or its upload), not the CPU.
+            if len(writes) > 1:
+                refs.update(self._pool.map(lambda w: (w[0], self._write(*w[1:])), writes))
+            else:
+                refs.update((w[0], self._write(*w[1:])) for w in writes)
         except StoreError as e:
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
             self._last_error = str(e)
             raise
         self._failing_since = None
-        return out
+        return [
+            (d, dataclasses.replace(o, result=None, result_json=None, ref=refs[i]))
+            if i in refs
+            else (d, o)
+            for i, (d, o) in enumerate(out)
+        ]
 
     def _write(self, d: Delivery, o: Outcome, texts: list[str | None]) -> ObjectRef:
         store = open_store(d.spec.results)
@@ -171,9 +189,10 @@ class ResultsWriter:
         name = object_name(d.run, d.chunk, d.round, d.attempt)
         store.put(name, data)
         ref = ObjectRef(name, len(texts), sha256(data).hexdigest())
-        if len(self._written) >= MAX_REMEMBERED:
-            self._written.clear()
-        self._written[self._key(d)] = ref
+        with self._lock:
+            if len(self._written) >= MAX_REMEMBERED:
+                self._written.clear()
+            self._written[self._key(d)] = ref
         return ref
 
     def settled(
