@@ -168,3 +168,34 @@ def test_seed_refuses_a_store_it_cannot_use(
     assert code == 3 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     # Nothing was seeded by any of them.
     assert run_id not in backend.broker().runs()
+
+
+def test_delete_keeps_the_run_while_its_store_is_unreachable(
+    backend: BackendEnv,
+    s3_server: SeaweedS3,
+    workers: LocalWorkers,
+    run_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = StoreEnv("s3", f"s3://{BUCKET}/del-{run_id}", dict(s3_server.env), server=s3_server)
+    for name, value in store.env.items():
+        monkeypatch.setenv(name, value)
+    h = StoreHarness(backend, store, workers)
+    h.seed(run_id, "--params", "100", "--chunk-size", "10")
+    workers.start(1, **store.env)
+    scenarios.wait_complete(h, run_id, timeout=60)
+    dead = {**h.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    p = ttg("delete", "--run", run_id, env=dead)
+    assert p.returncode == 3 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert h.ttg_json("status", "--run", run_id)["_exit"] == 0  # the run is still there
+    assert len(h.objects(run_id)) == 10
+    # A certificate is for a results store's dataset: a broker run has none to prove.
+    broker_run = f"{run_id}-b"
+    assert ttg("seed", "--run", broker_run, "--params", "10", "--chunk-size", "5",
+               env=backend.env).returncode == 0  # fmt: skip
+    cert = str(tmp_path / "c.json")
+    p = ttg("verify", "--run", broker_run, "--certificate", cert, env=backend.env)
+    assert p.returncode == 2 and "keeps its results in the broker" in p.stderr, p.stderr
+    deleted = h.ttg_json("delete", "--run", run_id)
+    assert deleted["results_deleted"] and h.objects(run_id) == []
