@@ -45,7 +45,7 @@ test: tools ## run every test that can run here (unit, integration, fault, chart
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: tools ## ruff, mypy, helm lint, shellcheck, hadolint, actionlint
+lint: tools ## ruff, mypy, helm lint, shellcheck, hadolint, actionlint, zizmor
 	bash ci/lint.sh
 
 .PHONY: demo
@@ -95,5 +95,5 @@ kind-down: ## delete the Kind cluster
 
 SCENARIO ?= all
 .PHONY: e2e
-e2e: ## the end-to-end scenarios on the Kind cluster of `make kind-up` (SCENARIO=all|worker-sigkill|broker-restart|broker-node-sigkill)
+e2e: ## the end-to-end scenarios on the Kind cluster of `make kind-up` (SCENARIO=all|worker-sigkill|broker-restart|broker-node-sigkill|network-policy)
 	@SCENARIO=$(SCENARIO) bash ci/e2e.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # e2e.sh — the end-to-end scenarios on a Kind cluster that already runs TTG
 # (make kind-up), then the evidence: logs, status, events.
-#   SCENARIO=all|worker-sigkill|broker-restart|broker-node-sigkill (default all)   ARTIFACTS=dir
+#   SCENARIO=all|worker-sigkill|broker-restart|broker-node-sigkill|network-policy (default all)
+#   ARTIFACTS=dir
 #   (broker-node-sigkill needs a RabbitMQ cluster: kind/up.sh with BACKEND=rabbitmq-cluster;
 #   on a single broker it is skipped)
 #   NAMESPACE=ttg RELEASE=ttg (where kind/up.sh installed it)
@@ -29,9 +30,29 @@ preflight() {
   kubectl --kubeconfig "${KUBECONFIG_FILE}" -n "${NAMESPACE}" get "deploy/${RELEASE}-worker" >/dev/null 2>&1 \
     || missing "TTG release ${RELEASE} not installed in namespace ${NAMESPACE}"
   case "${SCENARIO}" in
-    all | worker-sigkill | broker-restart | broker-node-sigkill) ;;
-    *) echo "e2e: SCENARIO=${SCENARIO}: use all, worker-sigkill, broker-restart or broker-node-sigkill" >&2; exit 2 ;;
+    all | worker-sigkill | broker-restart | broker-node-sigkill | network-policy) ;;
+    *) echo "e2e: SCENARIO=${SCENARIO}: use all, worker-sigkill, broker-restart, broker-node-sigkill or network-policy" >&2; exit 2 ;;
   esac
+  version_skew
+}
+
+# kubectl supports a server one minor version away at most; the workflow pins
+# kubectl to the server's version (.github/workflows/e2e.yaml, matrix.kubectl).
+version_skew() {
+  local versions client server
+  versions="$(kubectl --kubeconfig "${KUBECONFIG_FILE}" version -o json 2>/dev/null)" || return 0
+  client="$(minor clientVersion <<<"${versions}")"
+  server="$(minor serverVersion <<<"${versions}")"
+  [ -n "${client}" ] && [ -n "${server}" ] || return 0
+  if [ "$((client > server ? client - server : server - client))" -gt 1 ]; then
+    echo "e2e: kubectl 1.${client} cannot drive a 1.${server} server (at most one minor apart): install kubectl 1.${server}" >&2
+    exit 2
+  fi
+}
+
+# The minor version of `kubectl version -o json`'s clientVersion or serverVersion, on stdin.
+minor() {
+  python3 -c 'import json, re, sys; print(re.sub(r"\D", "", json.load(sys.stdin)[sys.argv[1]]["minor"]))' "$1"
 }
 
 collect() {

@@ -46,6 +46,9 @@ workflow_checks() {
   [ -d "${ROOT}/.github/workflows" ] || return 0
   step "actionlint"
   (cd "${ROOT}" && SHELLCHECK_OPTS="" "${VENV}/actionlint" -shellcheck "${VENV}/shellcheck")
+  # Offline audits only: no GitHub API token on this machine or in make lint.
+  step "zizmor"
+  "${VENV}/zizmor" --offline --no-progress "${ROOT}/.github/workflows"
 }
 
 main() {

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # up.sh — a Kind cluster with TTG installed: create the cluster (unless it
-# exists), build the worker image, load it into the nodes, install the chart.
+# exists), build the worker image, load it and the broker's image into the
+# nodes, install the chart.
 #   BACKEND=redis|rabbitmq|rabbitmq-cluster (default redis; rabbitmq-cluster: three
 #   RabbitMQ nodes, one per Kind worker)   SKIP_CLUSTER=1 (cluster made elsewhere, e.g. kind-action)
 #   RESULTS=broker|file (default broker; file: results as Parquet on a volume all nodes share)
+#   kind/up.sh images   prints the images it pulls once on the host and loads into the nodes
+#
+# Images are pulled by the host, once, and loaded with `kind load`: the nodes
+# never pull (every image the chart renders for Kind is IfNotPresent or Never),
+# so neither anonymous Docker Hub rate limits nor three nodes pulling the same
+# image stand between a run and its cluster.
+#
+# NetworkPolicy: Kind's default CNI, kindnet, enforces it since kind v0.24
+# (kube-network-policies), port ranges (`endPort`) included, which a RabbitMQ
+# cluster's stream replication ports need; the e2e suite checks it
+# (tests/e2e: network-policy). Do not disable the default CNI in kind/cluster.yaml.
 set -euo pipefail
 
 # The newest pair the e2e workflow tests (its matrix also runs 1.29 and 1.31).
@@ -43,9 +55,50 @@ create_cluster() {
     --config "${ROOT}/kind/cluster.yaml" --wait 180s
 }
 
-load_image() {
+# The chart's values for BACKEND, one word per line (for mapfile).
+chart_values() {
+  printf '%s\n' --values "${ROOT}/values/kind.yaml"
+  case "${BACKEND}" in
+    redis) ;;
+    rabbitmq) printf '%s\n' --values "${ROOT}/values/rabbitmq.yaml" ;;
+    rabbitmq-cluster) printf '%s\n' --values "${ROOT}/values/rabbitmq.yaml" --set rabbitmq.replicas=3 ;;
+    *) log "BACKEND=${BACKEND}: use redis, rabbitmq or rabbitmq-cluster"; exit 2 ;;
+  esac
+  case "${RESULTS}" in
+    broker) ;;
+    file) printf '%s\n' --values "${ROOT}/values/kind-file-store.yaml" ;;
+    *) log "RESULTS=${RESULTS}: use broker or file"; exit 2 ;;
+  esac
+}
+
+# Every image the chart runs on Kind but the worker image built here.
+chart_images() {
+  local values
+  mapfile -t values < <(chart_values)
+  "${HELM}" template "${RELEASE}" "${ROOT}/charts/ttg" --namespace "${NAMESPACE}" "${values[@]}" \
+    | sed -n 's/^ *image: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' | sort -u | grep -vx "${IMAGE}"
+}
+
+pull() {
+  local image="$1" attempt
+  for attempt in 1 2 3 4 5; do
+    docker pull --quiet "${image}" >/dev/null && return 0
+    log "docker pull ${image} failed (attempt ${attempt}); retrying in $((attempt * 10)) s"
+    sleep $((attempt * 10))
+  done
+  log "could not pull ${image}"
+  exit 1
+}
+
+load_images() {
   docker build --tag "${IMAGE}" "${ROOT}/worker"
   kind load docker-image "${IMAGE}" --name "${CLUSTER}"
+  local image images
+  mapfile -t images < <(chart_images)
+  for image in "${images[@]}"; do
+    pull "${image}"
+    kind load docker-image "${image}" --name "${CLUSTER}"
+  done
 }
 
 # The file store's volume: the host directory every node mounts (kind/cluster.yaml),
@@ -60,21 +113,11 @@ shared_volume() {
 }
 
 install_chart() {
-  local values=(--values "${ROOT}/values/kind.yaml")
-  case "${BACKEND}" in
-    redis) ;;
-    rabbitmq) values+=(--values "${ROOT}/values/rabbitmq.yaml") ;;
-    rabbitmq-cluster) values+=(--values "${ROOT}/values/rabbitmq.yaml" --set rabbitmq.replicas=3) ;;
-    *) log "BACKEND=${BACKEND}: use redis, rabbitmq or rabbitmq-cluster"; exit 2 ;;
-  esac
-  case "${RESULTS}" in
-    broker) ;;
-    file)
-      shared_volume
-      values+=(--values "${ROOT}/values/kind-file-store.yaml")
-      ;;
-    *) log "RESULTS=${RESULTS}: use broker or file"; exit 2 ;;
-  esac
+  local values
+  mapfile -t values < <(chart_values)
+  if [ "${RESULTS}" = file ]; then
+    shared_volume
+  fi
   # A worker image from before `ttg exporter` existed cannot run the exporter.
   if ! docker run --rm "${IMAGE}" exporter --help >/dev/null 2>&1; then
     log "${IMAGE} has no \`ttg exporter\`: installing without the exporter"
@@ -88,10 +131,16 @@ install_chart() {
 }
 
 main() {
+  # An unknown BACKEND stops here (the process substitutions below would hide it).
+  chart_values >/dev/null
+  if [ "${1:-}" = images ]; then
+    chart_images
+    return
+  fi
   require kind kubectl docker
   [ -x "${HELM}" ] || make -C "${ROOT}" tools
   create_cluster
-  load_image
+  load_images
   install_chart
   log "TTG (${BACKEND}) is up in namespace ${NAMESPACE}"
 }

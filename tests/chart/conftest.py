@@ -46,6 +46,26 @@ SCENARIOS = (
 )
 
 
+#: Settings that swap the ServiceMonitor for a PodMonitor (the chart refuses both at once).
+PODMONITOR_INSTEAD = (
+    "--set",
+    "metrics.serviceMonitor.enabled=false",
+    "--set",
+    "metrics.podMonitor.enabled=true",
+)
+
+
+def needs_apis(values: Path) -> bool:
+    """Whether a values file turns on what the chart renders only with its API
+    (KEDA, the Prometheus operator's objects): without it, rendering fails."""
+    doc = yaml.safe_load(values.read_text()) or {}
+    metrics = doc.get("metrics") or {}
+    monitors = ("serviceMonitor", "podMonitor", "prometheusRule")
+    return bool((doc.get("keda") or {}).get("enabled")) or any(
+        (metrics.get(m) or {}).get("enabled") for m in monitors
+    )
+
+
 #: Annotation on Secrets whose values the chart generates once and keeps (lookup).
 KEEP = "helm.sh/resource-policy"
 

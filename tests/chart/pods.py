@@ -10,7 +10,7 @@ of them in a test. The kubelet's part is done for real where one machine can:
   Secrets; ``$(VAR)`` references expanded in env, command and args. Secrets the
   chart does not render (an ``existingSecret``, one cert-manager writes) are the
   caller's, given as ``cluster_secrets``: what the cluster would hold;
-- volumes: ConfigMap and Secret volumes become directories of files, emptyDir
+- volumes: ConfigMap, Secret and projected (of those) volumes become directories of files, emptyDir
   and PersistentVolumeClaims become directories. A claim's directory is the
   caller's, so it outlives the pod, as a PVC does;
 - init containers run to completion, in order, before a container starts.
@@ -295,7 +295,7 @@ class Pod:
             if "persistentVolumeClaim" in v:
                 claim = v["persistentVolumeClaim"]["claimName"]
                 out[name] = self.claims.get(claim) or self.workdir / f"pvc-{claim}"
-            elif "configMap" in v or "secret" in v:
+            elif "configMap" in v or "secret" in v or "projected" in v:
                 out[name] = self.workdir / f"vol-{name}"
             else:
                 assert "emptyDir" in v, f"unsupported volume {v}"
@@ -313,6 +313,16 @@ class Pod:
                 data = self.secret(v["secret"]["secretName"])
                 self._required("Secret", {"name": v["secret"]["secretName"], **v["secret"]}, data)
                 self._write_files(out[v["name"]], data, v["secret"].get("items"))
+            elif "projected" in v:
+                # Its sources' files, side by side in one directory.
+                for source in v["projected"]["sources"]:
+                    if "secret" in source:
+                        ref = source["secret"]
+                        data = self._required("Secret", ref, self.secret(ref["name"]))
+                    else:
+                        ref = source["configMap"]
+                        data = self._required("ConfigMap", ref, self.config_map(ref["name"]))
+                    self._write_files(out[v["name"]], data, ref.get("items"))
 
     def _write_files(
         self, into: Path, data: dict[str, str], items: list[dict[str, str]] | None

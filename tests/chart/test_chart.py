@@ -18,11 +18,13 @@ from tests.chart.conftest import (
     CERT_MANAGER_API,
     CHART,
     CRD_KINDS,
+    PODMONITOR_INSTEAD,
     SCENARIO_DIR,
     SCENARIOS,
     Rendered,
     assert_restricted,
     assert_valid_strictly,
+    needs_apis,
     render,
     run_helm,
     selects,
@@ -63,8 +65,8 @@ def test_every_scenario_renders_and_validates_strictly(major: str, scenario: Pat
 def test_helm_lint_strict(major: str, values: Path | None) -> None:
     """What chart-testing's `ct lint` runs for every ci/*-values.yaml, and more."""
     args = ["-f", str(values)] if values else []
-    if values and values.name == "keda-values.yaml":
-        pytest.skip("KEDA needs its API, which `helm lint` cannot be given")
+    if values and needs_apis(values):
+        pytest.skip("needs APIs (KEDA, Prometheus operator) that `helm lint` cannot be given")
     proc = run_helm(major, "lint", "--strict", str(CHART), *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -103,18 +105,21 @@ def test_external_without_a_secret_fails_with_a_message(major: str) -> None:
     assert "external.existingSecret is required" in proc.stderr
 
 
-def test_optional_integrations_render_only_when_enabled_and_the_api_exists(major: str) -> None:
-    everything = str(CHART / "ci/everything-values.yaml")
+def test_optional_integrations_render_only_when_enabled(major: str) -> None:
+    monitoring = str(SCENARIO_DIR / "monitoring-values.yaml")
     optional = CRD_KINDS - {"Certificate"}  # the brokers' TLS, tested with TLS
-    with_apis = render(major, "-f", everything, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
-    assert with_apis.kinds() >= optional
+    with_apis = render(major, "-f", monitoring, "--set", "keda.enabled=true", apis=tuple(ALL_APIS))
+    assert with_apis.kinds() >= optional - {"PodMonitor"}
     assert ("ConfigMap", "ttg-dashboard") in names(with_apis)
-    without_apis = render(major, "-f", everything)
-    assert not optional & without_apis.kinds()
+    pod_monitor = render(major, "-f", monitoring, *PODMONITOR_INSTEAD, apis=tuple(ALL_APIS))
+    assert "PodMonitor" in pod_monitor.kinds() and "ServiceMonitor" not in pod_monitor.kinds()
     default = render(major, apis=tuple(ALL_APIS))
     assert not optional & default.kinds()
     assert ("ConfigMap", "ttg-dashboard") not in names(default)
     assert "HorizontalPodAutoscaler" not in default.kinds()
+    # What a bare cluster can install needs no API beyond Kubernetes' own.
+    bare = render(major, "-f", str(CHART / "ci/everything-values.yaml"))
+    assert {"HorizontalPodAutoscaler", "ConfigMap"} <= bare.kinds()
 
 
 #: Helm's limit for a release name.
@@ -160,7 +165,7 @@ def test_names_stay_valid_dns_labels_for_the_longest_release_name(
         f"backend={backend}",
         *extra,
         "-f",
-        str(CHART / "ci/everything-values.yaml"),
+        str(SCENARIO_DIR / "monitoring-values.yaml"),
         *[f"--api-versions={a}" for a in (*ALL_APIS, CERT_MANAGER_API)],
     )
     assert proc.returncode == 0, proc.stderr
@@ -213,7 +218,9 @@ def test_overlays_never_ask_for_more_workers_than_their_autoscaler_allows(
 ) -> None:
     """The production Applications turn the HPA on: its ceiling must hold the overlay's count."""
     wanted = yaml.safe_load(overlay.read_text())["worker"]["replicas"]
-    r = render(major, "-f", str(overlay), "--set", "worker.autoscaling.enabled=true")
+    r = render(
+        major, "-f", str(overlay), "--set", "worker.autoscaling.enabled=true", apis=tuple(ALL_APIS)
+    )
     hpa = r.get("HorizontalPodAutoscaler", "ttg-worker")["spec"]
     assert hpa["minReplicas"] <= wanted <= hpa["maxReplicas"], (wanted, hpa)
 
@@ -693,11 +700,13 @@ def test_the_exporter_is_one_pod_like_the_workers_reaching_the_broker(
 
 
 def test_monitors_scrape_workers_and_the_exporter(major: str) -> None:
-    r = render(major, "-f", str(CHART / "ci/everything-values.yaml"), apis=tuple(ALL_APIS))
+    monitoring = str(SCENARIO_DIR / "monitoring-values.yaml")
+    r = render(major, "-f", monitoring, apis=tuple(ALL_APIS))
     services = {d["metadata"]["name"]: d for d in r.docs if d["kind"] == "Service"}
     service_monitor = r.get("ServiceMonitor", "ttg-worker")["spec"]["selector"]
     scraped = {n for n, d in services.items() if selects(service_monitor, d["metadata"]["labels"])}
     assert scraped == {"ttg-worker", "ttg-exporter"}
+    r = render(major, "-f", monitoring, *PODMONITOR_INSTEAD, apis=tuple(ALL_APIS))
     pod_monitor = r.get("PodMonitor", "ttg-worker")["spec"]["selector"]
     workloads = {
         d["metadata"]["name"]: d for d in r.docs if d["kind"] in {"Deployment", "StatefulSet"}

@@ -19,9 +19,11 @@ pytestmark = pytest.mark.chart
 
 #: The guide's helm command: the one shell block that starts with it.
 GUIDE_HELM = re.compile(r"```sh\n(helm install ttg charts/ttg .*?)\n```", re.S)
-#: The top-level README's short form of it: an indented block.
+#: The top-level README's short form of it: the indented block that runs the example's compute.
 README_HELM = re.compile(
-    r"^    (helm install ttg charts/ttg --set image\.repository=.*?)\n\n", re.S | re.M
+    r"^    (helm install ttg charts/ttg --set image\.repository=[^\n]*\\\n"
+    r"\s+--set run\.compute=.*?)\n\n",
+    re.S | re.M,
 )
 #: Where each document keeps its helm line.
 HELM_LINES = {"examples/README.md": GUIDE_HELM, "README.md": README_HELM}

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import ALL_APIS, CHART, Rendered, render, run_helm
+from tests.chart.conftest import (
+    ALL_APIS,
+    CHART,
+    PODMONITOR_INSTEAD,
+    SCENARIO_DIR,
+    Rendered,
+    render,
+    run_helm,
+)
 from tests.chart.monitoring import (
     MONITORING,
     NAMESPACE,
@@ -147,7 +155,7 @@ def test_every_query_selects_the_release_label_the_monitors_add(major: str) -> N
     r: Rendered = render(
         major,
         "-f",
-        str(CHART / "ci/everything-values.yaml"),
+        str(SCENARIO_DIR / "monitoring-values.yaml"),
         "--set",
         "keda.enabled=true",
         "--set",
@@ -156,8 +164,14 @@ def test_every_query_selects_the_release_label_the_monitors_add(major: str) -> N
     )
     # The monitors copy the pod label ttg.io/release (which Argo CD leaves alone)
     # into RELEASE_LABEL; the scraped pods carry it.
-    for kind, endpoints in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
-        (endpoint,) = r.get(kind, "ttg-worker")["spec"][endpoints]
+    # (A PodMonitor instead of the ServiceMonitor: the chart refuses both at once.)
+    pod_monitor = render(major, "-f", str(SCENARIO_DIR / "monitoring-values.yaml"),
+                         *PODMONITOR_INSTEAD, apis=tuple(ALL_APIS))  # fmt: skip
+    for monitors, kind, endpoints in (
+        (r, "ServiceMonitor", "endpoints"),
+        (pod_monitor, "PodMonitor", "podMetricsEndpoints"),
+    ):
+        (endpoint,) = monitors.get(kind, "ttg-worker")["spec"][endpoints]
         assert endpoint["relabelings"] == [
             {
                 "sourceLabels": ["__meta_kubernetes_pod_label_ttg_io_release"],

@@ -38,6 +38,8 @@ CALL_RETRY_S = 90.0
 BROKER_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=broker"
 #: How long a crashed broker container may take to be ready again.
 BROKER_READY_S = 300.0
+#: How long a probe pod keeps trying to reach the broker (NetworkPolicy checks).
+PROBE_S = 30
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,7 +61,7 @@ class KindHarness:
     pending_restart: tuple[str, str, int] | None = None
 
     def kubectl(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["kubectl", "--kubeconfig", self.kubeconfig, "-n", NAMESPACE, *args],
@@ -67,6 +69,7 @@ class KindHarness:
             text=True,
             timeout=timeout,
             check=check,
+            input=stdin,
         )
 
     def pod_json(self, selector: str) -> list[dict[str, Any]]:
@@ -235,6 +238,85 @@ class KindHarness:
         name, container, before = self._crash(self._busiest(pods))
         self.pending_restart = (name, container, before)
         return name
+
+    def broker_address(self) -> tuple[str, int]:
+        """host and port of the broker, as TTG's pods are given it (the first of a cluster's)."""
+        deploy = json.loads(
+            self.kubectl("get", "deploy", f"{RELEASE}-exporter", "-o", "json").stdout
+        )
+        (container,) = deploy["spec"]["template"]["spec"]["containers"]
+        (url,) = [e["value"] for e in container["env"] if e["name"] == "TTG_BROKER_URL"]
+        host, port = url.split(",")[0].split("//")[1].split("/")[0].rsplit(":", 1)
+        return host, int(port)
+
+    def reaches_broker(self, labels: dict[str, str]) -> bool:
+        """Whether a pod with ``labels`` (and the worker image) can open a TCP connection
+        to the broker's port: what the broker's NetworkPolicy decides."""
+        host, port = self.broker_address()
+        deploy = json.loads(
+            self.kubectl("get", "deploy", f"{RELEASE}-exporter", "-o", "json").stdout
+        )
+        template = deploy["spec"]["template"]["spec"]
+        (exporter,) = template["containers"]
+        name = f"e2e-probe-{uuid.uuid4().hex[:6]}"
+        # Tries for PROBE_S: a policy agent may not know a pod seconds old yet, and a
+        # connection it lets through once is enough; one refused is not.
+        probe = (
+            "import socket, sys, time\n"
+            f"deadline = time.monotonic() + {PROBE_S}\n"
+            "while time.monotonic() < deadline:\n"
+            "    try:\n"
+            f"        socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
+            "        sys.exit(0)\n"
+            "    except OSError as e:\n"
+            "        print(f'refused: {e}', flush=True)\n"
+            "        time.sleep(1)\n"
+            "sys.exit(1)\n"
+        )
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"e2e-probe": "true", **labels}},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "securityContext": template["securityContext"],
+                "containers": [
+                    {
+                        "name": "probe",
+                        "image": exporter["image"],
+                        "imagePullPolicy": exporter["imagePullPolicy"],
+                        "command": ["python", "-c", probe],
+                        "securityContext": exporter["securityContext"],
+                        "resources": {"limits": {"memory": "64Mi"}},
+                    }
+                ],
+            },
+        }
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                phase = self.kubectl(
+                    "get", "pod", name, "-o", "jsonpath={.status.phase}", check=False
+                ).stdout
+                if phase in ("Succeeded", "Failed"):
+                    return phase == "Succeeded"
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"probe pod {name} still {phase!r} after 180 s")
+                time.sleep(1)
+        finally:
+            self.kubectl("delete", "pod", name, "--wait=false", check=False)
+
+    def stream_members(self, stream: str) -> list[dict[str, Any]]:
+        """`rabbitmq-streams stream_status` of ``stream``: one row per member (node)."""
+        pod = self.broker_pods()[0]
+        proc = self.kubectl(
+            "exec", pod["metadata"]["name"], "-c", pod["spec"]["containers"][0]["name"],
+            "--", "rabbitmq-streams", "stream_status", stream, "--formatter", "json",
+        )  # fmt: skip
+        rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        return rows
 
     def cluster_running_nodes(self) -> set[str]:
         """Nodes the first broker pod sees running in its cluster."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import signal
 
 import pytest
+import yaml
 
 from tests import scenarios
-from tests.e2e.conftest import KindHarness
+from tests.e2e.conftest import RELEASE, KindHarness
+from tests.helpers import ROOT, eventually
 
 #: The tests' own budgets (seconds): reaching the fault, then finishing the run.
 FAULT_BUDGET_S = 300
@@ -60,3 +62,26 @@ def test_broker_node_sigkill(harness: KindHarness, run: str) -> None:
     # The kubelet restarted the crashed node; it is back in a whole cluster.
     harness.wait_broker_ready_again(*harness.pending_restart)
     assert len(harness.cluster_running_nodes()) == len(nodes)
+
+
+def test_network_policy_admits_ttg_pods_only_and_stream_replication(harness: KindHarness) -> None:
+    """The broker's NetworkPolicy is enforced on Kind (kindnet, kind v0.24+): a pod of this
+    release reaches the broker's port, the same pod without TTG's labels does not. On a
+    RabbitMQ cluster its peers' stream replication, which uses a port range (NetworkPolicy
+    `endPort`), keeps every member of a run's ledger in step: a CNI that honoured only the
+    range's first port would leave replicas behind (and publishes unconfirmed)."""
+    release = {"app.kubernetes.io/part-of": "ttg", "ttg.io/release": RELEASE}
+    assert harness.reaches_broker(release), "a TTG pod of this release is refused"
+    assert not harness.reaches_broker({}), "the NetworkPolicy is not enforced"
+    nodes = harness.broker_pods()
+    if len(nodes) < 3:
+        return
+    # The run the install seeded (values/kind.yaml) is complete: its ledger is written.
+    run = yaml.safe_load((ROOT / "values" / "kind.yaml").read_text())["run"]["id"]
+
+    def in_step() -> bool:
+        members = harness.stream_members(f"ttg.{run}.ledger")
+        offsets = {m["committed_offset"] for m in members}
+        return len(members) == len(nodes) and len(offsets) == 1 and offsets != {-1}
+
+    eventually(in_step, timeout=120, interval=2, what=f"every member of ttg.{run}.ledger in step")

@@ -225,3 +225,20 @@ def test_persist_reuses_what_it_wrote_when_called_again(file_store: StoreEnv) ->
     assert len(list(open_store(file_store.url).list(run_prefix("r1")))) == 1
     writer.settled([(d, second)], [Recorded.COUNTED])
     assert dataclasses.replace(second, ref=None).result is None
+
+
+def test_a_ledger_naming_another_object_is_a_problem_never_a_path_followed(
+    file_store: StoreEnv,
+) -> None:
+    spec = spec_of(file_store.url)
+    persisted = persist_run(spec)
+    assert file_store.root is not None and persisted[0].ref is not None
+    (file_store.root.parent / "secret").write_bytes(b"not yours")
+    for name in ("../secret", persisted[1].ref.name if persisted[1].ref else "", "runs/r2/x"):
+        ref = dataclasses.replace(persisted[0].ref, name=name)
+        problems: list[str] = []
+        (back,) = resolved(spec, [dataclasses.replace(persisted[0], ref=ref)], problems=problems)
+        assert back.result is None
+        assert problems == [f"chunk 0: the ledger names {name!r}, not an object of it"]
+    with pytest.raises(ValueError, match="not an object reference"):
+        Outcome.from_json(0, '{"s":"ok","n":4,"w":"w","a":1,"t":1,"o":{"k":"x","n":4,"h":"zz"}}')

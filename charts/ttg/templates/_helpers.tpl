@@ -95,8 +95,10 @@ namespace="{{ .Release.Namespace }}", {{ include "ttg.releaseLabel" . }}="{{ .Re
 {{- end }}
 {{- end }}
 
+{{- /* The worker image; by digest too when image.digest is set (a released chart pins it). */ -}}
 {{- define "ttg.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- with .Values.image.digest }}@{{ . }}{{ end }}
 {{- end }}
 
 {{- /*
@@ -166,9 +168,11 @@ With `external`, the whole URL comes from the user's Secret.
       key: {{ .Values.external.urlKey }}
 {{- end }}
 {{- with include "ttg.brokerTLS" . | fromYaml }}
+{{- if .caSecret }}
 # The broker's certificate is verified against this CA (and names the host in the URL).
 - name: TTG_BROKER_CA_FILE
   value: /etc/ttg/broker-ca/ca.crt
+{{- end }}
 {{- if .clientSecret }}
 - name: TTG_BROKER_CERT_FILE
   value: /etc/ttg/broker-client/tls.crt
@@ -179,14 +183,24 @@ With `external`, the whole URL comes from the user's Secret.
 {{- end }}
 
 {{- /*
-ttg.brokerTLS: TLS of the bundled broker, as YAML, empty when it has none:
-  caSecret      Secret whose ca.crt TTG's pods trust (the broker's own Secret:
-                only that key is mounted, never the broker's private key)
+ttg.brokerTLS: the TLS files TTG's pods get, as YAML, empty when there are none:
+  caSecret      Secret whose ca.crt TTG's pods trust (for a bundled broker its
+                own Secret: only that key is mounted, never its private key)
   clientSecret  Secret with their client certificate (tls.clientAuth)
-The subcharts name the Secrets (ttg-redis.tlsSecretName, ...).
+The subcharts name the Secrets of a bundled broker (ttg-redis.tlsSecretName,
+...); for an external broker they are external.tls.caSecret / clientSecret.
 */ -}}
 {{- define "ttg.brokerTLS" -}}
-{{- if has .Values.backend (list "redis" "rabbitmq") }}
+{{- if eq .Values.backend "external" }}
+{{- with .Values.external.tls }}
+{{- if .caSecret }}
+caSecret: {{ .caSecret }}
+{{- end }}
+{{- if .clientSecret }}
+clientSecret: {{ .clientSecret }}
+{{- end }}
+{{- end }}
+{{- else if has .Values.backend (list "redis" "rabbitmq") }}
 {{- $kind := .Values.backend }}
 {{- $values := index .Values $kind }}
 {{- if $values.tls.enabled }}
@@ -202,10 +216,12 @@ clientSecret: {{ include (printf "ttg-%s.tlsClientSecretName" $kind) $ctx }}
 {{- /* Volumes for ttg.brokerEnv's TLS files (nothing without TLS). */ -}}
 {{- define "ttg.brokerVolumes" -}}
 {{- with include "ttg.brokerTLS" . | fromYaml }}
+{{- if .caSecret }}
 - name: broker-ca
   secret:
     secretName: {{ .caSecret }}
     items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
 {{- if .clientSecret }}
 # Readable by the pod's group (fsGroup) only.
 - name: broker-client
@@ -219,10 +235,36 @@ clientSecret: {{ include (printf "ttg-%s.tlsClientSecretName" $kind) $ctx }}
 
 {{- define "ttg.brokerVolumeMounts" -}}
 {{- with include "ttg.brokerTLS" . | fromYaml }}
+{{- if .caSecret }}
 - {name: broker-ca, mountPath: /etc/ttg/broker-ca, readOnly: true}
+{{- end }}
 {{- if .clientSecret }}
 - {name: broker-client, mountPath: /etc/ttg/broker-client, readOnly: true}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{- /*
+What every TTG pod (workers, exporter, seeding Job, test pod) adds to its own:
+the broker's TLS files, then the operator's extraVolumes / extraVolumeMounts /
+extraEnv (an external broker's private CA, a proxy, a compute's settings).
+ttg.volumes and ttg.volumeMounts are empty when there is nothing to add.
+*/ -}}
+{{- define "ttg.volumes" -}}
+{{- $extra := "" }}
+{{- with .Values.extraVolumes }}{{ $extra = toYaml . }}{{ end }}
+{{- printf "%s\n%s\n%s" (include "ttg.brokerVolumes" .) (include "ttg.resultsVolumes" .) $extra | trim }}
+{{- end }}
+
+{{- define "ttg.volumeMounts" -}}
+{{- $extra := "" }}
+{{- with .Values.extraVolumeMounts }}{{ $extra = toYaml . }}{{ end }}
+{{- printf "%s\n%s\n%s" (include "ttg.brokerVolumeMounts" .) (include "ttg.resultsVolumeMounts" .) $extra | trim }}
+{{- end }}
+
+{{- define "ttg.extraEnv" -}}
+{{- with .Values.extraEnv }}
+{{- toYaml . }}
 {{- end }}
 {{- end }}
 

@@ -174,8 +174,15 @@ class ObjectRef:
     def from_dict(cls, d: Any) -> ObjectRef:
         """Raises: ValueError, TypeError or KeyError: not an object reference."""
         name, rows, digest = d["k"], d["n"], d["h"]
-        if not isinstance(name, str) or not isinstance(digest, str) or type(rows) is not int:
-            raise ValueError(f"not an object reference: {d!r}")
+        if (
+            not isinstance(name, str)
+            or len(name) > 200
+            or not isinstance(digest, str)
+            or not re.fullmatch(r"[0-9a-f]{64}", digest)
+            or type(rows) is not int
+            or rows < 0
+        ):
+            raise ValueError(f"not an object reference: {str(d)[:200]}")
         return cls(name, rows, digest)
 
 

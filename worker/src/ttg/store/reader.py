@@ -49,6 +49,11 @@ def _token(name: str) -> int:
     return int(m["token"], 16) + 2 if m else 0
 
 
+def _is_object_of(name: str, run: str, chunk: int) -> bool:
+    folder, _, base = name.rpartition("/")
+    return folder + "/" == run_prefix(run) and base.startswith("chunk-") and chunk_of(base) == chunk
+
+
 def fetch(store: ObjectStore, spec: RunSpec, o: Outcome) -> tuple[str, bytes]:
     """The chunk's results as a JSON array, checked against the ledger; and the object's bytes.
 
@@ -58,6 +63,11 @@ def fetch(store: ObjectStore, spec: RunSpec, o: Outcome) -> tuple[str, bytes]:
     """
     if o.ref is None:
         raise ValueError(f"chunk {o.chunk} has no object")
+    if not _is_object_of(o.ref.name, spec.run, o.chunk):
+        # The ledger is untrusted input: never follow a name out of the chunk's own objects.
+        raise DamagedResults(
+            f"chunk {o.chunk}: the ledger names {o.ref.name[:200]!r}, not an object of it"
+        )
     where = f"chunk {o.chunk}: object {store.location(o.ref.name)}"
     try:
         data = store.get(o.ref.name)
