@@ -61,6 +61,13 @@ def gated(x: int) -> int:
     return x * x
 
 
+def dict_then_plain(x: int) -> object:
+    """A result whose shape changes after the first 1,500 parameters (the export tests)."""
+    if x < 1500:
+        return {"x": x, "tag": "=HYPERLINK(1)"}
+    return x if x % 2 else {"x": x, "late": -x}
+
+
 #: Environment variable naming the file whose existence "fixes" ``explode_on_13_until_fixed``.
 FIXED_ENV = "TTG_TEST_FIXED"
 #: Bytes of the result ``huge_on_13`` returns for the poison parameter: over the broker's

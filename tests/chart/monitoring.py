@@ -9,6 +9,7 @@ Prometheus server of their own (own port, config and data directory).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,9 +176,9 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]
 
-    def query(self, expr: str) -> list[Sample]:
-        """An instant query's samples (``/api/v1/query``)."""
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[Sample]:
+        """An instant query's samples (``/api/v1/query``), now or at Unix time ``at``."""
+        data = self.api("query", query=expr, **({} if at is None else {"time": f"{at:.3f}"}))
         assert data["resultType"] == "vector", (expr, data)
         return [(s["metric"], float(s["value"][1])) for s in data["result"]]
 
@@ -196,3 +198,102 @@ class Prometheus:
             for g in self.api("rules")["groups"]
             for r in g["rules"]
         }
+
+
+# -- checks on a query's samples --------------------------------------------------------
+
+#: A check of one query's samples; raises AssertionError when implausible.
+Check = Callable[[list[Sample]], None]
+
+
+def _value(samples: list[Sample], label: str, want: str) -> float:
+    found = [v for labels, v in samples if labels.get(label) == want]
+    assert len(found) == 1, f"{label}={want}: {len(found)} samples in {samples}"
+    return found[0]
+
+
+def run(name: str, lo: float, hi: float | None = None) -> Check:
+    """The run's one sample is within [lo, hi] (== lo without hi)."""
+    hi = lo if hi is None else hi
+
+    def check(samples: list[Sample]) -> None:
+        v = _value(samples, "run", name)
+        assert lo <= v <= hi, f"{name}: {v} not in [{lo}, {hi}]"
+
+    return check
+
+
+def run_inside(name: str, lo: float, hi: float) -> Check:
+    """The run's one sample is strictly between lo and hi."""
+
+    def check(samples: list[Sample]) -> None:
+        v = _value(samples, "run", name)
+        assert lo < v < hi, f"{name}: {v} not in ({lo}, {hi})"
+
+    return check
+
+
+def run_if_any(name: str, lo: float, hi: float) -> Check:
+    """The run has no sample, a NaN one (no observation in the window), or one in [lo, hi]."""
+
+    def check(samples: list[Sample]) -> None:
+        found = [v for labels, v in samples if labels.get("run") == name]
+        assert all(math.isnan(v) or lo <= v <= hi for v in found), f"{name}: {found}"
+
+    return check
+
+
+def no_run(name: str) -> Check:
+    def check(samples: list[Sample]) -> None:
+        assert all(labels.get("run") != name for labels, _ in samples), samples
+
+    return check
+
+
+def state(name: str, want: str) -> Check:
+    def check(samples: list[Sample]) -> None:
+        states = [labels["state"] for labels, _ in samples if labels.get("run") == name]
+        assert states == [want], f"{name}: states {states}"
+
+    return check
+
+
+def pods(count: int, lo: float, hi: float, *, total_at_least: float = 0) -> Check:
+    """One sample per live worker pod, each within [lo, hi]."""
+
+    def check(samples: list[Sample]) -> None:
+        assert len(samples) == count and all("pod" in labels for labels, _ in samples), samples
+        assert all(lo <= v <= hi for _, v in samples), f"not in [{lo}, {hi}]: {samples}"
+        assert sum(v for _, v in samples) >= total_at_least, samples
+
+    return check
+
+
+def single(lo: float, hi: float | None = None) -> Check:
+    hi = lo if hi is None else hi
+
+    def check(samples: list[Sample]) -> None:
+        assert len(samples) == 1 and lo <= samples[0][1] <= hi, f"want [{lo}, {hi}]: {samples}"
+
+    return check
+
+
+def runs(*names: str) -> Check:
+    """Exactly these runs (an alert expression firing for them, and only them)."""
+
+    def check(samples: list[Sample]) -> None:
+        assert sorted(labels.get("run", "") for labels, _ in samples) == sorted(names), samples
+
+    return check
+
+
+def empty(samples: list[Sample]) -> None:
+    assert samples == [], samples
+
+
+def both(*checks: Check) -> Check:
+    def check(samples: list[Sample]) -> None:
+        for c in checks:
+            c(samples)
+
+    return check

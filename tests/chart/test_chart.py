@@ -31,6 +31,8 @@ from tests.chart.conftest import (
     without_generated_secrets,
 )
 from tests.helpers import ROOT
+from ttg.compute import check_allowed, parse_allow
+from ttg.errors import UsageError
 
 pytestmark = pytest.mark.chart
 
@@ -415,16 +417,20 @@ def test_what_belongs_to_a_run_is_set_at_seed_time_only(major: str) -> None:
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ([], "ttg.compute"),
-        (["--set", "run.compute=mylab.sim:energy"], "ttg.compute,mylab.sim"),
+        ([], "ttg.compute:square"),
+        (["--set", "run.compute=mylab.sim:energy"], "ttg.compute:square,mylab.sim:energy"),
         (
             ["--set", "computeAllow={mylab,physics.kernels}", "--set", "run.compute=mylab.sim:f"],
-            "ttg.compute,mylab,physics.kernels,mylab.sim",
+            "ttg.compute:square,mylab,physics.kernels,mylab.sim:f",
         ),
-        (["--set", "computeAllow={ttg.compute}"], "ttg.compute"),
+        (["--set", "computeAllow={ttg.compute}"], "ttg.compute:square,ttg.compute"),
+        (
+            ["--set", "computeAllow={lab.sim:energy,exec:/opt/sim/run}"],
+            "ttg.compute:square,lab.sim:energy,exec:/opt/sim/run",
+        ),
     ],
 )
-def test_workers_and_seeder_allow_only_the_configured_compute_modules(
+def test_workers_and_seeder_allow_exactly_the_configured_computes(
     major: str, settings: list[str], expected: str
 ) -> None:
     r = render(major, *settings)
@@ -433,8 +439,21 @@ def test_workers_and_seeder_allow_only_the_configured_compute_modules(
     assert {"name": "TTG_COMPUTE_ALLOW", "value": expected} in seeder["env"]
 
 
-def test_compute_allow_entries_must_be_module_names(major: str) -> None:
-    proc = run_helm(major, "template", "ttg", str(CHART), "--set", "computeAllow={os:system}")
+def test_the_default_allowlist_allows_the_runs_function_not_its_module(major: str) -> None:
+    allow = parse_allow(
+        render(major, "--set", "run.compute=tests.hostile_pkg:scaled").get(
+            "ConfigMap", "ttg-worker"
+        )["data"]["TTG_COMPUTE_ALLOW"]
+    )
+    check_allowed("tests.hostile_pkg:scaled", allow)
+    for other in ("tests.hostile_pkg:check_output", "ttg.compute:describe", "os:system"):
+        with pytest.raises(UsageError, match="not allowed"):
+            check_allowed(other, allow)
+
+
+@pytest.mark.parametrize("entry", ["not a module", "os;rm", "exec:", "a:b:c", "mod:"])
+def test_compute_allow_entries_must_be_computes(major: str, entry: str) -> None:
+    proc = run_helm(major, "template", "ttg", str(CHART), "--set", f"computeAllow={{{entry}}}")
     assert proc.returncode != 0 and "computeAllow" in proc.stderr
 
 

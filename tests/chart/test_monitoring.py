@@ -64,7 +64,7 @@ RUN_PANELS = {
     "Queue depth",
     "Live workers per run",
     "Failed chunks",
-    "Redeliveries, duplicates, malformed messages, compute errors",
+    "Redeliveries, retries, duplicates, malformed messages, compute errors",
 }
 WORKER_PANELS = {
     "Chunk duration p50 / p95 per run",

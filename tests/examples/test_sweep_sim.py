@@ -18,7 +18,7 @@ from ttg.space import parse
 def simulate(point: dict[str, float]) -> dict[str, object]:
     """The compute exactly as a worker loads it: by name, through the allowlist."""
     check_allowed(COMPUTE, parse_allow(ALLOW))
-    result: dict[str, object] = load(COMPUTE)(point)
+    result: dict[str, object] = load(COMPUTE, parse_allow(ALLOW))(point)
     return result
 
 
@@ -69,7 +69,7 @@ def test_simulate_results_are_json_and_the_same_on_every_call() -> None:
     ],
 )
 def test_simulate_refuses_invalid_parameters_permanently(point: object, message: str) -> None:
-    fn = load(COMPUTE)
+    fn = load(COMPUTE, parse_allow(ALLOW))
     with pytest.raises(PermanentError) as caught:
         fn(point)
     assert message in str(caught.value)

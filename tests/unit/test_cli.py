@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -36,6 +37,42 @@ from ttg.processes import free_port
         ["results", "--run", "ok", "--output", "/"],
         ["report", "--run", "ok", "--output", "/no/such/dir/report.html"],
         ["verify", "--run", "ok", "--strict"],
+        ["seed", "--run", "ok", "--params", str(2**63), "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", "9" * 5000, "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--work-ms", str(10**12)],
+        ["seed", "--run", "ok", "--space", "range:0:99999999999999999999999", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", "10**9", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", str(10**9), "--chunk-size", "1"],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "grid:a=" + "[" * 5000 + "]" * 5000,
+            "--chunk-size",
+            "1",
+        ],
+        ["seed", "--run", "ok", "--space", "grid:a=" + "[" * 40 + "]" * 40, "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--space", "grid:a=1,NaN", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--max-deliveries", "nan"],
+        ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--max-deliveries", "10001"],
+        ["worker", "--lease-seconds", "nan"],
+        ["worker", "--lease-seconds", "inf"],
+        ["worker", "--lease-seconds", "1e9"],
+        ["worker", "--grace-seconds", "nan"],
+        ["worker", "--retry-delay-seconds", "-inf"],
+        ["worker", "--connect-timeout-seconds", "nan"],
+        ["worker", "--prefetch", "1e3"],
+        ["worker", "--compute-allow", "exec:"],
+        ["status", "--run", "ok", "--watch", "--interval", "nan"],
+        ["status", "--run", "ok", "--watch", "--interval", "inf"],
+        ["demo", "--work-ms", str(10**12)],
+        ["demo", "--workers", "100000"],
+        ["results", "--run", "ok", "--output", "/dev/null"],
+        ["report", "--run", "ok", "--output", "/dev/null"],
+        ["runs", "--broker-url", "redis+cluster://u:p#w@h:1"],
+        ["runs", "--backend", "rabbitmq", "--broker-url", "amqp://u:p#w@h:1/%2F"],
+        ["runs", "--broker-url", "redis://u:p#w@h:1", "--broker-password", "x"],
         ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--compute", "os:system"],
         [
             "seed",
@@ -56,6 +93,24 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ttg: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("backend", "url", "secret"),
+    [
+        ("redis", "redis://user:Q7#Zx9@127.0.0.1:1/0", "Q7#Zx9"),
+        ("redis", "redis://:Q7@Zx:W9/Vk@127.0.0.1:1/0", "Q7@Zx:W9/Vk"),
+        ("redis", "redis+cluster://u:Q7/Zx#W9@127.0.0.1:1", "Q7/Zx#W9"),
+        ("rabbitmq", "amqp://guest:Q7#Zx/W9:Vk@127.0.0.1:1/%2F", "Q7#Zx/W9:Vk"),
+        ("rabbitmq", "amqp://guest:Q7:Zx@W9@127.0.0.1:x/%2F", "Q7:Zx@W9"),
+    ],
+)
+def test_a_password_that_breaks_its_url_is_never_shown(backend: str, url: str, secret: str) -> None:
+    proc = ttg("runs", env={"TTG_BACKEND": backend, "TTG_BROKER_URL": url}, timeout=30)
+    assert proc.returncode in (2, 3), proc
+    assert proc.stderr.startswith("ttg: error: ") and proc.stderr.count("\n") == 1
+    pieces = {p for p in re.split(r"[@:/#]", secret) if len(p) >= 2}
+    assert not any(p in proc.stderr for p in pieces), proc.stderr
 
 
 def test_unreachable_broker_is_exit_3_without_traceback() -> None:

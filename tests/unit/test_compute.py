@@ -77,10 +77,18 @@ def test_unserialisable_results_become_errors_of_their_parameters() -> None:
         ("mypkgx:run", False),
         ("os:system", False),
         ("ttg:main", False),
+        ("ttg.compute:describe", False),
+        ("ttg.compute:run_chunk", False),
+        ("lab.sim:energy", True),
+        ("lab.sim:other", False),
+        ("lab:energy", False),
+        ("mypkg:_private", False),
+        ("exec:/opt/sim/run", True),
+        ("exec:/bin/sh", False),
     ],
 )
-def test_only_allowed_modules_may_be_computes(name: str, allowed: bool) -> None:
-    allow = compute.parse_allow("mypkg")
+def test_only_allowed_computes_may_run(name: str, allowed: bool) -> None:
+    allow = compute.parse_allow("mypkg, lab.sim:energy, exec:/opt/sim/run")
     if allowed:
         compute.check_allowed(name, allow)
     else:
@@ -88,9 +96,74 @@ def test_only_allowed_modules_may_be_computes(name: str, allowed: bool) -> None:
             compute.check_allowed(name, allow)
 
 
+def test_the_default_allowlist_is_exactly_the_default_compute() -> None:
+    allow = compute.parse_allow("")
+    assert allow == ("ttg.compute:square",)
+    compute.check_allowed("ttg.compute:square", allow)
+    assert compute.load("ttg.compute:square", allow) is compute.square
+    with pytest.raises(UsageError, match="not allowed"):
+        compute.load("ttg.compute:closed_form_total", allow)
+
+
+@pytest.mark.parametrize(
+    "text", ["not a module", "os;rm", "exec:", "exec:a b", "a:b:c", "mod:", ":f", "m:1x"]
+)
+def test_allowlist_entries_must_be_computes(text: str) -> None:
+    with pytest.raises(ValueError, match="not a module"):
+        compute.parse_allow(text)
+
+
 @pytest.mark.parametrize(
     "name", ["nocolon", "no_such_module_xyz:f", "ttg.compute:no_such_function", ":f", "m:"]
 )
 def test_load_rejects_bad_names(name: str) -> None:
     with pytest.raises(UsageError):
-        compute.load(name)
+        compute.load(name, ("no_such_module_xyz", "ttg.compute", "m"))
+
+
+#: The hostile package's own functions, and what it imported or holds that is callable.
+HOSTILE = "tests.hostile_pkg"
+
+
+@pytest.mark.parametrize("allow", [("tests",), (HOSTILE,)])
+@pytest.mark.parametrize(
+    ("attr", "why"),
+    [
+        ("check_output", "defined in 'subprocess'"),
+        ("system", "builtin_function_or_method"),
+        ("shell", "partial"),
+        ("opener", "builtin_function_or_method"),
+        ("bound", "method"),
+        ("Runner", "class"),
+        ("functools", "module"),
+    ],
+)
+def test_load_refuses_what_an_allowed_module_did_not_define(
+    allow: tuple[str, ...], attr: str, why: str
+) -> None:
+    with pytest.raises(UsageError, match=why):
+        compute.load(f"{HOSTILE}:{attr}", allow)
+
+
+def test_load_accepts_functions_defined_under_the_allowed_prefix() -> None:
+    from tests import hostile_pkg  # noqa: PLC0415
+
+    assert compute.load(f"{HOSTILE}:scaled", (HOSTILE,)) is hostile_pkg.scaled
+    # Imported from another allowed module: defined under the prefix all the same.
+    assert compute.load(f"{HOSTILE}:explode_on_13", ("tests",)).__module__ == "tests.computes"
+    with pytest.raises(UsageError, match=r"defined in 'tests\.computes'"):
+        compute.load(f"{HOSTILE}:explode_on_13", (HOSTILE,))
+
+
+def test_an_exact_entry_allows_one_function_and_never_an_imported_one() -> None:
+    exact = compute.parse_allow(f"{HOSTILE}:scaled,{HOSTILE}:check_output")
+    assert compute.load(f"{HOSTILE}:scaled", exact)(2) == 6
+    with pytest.raises(UsageError, match="not allowed"):
+        compute.load(f"{HOSTILE}:describe_axes", exact)
+    with pytest.raises(UsageError, match="defined in 'subprocess'"):
+        compute.load(f"{HOSTILE}:check_output", exact)
+    with pytest.raises(UsageError, match="private"):
+        compute.load(f"{HOSTILE}:_private", (HOSTILE,))
+    assert compute.load(f"{HOSTILE}:_private", (f"{HOSTILE}:_private",))(4) == 4
+    with pytest.raises(UsageError, match="program"):
+        compute.load("exec:/opt/sim/run", ("exec:/opt/sim/run",))

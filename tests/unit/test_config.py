@@ -6,6 +6,7 @@ import pytest
 
 from ttg import config
 from ttg.broker import with_credentials
+from ttg.decode import mask_url
 from ttg.errors import UsageError
 
 
@@ -33,6 +34,17 @@ def test_flag_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"TTG_LEASE_SECONDS": "0"}, "TTG_LEASE_SECONDS"),
         ({"TTG_PREFETCH": "many"}, "TTG_PREFETCH"),
         ({"TTG_LOG_FORMAT": "xml"}, "TTG_LOG_FORMAT"),
+        ({"TTG_LEASE_SECONDS": "nan"}, "TTG_LEASE_SECONDS"),
+        ({"TTG_LEASE_SECONDS": "inf"}, "TTG_LEASE_SECONDS"),
+        ({"TTG_GRACE_SECONDS": "NaN"}, "TTG_GRACE_SECONDS"),
+        ({"TTG_GRACE_SECONDS": "1e400"}, "TTG_GRACE_SECONDS"),
+        ({"TTG_RETRY_DELAY_SECONDS": "-0.5"}, "TTG_RETRY_DELAY_SECONDS"),
+        ({"TTG_CONNECT_TIMEOUT_SECONDS": "nan"}, "TTG_CONNECT_TIMEOUT_SECONDS"),
+        ({"TTG_PREFETCH": "0"}, "TTG_PREFETCH"),
+        ({"TTG_PREFETCH": str(10**12)}, "TTG_PREFETCH"),
+        ({"TTG_MAX_DELIVERIES": "1001"}, "TTG_MAX_DELIVERIES"),
+        ({"TTG_METRICS_PORT": "http"}, "TTG_METRICS_PORT"),
+        ({"TTG_COMPUTE_ALLOW": "os;rm"}, "TTG_COMPUTE_ALLOW"),
     ],
 )
 def test_bad_env_values_name_the_variable(
@@ -59,3 +71,17 @@ def test_credentials_are_quoted_into_the_url(
     url: str, user: str | None, password: str | None, expected: str
 ) -> None:
     assert with_credentials(url, user, password) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p@ss:w/rd@h:1/0", "redis://***@h:1/0"),
+        ("redis://user:se#cret@h:1/0", "redis://***@h:1/0"),
+        ("amqp://a:b@h1/v,amqp://a:b@h2/v", "amqp://***@h1/v,amqp://***@h2/v"),
+        ("redis://h:1/0", "redis://h:1/0"),
+        ("p@ss@h", "***"),
+    ],
+)
+def test_urls_are_shown_without_any_piece_of_their_credentials(url: str, shown: str) -> None:
+    assert mask_url(url) == shown

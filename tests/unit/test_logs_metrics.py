@@ -24,7 +24,7 @@ def test_json_log_lines_are_one_object_with_extra_fields() -> None:
 
 
 def test_rate_meter_tracks_a_steady_rate() -> None:
-    meter = RateMeter(halflife=5)
+    meter = RateMeter(window=5)
     for t in range(20):
         rate = meter.update(count=10 * t, now=float(t))
     assert abs(rate - 10) < 1e-9
@@ -50,7 +50,9 @@ def test_exporter_has_one_series_per_run_from_the_broker_tallies() -> None:
     done = Progress("r2", total_chunks=5, total_params=5, seeded_chunks=5, done=5, done_params=5)
     registry = CollectorRegistry()
     registry.register(
-        RunCollector(lambda: Snapshot(0, True, {"r1": p, "r2": done}, {"r1": 2.0}), "redis")
+        RunCollector(
+            lambda: Snapshot(0, True, {"r1": p, "r2": done}, {"r1": 3.0, "r2": 0.0}), "redis"
+        )
     )
     text = generate_latest(registry).decode()
     assert 'ttg_run_info{backend="redis",run="r1",state="running"} 1.0' in text

@@ -309,3 +309,16 @@ def test_median_and_p95_of_equal_durations_share_one_label(tmp_path: Path) -> No
     ).path.read_text()
     assert "median ≈ p95 ≈ 40 ms" in page
     assert "p95 ≈" not in page.replace("median ≈ p95 ≈", "")
+
+
+def test_worker_names_with_dollars_are_text_not_mathtext(tmp_path: Path) -> None:
+    """A worker may be named anything; matplotlib reads $...$ as mathtext unless told not to."""
+    names = {0: "$\\frac{a}{$", 1: "$x^2$-pod", 2: "cost$5", 3: "w\\$"}
+    rows = [dataclasses.replace(r, worker=names[r.chunk % 4]) for r in SyntheticRun(200).rows()]
+    summary = write_report(
+        tmp_path / "r.html", run="r", verify=SyntheticRun(200).verify(), chunks=rows, events=[]
+    )
+    page = summary.path.read_text()
+    assert sorted(summary.workers) == sorted(names.values())
+    for name in names.values():
+        assert html.escape(name, quote=False) in page

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from ttg.results import (
+    Shape,
     columns,
     in_chunk_order,
     parameter_rows,
@@ -46,18 +47,43 @@ def test_fast_jsonl_is_the_reference_encoding_byte_for_byte(spec: RunSpec) -> No
     assert statuses == ["ok", "error", "ok", "ok", "ok", *["dead"] * 5, "ok", "ok"]
 
 
-def test_csv_has_one_column_per_axis_and_result_key() -> None:
+def shape_of(spec: RunSpec, outcomes: list[Outcome]) -> Shape:
+    shape = Shape()
+    for o in outcomes:
+        shape.observe(o, spec.bounds(o.chunk)[0])
+    return shape
+
+
+def test_csv_has_one_column_per_axis_and_mixed_results_in_one_column() -> None:
     out = io.StringIO()
-    write_csv(GRID, parameter_rows(GRID, OUTCOMES), out)
+    cols = columns(GRID, shape_of(GRID, OUTCOMES))
+    write_csv(GRID, parameter_rows(GRID, OUTCOMES), out, cols)
     lines = out.getvalue().splitlines()
     assert lines[0].split(",") == [
-        "index", "lr", "depth", "result.a", "result.b", "status", "error", "chunk", "worker",
-        "attempt", "finished_at",
+        "index", "lr", "depth", "result", "status", "error", "chunk", "worker", "attempt",
+        "finished_at",
     ]  # fmt: skip
-    assert lines[1] == "0,0.1,1,1.5,[1],ok,,0,w\u00e9,2,1.5"
-    assert lines[2] == '1,0.1,2,,,error,"boom ""x""",0,w\u00e9,2,1.5'
-    head = list(parameter_rows(GRID, OUTCOMES))
-    assert columns(GRID, head).params == ("lr", "depth")
+    assert lines[1] == '0,0.1,1,"{""a"": 1.5, ""b"": [1]}",ok,,0,w\u00e9,2,1.5'
+    assert lines[2] == '1,0.1,2,,error,"boom ""x""",0,w\u00e9,2,1.5'
+    assert lines[3] == "2,0.1,,nan,ok,,0,w\u00e9,2,1.5"
+    assert cols.params == ("lr", "depth")
+
+
+def test_csv_has_a_column_per_key_when_every_result_has_the_same_keys() -> None:
+    outcomes = [
+        Outcome(0, Status.OK, 5, "w", 1, 1.0, result=[{"b": i, "a": -i} for i in range(5)]),
+        Outcome(1, Status.ERRORS, 5, "w", 1, 1.0,
+                result=[{"a": 0, "b": 1}, None, *[{"a": 1, "b": 2}] * 3],
+                param_errors=((6, "ValueError: x"),)),
+    ]  # fmt: skip
+    out = io.StringIO()
+    cols = columns(RANGE, shape_of(RANGE, outcomes))
+    assert cols.result_keys == ("b", "a"), "in the order of the first result"
+    write_csv(RANGE, parameter_rows(RANGE, outcomes), out, cols)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("index,value,result.b,result.a,status")
+    assert lines[2].startswith("1,4,1,-1,ok")
+    assert lines[7].startswith("6,9,,,error")
 
 
 def test_chunks_come_out_in_order_past_the_in_memory_sort(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ttg.errors import UsageError
-from ttg.run import Outcome, Progress, RunSpec, Status, check_run_id
+from ttg import limits
+from ttg import run as runs
+from ttg.decode import DecodeError
+from ttg.errors import RunDataError, UnsupportedRun, UsageError
+from ttg.run import FORMAT, Outcome, Progress, RunSpec, Status, check_run_id
 from ttg.space import RangeSpace
 
 
@@ -37,7 +42,23 @@ def test_bad_run_ids_are_rejected(bad: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "kw", [{"chunk_size": 0}, {"work_ms": -1}, {"max_deliveries": 0}, {"run": "Bad"}]
+    "kw",
+    [
+        {"chunk_size": 0},
+        {"work_ms": -1},
+        {"max_deliveries": 0},
+        {"run": "Bad"},
+        {"chunk_size": 1.5},
+        {"chunk_size": True},
+        {"work_ms": 10**12},
+        {"space": {"kind": "range", "start": 0, "stop": 2**64}},
+        {"space": {"kind": "range", "start": 0, "stop": 10**9}, "chunk_size": 1},
+        {"compute": 7},
+        {"compute": "no colon"},
+        {"requires": ("teleport",)},
+        {"space": {"kind": "grid", "axes": [["x", [1.0, float("nan")]]]}},
+        {"space": {"kind": "grid", "axes": [["x", [{"a": [float("inf")]}]]]}},
+    ],
 )
 def test_bad_specs_are_rejected(kw: dict) -> None:
     with pytest.raises(UsageError):
@@ -67,3 +88,134 @@ def test_progress_states() -> None:
     assert p.state == "complete-with-failures" and p.complete and p.ratio == 1.0
     p.errors, p.done = 0, 10
     assert p.state == "complete" and p.failures == 0
+
+
+#: The fields a format-1 reader (ttg 0.3: ``RunSpec(**stored)``) accepts, and no other.
+FORMAT_1 = {"run", "space", "chunk_size", "compute", "work_ms", "max_deliveries"}
+
+
+def test_a_spec_that_requires_nothing_is_stored_as_format_1_for_older_readers() -> None:
+    d = json.loads(spec(work_ms=5).to_json())
+    assert set(d) == FORMAT_1, "a 0.3 worker reads it: new seeder, old workers"
+    assert RunSpec.from_json(spec(work_ms=5).to_json(), "r1").format == 1
+
+
+def test_a_spec_that_requires_a_feature_is_stored_as_format_2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(runs.FEATURE_FIELDS, "work_ms", "simulated-cost")
+    monkeypatch.setattr(runs, "FEATURES", frozenset({"simulated-cost"}))
+    d = json.loads(spec(work_ms=5).to_json())
+    assert d["format"] == FORMAT == 2 and d["requires"] == ["simulated-cost"]
+    assert set(json.loads(spec().to_json())) == FORMAT_1 - {"work_ms"}, "off: left out"
+
+
+def test_a_spec_without_format_is_format_1_and_still_the_same_run() -> None:
+    d = spec().to_dict()
+    assert "format" not in d
+    old = RunSpec.from_dict(d, "r1")
+    assert old.format == 1 and old == spec(), "re-seeding an old run must not conflict"
+
+
+def test_unknown_fields_are_ignored_unless_a_feature_is_required() -> None:
+    d = {**spec().to_dict(), "format": 3, "colour": "blue", "extra": {"deep": [1, 2]}}
+    assert RunSpec.from_dict(d, "r1") == spec()
+    d["requires"] = ["colour", "teleport"]
+    with pytest.raises(UnsupportedRun, match="requires colour, teleport") as e:
+        RunSpec.from_dict(d, "r1")
+    assert e.value.run == "r1" and e.value.exit_code == 5
+
+
+def test_a_field_off_by_default_requires_its_feature(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A field another version adds: its feature is required whenever it is not "off".
+    monkeypatch.setitem(runs.FEATURE_FIELDS, "work_ms", "simulated-cost")
+    monkeypatch.setattr(runs, "FEATURES", frozenset({"simulated-cost"}))
+    assert spec().requires == ()
+    costly = spec(work_ms=5)
+    assert costly.requires == ("simulated-cost",)
+    assert RunSpec.from_json(costly.to_json(), "r1") == costly
+    monkeypatch.setattr(runs, "FEATURES", frozenset())
+    with pytest.raises(UnsupportedRun, match="simulated-cost"):
+        RunSpec.from_json(costly.to_json(), "r1")
+
+
+#: Stored specs that must be refused as one run's unreadable data, never crash a reader.
+GARBAGE_SPECS = [
+    "",
+    "not json",
+    "[1, 2]",
+    "null",
+    '"a string"',
+    "[" * 100_000 + "]" * 100_000,
+    '{"run": "r1"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": 1, '
+    '"compute": 5}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": NaN, '
+    '"compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 1e400}, "chunk_size": 1, '
+    '"compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": 1, '
+    '"compute": "ttg.compute:square", "format": "two"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": 1, '
+    '"compute": "ttg.compute:square", "requires": "everything"}',
+    '{"run": "r1", "space": {"kind": "grid", "axes": [["x", ' + "[" * 60 + "1" + "]" * 60 + "]]}, "
+    '"chunk_size": 1, "compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "grid", "axes": "xy"}, "chunk_size": 1, '
+    '"compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": ' + "9" * 4000 + "}, "
+    '"chunk_size": 1, "compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": ' + "9" * 5000 + "}, "
+    '"chunk_size": 1, "compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": 1, '
+    '"compute": "ttg.compute:square", "max_deliveries": true}',
+    '{"run": "r1", "space": {"kind": "zigzag"}, "chunk_size": 1, "compute": "ttg.compute:square"}',
+    '{"run": "r1", "space": {"kind": "range", "start": 0, "stop": 10}, "chunk_size": 1, '
+    '"compute": "ttg.compute:square", "work_ms": 1e300}',
+    "x" * (limits.MAX_SPEC_BYTES + 1),
+]
+
+
+@pytest.mark.parametrize("text", GARBAGE_SPECS, ids=range(len(GARBAGE_SPECS)))
+def test_garbage_specs_are_one_runs_unreadable_data(text: str) -> None:
+    with pytest.raises(RunDataError, match=r"^run r1: unreadable spec: ") as e:
+        RunSpec.from_json(text, "r1")
+    assert len(str(e.value)) < 500, "a problem is described, not quoted whole"
+
+
+def test_a_spec_stored_under_another_run_is_refused() -> None:
+    with pytest.raises(RunDataError, match="names run 'r1', not the run it is stored under"):
+        RunSpec.from_json(spec().to_json(), "other")
+
+
+#: Ledger entries that must be refused as one chunk's unreadable record.
+GARBAGE_OUTCOMES = [
+    "[]",
+    '{"s": "ok"}',
+    '{"w": "w", "a": 1, "s": "fine", "n": 1, "t": 1}',
+    '{"w": "w", "a": "1", "s": "ok", "n": 1, "t": 1, "r": [1]}',
+    '{"w": ["w"], "a": 1, "s": "ok", "n": 1, "t": 1, "r": [1]}',
+    '{"w": "w", "a": 1, "s": "ok", "n": 1, "t": NaN, "r": [1]}',
+    '{"w": "w", "a": 1, "s": "ok", "n": -1, "t": 1, "r": [1]}',
+    '{"w": "w", "a": 1, "s": "ok", "n": 1, "t": 1, "r": {"a": 1}}',
+    '{"w": "w", "a": 1, "s": "errors", "n": 1, "t": 1, "r": [null], "pe": [[0]]}',
+    '{"w": "w", "a": 1, "s": "errors", "n": 1, "t": 1, "r": [null], "pe": [["x", "e"]]}',
+    '{"w": "w", "a": 1, "s": "ok", "n": 1, "t": 1, "r": [' + "[" * 100_000 + "]" * 100_000 + "]}",
+    '{"w": "w", "a": 1, "s": "ok", "n": 1, "t": 1, "g": 1.5, "r": [1]}',
+    '{"w": "w", "a": 1, "s": "ok", "n": 1, "t": 1, "e": 7, "r": [1]}',
+]
+
+
+@pytest.mark.parametrize("text", GARBAGE_OUTCOMES, ids=range(len(GARBAGE_OUTCOMES)))
+def test_garbage_outcomes_raise_decode_errors(text: str) -> None:
+    with pytest.raises(DecodeError):
+        Outcome.from_json(3, text)
+
+
+def test_outcomes_keep_nan_results_and_tracebacks() -> None:
+    o = Outcome.from_json(
+        3,
+        '{"w": "w", "a": 1, "s": "errors", "n": 2, "t": 1, "r": [NaN, null], '
+        '"pe": [[7, "ValueError: x", "file.py:3 in f"]], "extra": "ignored"}',
+    )
+    assert o.param_errors == ((7, "ValueError: x", "file.py:3 in f"),)
+    assert o.result is not None and o.result[0] != o.result[0]

@@ -286,17 +286,19 @@ capabilities:
 {{- end }}
 
 {{- /*
-ttg.computeAllow: TTG_COMPUTE_ALLOW, the module prefixes a run's compute may
-come from: the built-in ttg.compute, the operator's computeAllow, and the
-module of run.compute when set (so the chart's own run always passes).
+ttg.computeAllow: TTG_COMPUTE_ALLOW, the computes a run may name: exactly the
+built-in ttg.compute:square, the operator's computeAllow entries (module
+prefixes, module:function, exec:PROGRAM), and exactly run.compute when set
+(its function, not its whole module: so the chart's own run always passes and
+nothing else of that module does).
 */ -}}
 {{- define "ttg.computeAllow" -}}
-{{- $allow := list "ttg.compute" }}
+{{- $allow := list "ttg.compute:square" }}
 {{- range .Values.computeAllow }}
 {{- $allow = append $allow . }}
 {{- end }}
 {{- with .Values.run.compute }}
-{{- $allow = append $allow (splitList ":" . | first) }}
+{{- $allow = append $allow . }}
 {{- end }}
 {{- $allow | uniq | join "," }}
 {{- end }}

@@ -18,7 +18,10 @@ conformance suite run unchanged against every backend:
   one within the lease, and a live consumer never loses a chunk it holds;
 - a chunk delivered ``max_deliveries`` times without an outcome is recorded dead;
 - a task message that cannot be read is acknowledged and recorded as a problem
-  of its run, never handed to the worker and never left pending.
+  of its run, never handed to the worker and never left pending;
+- anything else read that cannot be read (a spec, a tally, a ledger record, an
+  event) is one run's problem: reported (``Progress.problems``, ``RunDataError``),
+  never a reason to stop serving or reading the other runs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from ttg.decode import Problems, mask_url
 from ttg.errors import UsageError
 from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
 
@@ -208,8 +212,15 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def ledger(self, run: str) -> Iterator[Outcome]:
-        """Every counted outcome of the run, one per chunk, in no set order, streamed."""
+    def ledger(self, run: str, *, problems: Problems | None = None) -> Iterator[Outcome]:
+        """Every counted outcome of the run, one per chunk, in no set order, streamed.
+
+        A record that cannot be read is skipped and described in ``problems``
+        (or, without it, in one warning logged at the end).
+
+        Raises:
+            RunDataError: the run's spec cannot be read.
+        """
 
     @abstractmethod
     def events(self, run: str) -> Iterator[RunEvent]:
@@ -262,7 +273,16 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     """
     if not username and not password:
         return url
-    return ",".join(_one_with_credentials(u.strip(), username, password) for u in url.split(","))
+    try:
+        return ",".join(
+            _one_with_credentials(u.strip(), username, password) for u in url.split(",")
+        )
+    except ValueError:
+        # Never quote the parser: its complaint may hold a piece of a password.
+        raise UsageError(
+            f"broker URL {mask_url(url)!r} is malformed (quote a password's special "
+            "characters in a URL, e.g. @ as %40, or give TTG_BROKER_PASSWORD alone)"
+        ) from None
 
 
 def _one_with_credentials(url: str, username: str | None, password: str | None) -> str:

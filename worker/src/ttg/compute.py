@@ -6,9 +6,11 @@ deterministic placeholder whose run total has a closed form, so a whole run can
 be verified end to end from its ledger alone.
 
 Trust: the broker is the trust boundary. Whoever can publish a run chooses the
-function every worker calls, so a worker imports only modules under the
-prefixes its operator allows (``TTG_COMPUTE_ALLOW``), and ``ttg seed`` refuses
-anything else before it reaches a worker.
+function every worker calls, with any parameter values: so a worker runs only
+functions its operator allows (``TTG_COMPUTE_ALLOW``: exact functions, or
+every function *defined* under a module prefix; ``check_allowed`` by name
+before anything is imported, ``load`` by what the name turns out to be), and
+``ttg seed`` refuses anything else before it reaches a worker.
 
 Errors: a parameter whose compute raises gets that error recorded in its place;
 the chunk's other results are kept. Whether an error is worth retrying is
@@ -22,20 +24,29 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import time
 import traceback
+import types
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ttg.decode import preview
 from ttg.errors import UsageError
 from ttg.space import GridSpace, RangeSpace
 
 #: The compute a run gets when nobody names one.
 DEFAULT_COMPUTE = "ttg.compute:square"
-#: Module prefixes a worker imports computes from unless its operator allows more.
-DEFAULT_ALLOW = ("ttg.compute",)
+#: What every allowlist allows: exactly the default compute, nothing else of its module.
+DEFAULT_ALLOW = (DEFAULT_COMPUTE,)
+#: The module part of a program compute's name: ``exec:PROGRAM``.
+EXEC = "exec"
+#: Longest name of a compute.
+MAX_NAME_CHARS = 300
+#: What may follow ``exec:``: a program's name or path, no space, comma or control character.
+_PROGRAM = re.compile(r"[^\s,:\x00-\x1f\x7f]{1,255}")
 #: Errors that say the parameter (or the code) is wrong: retrying gives the same answer.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     TypeError,
@@ -85,60 +96,149 @@ def closed_form_total(space: RangeSpace | GridSpace, compute: str) -> int | None
 
 
 def check_name(name: str) -> tuple[str, str]:
-    """Split ``module:function``.
+    """Split a compute's name: ``module:function``, or ``exec:PROGRAM`` (a program compute).
+
+    Returns:
+        ``(module, function)``, or ``("exec", PROGRAM)``.
 
     Raises:
-        UsageError: the name is not of that form.
+        UsageError: the name is neither.
     """
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        raise UsageError(f"compute {_shown(name)}: expected module:function")
     module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"compute {name!r}: expected module:function")
+    if module_name == EXEC:
+        if not _PROGRAM.fullmatch(attr):
+            raise UsageError(f"compute {_shown(name)}: expected exec:PROGRAM")
+        return module_name, attr
+    if not sep or not _is_module(module_name) or not attr.isidentifier():
+        raise UsageError(f"compute {_shown(name)}: expected module:function")
     return module_name, attr
 
 
+def _is_module(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _shown(name: object) -> str:
+    return preview(name, 80)
+
+
 def parse_allow(text: str) -> tuple[str, ...]:
-    """``TTG_COMPUTE_ALLOW``: comma-separated module prefixes (``ttg.compute`` always included)."""
+    """``TTG_COMPUTE_ALLOW``: comma-separated entries, ``DEFAULT_ALLOW`` always included.
+
+    An entry is a module prefix (``mylab``: every function *defined* in ``mylab``
+    or a module below it), one function (``mylab.sim:energy``: exactly that
+    one), or one program (``exec:PROGRAM``: program computes running exactly
+    that program).
+
+    Raises:
+        ValueError: an entry is none of these.
+    """
     extra = tuple(p.strip() for p in text.split(",") if p.strip())
-    for prefix in extra:
-        if not all(part.isidentifier() for part in prefix.split(".")):
-            raise ValueError(f"{prefix!r} is not a module name")
+    for entry in extra:
+        if ":" in entry:
+            try:
+                check_name(entry)
+            except UsageError:
+                raise ValueError(
+                    f"{entry!r} is not a module, module:function or exec:PROGRAM"
+                ) from None
+        elif not _is_module(entry):
+            raise ValueError(f"{entry!r} is not a module name")
     return tuple(dict.fromkeys(DEFAULT_ALLOW + extra))
 
 
+def _prefix_allows(module_name: str, allow: Sequence[str]) -> bool:
+    return any(
+        ":" not in p and (module_name == p or module_name.startswith(p + ".")) for p in allow
+    )
+
+
 def check_allowed(name: str, allow: Sequence[str]) -> None:
-    """Refuse a compute whose module is not under one of the ``allow`` prefixes.
+    """Refuse, by its name alone (nothing is imported), a compute the allowlist does not name.
+
+    ``module:function`` passes when ``allow`` lists exactly that entry, or a prefix
+    of its module (then only a public name: a module's ``_private`` helpers are not
+    its API). ``exec:PROGRAM`` passes only when ``allow`` lists exactly that entry.
+    Importing may still refuse it (``load``): a name can point to something the
+    module did not define.
 
     Raises:
-        UsageError: it is not allowed (or not of the form module:function).
+        UsageError: it is not allowed (or not a compute's name).
     """
-    module_name, _ = check_name(name)
-    if not any(module_name == p or module_name.startswith(p + ".") for p in allow):
+    module_name, attr = check_name(name)
+    if name in allow:
+        return
+    if module_name == EXEC:
+        raise UsageError(f"compute {name!r} is not allowed: TTG_COMPUTE_ALLOW must list {name!r}")
+    if not _prefix_allows(module_name, allow):
         raise UsageError(
-            f"compute {name!r} is not allowed: its module must be under "
-            f"{', '.join(allow)} (TTG_COMPUTE_ALLOW)"
+            f"compute {name!r} is not allowed: TTG_COMPUTE_ALLOW ({', '.join(allow)}) "
+            f"must list {name!r} or a module prefix of it"
+        )
+    if attr.startswith("_"):
+        raise UsageError(
+            f"compute {name!r} is not allowed: a private name is allowed only by "
+            f"listing {name!r} itself in TTG_COMPUTE_ALLOW"
         )
 
 
-@functools.cache
-def load(name: str) -> ComputeFn:
-    """Import ``module:function`` once per process.
+def load(name: str, allow: Sequence[str]) -> ComputeFn:
+    """Import ``module:function`` (once per process) if the allowlist lets it run.
 
-    Call ``check_allowed`` first: importing a module runs its code.
+    Checks the name first (``check_allowed``: importing a module runs its code),
+    then what it names. Accepted is a plain Python function (``def`` or
+    ``lambda``) *defined* in an allowed module, i.e. its ``__module__`` is the
+    module the allowlist entry names (a ``module:function`` entry) or under an
+    allowed prefix. Refused: classes, builtins, ``functools.partial`` objects,
+    bound methods, callable instances, and any function a module imported from
+    elsewhere (``from subprocess import check_output`` does not make
+    ``check_output`` the module's): each would let whoever can publish a run call
+    code the operator never allowed. Wrap such a callable in a ``def``.
 
     Raises:
-        UsageError: the name is malformed, or the module or function is missing.
+        UsageError: not allowed, not importable, or not an allowed function.
     """
+    return _load(name, tuple(allow))
+
+
+@functools.cache
+def _load(name: str, allow: tuple[str, ...]) -> ComputeFn:
+    check_allowed(name, allow)
     module_name, attr = check_name(name)
+    if module_name == EXEC:
+        raise UsageError(f"compute {name!r} is a program: it is run, not imported")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
         raise UsageError(
             f"compute {name!r}: cannot import {module_name!r} ({describe(e)})"
         ) from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
+    # The module's own namespace, not getattr: a module-level __getattr__ could hand
+    # back anything under any name.
+    fn = vars(module).get(attr)
+    if fn is None:
         raise UsageError(f"compute {name!r}: {module_name} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
+    if not isinstance(fn, types.FunctionType):
+        kind = "class" if isinstance(fn, type) else type(fn).__name__
+        raise UsageError(
+            f"compute {name!r} is a {kind}, not a function defined in {module_name}: "
+            "only plain functions may be computes (wrap it in a def)"
+        )
+    # Where the function was defined: the named module (or one below it, for a
+    # package re-exporting its own function) for an exact entry, else under a prefix.
+    defined_in = getattr(fn, "__module__", None)
+    home = module_name if name in allow else None
+    if not isinstance(defined_in, str) or not (
+        (home is not None and _prefix_allows(defined_in, (home,)))
+        or _prefix_allows(defined_in, allow)
+    ):
+        raise UsageError(
+            f"compute {name!r} is not allowed: the function is defined in "
+            f"{defined_in!r}, not in an allowed module ({', '.join(allow)})"
+        )
+    return fn
 
 
 def describe(e: BaseException) -> str:

@@ -7,6 +7,7 @@ flags. A flag wins over the variable, the variable over the default.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 
 from ttg.broker import BACKENDS
 from ttg.errors import UsageError
+from ttg.limits import MAX_DELIVERIES
 
 
 @dataclass(frozen=True)
@@ -37,36 +39,45 @@ class Setting:
         return "--" + self.name
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+def seconds(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
+    """A parser of a finite number of seconds in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``).
+
+    NaN and the infinities are refused: a NaN grace never expires, an infinite
+    lease never lets a dead worker's chunks go.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if not math.isfinite(value) or value > hi or value < lo or (lo_open and value == lo):
+            raise ValueError(f"must be a number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+def integer(lo: int, hi: int) -> Callable[[str], int]:
+    """A parser of an integer in ``[lo, hi]``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be an integer from {lo} to {hi}")
+        return value
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be >= 1")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+    return parse
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("must be a port number, 0-65535") from None
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number, 0-65535")
     return value
@@ -105,7 +116,7 @@ SETTINGS = {
         Setting("broker-key-file", str, None, "client TLS private key (mutual TLS)"),
         Setting(
             "connect-timeout-seconds",
-            _non_negative_float,
+            seconds(0, 10**7),
             None,
             "wait this long for an unreachable broker (default: 0 for commands, "
             "forever for worker and exporter)",
@@ -113,31 +124,31 @@ SETTINGS = {
         Setting("metrics-port", _port, 9100, "port of /metrics, /healthz, /readyz (0: off)"),
         Setting(
             "lease-seconds",
-            _positive_float,
+            seconds(0, 3600, lo_open=True),
             2.0,
             "a silent worker's chunks are redelivered after this",
         ),
         Setting(
             "max-deliveries",
-            _positive_int,
+            integer(1, MAX_DELIVERIES),
             5,
             "deliveries of a chunk before it is recorded dead (part of the run's spec)",
         ),
         Setting(
             "retry-delay-seconds",
-            _non_negative_float,
+            seconds(0, 3600),
             1.0,
             "first retry delay after a compute error",
         ),
         Setting(
             "grace-seconds",
-            _non_negative_float,
+            seconds(0, 86400),
             25.0,
             "on SIGTERM, time to finish the chunk in hand",
         ),
         Setting(
             "prefetch",
-            _positive_int,
+            integer(1, 100_000),
             64,
             "most chunks a worker holds at once (a cap: read-ahead adapts below it)",
         ),
@@ -152,8 +163,9 @@ SETTINGS = {
         Setting(
             "compute-allow",
             _allow,
-            "ttg.compute",
-            "module prefixes a run's compute may come from, comma-separated",
+            "ttg.compute:square",
+            "computes a run may name, comma-separated: module prefixes, module:function, "
+            "exec:PROGRAM",
         ),
         Setting("log-format", str, "text", "log line format", ("text", "json")),
         Setting("log-level", str, "INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -215,7 +227,7 @@ def resolve(args: argparse.Namespace, *names: str) -> None:
         try:
             setattr(args, attr, s.type(raw))
         except ValueError as e:
-            raise UsageError(f"{source}={raw!r}: {e}") from None
+            raise UsageError(f"{source}={raw[:80]!r}: {e}") from None
 
 
 def default_worker_name() -> str:

@@ -20,12 +20,39 @@ class UsageError(TTGError):
     exit_code = 2
 
 
+class Interrupted(TTGError):
+    """SIGINT or SIGTERM stopped a command part way; the message says what was left as it was."""
+
+    exit_code = 130
+
+
 class RunNotFound(UsageError):
     """The run id names no run the broker knows (bad input: exit 2, like any other)."""
 
 
 class RunConflict(UsageError):
     """A run with this id exists with different parameters."""
+
+
+class RunDataError(TTGError):
+    """What the broker holds for one run cannot be read: garbage, or data of a newer version.
+
+    Raised by the backends' decode layer for one run's spec or records; a reader
+    that serves many runs (a worker, the exporter, ``ttg runs``) skips that run,
+    reports it, and goes on with the others. ``ttg delete`` still removes it.
+    Exit code 5 (docs/contract.md): neither bad input nor an unreachable broker.
+    """
+
+    exit_code = 5
+
+    def __init__(self, run: str | None, problem: str) -> None:
+        super().__init__(f"run {run}: {problem}" if run else problem)
+        self.run = run
+        self.problem = problem
+
+
+class UnsupportedRun(RunDataError):
+    """The run's spec requires features this version does not know (a newer ``ttg seed``)."""
 
 
 class BrokerError(TTGError):
@@ -36,6 +63,17 @@ class BrokerError(TTGError):
 
 class BrokerConnectionError(BrokerError):
     """The broker cannot be reached (down, restarting, network cut)."""
+
+
+class BrokerDataError(BrokerError, RunDataError):
+    """The broker refused an operation because of what it holds for a run (Redis ``WRONGTYPE``,
+    a script failing on garbage): retrying will not help until that data is removed.
+
+    A ``BrokerError`` to the worker loop (it backs off, and gives up on the run's
+    chunks after its budget), a ``RunDataError`` to a command (exit 5).
+    """
+
+    exit_code = 5
 
 
 class AuthenticationError(BrokerError):

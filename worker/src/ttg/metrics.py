@@ -6,18 +6,18 @@ come from ``ttg exporter`` once per installation (``ttg.exporter``), so they
 are one series per run and exist with zero workers.
 
 Every per-run series of a worker is created at 0 when the worker first sees
-the run: a counter born at 1 would hide its first step from ``rate()``.
+the run (a delivery of it arrives, before its compute): a counter born at 1
+would hide its first step from ``rate()``.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
@@ -32,20 +32,29 @@ from prometheus_client import platform_collector as _platform
 from prometheus_client import process_collector as _process
 
 from ttg.errors import UsageError
+from ttg.httpd import HTTPServer, Route
 
 log = logging.getLogger(__name__)
 
 #: A main loop silent for longer than this fails /healthz.
 LOOP_STALL_SECONDS = 60.0
-#: Chunk duration buckets, seconds: fine below a second, where most chunks of a
-#: sweep fall, so a p95 is not read off a bucket five times its width.
-DURATION_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 5, 7.5, 10, 15, 30, 60,
-    120, 300, 600,
-)  # fmt: skip
-
-#: An HTTP route: () -> (status, body, content type).
-Route = Callable[[], tuple[int, bytes, str]]
+#: Renard's R10 series: ten steps per decade, each at most 1.28x the one before.
+R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)
+#: Chunk duration buckets, seconds: the R10 series from 10 ms to 4,000 s (57 buckets).
+#: A sweep's chunks take anything from milliseconds to an hour, and a p50/p95 is
+#: interpolated inside one bucket: with a constant chunk time t, ``histogram_quantile``
+#: reads p95 within [0.99 t, 1.27 t] and p50 within [0.89 t, 1.14 t] at any t in range
+#: (coarser 1-2.5-5 buckets read 1.1-2.4x). Finer would cost more series per run and
+#: worker than it tells; chunks past 4,000 s read as 4,000 s.
+DURATION_BUCKETS = tuple(
+    round(m * 10.0**e, 6) for e in range(-2, 4) for m in R10 if m * 10.0**e <= 4000
+)
+#: How far back a rate looks at least, seconds, and at least how many steps it spans:
+#: long chunks finish in bursts, and a rate needs several bursts to mean anything.
+RATE_WINDOW_SECONDS = 60.0
+RATE_WINDOW_STEPS = 10
+#: A count that has not grown for this long has no rate (nothing says it will grow again).
+RATE_MAX_AGE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,17 @@ class Metrics:
         )
         self._runs: dict[str, RunMetrics] = {}
 
+    def see(self, runs: Iterable[str]) -> None:
+        """Create each run's series at 0 if they are new: call it as deliveries arrive.
+
+        A series Prometheus first scrapes at 1 hides that step from ``rate()``
+        and ``histogram_quantile()``: a worker's first chunks of a run would read
+        as no rate and no duration. Born when the chunk arrives, the series is
+        scraped at 0 while the chunk computes.
+        """
+        for run in runs:
+            self.run(run)
+
     def run(self, run: str) -> RunMetrics:
         """The run's series, every one created at 0 the first time."""
         m = self._runs.get(run)
@@ -142,26 +162,90 @@ class Metrics:
 
 
 class RateMeter:
-    """Smoothed rate of a growing count (exponentially weighted, ~3 half-lives of memory)."""
+    """The rate of a growing count (chunks finished), and the time until it reaches a target.
 
-    def __init__(self, halflife: float = 10.0) -> None:
-        self.halflife = halflife
-        self.rate = 0.0
-        self._last: tuple[float, int] | None = None
+    An exponentially smoothed rate halved every few seconds without a step, so
+    chunks longer than that read as a collapsing rate (an ETA of 77,220 s with
+    24 s left). This one is a plain average over a window of *steps*: the
+    moments the count was seen to grow. The window starts at the latest step
+    that leaves at least ``window`` seconds and ``steps`` counts behind it (or
+    at the first reading), and ends at the last step, so chunks that finish in
+    bursts every few minutes still give their true rate. While the next step
+    is overdue (the silence since the last one is longer than the mean gap
+    between steps) the silence counts too, so a stall lowers the rate. Steps
+    older than ``max_age`` are forgotten: a count that stopped growing that
+    long ago has no rate.
+    """
+
+    def __init__(
+        self,
+        window: float = RATE_WINDOW_SECONDS,
+        steps: int = RATE_WINDOW_STEPS,
+        max_age: float = RATE_MAX_AGE_SECONDS,
+    ) -> None:
+        self.window = window
+        self.steps = steps
+        self.max_age = max_age
+        #: (time, count) of the first reading and of every reading that saw the count grow.
+        self._steps: collections.deque[tuple[float, int]] = collections.deque()
+        self._now = 0.0
+        #: The first reading found the count already grown: its first step is no measure.
+        self._mid_run = False
 
     def update(self, count: int, now: float | None = None) -> float:
+        """Take a reading of the count; the rate now (per second, 0 while unknown)."""
         now = time.monotonic() if now is None else now
-        if self._last is not None:
-            t0, c0 = self._last
-            dt = now - t0
-            if dt > 0:
-                weight = 0.5 ** (dt / self.halflife)
-                instant = max(0, count - c0) / dt
-                self.rate = (
-                    instant if self.rate == 0 else weight * self.rate + (1 - weight) * instant
-                )
-        self._last = (now, count)
+        self._now = now
+        s = self._steps
+        if s and count < s[-1][1]:
+            s.clear()  # a count that went down is another count (a run deleted and seeded again)
+        if not s:
+            s.append((now, count))
+            self._mid_run = count > 0
+        elif count > s[-1][1]:
+            if self._mid_run:
+                # The first reading came mid-run: the chunks of this step started before
+                # it, at times we do not know. Measure from this step on.
+                self._mid_run = False
+                s.clear()
+            s.append((now, count))
+        while len(s) >= 2 and (
+            (now - s[1][0] >= self.window and count - s[1][1] >= self.steps)
+            or now - s[0][0] > self.max_age
+        ):
+            s.popleft()
         return self.rate
+
+    def _measure(self) -> tuple[float, float, float] | None:
+        """(rate, mean gap between steps, silence since the last step), None while unknown."""
+        s = self._steps
+        if len(s) < 2:
+            return None
+        (t0, c0), (t1, c1) = s[0], s[-1]
+        gap = (t1 - t0) / (len(s) - 1)
+        silence = self._now - t1
+        elapsed = max(t1 - t0, self._now - t0 - gap)
+        return ((c1 - c0) / elapsed, gap, silence) if elapsed > 0 else None
+
+    @property
+    def rate(self) -> float:
+        """Per second, as of the last reading; 0 while unknown."""
+        m = self._measure()
+        return m[0] if m else 0.0
+
+    def eta(self, remaining: int) -> float | None:
+        """Seconds until ``remaining`` more counts, as of the last reading; None while unknown.
+
+        Between steps it counts down (the time since the last step is taken off,
+        up to one mean gap), so it does not jump at every burst of long chunks.
+        """
+        if remaining <= 0:
+            return 0.0
+        m = self._measure()
+        if m is None or m[0] <= 0:
+            return None
+        rate, gap, silence = m
+        return max(0.0, remaining / rate - min(silence, gap))
 
 
 class Probes:
@@ -212,36 +296,15 @@ def probe_routes(registry: CollectorRegistry, probes: Probes) -> dict[str, Route
     return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
 
 
-def serve(port: int, routes: Mapping[str, Route]) -> ThreadingHTTPServer:
-    """Serve ``routes`` on ``port`` in a daemon thread.
+def serve(port: int, routes: Mapping[str, Route]) -> HTTPServer:
+    """Serve ``routes`` on ``port`` from a daemon thread, within bounds (``ttg.httpd``).
 
     Raises:
         UsageError: the port is taken or not allowed.
     """
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            route = routes.get(self.path.split("?", 1)[0])
-            if route is None:
-                self._send(404, b"not found\n", "text/plain")
-            else:
-                self._send(*route())
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # scrapes and probes every few seconds are not news
-
     try:
-        server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - pods listen on all interfaces
+        server = HTTPServer(port, routes)
     except OSError as e:
         why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be opened ({e.strerror})"
         raise UsageError(f"metrics port {port} {why} (TTG_METRICS_PORT)") from None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="ttg-http", daemon=True).start()
-    return server
+    return server.start()

@@ -4,24 +4,36 @@ A ledger is read in whatever order the broker keeps it; rows come out in
 parameter order through a sort that spills to a temporary SQLite file once it
 holds more than a few thousand chunks, so exporting 10^7 parameters takes flat
 memory. Formats: JSONL, CSV, Parquet (the ``parquet`` extra, pyarrow).
+
+Lossless (DESIGN.md invariant 13), decided in docs/contract.md "Exports":
+
+- Columns come from every result, seen while sorting (``Shape``): dict results
+  get a column per key only when every ``ok`` result is a dict with the same
+  keys; otherwise one ``result`` column, holding JSON for anything but a
+  scalar. A Parquet column's type fits every value in it, or the column holds
+  JSON text. No ``ok`` row ever loses its result to a column chosen too early.
+- NaN and the infinities, which JSON cannot hold, are written as the strings
+  ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (in JSONL, and in JSON cells).
+- A CSV cell that a spreadsheet would run as a formula (it starts with ``=``,
+  ``+``, ``-``, ``@``, a tab or a carriage return: OWASP's list) gets a leading
+  ``'`` unless ``raw``; on a terminal, control characters are shown escaped.
+- ``aggregate`` sums integers as Python integers and floats exactly (rounded
+  once at the end): the sum of 3·10^6 squares is the closed form, to the unit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import importlib
 import json
 import math
-import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ttg.errors import UsageError
+from ttg.decode import Problems, printable
 from ttg.run import Outcome, RunSpec, Status
 from ttg.space import GridSpace
 
@@ -29,20 +41,37 @@ from ttg.space import GridSpace
 IN_MEMORY_CHUNKS = 5000
 #: Rows per Parquet row group.
 PARQUET_BATCH = 65536
+#: Most keys of dict results given a column each; more, and results go in one JSON column.
+MAX_RESULT_COLUMNS = 256
 #: Columns of the per-chunk view (``--chunks``).
 CHUNK_FIELDS = (
     "chunk", "params", "status", "result", "error", "param_errors", "worker", "attempt",
     "started_at", "finished_at",
 )  # fmt: skip
-#: Reductions ``--aggregate`` knows by name.
-AGGREGATES = ("sum", "min", "max", "mean")
+#: What a CSV text cell may not start with unless raw: a spreadsheet would run it (OWASP).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: The largest integer a float64 holds exactly.
+FLOAT_EXACT = 2**53
+#: The strings non-finite floats are written as (JSON has no NaN or infinity).
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-def in_chunk_order(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
-    """``outcomes`` sorted by chunk, spilling to a temporary SQLite file when there are many."""
+# -- order ----------------------------------------------------------------------------------
+
+
+def in_chunk_order(
+    outcomes: Iterable[Outcome], observe: Callable[[Outcome], None] | None = None
+) -> Iterator[Outcome]:
+    """``outcomes`` sorted by chunk, spilling to a temporary SQLite file when there are many.
+
+    ``observe`` sees every outcome before the first is yielded (the sort reads
+    them all anyway): how ``Shape`` learns the columns from the whole run.
+    """
     held: list[Outcome] = []
     it = iter(outcomes)
     for o in it:
+        if observe:
+            observe(o)
         held.append(o)
         if len(held) > IN_MEMORY_CHUNKS:
             break
@@ -53,7 +82,7 @@ def in_chunk_order(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
         db = sqlite3.connect(Path(tmp) / "sort.db")
         try:
             db.execute("CREATE TABLE o (chunk INTEGER PRIMARY KEY, body TEXT)")
-            rows = ((o.chunk, o.to_json()) for o in _chain(held, it))
+            rows = ((o.chunk, o.to_json()) for o in _chain(held, _observed(it, observe)))
             db.executemany("INSERT OR IGNORE INTO o VALUES (?, ?)", rows)
             held.clear()
             for chunk, body in db.execute("SELECT chunk, body FROM o ORDER BY chunk"):
@@ -62,25 +91,25 @@ def in_chunk_order(outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
             db.close()
 
 
+def _observed(
+    it: Iterator[Outcome], observe: Callable[[Outcome], None] | None
+) -> Iterator[Outcome]:
+    for o in it:
+        if observe:
+            observe(o)
+        yield o
+
+
 def _chain(first: list[Outcome], rest: Iterator[Outcome]) -> Iterator[Outcome]:
     yield from first
     yield from rest
 
 
-@dataclass(frozen=True)
-class Columns:
-    """The columns of the per-parameter view of a run."""
+# -- rows -----------------------------------------------------------------------------------
 
-    #: Columns holding the parameter: one per grid axis, or "value".
-    params: tuple[str, ...]
-    #: Keys of dict results, each its own column (empty: one "result" column).
-    result_keys: tuple[str, ...]
 
-    @property
-    def names(self) -> list[str]:
-        results = [f"result.{k}" for k in self.result_keys] or ["result"]
-        return ["index", *self.params, *results, "status", "error", "chunk", "worker",
-                "attempt", "finished_at"]  # fmt: skip
+def _errors_of(o: Outcome) -> dict[int, str]:
+    return {p[0]: p[1] for p in o.param_errors}
 
 
 def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
@@ -92,7 +121,7 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
     space = spec.parameter_space
     for o in outcomes:
         lo, hi = spec.bounds(o.chunk)
-        errors = dict(o.param_errors)
+        errors = _errors_of(o)
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
             if o.status is Status.DEAD:
@@ -114,145 +143,6 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
             }
 
 
-def columns(spec: RunSpec, first_rows: list[dict[str, Any]]) -> Columns:
-    """Columns for ``spec``; dict results (seen in ``first_rows``) become one column per key."""
-    space = spec.parameter_space
-    params = tuple(name for name, _ in space.axes) if isinstance(space, GridSpace) else ("value",)
-    keys: dict[str, None] = {}
-    for row in first_rows:
-        if isinstance(row["result"], dict):
-            keys.update(dict.fromkeys(str(k) for k in row["result"]))
-    return Columns(params, tuple(keys))
-
-
-def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
-    """A row as the flat cells of CSV and Parquet, in the order of ``cols.names``."""
-    value = row["value"]
-    params = [value] if cols.params == ("value",) else [value.get(n) for n in cols.params]
-    result = row["result"]
-    if cols.result_keys:
-        got = result if isinstance(result, dict) else {}
-        results = [got.get(k) for k in cols.result_keys]
-    else:
-        results = [result]
-    return [row["index"], *params, *results, row["status"], row["error"], row["chunk"],
-            row["worker"], row["attempt"], row["finished_at"]]  # fmt: skip
-
-
-#: Cell types CSV writes as they are (None as an empty cell); anything else is written as JSON.
-_SCALARS = frozenset({str, int, float, bool})
-
-
-def _cell(v: Any) -> Any:
-    return v if v is None or type(v) in _SCALARS else json.dumps(v)
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
-    n = 0
-    for row in rows:
-        out.write(json.dumps(row, default=str) + "\n")
-        n += 1
-    return n
-
-
-def _json(v: Any) -> str:
-    """``json.dumps(v, default=str)``, with the common case (an int) short-cut."""
-    return str(v) if type(v) is int else json.dumps(v, default=str)
-
-
-def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[str]) -> int:
-    """``write_jsonl(parameter_rows(spec, outcomes))``, byte for byte, several times faster.
-
-    The fields every parameter of a chunk shares are encoded once per chunk and
-    each chunk is written in one call: at 10^7 parameters this is most of the
-    export's time.
-    """
-    space = spec.parameter_space
-    n = 0
-    for o in outcomes:
-        lo, hi = spec.bounds(o.chunk)
-        shared = json.dumps(
-            {"chunk": o.chunk, "worker": o.worker, "attempt": o.attempt,
-             "finished_at": o.finished_at},
-            default=str,
-        )[1:]  # fmt: skip
-        dead = o.status is Status.DEAD
-        ok_tail = ", " + json.dumps({"status": "ok", "error": None})[1:-1] + ", " + shared
-        dead_tail = ", " + json.dumps({"status": "dead", "error": o.error})[1:-1] + ", " + shared
-        errors = dict(o.param_errors)
-        results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
-        lines = []
-        for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
-            if dead:
-                tail = dead_tail
-            elif i in errors:
-                tail = ", " + json.dumps({"status": "error", "error": errors[i]})[1:-1]
-                tail += ", " + shared
-            else:
-                tail = ok_tail
-            head = f'{{"index": {i}, "value": {_json(value)}, "result": {_json(result)}'
-            lines.append(f"{head}{tail}\n")
-        out.write("".join(lines))
-        n += len(lines)
-    return n
-
-
-def write_csv(spec: RunSpec, rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
-    head = [row for _, row in zip(range(1000), rows, strict=False)]
-    cols = columns(spec, head)
-    writer = csv.writer(out)
-    writer.writerow(cols.names)
-    n = 0
-    for row in _chain_rows(head, rows):
-        writer.writerow([_cell(v) for v in flatten(row, cols)])
-        n += 1
-    return n
-
-
-def write_parquet(spec: RunSpec, rows: Iterator[dict[str, Any]], path: str) -> int:
-    """Parquet needs the ``parquet`` extra (pyarrow); values of mixed types are written as JSON."""
-    try:
-        import pyarrow as pa  # noqa: PLC0415 - optional extra
-        import pyarrow.parquet as pq  # noqa: PLC0415
-    except ImportError:
-        raise UsageError("Parquet needs the parquet extra: pip install 'ttg[parquet]'") from None
-    head = [row for _, row in zip(range(1000), rows, strict=False)]
-    cols = columns(spec, head)
-    writer = None
-    n = 0
-    batch: list[list[Any]] = []
-
-    def flush() -> None:
-        nonlocal writer
-        table_cols = {name: [r[k] for r in batch] for k, name in enumerate(cols.names)}
-        arrays = {}
-        for name, values in table_cols.items():
-            try:
-                arrays[name] = pa.array(values)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                arrays[name] = pa.array([None if v is None else json.dumps(v) for v in values])
-        table = pa.table(arrays)
-        if writer is None:
-            writer = pq.ParquetWriter(path, table.schema)
-        elif table.schema != writer.schema:
-            table = table.cast(writer.schema, safe=False)
-        writer.write_table(table)
-        batch.clear()
-
-    try:
-        for row in _chain_rows(head, rows):
-            batch.append(flatten(row, cols))
-            n += 1
-            if len(batch) >= PARQUET_BATCH:
-                flush()
-        if batch or writer is None:
-            flush()
-    finally:
-        if writer is not None:
-            writer.close()
-    return n
-
-
 def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
     """The per-chunk view (``--chunks``): one row per chunk, its results as one JSON list."""
     for o in outcomes:
@@ -270,83 +160,246 @@ def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
         }
 
 
-def _chain_rows(
-    head: list[dict[str, Any]], rest: Iterator[dict[str, Any]]
-) -> Iterator[dict[str, Any]]:
-    yield from head
-    yield from rest
+# -- JSON that stays JSON --------------------------------------------------------------------
 
 
-def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Reduce the results of the rows whose status is ok.
-
-    ``how`` is one of ``AGGREGATES`` (numeric results), or ``module:function``,
-    called with an iterator of the rows and returning something JSON can hold.
-
-    Raises:
-        UsageError: unknown reduction, or a result that is not a number.
-    """
-    ok = (r for r in rows if r["status"] == "ok")
-    if ":" in how:
-        module_name, _, attr = how.partition(":")
-        try:
-            fn: Callable[[Iterator[dict[str, Any]]], Any] = getattr(
-                importlib.import_module(module_name), attr
-            )
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"--aggregate {how!r}: {e}") from None
-        return {"aggregate": how, "value": fn(ok)}
-    if how not in AGGREGATES:
-        raise UsageError(f"--aggregate {how!r}: choose {', '.join(AGGREGATES)} or module:function")
-    count, total = 0, 0.0
-    low, high = math.inf, -math.inf
-    for r in ok:
-        v = r["result"]
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise UsageError(
-                f"--aggregate {how}: result of parameter {r['index']} is not a number: {v!r}"
-            )
-        count += 1
-        total += v
-        low, high = min(low, v), max(high, v)
-    value: Any = {
-        "sum": total,
-        "min": low if count else None,
-        "max": high if count else None,
-        "mean": total / count if count else None,
-    }[how]
-    if how == "sum" and float(value).is_integer():
-        value = int(value)
-    return {"aggregate": how, "value": value, "count": count}
+def _finite(v: Any) -> Any:
+    """``v`` with every NaN and infinity replaced by its string (``NON_FINITE``)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return NON_FINITE[repr(v)]
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
 
 
-def check_writable(path: str | None) -> None:
-    """Refuse, before any work, an output file that cannot be written.
-
-    Raises:
-        UsageError: its directory is missing or not writable, or it is a directory.
-    """
-    if not path:
-        return
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path()
-    if target.is_dir():
-        raise UsageError(f"--output {path}: is a directory")
-    if not folder.is_dir():
-        raise UsageError(f"--output {path}: no directory {folder}")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"--output {path}: not writable")
-
-
-@contextlib.contextmanager
-def output(path: str | None, stdout: IO[str]) -> Iterator[IO[str]]:
-    """``path`` opened for writing (one-line error if it cannot be), or ``stdout``."""
-    if not path:
-        yield stdout
-        return
+def dumps(v: Any, **kw: Any) -> str:
+    """``json.dumps``, but valid JSON always: NaN and the infinities become strings."""
     try:
-        f = open(path, "w", newline="")  # noqa: SIM115 - closed below
-    except OSError as e:
-        raise UsageError(f"--output {path}: {e.strerror}") from None
-    with f:
-        yield f
+        return json.dumps(v, allow_nan=False, default=str, **kw)
+    except ValueError:
+        return json.dumps(_finite(v), allow_nan=False, default=str, **kw)
+
+
+def _json(v: Any) -> str:
+    """``dumps(v)``, with the common case (an int) short-cut."""
+    return str(v) if type(v) is int else dumps(v)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+    n = 0
+    for row in rows:
+        out.write(dumps(row) + "\n")
+        n += 1
+    return n
+
+
+def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[str]) -> int:
+    """``write_jsonl(parameter_rows(spec, outcomes))``, byte for byte, several times faster.
+
+    The fields every parameter of a chunk shares are encoded once per chunk and
+    each chunk is written in one call: at 10^7 parameters this is most of the
+    export's time.
+    """
+    space = spec.parameter_space
+    n = 0
+    for o in outcomes:
+        lo, hi = spec.bounds(o.chunk)
+        shared = dumps(
+            {"chunk": o.chunk, "worker": o.worker, "attempt": o.attempt,
+             "finished_at": o.finished_at},
+        )[1:]  # fmt: skip
+        dead = o.status is Status.DEAD
+        ok_tail = ", " + dumps({"status": "ok", "error": None})[1:-1] + ", " + shared
+        dead_tail = ", " + dumps({"status": "dead", "error": o.error})[1:-1] + ", " + shared
+        errors = _errors_of(o)
+        results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
+        lines = []
+        for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
+            if dead:
+                tail = dead_tail
+            elif i in errors:
+                tail = ", " + dumps({"status": "error", "error": errors[i]})[1:-1]
+                tail += ", " + shared
+            else:
+                tail = ok_tail
+            head = f'{{"index": {i}, "value": {_json(value)}, "result": {_json(result)}'
+            lines.append(f"{head}{tail}\n")
+        out.write("".join(lines))
+        n += len(lines)
+    return n
+
+
+# -- columns ---------------------------------------------------------------------------------
+
+
+#: Kinds of values by their exact type (ints are sized apart; anything else is JSON).
+_KINDS = {type(None): "null", bool: "bool", float: "float", str: "str"}
+
+
+def kind_of(v: Any) -> str:
+    """A value's kind, for choosing a column's type.
+
+    null, bool, float, str; ``int`` (exact in a float64), ``int64``, ``bigint``
+    (beyond a signed 64-bit integer); ``json`` for lists, dicts and the rest.
+    """
+    if type(v) is int:
+        if -FLOAT_EXACT <= v <= FLOAT_EXACT:
+            return "int"
+        return "int64" if -(2**63) <= v < 2**63 else "bigint"
+    return _KINDS.get(type(v), "json")
+
+
+@dataclass
+class Shape:
+    """What a run's results look like, learnt from every ``ok`` result (``observe`` it).
+
+    Memory stays small: a set of kinds per column and at most
+    ``MAX_RESULT_COLUMNS`` keys.
+    """
+
+    #: The keys every ok result had so far (None before the first; empty: not all dicts).
+    keys: tuple[str, ...] | None = None
+    dicts: bool = True
+    #: Kinds seen per result column ("" is the single result column).
+    kinds: dict[str, set[str]] = field(default_factory=dict)
+    _keyset: frozenset[str] = frozenset()
+
+    def observe(self, o: Outcome, lo: int) -> None:
+        """Learn from outcome ``o``, whose chunk starts at parameter ``lo``."""
+        if o.status is Status.DEAD or not isinstance(o.result, list):
+            return
+        failed = {p[0] - lo for p in o.param_errors}
+        single = self.kinds.setdefault("", set())
+        for offset, r in enumerate(o.result):
+            if offset in failed:
+                continue  # an error's place: None, not a result
+            single.add(kind_of(r))
+            if self.dicts:
+                self._learn_keys(r)
+
+    def _learn_keys(self, r: Any) -> None:
+        if not isinstance(r, dict) or len(r) > MAX_RESULT_COLUMNS:
+            self.dicts = False
+            return
+        if self.keys is None:
+            # The first result's order: the compute's own, as people expect the columns.
+            self.keys = tuple(str(k) for k in r)
+            self._keyset = frozenset(self.keys)
+        elif len(r) != len(self._keyset) or not all(k in self._keyset for k in r):
+            self.dicts = False
+            return
+        for k, v in r.items():
+            self.kinds.setdefault(f"result.{k}", set()).add(kind_of(v))
+
+    @property
+    def result_keys(self) -> tuple[str, ...]:
+        """One column per key when every ok result is a dict with the same keys."""
+        return self.keys if self.dicts and self.keys else ()
+
+
+def observer(spec: RunSpec, shape: Shape) -> Callable[[Outcome], None]:
+    """``shape.observe`` for ``in_chunk_order``, knowing where each of the run's chunks starts."""
+    return lambda o: shape.observe(o, spec.bounds(o.chunk)[0])
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns of the per-parameter view of a run."""
+
+    #: Columns holding the parameter: one per grid axis, or "value".
+    params: tuple[str, ...]
+    #: Keys of dict results, each its own column (empty: one "result" column).
+    result_keys: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        results = [f"result.{k}" for k in self.result_keys] or ["result"]
+        return ["index", *self.params, *results, "status", "error", "chunk", "worker",
+                "attempt", "finished_at"]  # fmt: skip
+
+
+def columns(spec: RunSpec, shape: Shape) -> Columns:
+    """Columns for ``spec`` with results shaped as ``shape`` says."""
+    space = spec.parameter_space
+    params = tuple(name for name, _ in space.axes) if isinstance(space, GridSpace) else ("value",)
+    return Columns(params, shape.result_keys)
+
+
+def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
+    """A row as the flat cells of CSV and Parquet, in the order of ``cols.names``."""
+    value = row["value"]
+    params = [value] if cols.params == ("value",) else [value.get(n) for n in cols.params]
+    result = row["result"]
+    if cols.result_keys:
+        got = result if isinstance(result, dict) else {}
+        results = [got.get(k) for k in cols.result_keys]
+    else:
+        results = [result]
+    return [row["index"], *params, *results, row["status"], row["error"], row["chunk"],
+            row["worker"], row["attempt"], row["finished_at"]]  # fmt: skip
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+#: Cell types CSV writes as they are (None as an empty cell); anything else is written as JSON.
+_SCALARS = frozenset({str, int, float, bool})
+
+
+def _cell(v: Any, raw: bool, tty: bool = False) -> Any:
+    if v is None:
+        return v
+    if type(v) not in _SCALARS:
+        v = dumps(v)
+    elif raw or type(v) is not str:
+        return v
+    elif v.startswith(FORMULA_START):
+        v = "'" + v
+    # On a terminal, a compute's text must not move the cursor or retitle the window.
+    return printable(v) if tty else v
+
+
+def write_csv(
+    spec: RunSpec,
+    rows: Iterator[dict[str, Any]],
+    out: IO[str],
+    cols: Columns,
+    *,
+    raw: bool = False,
+) -> int:
+    writer = csv.writer(out)
+    writer.writerow(cols.names)
+    tty = not raw and out.isatty()
+    n = 0
+    for row in rows:
+        writer.writerow([_cell(v, raw, tty) for v in flatten(row, cols)])
+        n += 1
+    return n
+
+
+def write_chunks_csv(rows: Iterable[dict[str, Any]], out: IO[str], *, raw: bool = False) -> int:
+    writer = csv.writer(out)
+    writer.writerow(CHUNK_FIELDS)
+    tty = not raw and out.isatty()
+    n = 0
+    for r in rows:
+        writer.writerow(
+            [_cell(dumps(r[k]) if k in ("result", "param_errors") else r[k], raw, tty)
+             for k in CHUNK_FIELDS]
+        )  # fmt: skip
+        n += 1
+    return n
+
+
+# -- aggregates ------------------------------------------------------------------------------
+
+
+def problems_line(run: str, unreadable: Problems) -> str | None:
+    """The one warning an export prints about records it could not read, if any."""
+    if not unreadable:
+        return None
+    return (
+        f"run {run}: {unreadable.count} ledger records could not be read, their rows are "
+        f"missing ({unreadable.shown[0]})"
+    )

@@ -1,4 +1,12 @@
-"""Runs, chunks, ledger entries and progress: the vocabulary every backend shares."""
+"""Runs, chunks, ledger entries and progress: the vocabulary every backend shares.
+
+A run's spec is versioned and forward compatible (docs/contract.md, "Run specs"):
+it carries a ``format`` and the features a reader must understand to run it
+(``requires``). A reader ignores fields it does not know unless a feature it
+lacks is required; then the run is *unsupported* (``UnsupportedRun``) and a
+worker skips that run, never the others. Everything read back is checked
+(types, bounds, the run it was stored under) before it is believed.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +14,31 @@ import enum
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from ttg import compute
+from ttg import compute, decode, limits
 from ttg import space as spaces
-from ttg.errors import UsageError
+from ttg.decode import DecodeError
+from ttg.errors import RunDataError, UnsupportedRun, UsageError
+from ttg.limits import (
+    MAX_CHUNKS,
+    MAX_DELIVERIES,
+    MAX_ERROR_CHARS,
+    MAX_PARAMS,
+    MAX_REQUIRES,
+    MAX_SPEC_BYTES,
+    MAX_WORK_MS,
+    MAX_WORKER_CHARS,
+    check_int,
+    param_errors,
+    run_named,
+    space_of,
+)
 
-#: A run id names broker keys and queues, and Kubernetes objects in the chart.
-RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: What a run id looks like (ttg.limits; named here too, where runs are).
+RUN_ID = limits.RUN_ID
+check_run_id = limits.check_run_id
 
 #: What a run spec's ``results`` may hold (``ttg.store.parse_url`` checks the details).
 RESULTS_URL = re.compile(r"broker|file:///[^\x00-\x1f]*|s3://[^\x00-\x1f/]+(/[^\x00-\x1f]*)?")
@@ -22,16 +46,17 @@ RESULTS_URL = re.compile(r"broker|file:///[^\x00-\x1f]*|s3://[^\x00-\x1f/]+(/[^\
 #: How a run is steered: the only values of its control flag.
 CONTROLS = ("running", "paused", "cancelled")
 
-
-def check_run_id(run: str) -> str:
-    """Return ``run`` if it is a valid run id.
-
-    Raises:
-        UsageError: it is not ``[a-z0-9][a-z0-9-]{0,62}``.
-    """
-    if not RUN_ID.fullmatch(run):
-        raise UsageError(f"run id {run!r} must match [a-z0-9][a-z0-9-]{{0,62}}")
-    return run
+#: The run-spec format this version writes for a spec that requires features; a stored
+#: spec without ``format`` is format 1 (one that requires nothing is written so).
+FORMAT = 2
+#: Spec fields whose meaning a reader must not silently ignore, and the feature each
+#: needs. Such a field defaults to "off"; whenever it is not at its default the writer
+#: lists its feature in ``requires``, so a reader that lacks the feature skips the run
+#: instead of running it wrongly. A new field of that kind: a RunSpec field with an
+#: "off" default, checked in ``__post_init__``, and an entry here (FEATURES follows).
+FEATURE_FIELDS: dict[str, str] = {"results": "results-store"}
+#: Features of a run spec this version understands.
+FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
 
 
 @dataclass(frozen=True)
@@ -39,7 +64,12 @@ class RunSpec:
     """Everything that defines a run; immutable once seeded.
 
     ``max_deliveries`` belongs to the run (one owner per setting): workers
-    never override it.
+    never override it. ``format`` and ``requires`` say how to read the rest
+    (module docstring); neither takes part in comparing two specs' meaning
+    beyond what the fields themselves say.
+
+    Raises:
+        UsageError: a field has the wrong type or is out of bounds.
     """
 
     run: str
@@ -48,25 +78,45 @@ class RunSpec:
     compute: str
     work_ms: int = 0
     max_deliveries: int = 5
+    format: int = field(default=FORMAT, compare=False)
+    requires: tuple[str, ...] = ()
     #: Where workers write the run's results: ``broker`` (in the ledger), ``file:///PATH``
     #: or ``s3://BUCKET/PREFIX`` (a results store, ``ttg.store``). Set once, at seeding.
     results: str = "broker"
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
-        if self.chunk_size < 1:
-            raise UsageError(f"chunk size must be >= 1, got {self.chunk_size}")
-        if self.work_ms < 0:
-            raise UsageError(f"work-ms must be >= 0, got {self.work_ms}")
+        check_int("chunk size", self.chunk_size, 1, MAX_PARAMS)
+        check_int("work-ms", self.work_ms, 0, MAX_WORK_MS)
+        check_int("max deliveries", self.max_deliveries, 1, MAX_DELIVERIES)
+        check_int("spec format", self.format, 1, 10**6)
+        if not isinstance(self.compute, str) or len(self.compute) > compute.MAX_NAME_CHARS:
+            raise UsageError(f"compute must be a name, got {decode.preview(self.compute, 80)}")
         compute.check_name(self.compute)
-        if self.max_deliveries < 1:
-            raise UsageError(f"max deliveries must be >= 1, got {self.max_deliveries}")
         if not isinstance(self.results, str) or not RESULTS_URL.fullmatch(self.results):
             raise UsageError(
-                f"results {self.results!r}: expected broker, file:///PATH or s3://BUCKET"
+                f"results {decode.preview(self.results, 80)}: expected broker, file:///PATH "
+                "or s3://BUCKET"
             )
+        needed = {f for name, f in FEATURE_FIELDS.items() if self._not_default(name)}
+        requires = tuple(sorted(set(self.requires) | needed))
+        unknown = sorted(set(requires) - FEATURES)
+        if unknown:
+            raise UsageError(f"spec requires unknown features: {', '.join(unknown)}")
+        object.__setattr__(self, "requires", requires)
         # Built once: a worker asks for it on every chunk.
-        object.__setattr__(self, "_space", spaces.from_spec(self.space))
+        object.__setattr__(self, "_space", space_of(self.space))
+        if self.total_chunks > MAX_CHUNKS:
+            raise UsageError(
+                f"{self.total_params} parameters in chunks of {self.chunk_size} make "
+                f"{self.total_chunks} chunks, more than {MAX_CHUNKS}: choose a larger chunk size"
+            )
+
+    def _not_default(self, name: str) -> bool:
+        f = next(f for f in fields(self) if f.name == name)
+        factory: Any = f.default_factory
+        default = factory() if f.default is MISSING and factory is not MISSING else f.default
+        return bool(getattr(self, name) != default)
 
     @property
     def parameter_space(self) -> spaces.RangeSpace | spaces.GridSpace:
@@ -87,31 +137,76 @@ class RunSpec:
         return lo, min(lo + self.chunk_size, self.total_params)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form. A spec that requires nothing is written exactly as format 1
+        (no ``format``, ``requires`` or feature field at its default), so every reader,
+        older versions' too, runs it: a rolling upgrade's new seeder and old workers
+        agree. One that requires a feature is written as format 2 with its ``requires``.
+        """
         d = asdict(self)
         d.pop("_space", None)
-        if d["results"] == "broker":
-            # Left out at its default: a broker run's spec stays what older workers read.
-            del d["results"]
+        if not self.requires:
+            for name in ("format", "requires", *FEATURE_FIELDS):
+                d.pop(name, None)
+            return d
+        d["format"], d["requires"] = FORMAT, list(self.requires)
+        for name in FEATURE_FIELDS:
+            if not self._not_default(name):
+                d.pop(name, None)
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        """Rebuild a spec read from a broker.
+    def from_dict(cls, d: Any, run: str | None = None) -> RunSpec:
+        """Rebuild a spec read from a broker, stored under ``run`` (when the key says).
+
+        Fields this version does not know are ignored unless the spec requires a
+        feature it lacks.
 
         Raises:
-            UsageError: the stored object is not a valid spec.
+            UnsupportedRun: the spec requires features this version does not know.
+            RunDataError: it is not a valid spec, or names another run than ``run``.
         """
+        who = run or run_named(d)
         try:
-            return cls(**d)
-        except TypeError as e:
-            raise UsageError(f"stored run spec is not valid: {e}") from None
+            d = decode.as_dict(d, "the spec")
+            fmt = decode.as_int(d.get("format", 1), "its format", 1, 10**6)
+            listed = d.get("requires", [])
+            if not isinstance(listed, list) or len(listed) > MAX_REQUIRES:
+                raise DecodeError(f"its requires {decode.preview(listed, 80)} is not a short list")
+            requires = tuple(decode.as_str(r, "a required feature", 64) for r in listed)
+            unknown = sorted(set(requires) - FEATURES)
+            if unknown:
+                raise UnsupportedRun(
+                    who,
+                    f"its spec (format {fmt}) requires {', '.join(map(decode.one_line, unknown))}, "
+                    "which this version of ttg does not know: upgrade it",
+                )
+            if run is not None and d.get("run") != run:
+                raise DecodeError(
+                    f"its spec names run {decode.preview(d.get('run'), 80)}, "
+                    "not the run it is stored under"
+                )
+            known = {f.name for f in fields(cls) if f.init}
+            kwargs = {k: v for k, v in d.items() if k in known}
+            kwargs["format"], kwargs["requires"] = fmt, requires
+            return cls(**kwargs)
+        except (UsageError, DecodeError, TypeError, ValueError, OverflowError) as e:
+            raise RunDataError(who, f"unreadable spec: {decode.one_line(str(e), 300)}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> RunSpec:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes, run: str | None = None) -> RunSpec:
+        """``from_dict`` of JSON text (bounded, no NaN).
+
+        Raises:
+            UnsupportedRun, RunDataError: as ``from_dict``.
+        """
+        try:
+            d = decode.loads(text, what="the spec", max_bytes=MAX_SPEC_BYTES)
+        except DecodeError as e:
+            raise RunDataError(run, f"unreadable spec: {e}") from None
+        return cls.from_dict(d, run)
 
 
 @dataclass(frozen=True)
@@ -186,14 +281,24 @@ class ObjectRef:
         return cls(name, rows, digest)
 
 
+def _ref(chunk: int, d: Any) -> ObjectRef | None:
+    if d is None:
+        return None
+    try:
+        return ObjectRef.from_dict(decode.as_dict(d, "its object"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise DecodeError(f"outcome of chunk {chunk}: {decode.one_line(str(e), 200)}") from None
+
+
 @dataclass(frozen=True)
 class Outcome:
     """A chunk's entry in the ledger: its results (with any parameter errors), or its death.
 
-    ``param_errors`` are ``(parameter index, error)`` pairs; the result list holds
-    None at their places. A run with a results store keeps its results there: the
-    ledger then holds ``ref`` (the object, its rows and digest) and ``result`` is None
-    until a reader fetches the object (``ttg.store``).
+    ``param_errors`` are ``(parameter index, error)`` pairs, or triples with the
+    error's traceback; the result list holds None at their places. A run with a
+    results store keeps its results there: the ledger then holds ``ref`` (the
+    object, its rows and digest) and ``result`` is None until a reader fetches the
+    object (``ttg.store``).
     """
 
     chunk: int
@@ -204,7 +309,7 @@ class Outcome:
     finished_at: float
     result: list[Any] | None = None
     error: str | None = None
-    param_errors: tuple[tuple[int, str], ...] = ()
+    param_errors: tuple[tuple[int, str] | tuple[int, str, str], ...] = ()
     started_at: float | None = None
     round: int = 0
     #: ``result`` already encoded as JSON (the worker encodes once, to find unserialisable values).
@@ -239,25 +344,46 @@ class Outcome:
         return f'{head[:-1]},"r":{result}}}'
 
     @classmethod
-    def from_dict(cls, chunk: int, d: dict[str, Any]) -> Outcome:
+    def from_dict(cls, chunk: int, d: Any) -> Outcome:
+        """An outcome read from a ledger, every field checked.
+
+        Raises:
+            DecodeError: a field is missing, of the wrong type or out of bounds.
+        """
+        d = decode.as_dict(d, f"outcome of chunk {chunk}")
+        try:
+            status = Status(d["s"])
+        except (KeyError, ValueError, TypeError):
+            raise DecodeError(
+                f"outcome of chunk {chunk}: status {decode.preview(d.get('s'), 40)} is unknown"
+            ) from None
+        result = d.get("r")
+        if result is not None and not isinstance(result, list):
+            raise DecodeError(f"outcome of chunk {chunk}: results are not a list")
+        t0 = d.get("t0")
         return cls(
             chunk=chunk,
-            status=Status(d["s"]),
-            params=int(d["n"]),
-            worker=str(d["w"]),
-            attempt=int(d["a"]),
-            finished_at=float(d["t"]),
-            result=d.get("r"),
-            error=d.get("e"),
-            param_errors=tuple((int(i), str(e)) for i, e in d.get("pe") or ()),
-            started_at=d.get("t0"),
-            round=int(d.get("g", 0)),
-            ref=ObjectRef.from_dict(d["o"]) if d.get("o") is not None else None,
+            status=status,
+            params=decode.as_int(d.get("n"), "its parameter count", 0, MAX_PARAMS),
+            worker=decode.as_str(d.get("w"), "its worker", MAX_WORKER_CHARS),
+            attempt=decode.as_int(d.get("a"), "its attempt", 0, MAX_PARAMS),
+            finished_at=decode.as_float(d.get("t"), "its finish time"),
+            result=result,
+            error=decode.opt_str(d.get("e"), "its error", MAX_ERROR_CHARS),
+            param_errors=param_errors(d.get("pe")),
+            started_at=None if t0 is None else decode.as_float(t0, "its start time"),
+            round=decode.as_int(d.get("g", 0), "its round", 0, MAX_PARAMS),
+            ref=_ref(chunk, d.get("o")),
         )
 
     @classmethod
-    def from_json(cls, chunk: int, text: str) -> Outcome:
-        return cls.from_dict(chunk, json.loads(text))
+    def from_json(cls, chunk: int, text: str | bytes) -> Outcome:
+        """``from_dict`` of JSON text (NaN and Infinity kept: a compute may return them).
+
+        Raises:
+            DecodeError: as ``from_dict``, or the text is not JSON.
+        """
+        return cls.from_dict(chunk, decode.loads(text, what=f"chunk {chunk}", allow_nan=True))
 
     @classmethod
     def dead(cls, d: Delivery, worker: str, error: str) -> Outcome:
@@ -323,6 +449,11 @@ class Progress:
     failed: int = 0
     malformed: int = 0
     queue_depth: int = 0
+    #: Chunks ``ttg retry`` re-queued, ever, and the computed parameters their earlier
+    #: outcomes had counted: what left ``done``/``errors``/``dead`` and ``done_params``.
+    #: Added back, they give counts that only grow (the exporter's counters).
+    retried: int = 0
+    retried_params: int = 0
     #: Live workers serving the run (None: the backend cannot tell).
     workers: int | None = None
     control: str = "running"
@@ -330,6 +461,8 @@ class Progress:
     in_flight: list[InFlight] = field(default_factory=list)
     #: The last few distinct errors (compute failures, malformed messages), newest first.
     recent_errors: list[str] = field(default_factory=list)
+    #: Records of the run the broker holds that could not be read (garbage), described.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:

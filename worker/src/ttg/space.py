@@ -45,7 +45,10 @@ class RangeSpace:
 
     @property
     def size(self) -> int:
-        return len(range(self.start, self.stop, self.step))
+        # len(range(...)) would raise OverflowError past 2**63; the bound is checked by RunSpec.
+        if self.step > 0:
+            return max(0, (self.stop - self.start + self.step - 1) // self.step)
+        return max(0, (self.start - self.stop - self.step - 1) // -self.step)
 
     def value(self, index: int) -> int:
         return self.start + index * self.step
@@ -143,5 +146,7 @@ def _grid_value(raw: str) -> Any:
         raise UsageError('grid values must not be empty (write "" for an empty string)')
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise UsageError(f"grid value {raw[:40]!r}…: nested too deep") from None
     except ValueError:
         return raw

@@ -17,6 +17,7 @@ from typing import Any
 
 from ttg import compute
 from ttg.broker import Broker
+from ttg.decode import Problems
 from ttg.run import Outcome, Progress, RunSpec, Status
 from ttg.store.check import StoreCheck
 
@@ -37,6 +38,8 @@ def status_report(p: Progress, rate: float | None = None) -> dict[str, Any]:
         warnings.append(f"no live worker: {remaining} chunks wait")
     if p.malformed:
         warnings.append(f"{p.malformed} task messages could not be read (see recent_errors)")
+    if p.problems:
+        warnings.append("some of the run's records could not be read (see problems)")
     return {
         "ts": round(time.time(), 3),
         "run": p.run,
@@ -59,6 +62,7 @@ def status_report(p: Progress, rate: float | None = None) -> dict[str, Any]:
         "in_flight": [asdict(f) for f in p.in_flight],
         "recent_errors": p.recent_errors,
         "warnings": warnings,
+        "problems": list(p.problems),
         "progress": round(p.ratio, 4),
         "rate_chunks_s": round(rate, 2) if rate is not None else None,
         "eta_s": eta,
@@ -132,8 +136,11 @@ def verify(
     spec = broker.spec(run)
     progress = broker.progress(run)
     check = check or StoreCheck(spec)
-    t = _scan(spec, check.outcomes(broker.ledger(run)))
-    problems = t.problems + check.finish()
+    unreadable = Problems()
+    t = _scan(spec, check.outcomes(broker.ledger(run, problems=unreadable)))
+    # Records that cannot be read are problems: the run is not what its ledger says.
+    problems = [f"unreadable: {line}" for line in (*progress.problems, *unreadable.lines())]
+    problems += t.problems + check.finish()
     missing = [c for c in range(spec.total_chunks) if not t.seen[c]]
     if (progress.done, progress.errors, progress.dead) != (
         t.ok_chunks,

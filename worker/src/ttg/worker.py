@@ -237,6 +237,7 @@ class Worker:
     def _work(self, batch: list[Delivery]) -> None:
         """Compute ``batch`` in the compute thread and settle every delivery of it."""
         in_hand = {id(d): d for d in batch}
+        self.metrics.see(d.run for d in batch)
         self.metrics.in_flight.set(len(in_hand))
         outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]] = queue.SimpleQueue()
         self._computing = True
@@ -312,7 +313,7 @@ class Worker:
         if fn is None:
             try:
                 compute.check_allowed(spec.compute, self.compute_allow)
-                fn = self._loaded[spec.compute] = compute.load(spec.compute)
+                fn = self._loaded[spec.compute] = compute.load(spec.compute, self.compute_allow)
             except UsageError as e:
                 # The same answer on every attempt: dead at once, never retried.
                 return _Complete(Outcome.dead(d, self.name, str(e)))

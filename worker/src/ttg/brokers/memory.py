@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttg.broker import Broker, Consumer, RetryReport, SeedReport
+from ttg.decode import Problems
 from ttg.errors import BrokerError, RunConflict, RunNotFound, UsageError
 from ttg.run import (
     CONTROLS,
@@ -155,6 +156,10 @@ class MemoryBroker(Broker):
                 redelivered=s["redelivered"],
                 failed=s["failed"],
                 malformed=s["malformed"],
+                retried=len(r.history),
+                retried_params=sum(
+                    o.params - len(o.param_errors) for o in r.history if o.status is not Status.DEAD
+                ),
                 queue_depth=len(r.queue) + len(r.delayed) + len(r.held),
                 workers=sum(1 for t in self._leases.values() if t > now),
                 control=r.control,
@@ -166,7 +171,7 @@ class MemoryBroker(Broker):
                 recent_errors=errors,
             )
 
-    def ledger(self, run: str) -> Iterator[Outcome]:
+    def ledger(self, run: str, *, problems: Problems | None = None) -> Iterator[Outcome]:
         with self._lock:
             outcomes = list(self._run(run).ledger.values())
         yield from outcomes

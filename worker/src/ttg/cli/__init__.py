@@ -3,12 +3,15 @@
 Exit codes (docs/contract.md): 0 yes/done; 1 the answer is no (verify found
 failures or problems); 2 bad input, including a run the broker does not know
 (one line on stderr, never a traceback); 3 broker unreachable; 4 the broker
-refused our credentials or our TLS handshake.
+refused our credentials or our TLS handshake; 5 the run's data in the broker
+cannot be read (garbage, or a spec from a newer version); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -20,7 +23,14 @@ from typing import Any, NoReturn
 from ttg import __version__, config, logs
 from ttg.backoff import Backoff
 from ttg.broker import TLS, Broker, open_broker, with_credentials
-from ttg.errors import AuthenticationError, BrokerConnectionError, TTGError, UsageError
+from ttg.decode import one_line
+from ttg.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
+    Interrupted,
+    TTGError,
+    UsageError,
+)
 from ttg.run import check_run_id
 
 log = logging.getLogger("ttg")
@@ -33,27 +43,37 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
+#: Largest integer a flag takes unless it says less (a signed 64-bit integer).
+MAX_FLAG_INT = 2**63 - 1
+
+
+def int_at_least(minimum: int, maximum: int = MAX_FLAG_INT) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[minimum, maximum]``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is above {maximum}")
         return value
 
     return parse
 
 
-def float_at_least(minimum: float) -> Callable[[str], float]:
+def float_at_least(minimum: float, maximum: float = 1e9) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[minimum, maximum]`` (never NaN or infinite)."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+        if not minimum <= value <= maximum:  # also refuses nan and the infinities
+            raise argparse.ArgumentTypeError(f"{text[:40]} is not between {minimum} and {maximum}")
         return value
 
     return parse
@@ -134,12 +154,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(args.log_format, args.log_level)
         return int(args.func(args))
     except TTGError as e:
-        print(f"ttg: error: {e}", file=sys.stderr)
+        # Messages may quote what the broker or user code holds: one line, no escapes.
+        kind = "" if isinstance(e, Interrupted) else "error: "
+        print(f"ttg: {kind}{one_line(str(e), 2000)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         # `ttg results | head`: the reader left; not an error. Quiet the interpreter's
         # own flush of stdout at exit, which would fail the same way.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return 0
+    except OSError as e:
+        # Writing the output failed (a full disk, /dev/full, a file system gone read-only):
+        # the output's place is the user's input, so exit 2, in one line.
+        _quiet_stdout()
+        what = "cannot write the output" if e.errno in _WRITE_ERRORS else "error"
+        print(f"ttg: error: {what}: {one_line(e.strerror or str(e), 300)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+#: errno values that say a write failed for want of room or of a writable device.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's own flush at exit would fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -22,6 +22,7 @@ from ttg.broker import BACKENDS, Broker, open_broker
 from ttg.cli import Command, int_at_least
 from ttg.cli import progress as bars
 from ttg.errors import TTGError, UsageError
+from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.metrics import RateMeter
 from ttg.processes import EmbeddedRedis, LocalWorkers, RabbitMQNode
 from ttg.run import RunSpec
@@ -39,11 +40,15 @@ def add_parser(command: Command) -> None:
         "compute",
         "compute-allow",
     )
-    p.add_argument("--params", type=int_at_least(1), default=None, help="range 0..N-1 (20000)")
+    p.add_argument(
+        "--params", type=int_at_least(1, MAX_PARAMS), default=None, help="range 0..N-1 (20000)"
+    )
     p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
-    p.add_argument("--chunk-size", type=int_at_least(1), default=100)
-    p.add_argument("--workers", type=int_at_least(1), default=2)
-    p.add_argument("--work-ms", type=int_at_least(0), default=40, help="simulated cost per chunk")
+    p.add_argument("--chunk-size", type=int_at_least(1, MAX_PARAMS), default=100)
+    p.add_argument("--workers", type=int_at_least(1, 64), default=2)
+    p.add_argument(
+        "--work-ms", type=int_at_least(0, MAX_WORK_MS), default=40, help="simulated cost per chunk"
+    )
     p.add_argument(
         "--kill-at",
         type=_fraction,
@@ -85,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # Your own compute: refused here if not allowed, and imported here first, so a typo
     # is one line now rather than every chunk dead later.
     compute.check_allowed(args.compute, args.compute_allow)
-    compute.load(args.compute)
+    compute.load(args.compute, args.compute_allow)
     demo = _Demo(args)
     demo.say(f"starting a local {args.backend} broker ...")
     server = _start_broker(args.backend)
@@ -142,7 +147,7 @@ class _Demo:
         )
         started = time.monotonic()
         workers.start(args.workers)
-        meter = RateMeter(halflife=2.0)
+        meter = RateMeter(window=5.0)
         self.bar = bars.Bar(spec.run, enabled=not args.json and sys.stderr.isatty())
 
         def status() -> dict[str, Any]:

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from ttg.decode import printable
+
 #: Width of the bar itself, in characters.
 BAR_WIDTH = 30
 #: Chunks in flight listed by ``explain``.
@@ -69,6 +71,7 @@ def explain(report: dict[str, Any]) -> str:
         # `ttg retry`), they no longer describe the run.
         lines += [f"  error: {e}" for e in report.get("recent_errors") or []]
     lines += [f"  warning: {w}" for w in report.get("warnings") or []]
+    lines += [f"  problem: {p}" for p in report.get("problems") or []]
     flights = report.get("in_flight") or []
     for f in flights[:IN_FLIGHT_SHOWN]:
         lines.append(
@@ -77,7 +80,9 @@ def explain(report: dict[str, Any]) -> str:
         )
     if len(flights) > IN_FLIGHT_SHOWN:
         lines.append(f"  ... and {len(flights) - IN_FLIGHT_SHOWN} more in flight")
-    return "\n".join(lines)
+    # Errors and names come from the broker and user code: no escape sequence reaches
+    # the terminal.
+    return printable("\n".join(lines))
 
 
 class Bar:

@@ -13,21 +13,13 @@ from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
 from ttg.cli import progress as bars
-from ttg.errors import RunNotFound, UsageError
+from ttg.decode import Problems, one_line
+from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
+from ttg.export import AGGREGATES, FORMATS, ExportOptions, aggregate_ledger, export
+from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.metrics import RateMeter
-from ttg.results import (
-    AGGREGATES,
-    aggregate,
-    check_writable,
-    chunk_rows,
-    in_chunk_order,
-    output,
-    parameter_rows,
-    write_csv,
-    write_jsonl,
-    write_parameters_jsonl,
-    write_parquet,
-)
+from ttg.outputs import check_output
+from ttg.results import dumps, problems_line
 from ttg.run import RunSpec
 from ttg.store import certificate
 from ttg.store.check import StoreCheck
@@ -62,7 +54,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     # unless the seeder does not have the user's code.
     compute.check_allowed(spec.compute, args.compute_allow)
     if not args.no_check:
-        compute.load(spec.compute)
+        compute.load(spec.compute, args.compute_allow)
     if spec.results != store.BROKER:
         store.check_writable(spec.results)  # before the run exists: exit 3 or 4 otherwise
     broker = connect(args)
@@ -98,7 +90,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         report = status_report(broker.progress(args.run))
         emit(args, report, bars.explain(report))
         return 0
-    meter = RateMeter(halflife=5.0)
+    meter = RateMeter(window=15.0)
     bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
     waiting = False
     while True:
@@ -134,7 +126,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not args.run:
         raise UsageError("the following arguments are required: --run (or --offline)")
     if args.certificate:
-        check_writable(args.certificate)
+        check_output(args.certificate, "--certificate")
     broker = connect(args)
     spec = broker.spec(args.run)
     if args.certificate and spec.results == store.BROKER:
@@ -199,7 +191,9 @@ def _verify_offline(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    check_writable(args.output)
+    opts = ExportOptions(args.format, args.output, args.chunks, args.raw)
+    if args.output:
+        check_output(args.output)  # before any work
     broker = connect(args)
     spec = broker.spec(args.run)  # an unknown run is an error, not an empty file
     p = broker.progress(args.run)
@@ -209,46 +203,20 @@ def cmd_results(args: argparse.Namespace) -> int:
             f"{p.total_chunks} chunks have no outcome yet, their rows are missing",
             file=sys.stderr,
         )
+    unreadable = Problems()
     # A run with a results store: each chunk's object is read (and checked) in turn.
-    outcomes = resolved(spec, in_chunk_order(broker.ledger(args.run)))
-    if args.aggregate:
-        emit_all = aggregate(args.aggregate, parameter_rows(spec, outcomes))
-        emit_all["run"] = args.run
-        print(bars.as_json(emit_all))
-        return 0
-    if args.format == "parquet":
-        if not args.output:
-            raise UsageError("--format parquet needs --output FILE")
-        if args.chunks:
-            raise UsageError("--chunks is for jsonl and csv")
-        write_parquet(spec, parameter_rows(spec, outcomes), args.output)
-        return 0
-    with output(args.output, sys.stdout) as out:
-        if args.chunks:
-            rows = chunk_rows(outcomes)
-            if args.format == "csv":
-                _write_chunks_csv(rows, out)
-            else:
-                write_jsonl(rows, out)
-        elif args.format == "csv":
-            write_csv(spec, parameter_rows(spec, outcomes), out)
+    ledger = resolved(spec, broker.ledger(args.run, problems=unreadable))
+    try:
+        if args.aggregate:
+            reduced = aggregate_ledger(spec, ledger, args.aggregate)
+            print(dumps({**reduced, "run": args.run}, sort_keys=True), flush=True)
         else:
-            write_parameters_jsonl(spec, outcomes, out)
+            export(spec, ledger, opts, sys.stdout)
+    finally:
+        warning = problems_line(args.run, unreadable)
+        if warning:
+            print(f"ttg: warning: {warning}", file=sys.stderr)
     return 0
-
-
-def _write_chunks_csv(rows: Any, out: Any) -> None:
-    import csv  # noqa: PLC0415
-    import json  # noqa: PLC0415
-
-    from ttg.results import CHUNK_FIELDS  # noqa: PLC0415
-
-    writer = csv.writer(out)
-    writer.writerow(CHUNK_FIELDS)
-    for r in rows:
-        writer.writerow(
-            [json.dumps(r[k]) if k in ("result", "param_errors") else r[k] for k in CHUNK_FIELDS]
-        )
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -277,7 +245,7 @@ def write_run_report(broker: Broker, run: str, path: str) -> ReportSummary:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    check_writable(args.output)
+    check_output(args.output)
     summary = write_run_report(connect(args), args.run, args.output)
     lost = f", lost workers: {', '.join(summary.lost_workers)}" if summary.lost_workers else ""
     emit(
@@ -308,6 +276,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             p = broker.progress(run)
         except UsageError:
             continue  # deleted meanwhile
+        except RunDataError as e:
+            rows.append(_unreadable_row(run, e, args.backend))
+            continue
         rows.append(
             {
                 "run": run,
@@ -319,6 +290,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "workers": p.workers,
                 "age_s": round(now - p.seeded_at, 1) if p.seeded_at else None,
                 "backend": args.backend,
+                "problems": p.problems,
             }
         )
     lines = [f"{'RUN':<24} {'STATE':<24} {'PROGRESS':>9} {'FAILURES':>9} {'WORKERS':>8} {'AGE':>8}"]
@@ -328,8 +300,25 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{'?' if r['workers'] is None else r['workers']:>8} "
             f"{bars.duration(r['age_s']):>8}"
         )
+        lines += [f"  problem: {one_line(p, 300)}" for p in r["problems"]]
     emit(args, {"runs": rows}, "\n".join(lines) if rows else "no runs")
     return 0
+
+
+def _unreadable_row(run: str, e: RunDataError, backend: str) -> dict[str, Any]:
+    """A row of ``ttg runs`` for a run whose spec cannot be read: what is wrong, and zeros."""
+    return {
+        "run": run,
+        "state": "unsupported" if isinstance(e, UnsupportedRun) else "unreadable",
+        "progress": 0.0,
+        "done": 0,
+        "failures": 0,
+        "total_chunks": None,
+        "workers": None,
+        "age_s": None,
+        "backend": backend,
+        "problems": [e.problem],
+    }
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -361,14 +350,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     broker = connect(args)
-    spec = broker.spec(args.run)  # unknown run: exit 2, like every other command
+    try:
+        spec: RunSpec | None = broker.spec(args.run)
+    except RunDataError:
+        spec = None  # a run whose data cannot be read is deleted all the same
     # The objects first: while the run exists, a failed deletion can be tried again.
-    objects = not args.keep_results and delete_run(spec)
-    broker.delete(args.run)
+    objects = bool(spec and not args.keep_results and delete_run(spec))
+    if not broker.delete(args.run):
+        raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
     emit(
         args,
         {"run": args.run, "deleted": True, "results_deleted": objects},
-        f"run {args.run} deleted" + (f", and its results in {spec.results}" if objects else ""),
+        f"run {args.run} deleted"
+        + (f", and its results in {spec.results}" if spec and objects else ""),
     )
     return 0
 
@@ -396,9 +390,18 @@ def add_parsers(command: Command) -> None:
         "results-url",
     )
     with_run(p)
-    p.add_argument("--params", type=int_at_least(1), help="parameters 0..N-1 (or give --space)")
-    p.add_argument("--chunk-size", required=True, type=int_at_least(1))
-    p.add_argument("--work-ms", type=int_at_least(0), default=0, help="simulated cost per chunk")
+    p.add_argument(
+        "--params",
+        type=int_at_least(1, MAX_PARAMS),
+        help="parameters 0..N-1 (or give --space)",
+    )
+    p.add_argument("--chunk-size", required=True, type=int_at_least(1, MAX_PARAMS))
+    p.add_argument(
+        "--work-ms",
+        type=int_at_least(0, MAX_WORK_MS),
+        default=0,
+        help=f"simulated cost per chunk (at most {MAX_WORK_MS})",
+    )
     p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
     p.add_argument(
         "--no-check",
@@ -414,7 +417,7 @@ def add_parsers(command: Command) -> None:
     )
     p.add_argument(
         "--interval",
-        type=float_at_least(0.01),
+        type=float_at_least(0.01, 3600),
         default=1.0,
         help="seconds between updates with --watch (>= 0.01)",
     )
@@ -448,9 +451,17 @@ def add_parsers(command: Command) -> None:
         command("results", cmd_results, "export results, one row per parameter", *conn),
         json_flag=False,
     )
-    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
-    p.add_argument("--output", help="file to write (default stdout)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
+    p.add_argument(
+        "--output",
+        help="file to write (default stdout): written beside it, renamed over it when complete",
+    )
     p.add_argument("--chunks", action="store_true", help="one row per chunk instead")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="CSV cells as they are (by default a text cell starting with = + - @ gets a ')",
+    )
     p.add_argument(
         "--aggregate",
         metavar="HOW",

@@ -12,13 +12,12 @@ carry it, and only :func:`write_report` needs it.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ttg.errors import UsageError
+from ttg.outputs import replacing
 from ttg.report.aggregate import Aggregate
 from ttg.report.model import ChunkRow, Event, ReportSummary
 
@@ -43,7 +42,8 @@ def write_report(
     must be known first); neither is held in memory.
 
     Args:
-        path: Where the ``.html`` goes; replaced if it exists.
+        path: Where the ``.html`` goes; a regular file replaced if it exists (written
+            beside it and renamed over it); a FIFO, device or symbolic link is refused.
         run: The run id.
         verify: What ``ttg verify --run R --json`` prints.
         chunks: One row per counted ledger outcome; may be 10^7 rows.
@@ -71,15 +71,12 @@ def write_report(
     html = page.render(run, verify, agg)
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        # A reader never sees half a report: write aside, then rename over.
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise UsageError(f"cannot write the report to {path}: {e.strerror or e}") from None
+    # A reader never sees half a report, and nothing but a regular file is replaced.
+    with replacing(path, "cannot write the report to") as tmp:
+        try:
+            tmp.write_text(html, encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write the report to {path}: {e.strerror or e}") from None
     return ReportSummary(
         path=path,
         bytes=path.stat().st_size,

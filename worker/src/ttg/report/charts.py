@@ -240,7 +240,10 @@ def timeline_figure(agg: Aggregate, axis: TimeAxis, lanes: Sequence[Lane]) -> Fi
             _draw_lost(ax, y, lane, lane.lost_at, axis)
 
     ax.set_yticks(range(len(lanes)))
-    ax.set_yticklabels([ln.name + ("  LOST" if ln.lost_at is not None else "") for ln in lanes])
+    # Worker names are anyone's text: "$x$" must not be read as mathtext (or fail as it).
+    ax.set_yticklabels(
+        [ln.name + ("  LOST" if ln.lost_at is not None else "") for ln in lanes], parse_math=False
+    )
     for tick, lane in zip(ax.get_yticklabels(), lanes, strict=True):
         if lane.lost_at is not None:
             tick.set_color(COLOURS["lost"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import pika.exceptions as pex
 
 from ttg.broker import TLS, Broker, RetryReport, SeedReport
+from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.connection import (
     ADMIN_BLOCKED_TIMEOUT,
     ADMIN_HEARTBEAT,
@@ -36,8 +38,11 @@ from ttg.brokers.rabbitmq.connection import (
 from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
 from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
 from ttg.brokers.rabbitmq.seeder import WindowedSeeder, group_size
-from ttg.errors import RunConflict, RunNotFound, UsageError
+from ttg.decode import DecodeError, Problems
+from ttg.errors import RunConflict, RunDataError, RunNotFound, UsageError
 from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec, Status
+
+log = logging.getLogger(__name__)
 
 #: Most events ``events`` returns (a report needs their shape, not every one).
 EVENTS_READ = 100_000
@@ -49,31 +54,54 @@ ACTIVITY_FRESH_SECONDS = 1.5
 
 @dataclass
 class _RunState:
-    """What this process has read of one run, kept current by its stream tails."""
+    """What this process has read of one run, kept current by its stream tails.
 
+    Each fold raises ``DecodeError`` (or ``RunDataError``) on garbage; the tail
+    counts it among its problems and goes on.
+    """
+
+    run: str = ""
     spec: RunSpec | None = None
+    #: Why the run's spec could not be read, if it could not.
+    spec_error: RunDataError | None = None
     cursor: int = 0
     seeded_at: float | None = None
     fold: LedgerFold | None = None
     #: worker -> its latest activity snapshot
-    activity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    activity: dict[str, qdecode.Snapshot] = field(default_factory=dict)
     tails: dict[str, StreamTail] = field(default_factory=dict)
 
     def fold_meta(self, msg: dict[str, Any]) -> None:
-        if "spec" in msg and self.spec is None:
-            self.spec = RunSpec.from_dict(msg["spec"])
-            self.seeded_at = msg.get("t")
+        if "spec" in msg and self.spec is None and self.spec_error is None:
+            try:
+                self.spec = RunSpec.from_dict(msg["spec"], self.run or None)
+            except RunDataError as e:
+                self.spec_error = e
+                raise
+            self.seeded_at = qdecode.timestamp(msg.get("t"), "seeding time")
             self.fold = LedgerFold(self.spec.total_chunks)
         elif "cursor" in msg:
-            self.cursor = max(self.cursor, int(msg["cursor"]))
+            self.cursor = max(self.cursor, qdecode.cursor(msg))
 
     def fold_ledger(self, msg: dict[str, Any]) -> None:
         if self.fold is not None:
             self.fold.add(msg)
 
     def fold_activity(self, msg: dict[str, Any]) -> None:
-        if "w" in msg:
-            self.activity[msg["w"]] = msg
+        snap = qdecode.snapshot(msg)
+        self.activity[snap.worker] = snap
+
+    def problems(self) -> Problems:
+        """Everything of the run that could not be read, from every stream read so far."""
+        out = Problems()
+        sources = [t.problems for t in self.tails.values()]
+        if self.fold is not None:
+            sources.append(self.fold.problems)
+        for p in sources:
+            for line in p.shown:
+                out.add(line)
+            out.count += p.count - len(p.shown)
+        return out
 
 
 class RabbitMQBroker(Broker):
@@ -92,6 +120,7 @@ class RabbitMQBroker(Broker):
         self._pub.confirm_delivery()
         self._runs: dict[str, str] = {}  # run -> control
         self._runs_tail: StreamTail | None = None
+        self._runs_problems = 0
         self._state: dict[str, _RunState] = {}
 
     def _ensure_open(self) -> None:
@@ -103,7 +132,7 @@ class RabbitMQBroker(Broker):
             self._pub.confirm_delivery()
 
     def _tail(self, run: str, stream: str, offset: Any = "first") -> StreamTail:
-        state = self._state.setdefault(run, _RunState())
+        state = self._state.setdefault(run, _RunState(run))
         tail = state.tails.get(stream)
         if tail is None:
             fold = {
@@ -140,7 +169,7 @@ class RabbitMQBroker(Broker):
             # No meta stream: no such run. (A 404 closes the publishing channel.)
             self._forget(run)
             self._ensure_open()
-            return _RunState()
+            return _RunState(run)
 
     @translated
     def ping(self) -> None:
@@ -157,6 +186,8 @@ class RabbitMQBroker(Broker):
         ch.confirm_delivery()
         declare_run(ch, spec)
         state = self._meta(run, exact=True)
+        if state.spec_error is not None:
+            raise state.spec_error
         if state.spec is None:
             announce = {"spec": spec.to_dict(), "t": time.time()}
             publish(ch, queue(run, "meta"), announce)
@@ -184,17 +215,22 @@ class RabbitMQBroker(Broker):
         state = self._state.get(run)
         if state is None or state.spec is None:
             state = self._meta(run, exact=True)
+        if state.spec_error is not None:
+            raise state.spec_error
         if state.spec is None:
             raise RunNotFound(f"no run {run!r} on this broker")
         return state.spec
 
     def _fold_run(self, msg: dict[str, Any]) -> None:
-        if "deleted" in msg:
-            self._runs.pop(msg["deleted"], None)
-        elif "control" in msg and msg.get("run") in self._runs:
-            self._runs[msg["run"]] = msg["control"]
-        elif "spec" in msg and "run" in msg:
-            self._runs.setdefault(msg["run"], "running")
+        # A run is listed when announced, whether or not its spec can be read: so
+        # `ttg runs` shows it with its problem and `ttg delete` can remove it.
+        m = qdecode.runs_message(msg)
+        if m.kind == "deleted":
+            self._runs.pop(m.run or "", None)
+        elif m.kind == "control" and m.run in self._runs:
+            self._runs[m.run] = m.control or "running"
+        elif m.kind == "announce" and m.run is not None:
+            self._runs.setdefault(m.run, "running")
 
     def _sync_runs(self) -> None:
         self._ensure_open()
@@ -204,6 +240,9 @@ class RabbitMQBroker(Broker):
         # Exact on the first read; incremental after (a barrier per call would be a
         # write per `ttg status --watch` tick).
         self._runs_tail.sync(None if self._runs_tail.caught_up else self._pub)
+        if self._runs_tail.problems.count > self._runs_problems:
+            self._runs_problems = self._runs_tail.problems.count
+            log.warning("%s: %s", RUNS, "; ".join(self._runs_tail.problems.lines()))
 
     @translated
     def runs(self) -> list[str]:
@@ -217,11 +256,11 @@ class RabbitMQBroker(Broker):
         # A snapshot may outlive its worker by up to ACTIVITY_FRESH_SECONDS (RabbitMQ
         # requeues a dead worker's chunks at once); a chunk with an outcome is not in flight.
         return [
-            InFlight(int(chunk), worker, int(attempt), round(now - float(started), 3))
+            InFlight(h.chunk, worker, h.attempt, round(now - h.since, 3))
             for worker, snap in sorted(state.activity.items())
-            if now - float(snap["t"]) < ACTIVITY_FRESH_SECONDS
-            for chunk, attempt, started in snap["h"]
-            if 0 <= int(chunk) < fold.total and fold.is_open(int(chunk))
+            if now - snap.t < ACTIVITY_FRESH_SECONDS
+            for h in snap.held
+            if h.chunk < fold.total and fold.is_open(h.chunk)
         ]
 
     @translated
@@ -256,6 +295,8 @@ class RabbitMQBroker(Broker):
             redelivered=fold.redelivered,
             failed=fold.failed,
             malformed=fold.malformed,
+            retried=fold.retried,
+            retried_params=fold.retried_params,
             # Messages may carry several chunks (and hold none once their chunks are
             # done), so count chunks: seeded and without an outcome yet.
             queue_depth=max(0, state.cursor - fold.finished),
@@ -264,6 +305,7 @@ class RabbitMQBroker(Broker):
             seeded_at=state.seeded_at,
             in_flight=in_flight,
             recent_errors=list(fold.recent),
+            problems=state.problems().lines(),
         )
 
     def _exact_fold(self, run: str) -> LedgerFold:
@@ -271,34 +313,35 @@ class RabbitMQBroker(Broker):
         state = self._sync(run, "ledger", exact=True)
         return state.fold or LedgerFold(spec.total_chunks)
 
-    def ledger(self, run: str) -> Iterator[Outcome]:
+    def ledger(self, run: str, *, problems: Problems | None = None) -> Iterator[Outcome]:
+        found = Problems() if problems is None else problems
         try:
             total = self.spec(run).total_chunks
             rounds = dict(self._exact_fold(run).rounds)
-            yield from _winners(read_stream(self.params, queue(run, "ledger")), total, rounds)
+            messages = read_stream(self.params, queue(run, "ledger"), problems=found)
+            yield from _winners(messages, total, rounds, found)
         except PIKA_ERRORS as e:
             translate(e)
+        if problems is None and found:
+            log.warning("run %s: %s", run, "; ".join(found.lines()))
 
     def events(self, run: str) -> Iterator[RunEvent]:
         try:
-            self.spec(run)
+            total = self.spec(run).total_chunks
             events: list[RunEvent] = []
             for msg in read_stream(self.params, queue(run, "ledger")):
-                kind = msg.get("e")
-                if not kind or len(events) >= EVENTS_READ:
+                if len(events) >= EVENTS_READ:
+                    break
+                try:
+                    e = qdecode.event(msg, total)
+                except DecodeError:
+                    continue  # progress reports it
+                if e is None:
                     continue
-                chunks = msg.get("c")
-                for item in chunks if isinstance(chunks, list) else [chunks]:
-                    chunk = item[0] if isinstance(item, list) else item
+                chunks = [r.chunk for r in e.retried] if e.kind == "retry" else [e.chunk]
+                for chunk in chunks:
                     events.append(
-                        RunEvent(
-                            t=float(msg.get("t") or 0),
-                            kind=str(kind),
-                            chunk=int(chunk) if isinstance(chunk, int) else None,
-                            worker=msg.get("w"),
-                            previous_worker=msg.get("p"),
-                            detail=msg.get("d"),
-                        )
+                        RunEvent(e.t, e.kind, chunk, e.worker, e.previous_worker, e.detail)
                     )
             yield from self._with_previous_holders(run, events)
         except PIKA_ERRORS as e:
@@ -320,12 +363,16 @@ class RabbitMQBroker(Broker):
         #: chunk -> [(time, worker)] of the snapshots that showed it held
         seen: dict[int, list[tuple[float, str]]] = {}
         last_seen: dict[str, float] = {}
-        for snap in read_stream(self.params, queue(run, "activity")):
-            t, worker = float(snap.get("t", 0)), str(snap.get("w"))
+        for msg in read_stream(self.params, queue(run, "activity")):
+            try:
+                snap = qdecode.snapshot(msg)
+            except DecodeError:
+                continue
+            t, worker = snap.t, snap.worker
             last_seen[worker] = max(t, last_seen.get(worker, 0.0))
-            for held in snap.get("h") or ():
-                if held and held[0] in wanted:
-                    seen.setdefault(int(held[0]), []).append((t, worker))
+            for held in snap.held:
+                if held.chunk in wanted:
+                    seen.setdefault(held.chunk, []).append((t, worker))
         out = []
         for event in events:
             e = event
@@ -356,13 +403,15 @@ class RabbitMQBroker(Broker):
         wanted = {s for s, on in (("dead", dead), ("errors", errors)) if on}
         spec = self.spec(run)
         fold = self._exact_fold(run)
+        problems = Problems()
+        messages = read_stream(self.params, queue(run, "ledger"), problems=problems)
         again = [
             o
-            for o in _winners(
-                read_stream(self.params, queue(run, "ledger")), spec.total_chunks, dict(fold.rounds)
-            )
+            for o in _winners(messages, spec.total_chunks, dict(fold.rounds), problems)
             if o.status in wanted
         ]
+        if problems:
+            log.warning("run %s: %s", run, "; ".join(problems.lines()))
         if not again:
             return RetryReport(run, 0, 0, fold.max_round())
         round_ = fold.max_round() + 1
@@ -386,7 +435,9 @@ class RabbitMQBroker(Broker):
 
     @translated
     def delete(self, run: str) -> bool:
-        if run not in self.runs():
+        # A run whose announcement could not be read is not listed, but its queues
+        # are still its own: deleted all the same.
+        if run not in self.runs() and not self._exists(queue(run, "meta")):
             return False
         self._forget(run)
         ch = self._conn.channel()
@@ -396,6 +447,18 @@ class RabbitMQBroker(Broker):
         publish(ch, RUNS, {"deleted": run})
         ch.close()
         self._runs.pop(run, None)
+        return True
+
+    def _exists(self, name: str) -> bool:
+        probe = self._conn.channel()  # a missing queue closes the channel it is asked on
+        try:
+            probe.queue_declare(name, passive=True)
+        except pex.ChannelClosedByBroker as e:
+            if e.reply_code == 404:
+                return False
+            raise
+        with contextlib.suppress(*PIKA_ERRORS):
+            probe.close()
         return True
 
     def consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> RabbitMQConsumer:
@@ -413,21 +476,27 @@ class RabbitMQBroker(Broker):
 
 
 def _winners(
-    messages: Iterator[dict[str, Any]], total: int, rounds: dict[int, int]
+    messages: Iterator[dict[str, Any]], total: int, rounds: dict[int, int], problems: Problems
 ) -> Iterator[Outcome]:
-    """The counted outcome of each chunk: the first one of its final round, in stream order."""
+    """The counted outcome of each chunk: the first readable one of its final round."""
     seen = bytearray((total + 7) // 8)
     for msg in messages:
-        for o in msg.get("o") or ():
+        try:
+            batch = qdecode.outcomes(msg)
+        except DecodeError as e:
+            problems.add(str(e))
+            continue
+        for o in batch:
             try:
-                chunk = int(o["c"])
-                if not 0 <= chunk < total or int(o.get("g", 0)) != rounds.get(chunk, 0):
+                chunk = qdecode.outcome_chunk(o, total)
+                if qdecode.round_of(o) != rounds.get(chunk, 0):
                     continue
                 byte, bit = divmod(chunk, 8)
                 if seen[byte] & (1 << bit):
                     continue
                 outcome = Outcome.from_dict(chunk, o)
-            except (KeyError, ValueError, TypeError):
+            except DecodeError as e:
+                problems.add(str(e))
                 continue
             seen[byte] |= 1 << bit
             yield outcome

@@ -49,6 +49,7 @@ import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
 
 from ttg.broker import TLS
+from ttg.decode import mask_url
 from ttg.errors import (
     AuthenticationError,
     BrokerConnectionError,
@@ -107,6 +108,9 @@ def translate(e: BaseException) -> NoReturn:
     if isinstance(e, pex.UnroutableError):
         # A mandatory publish to a queue that is gone: the run was deleted.
         raise RunNotFound("rabbitmq: the run's queues are gone (deleted)") from None
+    if "NOT_ALLOWED - vhost" in repr(e) and "not found" in repr(e):
+        # The URL names a virtual host the broker does not have: bad input, not an outage.
+        raise UsageError(f"broker URL: the broker has no such virtual host ({_text(e)})") from None
     if isinstance(e, pex.ProbableAuthenticationError | pex.AuthenticationError) or (
         isinstance(e, pex.ConnectionClosedByBroker) and e.reply_code in (403, 530)
     ):
@@ -156,11 +160,18 @@ def parameters(
     out = []
     for url in (u.strip() for u in urls.split(",") if u.strip()):
         if not url.startswith(("amqp://", "amqps://")):
-            raise UsageError(f"broker URL {url.split('@')[-1]!r}: expected amqp:// or amqps://")
+            raise UsageError(f"broker URL {mask_url(url)!r}: expected amqp:// or amqps://")
         try:
             params = pika.URLParameters(url)
         except Exception as e:
-            raise UsageError(f"broker URL: {e}") from None
+            # A parser's complaint may quote a piece of a password that broke the URL.
+            why = (
+                str(e)
+                if "@" not in url
+                else "write a password's special characters URL-quoted (@ as %40, / as "
+                "%2F, # as %23, : as %3A), or give the password as TTG_BROKER_PASSWORD"
+            )
+            raise UsageError(f"broker URL {mask_url(url)!r} is malformed: {why}") from None
         if url.startswith("amqps://"):
             params.ssl_options = _ssl_options(url, tls)
         params.heartbeat = heartbeat

@@ -22,7 +22,6 @@ longer than ``STALE_GROUP_SECONDS`` (long chunks: other workers take the rest).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -33,7 +32,9 @@ from typing import Any
 import pika
 import pika.exceptions as pex
 
+from ttg import decode
 from ttg.broker import TLS, Consumer
+from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.connection import (
     RUNS,
     body,
@@ -46,7 +47,8 @@ from ttg.brokers.rabbitmq.connection import (
 )
 from ttg.brokers.rabbitmq.iothread import IOThread
 from ttg.brokers.rabbitmq.messages import Activity, Inbox, Message, Unacked
-from ttg.errors import BrokerError
+from ttg.decode import DecodeError, Throttle
+from ttg.errors import RunDataError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 STALE_GROUP_SECONDS = 0.25
 #: Shortest gap between two activity snapshots of a worker.
 SNAPSHOT_MIN_INTERVAL = 0.05
+#: One log line per skipped run (unreadable, unsupported) or garbage source at most this often.
+SKIP_LOG_SECONDS = 300.0
 
 
 @dataclass
@@ -88,6 +92,9 @@ class RabbitMQConsumer(IOThread, Consumer):
         #: run -> spec and control, from ttg.runs.
         self._specs: dict[str, RunSpec] = {}
         self._controls: dict[str, str] = {}
+        #: Runs announced with a spec this worker cannot read or run: skipped.
+        self._unreadable: dict[str, RunDataError] = {}
+        self._skip_log = Throttle(SKIP_LOG_SECONDS)
         #: run -> its task subscription.
         self._subscribed: dict[str, _Subscription] = {}
         self._unacked = Unacked()
@@ -247,33 +254,52 @@ class RabbitMQConsumer(IOThread, Consumer):
     # -- the I/O thread: runs -----------------------------------------------------------------
 
     def _on_run(self, ch: Any, method: Any, _props: Any, raw: bytes) -> None:
+        # Nothing read here may raise: an exception on the I/O loop closes the
+        # connection, and the replay after the reconnect would meet it again.
         try:
-            msg = json.loads(raw)
-            if "sync" in msg:
-                if msg["sync"] == self._marker:
-                    self._replayed = True  # the history is read: act on where it ended
-                    for run in list(self._specs):
-                        if self._controls.get(run) == "running":
-                            self._subscribe(run)
-                ch.basic_ack(method.delivery_tag)
-                return
-            run = msg.get("run") or msg.get("deleted")
-            if "deleted" in msg:
-                self._specs.pop(run, None)
-                self._controls.pop(run, None)
+            m = qdecode.runs_message(qdecode.message(raw, f"a message of {RUNS}"))
+        except DecodeError as e:
+            if self._skip_log(RUNS):
+                log.error("unreadable message on %s ignored: %s", RUNS, e)
+            ch.basic_ack(method.delivery_tag)
+            return
+        if m.kind == "sync":
+            if m.marker == self._marker:
+                self._replayed = True  # the history is read: act on where it ended
+                for run in list(self._specs):
+                    if self._controls.get(run) == "running":
+                        self._subscribe(run)
+            ch.basic_ack(method.delivery_tag)
+            return
+        run = m.run or ""
+        if m.kind == "deleted":
+            self._specs.pop(run, None)
+            self._controls.pop(run, None)
+            self._unreadable.pop(run, None)
+            self._unsubscribe(run)
+        elif m.kind == "announce":
+            self._announced(run, m.spec)
+        elif m.kind == "control" and run in self._specs:
+            self._controls[run] = m.control or "running"
+            if m.control != "running":
                 self._unsubscribe(run)
-            elif "spec" in msg:
-                self._specs[run] = RunSpec.from_dict(msg["spec"])
-                self._controls.setdefault(run, "running")
-            elif "control" in msg and run in self._specs:
-                self._controls[run] = msg["control"]
-                if msg["control"] != "running":
-                    self._unsubscribe(run)
-            if self._replayed and run in self._specs and self._controls.get(run) == "running":
-                self._subscribe(run)
-        except (ValueError, TypeError, AttributeError, BrokerError) as e:
-            log.error("unreadable message on %s ignored: %s", RUNS, e)
+        if self._replayed and run in self._specs and self._controls.get(run) == "running":
+            self._subscribe(run)
         ch.basic_ack(method.delivery_tag)
+
+    def _announced(self, run: str, spec: Any) -> None:
+        """A run announced: learn its spec, or skip the run if it cannot be read or run."""
+        if run in self._specs or run in self._unreadable:
+            return  # the first announcement since its creation is the run's
+        try:
+            self._specs[run] = RunSpec.from_dict(spec, run)
+            self._controls.setdefault(run, "running")
+        except RunDataError as e:
+            self._unreadable[run] = e
+            if self._skip_log(run):
+                log.error(
+                    "%s; this worker skips the run and serves the others", e, extra={"run": run}
+                )
 
     def _subscribe(self, run: str) -> None:
         if run in self._subscribed or not self._fetching:
@@ -309,16 +335,12 @@ class RabbitMQConsumer(IOThread, Consumer):
             return
         headers = props.headers or {}
         try:
-            first, count = int(headers["c"]), int(headers.get("n", 1))
-            earlier, round_ = int(headers.get("a", 0)), int(headers.get("g", 0))
-            if first < 0 or count < 1 or first + count > spec.total_chunks or earlier < 0:
-                raise ValueError("chunk, count, attempt or round out of range")
-            if round_ < 0:
-                raise ValueError("round out of range")
-        except (KeyError, ValueError, TypeError) as e:
+            t = qdecode.task(headers, spec.total_chunks)
+        except DecodeError as e:
             self._malformed(run, headers, e, method.delivery_tag)
             return
-        attempt = earlier + int(headers.get("x-delivery-count", 0)) + 1
+        first, count, earlier, round_ = t.first, t.count, t.earlier, t.round
+        attempt = earlier + t.delivered + 1
         chunks = range(first, first + count)
         if count > 1 and attempt > 1:
             # A group back from a lost worker: split it, so a chunk that kills its
@@ -343,7 +365,8 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._inbox.put([Delivery(spec, chunk, attempt, msg, round_) for chunk in chunks])
 
     def _malformed(self, run: str, headers: Any, e: Exception, tag: int) -> None:
-        detail = f"malformed task message {headers}: {type(e).__name__}: {e}"
+        # Described, never quoted whole: a 20 MB header is not logged by every worker.
+        detail = f"malformed task message {decode.preview(headers)}: {e}"
         log.error(
             "%s: acknowledged and recorded as a problem of the run", detail, extra={"run": run}
         )
@@ -357,15 +380,19 @@ class RabbitMQConsumer(IOThread, Consumer):
     def _on_dead(self, ch: Any, method: Any, props: Any, _body: bytes) -> None:
         """RabbitMQ dead-lettered a task (delivery limit): record the death in the ledger."""
         run = run_of(method.routing_key) or ""
-        headers = props.headers or {}
         spec = self._specs.get(run)
-        if spec is not None and str(headers.get("c", "")).isdigit():
-            first, count = int(headers["c"]), int(headers.get("n", 1))
-            attempt = int(headers.get("a", 0)) + spec.max_deliveries + 1
+        try:
+            t = None if spec is None else qdecode.task(props.headers or {}, spec.total_chunks)
+        except DecodeError as e:
+            t = None
+            if self._skip_log(f"dead {run}"):
+                log.error("unreadable dead-lettered task dropped: %s", e, extra={"run": run})
+        if spec is not None and t is not None:
+            attempt = t.earlier + spec.max_deliveries + 1
             error = "delivery limit reached: the workers holding it were lost each time"
             dead = [
                 _outcome_json(Outcome.dead(Delivery(spec, c, attempt, None), self.name, error))
-                for c in range(first, min(first + count, spec.total_chunks))
+                for c in range(t.first, t.first + t.count)
             ]
             publish(ch, queue(run, "ledger"), ('{"o":[' + ",".join(dead) + "]}").encode())
         ch.basic_ack(method.delivery_tag)

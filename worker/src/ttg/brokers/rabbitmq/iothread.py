@@ -27,7 +27,7 @@ import pika.exceptions as pex
 
 from ttg.backoff import Backoff
 from ttg.brokers.rabbitmq.connection import PIKA_ERRORS, open_connection, translate
-from ttg.errors import AuthenticationError, BrokerConnectionError, TTGError
+from ttg.errors import AuthenticationError, BrokerConnectionError, TTGError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,10 @@ class IOThread:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._ready.wait(0.05):
             error = self._last_error
-            if isinstance(error, AuthenticationError):
-                # Refused (credentials, an untrusted certificate): retrying cannot
-                # help, so the worker says so once, at once, instead of after the wait.
+            if isinstance(error, AuthenticationError | UsageError):
+                # Refused (credentials, an untrusted certificate, a virtual host the
+                # broker does not have): retrying cannot help, so the worker says so
+                # once, at once, instead of after the wait.
                 self.stop_io()
                 raise error
             if time.monotonic() < deadline:

@@ -11,7 +11,6 @@ Only ``read_stream`` (verify, results, reports) sees results, streamed.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 import zlib
@@ -21,8 +20,11 @@ from typing import Any
 
 import pika
 
+from ttg import decode
+from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.connection import PIKA_ERRORS, open_connection, publish
-from ttg.errors import BrokerError
+from ttg.decode import DecodeError, Problems
+from ttg.errors import BrokerError, RunDataError
 
 #: A stream read is complete when nothing more arrives for this long (progress displays).
 STREAM_IDLE_SECONDS = 0.05
@@ -63,6 +65,8 @@ class StreamTail:
         self.name = name
         self.fold = fold
         self.received = 0
+        #: Messages that could not be read (garbage stays in a stream for good).
+        self.problems = Problems()
         #: The first read of a tail is always exact, so a new process never undercounts.
         self.caught_up = False
         self._markers: set[str] = set()
@@ -75,16 +79,16 @@ class StreamTail:
         # Streams need acknowledgements for flow control only; ack in batches.
         if self.received % STREAM_ACK_EVERY == 0:
             ch.basic_ack(method.delivery_tag, multiple=True)
+        # Nothing read may raise here: on pika's I/O loop that would close the
+        # connection, and the next read would replay the same message.
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            return  # not ours; a stream keeps what anyone published
-        if not isinstance(msg, dict):
-            return
-        if "barrier" in msg:
-            self._markers.add(msg["barrier"])
-        else:
-            self.fold(msg)
+            msg = qdecode.message(raw, f"a message of {self.name}")
+            if "barrier" in msg:
+                self._markers.add(qdecode.marker(msg, "barrier"))
+            else:
+                self.fold(msg)
+        except (DecodeError, RunDataError) as e:
+            self.problems.add(str(e))
 
     def sync(self, publisher: Any | None = None, timeout: float = 30.0) -> None:
         """Fold everything published so far.
@@ -129,7 +133,11 @@ class LedgerFold:
         self.rounds: dict[int, int] = {}
         self.done = self.done_params = self.errors = self.param_errors = self.dead = 0
         self.duplicates = self.redelivered = self.failed = self.malformed = 0
+        #: What ``ttg retry`` took out of the counts, kept (Progress.retried, retried_params).
+        self.retried = self.retried_params = 0
         self.recent: deque[str] = deque(maxlen=RECENT_ERRORS)
+        #: Outcomes and events that could not be read.
+        self.problems = Problems()
 
     @property
     def finished(self) -> int:
@@ -139,37 +147,53 @@ class LedgerFold:
         return max(self.rounds.values(), default=0)
 
     def add(self, msg: dict[str, Any]) -> None:
-        for one in msg.get("o") or ():
+        """Fold one ledger message; what cannot be read is counted in ``problems``."""
+        try:
+            batch = qdecode.outcomes(msg)
+            event = qdecode.event(msg, self.total)
+        except DecodeError as e:
+            self.problems.add(str(e))
+            return
+        for one in batch:
             self._outcome(one)
-        kind = msg.get("e")
-        if kind in ("redelivered", "released"):
+        if event is None:
+            return
+        if event.kind in ("redelivered", "released"):
             self.redelivered += 1
-        elif kind == "failed":
+        elif event.kind == "failed":
             self.failed += 1
-            self._note(msg.get("d"))
-        elif kind == "malformed":
+            self._note(event.detail)
+        elif event.kind == "malformed":
             self.malformed += 1
-            self._note(msg.get("d"))
-        elif kind == "retry":
-            self._retry(int(msg.get("g", 0)), msg.get("c") or ())
+            self._note(event.detail)
+        elif event.kind == "retry":
+            self._retry(event.round, event.retried)
 
     def is_open(self, chunk: int) -> bool:
         return self.marks[chunk] == 0
 
-    def _note(self, error: Any) -> None:
+    def _note(self, error: str | None) -> None:
         if error and error not in self.recent:
-            self.recent.appendleft(str(error))
+            self.recent.appendleft(error)
 
-    def _outcome(self, o: dict[str, Any]) -> None:
+    def _outcome(self, o: Any) -> None:
+        # Checked field by field, not through Outcome.from_dict: progress folds every
+        # outcome of a run, and never needs the results.
         try:
-            chunk, round_, code = int(o["c"]), int(o.get("g", 0)), _CODES[o["s"]]
-            params, perr = int(o["n"]), len(o.get("pe") or ())
-            mark = zlib.crc32(f"{o['w']}/{o['a']}/{round_}".encode()) % 255 + 1
-        except (KeyError, ValueError, TypeError):
-            self.malformed += 1
-            return
-        if not 0 <= chunk < self.total:
-            self.malformed += 1
+            chunk = qdecode.outcome_chunk(o, self.total)
+            round_, code = qdecode.round_of(o), _CODES[o["s"]]
+            params = decode.as_int(o["n"], "parameter count", 0, decode.MAX_INT)
+            pe = o.get("pe") or ()
+            if not isinstance(pe, list | tuple):
+                raise DecodeError("parameter errors are not a list")
+            perr = len(pe)
+            worker = decode.as_str(o["w"], "worker", 256)
+            attempt = decode.as_int(o["a"], "attempt", 0, decode.MAX_INT)
+            error = decode.opt_str(o.get("e"), "error", 20_000)
+            mark = zlib.crc32(f"{worker}/{attempt}/{round_}".encode()) % 255 + 1
+        except (DecodeError, KeyError, TypeError) as e:
+            what = e if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"
+            self.problems.add(f"unreadable outcome {decode.preview(o, 60)}: {what}")
             return
         if round_ < self.rounds.get(chunk, 0):
             self.duplicates += 1
@@ -182,7 +206,7 @@ class LedgerFold:
         self._count(code, params, perr, +1)
         if code != 1:
             self.failed += 1
-            self._note(o.get("e"))
+            self._note(None if error is None else decode.one_line(error, 500))
 
     def _count(self, code: int, params: int, perr: int, sign: int) -> None:
         if code == 1:
@@ -195,21 +219,29 @@ class LedgerFold:
         else:
             self.dead += sign
 
-    def _retry(self, round_: int, chunks: Any) -> None:
+    def _retry(self, round_: int, chunks: tuple[qdecode.Retried, ...]) -> None:
         """A ``ttg retry``: each listed chunk's outcome leaves the count; its round moves on."""
-        for listed, status, params, perr in chunks:
-            chunk = int(listed)
-            if not 0 <= chunk < self.total or self.is_open(chunk):
+        for r in chunks:
+            if self.is_open(r.chunk):
                 continue
-            self.marks[chunk] = 0
-            self._count(_CODES.get(status, 3), int(params), int(perr), -1)
-            self.rounds[chunk] = max(round_, self.rounds.get(chunk, 0))
+            self.marks[r.chunk] = 0
+            code = _CODES[r.status]
+            self._count(code, r.params, r.param_errors, -1)
+            self.retried += 1
+            self.retried_params += {1: r.params, 2: r.params - r.param_errors}.get(code, 0)
+            self.rounds[r.chunk] = max(round_, self.rounds.get(r.chunk, 0))
 
 
 def read_stream(
-    params: list[pika.URLParameters], name: str, *, offset: Any = "first"
+    params: list[pika.URLParameters],
+    name: str,
+    *,
+    offset: Any = "first",
+    problems: Problems | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every message of stream ``name`` published before this call, streamed, then stop.
+
+    A message that is not a JSON object is skipped (and described in ``problems``).
 
     A connection of its own, closed at the end (closing is how a stream
     consumer ends without a reject).
@@ -240,10 +272,10 @@ def read_stream(
             while buf:
                 last = time.monotonic()
                 try:
-                    msg = json.loads(buf.popleft())
-                except ValueError:
-                    continue
-                if not isinstance(msg, dict):
+                    msg = qdecode.message(buf.popleft(), f"a message of {name}")
+                except DecodeError as e:
+                    if problems is not None:
+                        problems.add(str(e))
                     continue
                 if msg.get("barrier") == marker:
                     return

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis.exceptions as rex
 
+from ttg import decode
 from ttg.broker import TLS, Broker, RetryReport, SeedReport
+from ttg.brokers.redis import decode as rdecode
 from ttg.brokers.redis.client import (
     GENERATION,
     GROUP,
@@ -24,8 +26,11 @@ from ttg.brokers.redis.client import (
     translated,
 )
 from ttg.brokers.redis.consumer import RedisConsumer
+from ttg.decode import DecodeError, Problems
 from ttg.errors import RunConflict, RunNotFound, UsageError
-from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec
+from ttg.run import CONTROLS, RUN_ID, InFlight, Outcome, Progress, RunEvent, RunSpec
+
+log = logging.getLogger(__name__)
 
 #: Chunks published per seeding step (one Lua call each).
 SEED_BATCH = 2000
@@ -110,12 +115,22 @@ class RedisBroker(Broker):
             text = self.client.get(key(run, "spec"))
             if text is None:
                 raise RunNotFound(f"no run {run!r} on {self.where()}")
-            cached = self._specs[run] = RunSpec.from_json(text)
+            cached = self._specs[run] = RunSpec.from_json(text, run)
         return cached
 
     @translated
     def runs(self) -> list[str]:
-        return sorted(self.client.smembers(RUNS))
+        members = self.client.smembers(RUNS)
+        valid = sorted(r for r in members if RUN_ID.fullmatch(r))
+        if len(valid) < len(members):
+            bad = sorted(set(members) - set(valid))
+            log.warning(
+                "%s holds %d names that are not run ids, ignored: %s",
+                RUNS,
+                len(bad),
+                ", ".join(map(repr, bad[:3])),
+            )
+        return valid
 
     @translated
     def progress(self, run: str) -> Progress:
@@ -132,34 +147,45 @@ class RedisBroker(Broker):
         if not meta:
             self._specs.pop(run, None)
             raise RunNotFound(f"no run {run!r} on {self.where()}")
+        problems = Problems()
+        m = rdecode.meta(meta, problems)
+        if m.total is not None and m.total != spec.total_chunks:
+            problems.add(f"meta total {m.total} is not the spec's {spec.total_chunks} chunks")
+        s = rdecode.stats(stats, problems)
         workers = int(self._count_leases(keys=[key(run, "leases")]))
         pipe = self.client.pipeline(transaction=False)
         for p in pending:
             pipe.xrange(tasks, min=p["message_id"], max=p["message_id"])
         entries = pipe.execute() if pending else []
-        in_flight = [
-            InFlight(
-                int(e[0][1]["c"]),
-                p["consumer"],
-                p["times_delivered"],
-                p["time_since_delivered"] / 1000,
-            )
-            for p, e in zip(pending, entries, strict=True)
-            if e and e[0][1].get("c", "").isdigit()
-        ]
+        in_flight = []
+        for p, e in zip(pending, entries, strict=True):
+            chunk = rdecode.chunk_of(e[0][1]) if e else None
+            if chunk is not None:
+                in_flight.append(
+                    InFlight(
+                        chunk,
+                        p["consumer"],
+                        p["times_delivered"],
+                        p["time_since_delivered"] / 1000,
+                    )
+                )
         recent: list[str] = []
-        for _, fields in events:
-            detail = fields.get("d")
-            if detail and fields.get("k") in ("failed", "malformed") and detail not in recent:
+        for entry_id, fields in events:
+            try:
+                event = rdecode.event(fields)
+            except DecodeError as err:
+                problems.add(f"event {entry_id}: {err}")
+                continue
+            detail = event.detail
+            if detail and event.kind in ("failed", "malformed") and detail not in recent:
                 recent.append(detail)
                 if len(recent) >= RECENT_ERRORS:
                     break
-        s = {k: int(v) for k, v in stats.items()}
         return Progress(
             run=run,
             total_chunks=spec.total_chunks,
             total_params=spec.total_params,
-            seeded_chunks=int(meta.get("cursor", 0)),
+            seeded_chunks=min(m.cursor, spec.total_chunks),
             done=s.get("done", 0),
             done_params=s.get("done_params", 0),
             dead=s.get("dead", 0),
@@ -169,21 +195,31 @@ class RedisBroker(Broker):
             redelivered=s.get("redelivered", 0),
             failed=s.get("failed", 0),
             malformed=s.get("malformed", 0),
+            retried=s.get("retried", 0),
+            retried_params=s.get("retried_params", 0),
             queue_depth=length + delayed,
             workers=workers,
-            control=meta.get("control", "running"),
-            seeded_at=int(meta["seeded_at"]) / 1000 if "seeded_at" in meta else None,
+            control=m.control,
+            seeded_at=m.seeded_at,
             in_flight=in_flight,
             recent_errors=recent,
+            problems=problems.lines(),
         )
 
-    def ledger(self, run: str) -> Iterator[Outcome]:
+    def ledger(self, run: str, *, problems: Problems | None = None) -> Iterator[Outcome]:
+        own = problems is None
+        found = Problems() if problems is None else problems
         try:
-            self.spec(run)
+            total = self.spec(run).total_chunks
             for chunk, text in self.client.hscan_iter(key(run, "ledger"), count=1000):
-                yield Outcome.from_json(int(chunk), text)
+                try:
+                    yield rdecode.ledger_entry(chunk, text, total)
+                except DecodeError as e:
+                    found.add(f"ledger entry {decode.preview(chunk, 30)}: {e}")
         except rex.RedisError as e:
             translate(e)
+        if own and found:
+            log.warning("run %s: %s", run, "; ".join(found.lines()))
 
     def events(self, run: str) -> Iterator[RunEvent]:
         try:
@@ -194,14 +230,8 @@ class RedisBroker(Broker):
                 for entry_id, f in batch:
                     if entry_id == last:
                         continue
-                    yield RunEvent(
-                        t=int(f.get("t", 0)) / 1000,
-                        kind=f.get("k", ""),
-                        chunk=int(f["c"]) if f.get("c", "").isdigit() else None,
-                        worker=f.get("w"),
-                        previous_worker=f.get("p"),
-                        detail=f.get("d"),
-                    )
+                    with contextlib.suppress(DecodeError):  # progress reports them
+                        yield rdecode.event(f)
                 if len(batch) < 1000:
                     return
                 last = batch[-1][0]
@@ -224,7 +254,7 @@ class RedisBroker(Broker):
         chunks = [
             int(chunk)
             for chunk, text in self.client.hscan_iter(key(run, "ledger"), count=1000)
-            if _status_of(text) in wanted
+            if str(chunk).isascii() and str(chunk).isdigit() and _status_of(text) in wanted
         ]
         n_dead = n_errors = 0
         round_ = 0
@@ -261,6 +291,7 @@ class RedisBroker(Broker):
 
 
 def _status_of(text: str) -> str:
-    """The status of an outcome's JSON without decoding its results."""
+    """The status of an outcome's JSON without decoding its results ("" if it has none)."""
     at = text.find('"s":"')
-    return text[at + 5 : text.index('"', at + 5)] if at >= 0 else json.loads(text).get("s", "")
+    end = text.find('"', at + 5) if at >= 0 else -1
+    return text[at + 5 : end] if end >= 0 else ""

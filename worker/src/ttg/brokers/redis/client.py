@@ -41,7 +41,14 @@ import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
 
 from ttg.broker import TLS
-from ttg.errors import AuthenticationError, BrokerConnectionError, BrokerError, UsageError
+from ttg.decode import mask_url
+from ttg.errors import (
+    AuthenticationError,
+    BrokerConnectionError,
+    BrokerDataError,
+    BrokerError,
+    UsageError,
+)
 
 #: Consumer group every worker joins, in every run's task stream.
 GROUP = "ttg"
@@ -53,6 +60,11 @@ RUN_KEYS = (
 )  # fmt: skip
 #: Longest error text from Redis kept in a message.
 MAX_ERROR_CHARS = 200
+#: Why a URL with credentials does not parse, without quoting it.
+URL_QUOTING = (
+    "write a password's special characters URL-quoted (@ as %40, / as %2F, # as %23, "
+    ": as %3A), or give the password as TTG_BROKER_PASSWORD"
+)
 
 T = TypeVar("T")
 
@@ -74,8 +86,20 @@ def translate(e: Exception) -> NoReturn:
         raise AuthenticationError(
             f"redis TLS: the server's certificate is not trusted ({text})"
         ) from None
+    if "cluster mode is not enabled" in text.lower() or "cluster support disabled" in text:
+        raise UsageError(
+            "broker URL: that Redis is not a cluster (use redis:// for a single Redis)"
+        ) from None
     if isinstance(e, rex.ConnectionError | rex.TimeoutError | rex.ClusterError):
         raise BrokerConnectionError(f"redis unreachable: {text}") from None
+    if isinstance(e, rex.RedisClusterException):  # not a RedisError: cannot reach a cluster
+        raise BrokerConnectionError(f"redis cluster unreachable: {text}") from None
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        raise UsageError(f"broker URL: the database number is out of range ({text})") from None
+    if "WRONGTYPE" in text or "user_script" in text or "Error running script" in text:
+        # A key holding the wrong kind of value, or a script failing on what a key
+        # holds: the run's data is garbage, not the broker unreachable.
+        raise BrokerDataError(None, f"redis refused it because of what a run's key holds: {text}")
     raise BrokerError(f"redis: {text}") from None
 
 
@@ -86,7 +110,7 @@ def translated(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except (rex.RedisError, ssl.SSLError) as e:
+        except (rex.RedisError, rex.RedisClusterException, ssl.SSLError) as e:
             translate(e)
 
     return wrapper
@@ -124,16 +148,23 @@ def make_client(url: str, tls: TLS, *, socket_timeout: float = 10) -> Any:
         "socket_connect_timeout": 3,
     }
     scheme = url.split(":", 1)[0]
+    if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+        raise UsageError(
+            f"broker URL {safe_url(url)!r}: expected redis://, rediss://, unix:// "
+            "or redis+cluster://"
+        )
     try:
         if scheme in ("redis+cluster", "rediss+cluster"):
             return _cluster_client(url, tls, common)
         if scheme == "rediss":
             common.update(_tls_options(tls))
-        elif scheme not in ("redis", "unix"):
-            raise ValueError("expected redis://, rediss://, unix:// or redis+cluster://")
         return redis.Redis.from_url(url, health_check_interval=15, **common)
     except (ValueError, IndexError) as e:
-        raise UsageError(f"broker URL {safe_url(url)!r}: {e}") from None
+        # A parser's complaint may quote a piece of a password that broke the URL.
+        why = str(e) if "@" not in url else URL_QUOTING
+        raise UsageError(f"broker URL {safe_url(url)!r} is malformed: {why}") from None
+    except rex.RedisClusterException as e:
+        translate(e)
 
 
 def _cluster_client(url: str, tls: TLS, common: dict[str, Any]) -> RedisCluster:
@@ -157,11 +188,8 @@ def _cluster_client(url: str, tls: TLS, common: dict[str, Any]) -> RedisCluster:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    """``url`` without its credentials, for messages (even when it does not parse)."""
+    return mask_url(url)
 
 
 class Scripts:

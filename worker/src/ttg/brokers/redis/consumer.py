@@ -27,7 +27,9 @@ from typing import Any
 
 import redis.exceptions as rex
 
+from ttg import decode
 from ttg.broker import TLS, Consumer
+from ttg.brokers.redis import decode as rdecode
 from ttg.brokers.redis.client import (
     GENERATION,
     GROUP,
@@ -37,8 +39,9 @@ from ttg.brokers.redis.client import (
     make_client,
     translated,
 )
-from ttg.errors import BrokerError
-from ttg.run import Delivery, Outcome, Recorded, RunSpec
+from ttg.decode import DecodeError, Throttle
+from ttg.errors import RunDataError
+from ttg.run import RUN_ID, Delivery, Outcome, Recorded, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,11 @@ MOVE_BATCH = 100
 IDLE_POLL_SECONDS = 0.05
 #: Runs are rescanned at least this often even if nothing says they changed.
 RESCAN_SECONDS = 5.0
+#: A run whose keys Redis refused to read (WRONGTYPE, a script failing on garbage) is
+#: left alone this long before it is tried again.
+BAD_RUN_SECONDS = 30.0
+#: One log line per skipped run (unreadable, unsupported, garbage) at most this often.
+SKIP_LOG_SECONDS = 300.0
 
 _RECORDED = {1: Recorded.COUNTED, 0: Recorded.DUPLICATE, 2: Recorded.COUNTED}
 
@@ -84,6 +92,9 @@ class RedisConsumer(Consumer):
         self._last_beat_failed = 0.0
         self._turn = 0
         self._lock = threading.Lock()
+        #: Runs left alone until a time (monotonic): Redis refused to read their keys.
+        self._bad: dict[str, float] = {}
+        self._skip_log = Throttle(SKIP_LOG_SECONDS)
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -102,7 +113,14 @@ class RedisConsumer(Consumer):
 
     def _renew(self, runs: Sequence[str]) -> None:
         for run in runs:
-            self.scripts.beat(keys=[key(run, "leases")], args=[self.name, self.ttl_ms])
+            try:
+                self.scripts.beat(keys=[key(run, "leases")], args=[self.name, self.ttl_ms])
+            except rex.ResponseError as e:
+                # One run's garbage lease key must not cost every run our lease: that
+                # run is left alone (the next rescan drops it), the others renewed.
+                self._bad[run] = time.monotonic() + BAD_RUN_SECONDS
+                self._next_rescan = 0.0
+                self._skip(run, f"run {run}: its lease cannot be written: {str(e)[:200]}")
 
     def _beat(self) -> None:
         while not self._stop.wait(self.check_s):
@@ -162,7 +180,8 @@ class RedisConsumer(Consumer):
             if "NOGROUP" in str(e):
                 self._forget(run)  # deleted under our feet
                 return []
-            raise
+            self._set_aside(run, e)
+            return []
         out = []
         for _, entries in reply or []:
             for entry_id, fields in entries:
@@ -181,13 +200,10 @@ class RedisConsumer(Consumer):
             if spec is None:
                 return None
         try:
-            chunk = int((fields or {})["c"])
-            earlier = int((fields or {}).get("a", 0))
-            rnd = int((fields or {}).get("g", 0))
-            if not 0 <= chunk < spec.total_chunks or earlier < 0 or rnd < 0:
-                raise ValueError("chunk, attempt or round out of range")
-        except (KeyError, ValueError, TypeError) as e:
-            detail = f"malformed task message {entry_id} {fields}: {type(e).__name__}: {e}"
+            chunk, earlier, rnd = rdecode.task(fields, spec.total_chunks)
+        except DecodeError as e:
+            # Described, never quoted whole: a 20 MB field is not logged by every worker.
+            detail = f"malformed task message {entry_id} {decode.preview(fields)}: {e}"
             log.error(
                 "%s: acknowledged and recorded as a problem of the run", detail, extra={"run": run}
             )
@@ -200,14 +216,30 @@ class RedisConsumer(Consumer):
         return Delivery(spec, chunk, earlier + deliveries, entry_id, rnd)
 
     def _load_spec(self, run: str) -> RunSpec | None:
+        """The run's spec; None (the run skipped, said once in a while) if it cannot be read."""
         text = self.client.get(key(run, "spec"))
         if text is None:
             return None
         try:
-            return RunSpec.from_json(text)
-        except (ValueError, BrokerError) as e:
-            log.error("run %s has an unreadable spec, skipped: %s", run, e, extra={"run": run})
+            return RunSpec.from_json(text, run)
+        except RunDataError as e:
+            self._skip(run, str(e))
             return None
+
+    def _skip(self, run: str, why: str) -> None:
+        if self._skip_log(run):
+            shown = run if RUN_ID.fullmatch(run) else decode.preview(run, 80)
+            log.error(
+                "%s; this worker skips the run and serves the others", why, extra={"run": shown}
+            )
+
+    def _set_aside(self, run: str, e: rex.ResponseError) -> None:
+        """Leave a run alone for a while: Redis refused to read its keys (garbage)."""
+        self._bad[run] = time.monotonic() + BAD_RUN_SECONDS
+        self._forget(run)
+        self._skip(
+            run, f"run {run}: redis refused to read its keys: {decode.one_line(str(e), 200)}"
+        )
 
     # -- maintenance: new runs, due retries, dead workers' chunks ------------------------
 
@@ -215,11 +247,15 @@ class RedisConsumer(Consumer):
         self._rescan()
         recovered: list[Delivery] = []
         for run in list(self._serving):
-            self.scripts.promote(
-                keys=[key(run, "delayed"), key(run, "tasks"), key(run, "stats")], args=[MOVE_BATCH]
-            )
-            if len(recovered) < limit:
-                recovered += self._reclaim(run, limit - len(recovered))
+            try:
+                self.scripts.promote(
+                    keys=[key(run, "delayed"), key(run, "tasks"), key(run, "stats")],
+                    args=[MOVE_BATCH],
+                )
+                if len(recovered) < limit:
+                    recovered += self._reclaim(run, limit - len(recovered))
+            except rex.ResponseError as e:
+                self._set_aside(run, e)
         return recovered
 
     def _rescan(self) -> None:
@@ -231,12 +267,21 @@ class RedisConsumer(Consumer):
         self._generation, self._next_rescan = gen, now + RESCAN_SECONDS
         serving: dict[str, RunSpec] = {}
         for run in sorted(self.client.smembers(RUNS)):
-            control, total, completed = self.client.hmget(
-                key(run, "meta"), "control", "total", "completed_at"
-            )
-            if total is None or control != "running" or completed is not None:
+            if not RUN_ID.fullmatch(run):
+                self._skip(run, f"{RUNS} holds {decode.preview(run, 80)}, which is not a run id")
                 continue
-            spec = self._serving.get(run) or self._load_spec(run)
+            if self._bad.get(run, 0) > now:
+                continue
+            try:
+                control, total, completed = self.client.hmget(
+                    key(run, "meta"), "control", "total", "completed_at"
+                )
+                if total is None or control != "running" or completed is not None:
+                    continue
+                spec = self._serving.get(run) or self._load_spec(run)
+            except rex.ResponseError as e:
+                self._set_aside(run, e)
+                continue
             if spec is not None:
                 serving[run] = spec
         added = [r for r in serving if r not in self._serving]
@@ -277,12 +322,13 @@ class RedisConsumer(Consumer):
                 args=[GROUP, c["name"], self.name, limit - len(out)],
             )
             for entry_id, flat, deliveries in claimed:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                fields = dict(zip(flat[::2], flat[1::2], strict=False))
+                chunk = rdecode.chunk_of(fields)
                 log.warning(
                     "reclaimed chunk %s from dead worker %s",
-                    fields.get("c"),
+                    chunk,
                     c["name"],
-                    extra={"run": run, "chunk": fields.get("c"), "worker": self.name},
+                    extra={"run": run, "chunk": chunk, "worker": self.name},
                 )
                 d = self._delivery(run, entry_id, fields, deliveries=int(deliveries))
                 if d is not None:

@@ -25,7 +25,8 @@ for i = 0, count - 1 do
   local params, perr, prefix, err = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), ARGV[b + 6], ARGV[b + 7]
   ids[#ids + 1] = id
   local code
-  if round < tonumber(redis.call('HGET', KEYS[5], chunk) or '0') then
+  -- A round or a total that is not a number (garbage) reads as absent.
+  if round < (tonumber(redis.call('HGET', KEYS[5], chunk)) or 0) then
     add.duplicates = add.duplicates + 1
     code = 0
   elseif redis.call('HSETNX', KEYS[2], chunk, ARGV[b + 8]) == 1 then
@@ -62,7 +63,7 @@ for field, n in pairs(add) do
 end
 redis.call('XACK', KEYS[1], group, unpack(ids))
 redis.call('XDEL', KEYS[1], unpack(ids))
-if add.finished > 0 and redis.call('HLEN', KEYS[2]) >= tonumber(redis.call('HGET', KEYS[4], 'total')) then
+if add.finished > 0 and redis.call('HLEN', KEYS[2]) >= (tonumber(redis.call('HGET', KEYS[4], 'total')) or math.huge) then
   redis.call('HSETNX', KEYS[4], 'completed_at', now_ms)
 end
 return codes

@@ -1,0 +1,319 @@
+"""``ttg results``: a run's ledger exported (JSONL, CSV, Parquet) or reduced, lossless.
+
+The rows and their encodings are in :mod:`ttg.results`; this module chooses
+the columns from the whole run, writes the file beside its target and renames
+it when complete (:mod:`ttg.outputs`), writes Parquet with a type per column
+that holds every value, and reduces results exactly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import IO, Any
+
+from ttg.compute import describe
+from ttg.errors import UsageError
+from ttg.outputs import replacing
+from ttg.results import (
+    PARQUET_BATCH,
+    Columns,
+    Shape,
+    chunk_rows,
+    columns,
+    dumps,
+    flatten,
+    in_chunk_order,
+    kind_of,
+    observer,
+    parameter_rows,
+    write_chunks_csv,
+    write_csv,
+    write_jsonl,
+    write_parameters_jsonl,
+)
+from ttg.run import Outcome, RunSpec
+from ttg.space import GridSpace
+
+#: Reductions ``--aggregate`` knows by name.
+AGGREGATES = ("sum", "min", "max", "mean")
+#: Formats ``ttg results`` writes.
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``ttg results`` was asked for."""
+
+    format: str = "jsonl"
+    #: A file (written beside, then renamed over), or None for stdout.
+    output: str | None = None
+    #: One row per chunk instead of per parameter.
+    chunks: bool = False
+    #: CSV cells exactly as they are (no formula neutralising).
+    raw: bool = False
+
+
+def export(spec: RunSpec, ledger: Iterable[Outcome], opts: ExportOptions, stdout: IO[str]) -> int:
+    """Write ``spec``'s results from ``ledger`` (any order) as ``opts`` say; the rows written.
+
+    Raises:
+        UsageError: an option does not fit (Parquet without a file, ``--chunks``
+            with Parquet), or the output cannot be written.
+        Interrupted: SIGINT or SIGTERM; a file being replaced is left as it was.
+    """
+    if opts.format not in FORMATS:
+        raise UsageError(f"--format {opts.format!r}: choose {', '.join(FORMATS)}")
+    if opts.format == "parquet":
+        if not opts.output:
+            raise UsageError("--format parquet needs --output FILE")
+        if opts.chunks:
+            raise UsageError("--chunks is for jsonl and csv")
+        _pyarrow()  # missing extra: say so before reading the ledger
+        with replacing(opts.output) as tmp:
+            return write_parquet(spec, ledger, str(tmp))
+    if not opts.output:
+        return _write(spec, ledger, opts, stdout)
+    with replacing(opts.output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        return _write(spec, ledger, opts, out)
+
+
+def _write(spec: RunSpec, ledger: Iterable[Outcome], opts: ExportOptions, out: IO[str]) -> int:
+    if opts.chunks:
+        rows = chunk_rows(in_chunk_order(ledger))
+        if opts.format == "csv":
+            return write_chunks_csv(rows, out, raw=opts.raw)
+        return write_jsonl(rows, out)
+    if opts.format == "jsonl":
+        return write_parameters_jsonl(spec, in_chunk_order(ledger), out)
+    outcomes, cols, _ = _with_columns(spec, ledger)
+    return write_csv(spec, parameter_rows(spec, outcomes), out, cols, raw=opts.raw)
+
+
+def _with_columns(
+    spec: RunSpec, ledger: Iterable[Outcome]
+) -> tuple[Iterator[Outcome], Columns, Shape]:
+    """The outcomes in order, and the columns every one of them fits (learnt while sorting)."""
+    shape = Shape()
+    ordered = in_chunk_order(ledger, observer(spec, shape))
+    first = next(ordered, None)  # the sort has seen every outcome once this returns
+    rest = ordered if first is None else _prepend(first, ordered)
+    return rest, columns(spec, shape), shape
+
+
+def _prepend(first: Outcome, rest: Iterator[Outcome]) -> Iterator[Outcome]:
+    yield first
+    yield from rest
+
+
+# -- Parquet -----------------------------------------------------------------------------------
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow  # noqa: PLC0415 - optional extra
+        import pyarrow.parquet  # noqa: PLC0415
+    except ImportError:
+        raise UsageError("Parquet needs the parquet extra: pip install 'ttg[parquet]'") from None
+    return pyarrow
+
+
+#: Parquet types by the kinds a column holds (besides null); any other mix is JSON text.
+_TYPES = {
+    frozenset({"bool"}): "bool_",
+    frozenset({"int"}): "int64",
+    frozenset({"int64"}): "int64",
+    frozenset({"int", "int64"}): "int64",
+    frozenset({"float"}): "float64",
+    frozenset({"int", "float"}): "float64",
+    frozenset({"str"}): "string",
+    frozenset(): "string",
+}
+#: The columns whose type never depends on the run.
+_FIXED = {
+    "index": "int64",
+    "status": "string",
+    "error": "string",
+    "chunk": "int64",
+    "worker": "string",
+    "attempt": "int64",
+    "finished_at": "float64",
+}
+
+
+def _type_name(kinds: set[str]) -> str | None:
+    """The Parquet type of a column holding values of ``kinds``; None: JSON text."""
+    return _TYPES.get(frozenset(kinds - {"null"}))
+
+
+def parquet_types(spec: RunSpec, cols: Columns, shape: Shape) -> dict[str, str | None]:
+    """Each column's Parquet type (a pyarrow factory name), or None where it holds JSON text."""
+    space = spec.parameter_space
+    params: dict[str, set[str]] = {}
+    if isinstance(space, GridSpace):
+        for name, values in space.axes:
+            params[name] = {kind_of(v) for v in values}
+    else:
+        params["value"] = {"int64"}
+    out: dict[str, str | None] = {}
+    for name in cols.names:
+        if name in _FIXED:
+            out[name] = _FIXED[name]
+        elif name in params:
+            out[name] = _type_name(params[name])
+        else:
+            out[name] = _type_name(shape.kinds.get("" if name == "result" else name, set()))
+    return out
+
+
+def write_parquet(spec: RunSpec, ledger: Iterable[Outcome], path: str) -> int:
+    """Parquet (the ``parquet`` extra): a type per column that holds all its values, or JSON."""
+    pa = _pyarrow()
+    import pyarrow.parquet as pq  # noqa: PLC0415 - optional extra
+
+    outcomes, cols, shape = _with_columns(spec, ledger)
+    types = parquet_types(spec, cols, shape)
+    schema = pa.schema([(name, getattr(pa, t or "string")()) for name, t in types.items()])
+    n = 0
+    batch: list[list[Any]] = []
+    with pq.ParquetWriter(path, schema) as writer:
+
+        def flush() -> None:
+            arrays = []
+            for k, (name, t) in enumerate(types.items()):
+                values = [r[k] for r in batch]
+                if t is None:
+                    values = [None if v is None else dumps(v) for v in values]
+                arrays.append(pa.array(values, type=schema.field(name).type))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            batch.clear()
+
+        for row in parameter_rows(spec, outcomes):
+            batch.append(flatten(row, cols))
+            n += 1
+            if len(batch) >= PARQUET_BATCH:
+                flush()
+        if batch:
+            flush()
+    return n
+
+
+# -- aggregates ----------------------------------------------------------------------------
+
+
+@dataclass
+class ExactSum:
+    """A sum without rounding: integers as Python ints, floats as exact partial sums.
+
+    The float part keeps Shewchuk's non-overlapping partials (the idea behind
+    ``math.fsum``, fed one value at a time so nothing is held), and the result
+    is rounded once, at the end. NaN and the infinities are IEEE's.
+    """
+
+    ints: int = 0
+    partials: list[float] = field(default_factory=list)
+    floats: bool = False
+    specials: set[str] = field(default_factory=set)
+
+    def add(self, v: int | float) -> None:
+        if type(v) is int:
+            self.ints += v
+            return
+        self.floats = True
+        if not math.isfinite(v):
+            self.specials.add(repr(v))
+            return
+        x, i = float(v), 0
+        for p in self.partials:
+            big, small = (p, x) if abs(x) < abs(p) else (x, p)
+            hi = big + small
+            lo = small - (hi - big)
+            if lo:
+                self.partials[i] = lo
+                i += 1
+            x = hi
+        self.partials[i:] = [x]
+
+    def exact(self) -> Fraction:
+        return Fraction(self.ints) + sum(map(Fraction, self.partials), Fraction(0))
+
+    def value(self, divisor: int = 1) -> int | float:
+        """The sum (divided by ``divisor``), exact for integers, else rounded once."""
+        if "nan" in self.specials or {"inf", "-inf"} <= self.specials:
+            return math.nan
+        if self.specials:
+            return math.inf if "inf" in self.specials else -math.inf
+        if not all(math.isfinite(p) for p in self.partials):
+            # The floats' sum is beyond a float's range: an infinity of its sign.
+            return math.inf if self.partials[-1] > 0 else -math.inf
+        total = self.exact() / divisor
+        if not self.floats and total.denominator == 1:
+            return int(total)
+        try:
+            return float(total)
+        except OverflowError:
+            return math.inf if total > 0 else -math.inf
+
+
+def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Reduce the results of the rows whose status is ok.
+
+    ``how`` is one of ``AGGREGATES`` (numeric results), or ``module:function``,
+    called with an iterator of the rows and returning something JSON can hold.
+    Integers are summed exactly and a mean of integers is rounded once; a NaN
+    result makes every reduction NaN.
+
+    Raises:
+        UsageError: unknown reduction, a result that is not a number, or a
+            ``module:function`` that cannot be imported or raised.
+    """
+    ok = (r for r in rows if r["status"] == "ok")
+    if ":" in how:
+        return {"aggregate": how, "value": _custom(how, ok)}
+    if how not in AGGREGATES:
+        raise UsageError(f"--aggregate {how!r}: choose {', '.join(AGGREGATES)} or module:function")
+    total, count, nan = ExactSum(), 0, False
+    low: int | float | None = None
+    high: int | float | None = None
+    for r in ok:
+        v = r["result"]
+        if type(v) not in (int, float):
+            raise UsageError(
+                f"--aggregate {how}: result of parameter {r['index']} is not a number: "
+                f"{dumps(v)[:80]}"
+            )
+        count += 1
+        total.add(v)
+        if math.isnan(v):  # NaN has no order: min and max are NaN too
+            nan = True
+        else:
+            low = v if low is None or v < low else low
+            high = v if high is None or v > high else high
+    value: Any = {
+        "sum": total.value(),
+        "min": math.nan if nan else low,
+        "max": math.nan if nan else high,
+        "mean": total.value(count) if count else None,
+    }[how]
+    return {"aggregate": how, "value": value, "count": count}
+
+
+def _custom(how: str, ok: Iterator[dict[str, Any]]) -> Any:
+    module_name, _, attr = how.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except Exception as e:
+        raise UsageError(f"--aggregate {how!r}: cannot load it ({describe(e)})") from None
+    try:
+        return fn(ok)
+    except Exception as e:
+        raise UsageError(f"--aggregate {how!r} raised {describe(e)}") from None
+
+
+def aggregate_ledger(spec: RunSpec, ledger: Iterable[Outcome], how: str) -> dict[str, Any]:
+    """``aggregate`` over a ledger: the built-in reductions in any order, a function's in order."""
+    outcomes: Iterable[Outcome] = ledger if how in AGGREGATES else in_chunk_order(ledger)
+    return aggregate(how, parameter_rows(spec, outcomes))
