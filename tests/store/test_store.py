@@ -240,5 +240,5 @@ def test_a_ledger_naming_another_object_is_a_problem_never_a_path_followed(
         (back,) = resolved(spec, [dataclasses.replace(persisted[0], ref=ref)], problems=problems)
         assert back.result is None
         assert problems == [f"chunk 0: the ledger names {name!r}, not an object of it"]
-    with pytest.raises(ValueError, match="not an object reference"):
+    with pytest.raises(ValueError, match="not an object reference"):  # a DecodeError
         Outcome.from_json(0, '{"s":"ok","n":4,"w":"w","a":1,"t":1,"o":{"k":"x","n":4,"h":"zz"}}')

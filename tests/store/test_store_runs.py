@@ -8,6 +8,7 @@ a fix, the certificate checked offline, delete.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -172,12 +173,14 @@ def test_verify_fails_naming_the_chunk_of_a_deleted_or_altered_object(
     assert text.returncode == 1 and "NOT VERIFIED" in text.stdout and "chunk 3" in text.stdout
     # An export refuses the damaged run in one line, naming the chunk.
     export = h.ttg("results", "--run", run_id)
-    assert export.returncode == 1 and "chunk 3" in export.stderr, export.stderr
+    # (Objects are read in the ledger's order, before the export sorts: either one first.)
+    assert export.returncode == 1 and re.search(r"chunk [37]: ", export.stderr), export.stderr
     assert len(export.stderr.strip().splitlines()) == 1 and "Traceback" not in export.stderr
     # Offline, the dataset no longer matches the certificate.
     offline = ttg_json("verify", "--offline", "--certificate", str(cert), h.dataset_url(run_id),
                        env=store.env)  # fmt: skip
     assert offline["_exit"] == 1 and not offline["ok"], offline
     assert offline["missing_sample"][0] == 3 and not offline["root_match"], offline
-    # The altered object is unreadable (chunk 7 missing) or read with another digest.
-    assert 7 in offline["missing_sample"] or offline["problems"], offline
+    # The altered object is unreadable (chunk 7 missing too) or holds other bytes: either
+    # way the root hash differs (the certificate is small: it names no chunk's digest).
+    assert any("root hash" in p for p in offline["problems"]), offline

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ttg import __version__
-from ttg.errors import UsageError
+from ttg.errors import TTGError, UsageError
 from ttg.run import Outcome, RunSpec
 from ttg.store import open_store, parse_url
 from ttg.store.chunks import _pa
@@ -136,7 +136,7 @@ def _load(path: str) -> tuple[dict[str, Any], RunSpec]:
         dead = [int(c) for c in doc["dead_chunks"]]
         str(doc["root_sha256"])
         dict(doc["verdict"])
-    except (KeyError, TypeError, ValueError, UsageError) as e:
+    except (KeyError, TypeError, ValueError, TTGError) as e:
         raise UsageError(f"--certificate {path}: malformed: {e}") from None
     doc["dead_chunks"] = dead
     return doc, spec
@@ -197,7 +197,7 @@ def check_offline(path: str, dataset: str, *, allow_failed: bool = False) -> dic
     missing = [c for c in range(spec.total_chunks) if c not in dead and not leaves.has(c)]
     root = leaves.root()
     root_match = root == doc["root_sha256"]
-    if not missing and not problems and not root_match:
+    if not root_match:
         problems.append("the objects differ from those the certificate names (root hash)")
     verdict = doc["verdict"]
     return {

