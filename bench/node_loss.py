@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import Target, spec, sweep
 
 from ttg import scenario
-from ttg.broker import open_broker
 from ttg.brokers.redis.client import key
+from ttg.endpoint import open_broker
 from ttg.processes import LocalWorkers, RabbitMQNode, RedisServer
 from ttg.processes.cluster import RabbitMQCluster, RedisCluster
 from ttg.verify import status_report, verify

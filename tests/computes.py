@@ -68,6 +68,39 @@ def dict_then_plain(x: int) -> object:
     return x if x % 2 else {"x": x, "late": -x}
 
 
+def label(p: dict[str, object]) -> str:
+    """A grid point as one string: ``{"a": 1, "b": "x"}`` -> ``"a=1,b=x"``."""
+    return ",".join(f"{k}={v}" for k, v in p.items())
+
+
+def damped(p: dict[str, float]) -> dict[str, float | None]:
+    """A grid point -> a dict result; a real ZeroDivisionError at zeta 0 while the file
+    ``TTG_TEST_BROKEN`` names exists (delete it: the bug is fixed, ``retry`` re-runs)."""
+    if p["zeta"] == 0:
+        broken = os.environ.get("TTG_TEST_BROKEN", "")
+        if broken and os.path.exists(broken):
+            return {"amplitude": p["omega"] / p["zeta"]}
+        return {"amplitude": None, "omega2": p["omega"] ** 2}
+    return {"amplitude": p["omega"] / p["zeta"], "omega2": p["omega"] ** 2}
+
+
+def config_cost(row: dict[str, object]) -> float:
+    """A table row -> a number, using every column (types as the table kept them)."""
+    assert isinstance(row["name"], str) and isinstance(row["layers"], int), row
+    return float(row["layers"]) * float(row["lr"])  # type: ignore[arg-type]
+
+
+def several_errors(x: int) -> int:
+    """Three distinct errors, each on a known set of parameters; the rest square."""
+    if x % 10 == 3:
+        return x // (x - x)  # ZeroDivisionError: integer division or modulo by zero
+    if x % 10 == 7:
+        return {"a": 1}["mass"]  # KeyError: 'mass'
+    if x == 50:
+        raise ValueError("negative mass at x=50")
+    return x * x
+
+
 #: Environment variable naming the file whose existence "fixes" ``explode_on_13_until_fixed``.
 FIXED_ENV = "TTG_TEST_FIXED"
 #: Bytes of the result ``huge_on_13`` returns for the poison parameter: over the broker's

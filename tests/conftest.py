@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from ttg.broker import BACKENDS as BACKEND_MODULES
-from ttg.broker import TLS, Broker, Consumer, open_broker
+from tests.tls import TLSMaterial, make_tls_material
+from ttg.broker import Broker, Consumer
 from ttg.brokers.memory import MemoryBroker
+from ttg.endpoint import BACKENDS as BACKEND_MODULES
+from ttg.endpoint import TLS, open_broker
 from ttg.processes import LocalWorkers, RabbitMQNode, RedisServer
 from ttg.processes.cluster import RedisCluster
-from ttg.processes.tls import TLSMaterial, make_tls_material
 
 #: Every backend the shared fault suites run against (real broker processes).
 BACKENDS = list(BACKEND_MODULES)

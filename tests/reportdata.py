@@ -16,7 +16,52 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ttg.report import ChunkRow, Event
+from ttg.report import Event
+from ttg.run import Outcome, RunSpec, Status
+from ttg.space import RangeSpace
+from ttg.verify import VerifyReport
+
+#: Fields of a verify report a test need not care about, at their "nothing happened" values.
+_QUIET: dict[str, Any] = {
+    "ts": 0.0, "run": "r", "state": "complete", "control": "running", "total_chunks": 0,
+    "total_params": 0, "seeded_chunks": 0, "finished": 0, "done": 0, "done_params": 0,
+    "dead": 0, "errors": 0, "param_errors": 0, "params_dead": 0, "duplicates": 0,
+    "redelivered": 0, "failed": 0, "malformed": 0, "queue_depth": 0, "workers": None,
+    "in_flight": [], "recent_errors": [], "recent_failures": [], "warnings": [],
+    "progress": 0.0, "rate_chunks_s": None, "eta_s": None, "seeded_at": None,
+    "complete": True, "ok": True, "verified": True,
+}  # fmt: skip
+
+
+def verify_report(**fields: Any) -> VerifyReport:
+    """A ``VerifyReport`` with ``fields`` set and everything else quiet."""
+    return VerifyReport(**{**_QUIET, **fields})
+
+
+def outcome(
+    chunk: int,
+    status: str,
+    params: int,
+    worker: str,
+    attempt: int,
+    started_at: float | None,
+    finished_at: float,
+    error: str | None = None,
+    param_errors: tuple[tuple[Any, ...], ...] = (),
+) -> Outcome:
+    """A counted ledger outcome, as a backend yields it (no results: the report reads none)."""
+    return Outcome(
+        chunk=chunk,
+        status=Status(status),
+        params=params,
+        worker=worker,
+        attempt=attempt,
+        finished_at=finished_at,
+        started_at=started_at,
+        error=error,
+        param_errors=param_errors,  # type: ignore[arg-type]
+    )
+
 
 #: 2025-11-24 16:00:00 UTC: a fixed start, so reports are comparable.
 T0 = 1_764_000_000.0
@@ -59,7 +104,11 @@ class SyntheticRun:
             return "errors"
         return "ok"
 
-    def row(self, c: int) -> ChunkRow:
+    def spec(self) -> RunSpec:
+        return RunSpec("sweep-1", RangeSpace(0, self.chunks * PARAMS).to_spec(), PARAMS,
+                       "tests.computes:explode_on_13")  # fmt: skip
+
+    def row(self, c: int) -> Outcome:
         """Chunk ``c``'s counted outcome."""
         k = self.kill_at
         if k < 0 or c < k:
@@ -74,23 +123,24 @@ class SyntheticRun:
         duration = self.slot * (0.4 + 0.5 * ((c * 7919) % 101) / 100)
         status = self.status(c)
         error = None
+        param_errors: tuple[tuple[Any, ...], ...] = ()
         if status == "dead":
             error = "TimeoutError: chunk exceeded its 30 s budget"
         elif status == "errors":
-            error = "ZeroDivisionError: division by zero" if c % 2 else "ValueError: bad input"
-        return ChunkRow(
-            chunk=c,
-            status=status,
-            params=PARAMS,
-            param_errors=PARAM_ERRORS if status == "errors" else 0,
-            worker=f"w-{worker}",
-            attempt=attempt,
-            started_at=start,
-            finished_at=start + duration,
-            error=error,
-        )
+            text = "ZeroDivisionError: division by zero" if c % 2 else "ValueError: bad input"
+            lo = c * PARAMS
+            # Each error of a chunk with errors: every other one keeps its traceback.
+            param_errors = tuple(
+                (lo + 3 * k, text, f'File "sim.py", line {10 + k}, in f\n{text}')
+                if k % 2 == 0
+                else (lo + 3 * k, text)
+                for k in range(PARAM_ERRORS)
+            )
+            error = f"parameter {lo}: {text}"
+        return outcome(c, status, PARAMS, f"w-{worker}", attempt, start, start + duration,
+                       error, param_errors)  # fmt: skip
 
-    def rows(self) -> Iterator[ChunkRow]:
+    def rows(self) -> Iterator[Outcome]:
         """Every chunk's outcome, made on demand."""
         return (self.row(c) for c in range(self.chunks))
 
@@ -112,25 +162,28 @@ class SyntheticRun:
             out[self.status(c)] += 1
         return out
 
-    def verify(self) -> dict[str, Any]:
-        """What ``ttg verify --json`` would print for this run, finished."""
+    def verify(self, problems: list[str] | None = None) -> VerifyReport:
+        """What ``ttg verify`` would find for this run, finished (exactly once holds)."""
         n = self.counts()
-        problems = [f"{n['dead']} chunks dead-lettered"] if n["dead"] else []
-        if n["errors"]:
-            problems.append(f"{n['errors']} chunks with parameter errors")
-        return {
-            "run": "sweep-1",
-            "state": "complete-with-failures" if problems else "complete",
-            "ok": not problems,
-            "total_chunks": self.chunks,
-            "total_params": self.chunks * PARAMS,
-            "done": n["ok"],
-            "done_params": (n["ok"] + n["errors"]) * PARAMS - n["errors"] * PARAM_ERRORS,
-            "dead": n["dead"],
-            "errors": n["errors"],
-            "duplicates": 0,
-            "redelivered": 1 if self.lost is not None else 0,
-            "failed": 1,
-            "problems": problems,
-            "closed_form": "not-applicable",
-        }
+        failures = n["dead"] + n["errors"]
+        failed = n["dead"] * PARAMS + n["errors"] * PARAM_ERRORS
+        return verify_report(
+            run="sweep-1",
+            state="complete-with-failures" if failures else "complete",
+            ok=not failures and not problems,
+            verified=not problems,
+            total_chunks=self.chunks,
+            total_params=self.chunks * PARAMS,
+            finished=self.chunks,
+            done=n["ok"],
+            done_params=self.chunks * PARAMS - failed,
+            dead=n["dead"],
+            errors=n["errors"],
+            param_errors=n["errors"] * PARAM_ERRORS,
+            params_dead=n["dead"] * PARAMS,
+            failed_params=failed,
+            redelivered=1 if self.lost is not None else 0,
+            failed=1,
+            problems=problems or [],
+            progress=1.0,
+        )

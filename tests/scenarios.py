@@ -113,7 +113,9 @@ def restart_broker_at(
     h: Harness, run: str, fraction: float, *, timeout: float = 120
 ) -> dict[str, Any]:
     """Restart the broker once ``fraction`` of ``run`` is done; the status just before."""
-    return scenario.restart_broker_at(_status(h, run), h.restart_broker, fraction, timeout=timeout)
+    s = scenario.wait_for_progress(_status(h, run), fraction, timeout=timeout, poll=0.1)
+    h.restart_broker()
+    return s
 
 
 def wait_complete(h: Harness, run: str, *, timeout: float = 600) -> dict[str, Any]:

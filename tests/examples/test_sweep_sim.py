@@ -102,7 +102,10 @@ def test_example_image_builds_from_the_worker_image_of_the_chart_s_app_version()
     dockerfile = (EXAMPLE / "Dockerfile").read_text()
     app_version = yaml.safe_load((ROOT / "charts" / "ttg" / "Chart.yaml").read_text())["appVersion"]
     assert re.search(rf"^ARG TTG_VERSION={re.escape(app_version)}$", dockerfile, re.M)
+    assert re.search(
+        r"^ARG BASE_IMAGE=ghcr.io/ttg-sweeps/ttg-worker:\$\{TTG_VERSION\}$", dockerfile, re.M
+    ), "by default, FROM the worker image of the chart's appVersion"
     froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
-    assert froms and all(f == "ghcr.io/ttg-sweeps/ttg-worker:${TTG_VERSION}" for f in froms)
+    assert froms and all(f == "${BASE_IMAGE}" for f in froms)
     # It runs as the worker image's numeric non-root user, which the chart's pods require.
     assert re.findall(r"^USER (\S+)", dockerfile, re.M)[-1] == "10001:10001"

@@ -17,8 +17,8 @@ from tests.computes import GATE_ENV
 from tests.conftest import BackendEnv, backend_env
 from tests.fault.conftest import LocalHarness, seed, status
 from tests.helpers import eventually, ttg, ttg_json
-from ttg.broker import TLS
 from ttg.brokers.rabbitmq import connection
+from ttg.endpoint import TLS
 from ttg.errors import BrokerConnectionError
 from ttg.processes import LocalWorkers, RabbitMQNode
 

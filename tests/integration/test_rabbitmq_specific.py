@@ -29,7 +29,7 @@ PROGRESS_BYTES_PER_MILLION = 2 * 1024 * 1024
 
 RSS_PROBE = """
 import sys
-from ttg.broker import open_broker
+from ttg.endpoint import open_broker
 
 def rss_kib() -> int:
     with open("/proc/self/status") as f:

@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import ConsumerFactory
 from tests.helpers import eventually
 from ttg import compute
-from ttg.broker import TLS
 from ttg.brokers.redis import RedisBroker, RedisConsumer
 from ttg.brokers.redis.client import GROUP, key
+from ttg.endpoint import TLS
 from ttg.processes import RedisServer
 from ttg.run import Delivery, Outcome, Recorded, RunSpec, Status
 from ttg.space import RangeSpace

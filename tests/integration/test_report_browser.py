@@ -12,6 +12,7 @@ import html
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness, harness, seed
 from tests.helpers import ROOT, ttg_json
 from tests.reportdata import SyntheticRun
+from ttg.endpoint import Endpoint
 from ttg.processes import LocalWorkers
 from ttg.report import write_report
+from ttg.sweep import Sweep
 
 #: Debian's chromium package; ci/ensure-packages.sh installs it (make tools).
 CHROMIUM = Path("/usr/bin/chromium")
@@ -96,7 +99,10 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with failures and a worker killed at 30%."""
     run = SyntheticRun(2000)
     path = tmp_path_factory.mktemp("report") / "report.html"
-    write_report(path, run="sweep-1", verify=run.verify(), chunks=run.rows(), events=run.events())
+    write_report(
+        path, run="sweep-1", verify=run.verify(), spec=run.spec(), chunks=run.rows(),
+        events=run.events(),
+    )  # fmt: skip
     return path
 
 
@@ -166,3 +172,55 @@ def test_report_of_a_real_run_with_a_killed_worker(
     status, errors = render_status(browse(chromium, page, tmp_path, "--dump-dom"))
     assert errors == "" and status.get("data-rendered") == "yes", (status, errors)
     assert f"{killed.worker} LOST" in page.read_text() or killed.worker in page.read_text()
+
+
+#: Where the screenshot of a real run with several distinct errors is kept for people.
+ERRORS_SHOT = Path(tempfile.gettempdir()) / "ttg-report-errors.png"
+
+
+def test_report_of_a_real_run_with_several_distinct_errors(
+    chromium: Path, backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
+) -> None:
+    """The vocabulary and the grouping, read back from the page the browser rendered."""
+    sweep = Sweep(
+        run_id, compute="tests.computes:several_errors", space=200, chunk_size=10, work_ms=30,
+        broker=Endpoint(backend.name, backend.url, tls=backend.tls),
+    )  # fmt: skip
+    workers.start(2)
+    assert sweep.run(timeout=120).complete
+    page = tmp_path / "report.html"
+    sweep.report(page)
+
+    dom = browse(chromium, page, tmp_path, "--dump-dom")
+    status, errors = render_status(dom)
+    assert errors == "" and status.get("data-rendered") == "yes", (status, errors)
+    text = html.unescape(re.sub(r"<[^>]+>", "", dom))
+    # Two verdicts: exactly once holds; 41 parameters failed (20 + 20 + 1) of 200.
+    assert "Exactly once: holds" in text
+    assert "Parameters: 41 parameters failed (41 raised, 0 in dead chunks) of 200" in text
+    assert "EXACTLY ONCE · WITH FAILURES" in text
+    # One row per distinct error (not per chunk), counts, and the example's value.
+    table = dom.split('<table id="error-groups">', 1)[1].split("</table>", 1)[0]
+    rows = [html.unescape(re.sub(r"<[^>]+>", "|", r)) for r in table.split("</tr>")[1:-1]]
+    assert len(rows) == 3, rows
+    cells = [[c for c in r.split("|") if c.strip()] for r in rows]
+    assert [c[1:4] for c in cells] == [
+        ["KeyError", "20", "20"], ["ZeroDivisionError", "20", "20"], ["ValueError", "1", "1"],
+    ]  # fmt: skip
+    assert cells[0][4] == "KeyError: 'mass'" and cells[0][5] == "parameter 7 (chunk 0)"
+    assert cells[1][4] == "ZeroDivisionError: integer division or modulo by zero"
+    assert cells[1][5] == "parameter 3 (chunk 0)" and cells[1][6] == "3"
+    assert cells[2][4:7] == ["ValueError: negative mass at x=50", "parameter 50 (chunk 5)", "50"]
+    assert "Failed attempts that a later attempt replaced" not in text  # none were retried
+    for label, value in (
+        ("chunks finished", "20 / 20"), ("chunks with errors", "20"),
+        ("parameters ok", "159 / 200"), ("parameters failed", "41"), ("parameters dead", "0"),
+    ):  # fmt: skip
+        assert f"{value}{label}" in text.replace("\n", ""), label
+
+    ERRORS_SHOT.parent.mkdir(parents=True, exist_ok=True)
+    shot = tmp_path / "errors.png"
+    browse(chromium, page, tmp_path, f"--screenshot={shot}", "--window-size=1280,3600")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.copy(shot, ERRORS_SHOT.with_name(f"{ERRORS_SHOT.stem}-{backend.name}.png"))
+    print(f"\nreport screenshot: {ERRORS_SHOT.with_name(f'{ERRORS_SHOT.stem}-{backend.name}.png')}")  # noqa: T201

@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import BackendEnv, backend_env
 from tests.helpers import ROOT, eventually, ttg, ttg_json
+from tests.tls import TLSMaterial
 from ttg.processes import LocalWorkers
-from ttg.processes.tls import TLSMaterial
 
 pytestmark = pytest.mark.integration
 

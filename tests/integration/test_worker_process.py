@@ -186,7 +186,10 @@ def test_status_watch_follows_the_run_to_completion(
 def test_results_export_one_row_per_parameter_with_its_grid_values(
     backend: BackendEnv, workers: LocalWorkers, run_id: str
 ) -> None:
-    seed(backend, run_id, "--space", "grid:a=1,2,3;b=x,y", "--chunk-size", "4")
+    seed(
+        backend, run_id, "--space", "grid:a=1,2,3;b=x,y", "--chunk-size", "4",
+        "--compute", "tests.computes:label",
+    )  # fmt: skip
     workers.start(1)
     eventually(
         lambda: ttg_json("status", "--run", run_id, env=backend.env)["complete"], what="done"

@@ -43,6 +43,9 @@ from ttg.processes import free_port
         ["seed", "--run", "ok", "--space", "range:0:99999999999999999999999", "--chunk-size", "1"],
         ["seed", "--run", "ok", "--params", "10**9", "--chunk-size", "1"],
         ["seed", "--run", "ok", "--params", str(10**9), "--chunk-size", "1"],
+        # A grid (or table) with the default compute, which is for integer ranges.
+        ["seed", "--run", "ok", "--space", "grid:a=1,2", "--chunk-size", "1"],
+        ["seed", "--run", "ok", "--space", "linspace:0:1:5", "--chunk-size", "1"],
         [
             "seed",
             "--run",
@@ -73,6 +76,52 @@ from ttg.processes import free_port
         ["runs", "--broker-url", "redis+cluster://u:p#w@h:1"],
         ["runs", "--backend", "rabbitmq", "--broker-url", "amqp://u:p#w@h:1/%2F"],
         ["runs", "--broker-url", "redis://u:p#w@h:1", "--broker-password", "x"],
+        # A value that looks like a space keyword but does not parse.
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "grid:r=range:2.5:4.0:x",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "tests.computes:label",
+        ],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "grid:z=linspace:0:1",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "tests.computes:label",
+        ],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space-file",
+            "/no/such/file.csv",
+            "--chunk-size",
+            "1",
+            "--compute",
+            "tests.computes:label",
+        ],
+        [
+            "seed",
+            "--run",
+            "ok",
+            "--space",
+            "range:0:4",
+            "--space-file",
+            "x.csv",
+            "--chunk-size",
+            "1",
+        ],
+        ["results", "--run", "ok", "--field", "y"],
         ["seed", "--run", "ok", "--params", "10", "--chunk-size", "1", "--compute", "os:system"],
         [
             "seed",
@@ -147,3 +196,15 @@ def test_metrics_port_in_use_is_one_line_and_exit_2() -> None:
 def test_version() -> None:
     proc = ttg("--version", env={})
     assert proc.returncode == 0 and proc.stdout.startswith("ttg ")
+
+
+def test_refusals_name_what_is_wrong() -> None:
+    env = {"TTG_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    grid = ttg("seed", "--run", "ok", "--space", "grid:a=1,2", "--chunk-size", "1", env=env)
+    assert "a grid space needs a compute (--compute module:function)" in grid.stderr
+    axis = ttg(
+        "seed", "--run", "ok", "--space", "grid:r=range:2.5:4.0:x", "--chunk-size", "1",
+        "--compute", "tests.computes:label", env=env,
+    )  # fmt: skip
+    assert axis.stderr.startswith("ttg: error: --space grid axis 'r': ")
+    assert "'x' is not a number" in axis.stderr

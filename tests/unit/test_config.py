@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from ttg import config
-from ttg.broker import with_credentials
 from ttg.decode import mask_url
+from ttg.endpoint import with_credentials
 from ttg.errors import UsageError
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
+from ttg.errors import UsageError
+from ttg.export import aggregate, write_parquet
 from ttg.results import (
     Shape,
     columns,
@@ -34,17 +38,30 @@ OUTCOMES = [
     Outcome(1, Status.DEAD, 5, "w", 3, 2.0, error="dead\nreason"),
     Outcome(2, Status.OK, 2, "w", 1, 3.25, result=[[1, 2], 10**30]),
 ]  # fmt: skip
+#: A chunk whose worker kept tracebacks: entries of three, or two where none was kept.
+WITH_TRACEBACKS = Outcome(
+    0, Status.ERRORS, 5, "w", 1, 1.0, result=[0, None, 4, None, 16],
+    param_errors=((1, "ZeroDivisionError: division by zero",  # type: ignore[arg-type]
+                   'File "sim.py", line 3, in f\n  1 / 0\nZeroDivisionError: division by zero'),
+                  (3, "ValueError: no")),
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("spec", [GRID, RANGE], ids=["grid", "range"])
 def test_fast_jsonl_is_the_reference_encoding_byte_for_byte(spec: RunSpec) -> None:
     reference, fast = io.StringIO(), io.StringIO()
-    n_ref = write_jsonl(parameter_rows(spec, OUTCOMES), reference)
-    n_fast = write_parameters_jsonl(spec, OUTCOMES, fast)
+    n_ref = write_jsonl(parameter_rows(spec, [*OUTCOMES, WITH_TRACEBACKS]), reference)
+    n_fast = write_parameters_jsonl(spec, [*OUTCOMES, WITH_TRACEBACKS], fast)
     assert fast.getvalue() == reference.getvalue()
-    assert n_fast == n_ref == 12
-    statuses = [json.loads(line)["status"] for line in fast.getvalue().splitlines()]
-    assert statuses == ["ok", "error", "ok", "ok", "ok", *["dead"] * 5, "ok", "ok"]
+    assert n_fast == n_ref == 17
+    rows = [json.loads(line) for line in fast.getvalue().splitlines()]
+    statuses = [r["status"] for r in rows]
+    assert statuses[:12] == ["ok", "error", "ok", "ok", "ok", *["dead"] * 5, "ok", "ok"]
+    assert [r["traceback"] for r in rows[12:]] == [
+        None, 'File "sim.py", line 3, in f\n  1 / 0\nZeroDivisionError: division by zero',
+        None, None, None,
+    ]  # fmt: skip
+    assert rows[15]["error"] == "ValueError: no" and rows[15]["traceback"] is None
 
 
 def shape_of(spec: RunSpec, outcomes: list[Outcome]) -> Shape:
@@ -91,3 +108,44 @@ def test_chunks_come_out_in_order_past_the_in_memory_sort(monkeypatch: pytest.Mo
     order = (5, 1, 4, 0, 3, 2, 6)
     shuffled = [Outcome(c, Status.OK, 1, "w", 1, float(c), result=[c]) for c in order]
     assert [o.chunk for o in in_chunk_order(shuffled)] == list(range(7))
+
+
+def test_csv_traceback_column_only_when_asked() -> None:
+    plain, full = io.StringIO(), io.StringIO()
+    shape = shape_of(RANGE, [WITH_TRACEBACKS])
+    rows = parameter_rows(RANGE, [WITH_TRACEBACKS])
+    write_csv(RANGE, rows, plain, columns(RANGE, shape))
+    rows = parameter_rows(RANGE, [WITH_TRACEBACKS])
+    write_csv(RANGE, rows, full, columns(RANGE, shape, traceback=True))
+    assert "traceback" not in plain.getvalue().splitlines()[0]
+    rows = list(csv.DictReader(io.StringIO(full.getvalue())))
+    assert list(rows[0])[5] == "traceback"
+    assert rows[1]["traceback"].endswith("ZeroDivisionError: division by zero")
+    assert rows[0]["traceback"] == rows[3]["traceback"] == ""
+    assert rows[3]["error"] == "ValueError: no"
+
+
+def test_aggregate_a_field_of_dict_results() -> None:
+    rows = [
+        {"index": 0, "status": "ok", "result": {"y": 1.5, "z": 1}},
+        {"index": 1, "status": "error", "result": None},
+        {"index": 2, "status": "ok", "result": {"y": 2.5, "z": 2}},
+    ]
+    assert aggregate("mean", rows, field="y") == {
+        "aggregate": "mean", "value": 2.0, "count": 2, "field": "y",
+    }  # fmt: skip
+    with pytest.raises(UsageError, match=r"\(dict results: --field NAME\)"):
+        aggregate("sum", rows)
+    with pytest.raises(UsageError, match="--field w: result of parameter 0 has no field 'w'"):
+        aggregate("sum", rows, field="w")
+
+
+def test_parquet_has_the_traceback_column(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "r.parquet"
+    write_parquet(RANGE, [WITH_TRACEBACKS], str(path))
+    table = pq.read_table(path)
+    assert "traceback" in table.column_names
+    tracebacks = table.column("traceback").to_pylist()
+    assert tracebacks[1].endswith("ZeroDivisionError: division by zero")
+    assert tracebacks[0] is None and tracebacks[3] is None

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ttg.run import Outcome, RunSpec
+from ttg.run import Outcome, RunSpec, Status
 from ttg.space import RangeSpace
 from ttg.verify import _scan
 
@@ -29,3 +29,27 @@ def test_scan_flags_partial_chunks_and_strangers() -> None:
     assert "chunk 0 result covers 7 of 10 parameters" in t.problems
     assert any("outside" in p for p in t.problems)
     assert bytes(t.seen) == b"\x01\x00\x00"
+
+
+def test_scan_groups_errors_by_type_and_message_with_the_lowest_example() -> None:
+    from ttg.verify import _groups  # noqa: PLC0415
+
+    tb = 'File "sim.py", line 9, in f\nZeroDivisionError: division by zero'
+    errors = Outcome(
+        1, Status.ERRORS, 10, "w", 1, 0.0, [None] * 10,
+        param_errors=((17, "ZeroDivisionError: division by zero", tb),  # type: ignore[arg-type]
+                      (12, "parameter 12: ZeroDivisionError: division by zero"),
+                      (15, "KeyError: 'x'")),
+    )  # fmt: skip
+    dead = Outcome(2, Status.DEAD, 10, "w", 5, 0.0, error="parameter 21: MemoryError")
+    t = _scan(SPEC, [ok(0), errors, dead])
+    groups = {g.error: g for g in _groups(SPEC, t)}
+    zero = groups["ZeroDivisionError: division by zero"]
+    assert (zero.kind, zero.type, zero.params, zero.chunks) == ("failed", "ZeroDivisionError", 2, 1)
+    assert zero.example is not None and zero.example.index == 12  # the lowest, not the first
+    assert zero.example.param == 12 and zero.example.traceback is None
+    assert groups["KeyError: 'x'"].params == 1
+    memory = groups["MemoryError"]
+    assert (memory.kind, memory.params, memory.chunks) == ("dead", 10, 1)
+    assert memory.example is not None and memory.example.index == 21
+    assert t.dead_params == 10 and t.param_errors == 3

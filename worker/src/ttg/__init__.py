@@ -1,3 +1,41 @@
-"""TTG: parameter sweeps through a queue, with proof that every parameter was computed once."""
+"""TTG: parameter sweeps through a queue, with proof that every parameter was computed once.
 
-__version__ = "0.4.0"
+The Python API (docs: README "Using it"):
+
+    import ttg
+    space = ttg.grid(omega=[0.5, 1, 2], zeta=ttg.linspace(0, 1, 5))
+    with ttg.local(workers=2) as broker:
+        sweep = ttg.Sweep("osc-1", compute="sweep_sim.oscillator:simulate",
+                          space=space, chunk_size=4, broker=broker)
+        sweep.run(progress=True)
+        df = sweep.results()
+        assert sweep.verify().ok
+"""
+
+from typing import Any
+
+from ttg.embedded import Local, local
+from ttg.space import arange, grid, linspace, logspace, table
+from ttg.sweep import Sweep
+
+__all__ = [
+    "Local", "Sweep", "__version__", "arange", "grid", "linspace", "local", "logspace", "table",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """``ttg.__version__``, read from the installed metadata on first use.
+
+    pyproject.toml is the one place the version is written; reading the metadata
+    costs ~0.1 s, which every ``ttg`` command would pay at start if done eagerly.
+    """
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            value = version("ttg")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0+unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module 'ttg' has no attribute {name!r}")

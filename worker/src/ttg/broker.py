@@ -5,9 +5,10 @@ keeps their ledger. A ``Consumer`` is one worker's session with the broker,
 and the worker's only door to it: it fetches deliveries (each carrying its
 run's spec), and settles each one in exactly one of three ways — ``complete``,
 ``retry`` or ``release``. Backends live in ``ttg.brokers.<name>``; the worker
-core never imports redis or pika.
+core never imports redis or pika. Where a broker is and how to reach it
+(URL, credentials, TLS) is ``ttg.endpoint``'s, which opens backends.
 
-The contract (DESIGN.md invariants; docs/contract.md), checked by one
+The contract (docs/design.md, invariants 1-13; docs/contract.md), checked by one
 conformance suite run unchanged against every backend:
 
 - ``seed`` is idempotent and resumable;
@@ -26,16 +27,11 @@ conformance suite run unchanged against every backend:
 
 from __future__ import annotations
 
-import importlib
-import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from types import ModuleType
-from urllib.parse import quote, urlsplit, urlunsplit
 
-from ttg.decode import Problems, mask_url
-from ttg.errors import UsageError
+from ttg.decode import Problems
 from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
 
 
@@ -66,37 +62,6 @@ class RetryReport:
     @property
     def requeued(self) -> int:
         return self.dead + self.errors
-
-
-@dataclass(frozen=True)
-class TLS:
-    """TLS material for ``rediss://`` and ``amqps://`` (files, as mounted from a Secret)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client context that verifies the broker's certificate and host name.
-
-        Against ``ca_file``, or the system's CAs when it is unset; with the
-        client certificate when one is given.
-
-        Raises:
-            UsageError: a file is missing, unreadable or not what it should be
-                (bad input, exit 2: a worker must not wait for it forever).
-        """
-        if self.key_file and not self.cert_file:
-            raise UsageError("TTG_BROKER_KEY_FILE is set without TTG_BROKER_CERT_FILE")
-        what = f"TTG_BROKER_CA_FILE={self.ca_file}"
-        try:
-            context = ssl.create_default_context(cafile=self.ca_file)
-            if self.cert_file:
-                what = f"TTG_BROKER_CERT_FILE={self.cert_file}, TTG_BROKER_KEY_FILE={self.key_file}"
-                context.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError) as e:
-            raise UsageError(f"{what}: {e.strerror or e}") from None
-        return context
 
 
 class Consumer(ABC):
@@ -263,83 +228,3 @@ class Broker(ABC):
     @abstractmethod
     def close(self) -> None:
         """Close connections."""
-
-
-def with_credentials(url: str, username: str | None, password: str | None) -> str:
-    """Put a username and/or password into ``url`` (each of a comma-separated list), URL-quoted.
-
-    The chart keeps the broker URL in plain config and the credentials in a
-    Secret; this joins them without the operator quoting anything by hand.
-    """
-    if not username and not password:
-        return url
-    try:
-        return ",".join(
-            _one_with_credentials(u.strip(), username, password) for u in url.split(",")
-        )
-    except ValueError:
-        # Never quote the parser: its complaint may hold a piece of a password.
-        raise UsageError(
-            f"broker URL {mask_url(url)!r} is malformed (quote a password's special "
-            "characters in a URL, e.g. @ as %40, or give TTG_BROKER_PASSWORD alone)"
-        ) from None
-
-
-def _one_with_credentials(url: str, username: str | None, password: str | None) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    user = quote(username if username is not None else (parts.username or ""), safe="")
-    pw = quote(password if password is not None else (parts.password or ""), safe="")
-    creds = user + (f":{pw}" if pw else "")
-    return urlunsplit(parts._replace(netloc=f"{creds}@{netloc}"))
-
-
-#: Backends by the name ``TTG_BACKEND`` uses, and the module implementing each: the one
-#: list of them. A command imports only the backend it names, so a Redis deployment never
-#: loads pika and vice versa.
-BACKENDS = {"redis": "ttg.brokers.redis", "rabbitmq": "ttg.brokers.rabbitmq"}
-
-
-def _backend(backend: str) -> ModuleType:
-    try:
-        module_name = BACKENDS[backend]
-    except KeyError:
-        raise UsageError(
-            f"backend {backend!r} is not one of {', '.join(sorted(BACKENDS))}"
-        ) from None
-    return importlib.import_module(module_name)
-
-
-def open_broker(backend: str, url: str, *, tls: TLS | None = None) -> Broker:
-    """Connect to the broker of kind ``backend`` at ``url``.
-
-    Raises:
-        UsageError: unknown backend or malformed URL.
-        BrokerConnectionError: the broker does not answer.
-        AuthenticationError: it refused our credentials or our TLS handshake.
-    """
-    broker: Broker = _backend(backend).connect(url, tls=tls or TLS())
-    return broker
-
-
-def open_consumer(
-    backend: str,
-    url: str,
-    name: str,
-    *,
-    lease_seconds: float,
-    prefetch: int,
-    tls: TLS | None = None,
-) -> Consumer:
-    """A worker's consumer, with a connection of its own and nothing else (call ``start``).
-
-    Raises:
-        UsageError: unknown backend or malformed URL.
-    """
-    consumer: Consumer = _backend(backend).open_consumer(
-        url, tls or TLS(), name, lease_seconds=lease_seconds, prefetch=prefetch
-    )
-    return consumer

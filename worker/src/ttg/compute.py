@@ -35,7 +35,7 @@ from typing import Any
 
 from ttg.decode import preview
 from ttg.errors import UsageError
-from ttg.space import GridSpace, RangeSpace
+from ttg.space import AnySpace, RangeSpace
 
 #: The compute a run gets when nobody names one.
 DEFAULT_COMPUTE = "ttg.compute:square"
@@ -82,7 +82,7 @@ def square(value: Any) -> int:
     return zlib.crc32(json.dumps(value, sort_keys=True).encode())
 
 
-def closed_form_total(space: RangeSpace | GridSpace, compute: str) -> int | None:
+def closed_form_total(space: AnySpace, compute: str) -> int | None:
     """The exact sum of all results of a run, or None when there is no closed form.
 
     For ``square`` over ``range(start, stop, step)`` with n terms the sum of
@@ -278,9 +278,7 @@ class ChunkResult:
         return f"parameter {self.errors[0][0]}: {self.errors[0][1]}" if self.errors else None
 
 
-def run_chunk(
-    fn: ComputeFn, space: RangeSpace | GridSpace, lo: int, hi: int, work_ms: int
-) -> ChunkResult:
+def run_chunk(fn: ComputeFn, space: AnySpace, lo: int, hi: int, work_ms: int) -> ChunkResult:
     """Compute every parameter of chunk ``[lo, hi)``; an error stays with its parameter.
 
     ``work_ms`` simulates a chunk's cost (benchmarks, demos, fault tests).

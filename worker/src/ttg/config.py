@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ttg.broker import BACKENDS
+from ttg.endpoint import BACKENDS, DEFAULT_BACKEND, DEFAULT_URL
 from ttg.errors import UsageError
 from ttg.limits import MAX_DELIVERIES
 
@@ -102,11 +102,11 @@ def _allow(text: str) -> tuple[str, ...]:
 SETTINGS = {
     s.name: s
     for s in [
-        Setting("backend", str, "redis", "broker kind", tuple(BACKENDS)),
+        Setting("backend", str, DEFAULT_BACKEND, "broker kind", tuple(BACKENDS)),
         Setting(
             "broker-url",
             str,
-            "redis://localhost:6379/0",
+            DEFAULT_URL,
             "broker URL (RabbitMQ: several, comma-separated, for a cluster)",
         ),
         Setting("broker-username", str, None, "user, replacing the one in the URL"),
@@ -204,9 +204,13 @@ def add(parser: argparse.ArgumentParser, *names: str) -> None:
 def resolve(args: argparse.Namespace, *names: str) -> None:
     """Fill each setting on ``args``: flag, else environment, else default; check types.
 
+    ``args.defaulted`` names the settings nobody set (a worker may then pick for itself).
+
     Raises:
         UsageError: a value does not parse or is not allowed.
     """
+    defaults: set[str] = getattr(args, "defaulted", set())
+    args.defaulted = defaults
     for name in names:
         s = SETTINGS[name]
         attr = name.replace("-", "_")
@@ -216,6 +220,7 @@ def resolve(args: argparse.Namespace, *names: str) -> None:
             raw, source = os.environ.get(s.env), s.env
         if raw is None or raw == "":
             raw, source = s.default, f"default of {s.flag}"
+            defaults.add(name)
             if raw is None or not isinstance(raw, str) or s.type is str:
                 setattr(args, attr, raw)
                 continue

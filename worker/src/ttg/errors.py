@@ -82,6 +82,16 @@ class AuthenticationError(BrokerError):
     exit_code = 4
 
 
+def needs_extra(what: str, extra: str) -> UsageError:
+    """The error for a feature whose optional dependencies are not installed.
+
+    The install line works from a TTG checkout (the package is not on PyPI).
+    """
+    return UsageError(
+        f"{what} needs the {extra} extra: pip install -e 'worker[{extra}]' (in a TTG checkout)"
+    )
+
+
 class StoreError(TTGError):
     """A results store (``file://`` volume, ``s3://`` bucket) failed an operation; worth retrying.
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import IO, Any
 
 from ttg.compute import describe
-from ttg.errors import UsageError
+from ttg.errors import UsageError, needs_extra
 from ttg.outputs import replacing
 from ttg.results import (
     PARQUET_BATCH,
@@ -36,7 +36,8 @@ from ttg.results import (
     write_parameters_jsonl,
 )
 from ttg.run import Outcome, RunSpec
-from ttg.space import GridSpace
+from ttg.space import GridSpace, RangeSpace
+from ttg.tables import TableSpace
 
 #: Reductions ``--aggregate`` knows by name.
 AGGREGATES = ("sum", "min", "max", "mean")
@@ -55,6 +56,8 @@ class ExportOptions:
     chunks: bool = False
     #: CSV cells exactly as they are (no formula neutralising).
     raw: bool = False
+    #: CSV: a ``traceback`` column too (JSONL and Parquet always have it; it is long).
+    traceback: bool = False
 
 
 def export(spec: RunSpec, ledger: Iterable[Outcome], opts: ExportOptions, stdout: IO[str]) -> int:
@@ -89,19 +92,27 @@ def _write(spec: RunSpec, ledger: Iterable[Outcome], opts: ExportOptions, out: I
         return write_jsonl(rows, out)
     if opts.format == "jsonl":
         return write_parameters_jsonl(spec, in_chunk_order(ledger), out)
-    outcomes, cols, _ = _with_columns(spec, ledger)
+    outcomes, cols, _ = _with_columns(spec, ledger, traceback=opts.traceback)
     return write_csv(spec, parameter_rows(spec, outcomes), out, cols, raw=opts.raw)
 
 
 def _with_columns(
-    spec: RunSpec, ledger: Iterable[Outcome]
+    spec: RunSpec, ledger: Iterable[Outcome], *, traceback: bool
 ) -> tuple[Iterator[Outcome], Columns, Shape]:
     """The outcomes in order, and the columns every one of them fits (learnt while sorting)."""
     shape = Shape()
     ordered = in_chunk_order(ledger, observer(spec, shape))
     first = next(ordered, None)  # the sort has seen every outcome once this returns
     rest = ordered if first is None else _prepend(first, ordered)
-    return rest, columns(spec, shape), shape
+    return rest, columns(spec, shape, traceback=traceback), shape
+
+
+def table_cells(
+    spec: RunSpec, ledger: Iterable[Outcome], *, traceback: bool = True
+) -> tuple[list[str], list[list[Any]]]:
+    """Column names and flat rows, as CSV and Parquet lay them out (for a DataFrame)."""
+    outcomes, cols, _ = _with_columns(spec, ledger, traceback=traceback)
+    return cols.names, [flatten(row, cols) for row in parameter_rows(spec, outcomes)]
 
 
 def _prepend(first: Outcome, rest: Iterator[Outcome]) -> Iterator[Outcome]:
@@ -117,7 +128,7 @@ def _pyarrow() -> Any:
         import pyarrow  # noqa: PLC0415 - optional extra
         import pyarrow.parquet  # noqa: PLC0415
     except ImportError:
-        raise UsageError("Parquet needs the parquet extra: pip install 'ttg[parquet]'") from None
+        raise needs_extra("Parquet", "parquet") from None
     return pyarrow
 
 
@@ -137,6 +148,7 @@ _FIXED = {
     "index": "int64",
     "status": "string",
     "error": "string",
+    "traceback": "string",
     "chunk": "int64",
     "worker": "string",
     "attempt": "int64",
@@ -151,13 +163,7 @@ def _type_name(kinds: set[str]) -> str | None:
 
 def parquet_types(spec: RunSpec, cols: Columns, shape: Shape) -> dict[str, str | None]:
     """Each column's Parquet type (a pyarrow factory name), or None where it holds JSON text."""
-    space = spec.parameter_space
-    params: dict[str, set[str]] = {}
-    if isinstance(space, GridSpace):
-        for name, values in space.axes:
-            params[name] = {kind_of(v) for v in values}
-    else:
-        params["value"] = {"int64"}
+    params = _param_kinds(spec)
     out: dict[str, str | None] = {}
     for name in cols.names:
         if name in _FIXED:
@@ -169,12 +175,30 @@ def parquet_types(spec: RunSpec, cols: Columns, shape: Shape) -> dict[str, str |
     return out
 
 
+def _param_kinds(spec: RunSpec) -> dict[str, set[str]]:
+    """The kinds of values each parameter column holds, from the space itself."""
+    space = spec.parameter_space
+    if isinstance(space, GridSpace):
+        return {name: {kind_of(v) for v in values} for name, values in space.axes}
+    if isinstance(space, TableSpace):
+        # A table lives in the run's spec (bounded): every row is at hand.
+        kinds: dict[str, set[str]] = {name: set() for name in space.names}
+        for row in space.values(0, space.size):
+            for name in space.names:
+                kinds[name].add(kind_of(row.get(name)))
+        return kinds
+    if isinstance(space, RangeSpace):
+        return {"value": {"int64"}}
+    # Float ranges, linspace, logspace: numbers, some of them whole.
+    return {"value": {"int", "float"}}
+
+
 def write_parquet(spec: RunSpec, ledger: Iterable[Outcome], path: str) -> int:
     """Parquet (the ``parquet`` extra): a type per column that holds all its values, or JSON."""
     pa = _pyarrow()
     import pyarrow.parquet as pq  # noqa: PLC0415 - optional extra
 
-    outcomes, cols, shape = _with_columns(spec, ledger)
+    outcomes, cols, shape = _with_columns(spec, ledger, traceback=True)
     types = parquet_types(spec, cols, shape)
     schema = pa.schema([(name, getattr(pa, t or "string")()) for name, t in types.items()])
     n = 0
@@ -258,11 +282,14 @@ class ExactSum:
             return math.inf if total > 0 else -math.inf
 
 
-def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(
+    how: str, rows: Iterable[Mapping[str, Any]], *, field: str | None = None
+) -> dict[str, Any]:
     """Reduce the results of the rows whose status is ok.
 
-    ``how`` is one of ``AGGREGATES`` (numeric results), or ``module:function``,
-    called with an iterator of the rows and returning something JSON can hold.
+    ``how`` is one of ``AGGREGATES`` (numeric results; with ``field``, the
+    field of that name of dict results), or ``module:function``, called with an
+    iterator of the rows and returning something JSON can hold.
     Integers are summed exactly and a mean of integers is rounded once; a NaN
     result makes every reduction NaN.
 
@@ -270,7 +297,9 @@ def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         UsageError: unknown reduction, a result that is not a number, or a
             ``module:function`` that cannot be imported or raised.
     """
-    ok = (r for r in rows if r["status"] == "ok")
+    ok: Iterator[Mapping[str, Any]] = (r for r in rows if r["status"] == "ok")
+    if field is not None:
+        ok = ({**r, "result": _field(r, field)} for r in ok)
     if ":" in how:
         return {"aggregate": how, "value": _custom(how, ok)}
     if how not in AGGREGATES:
@@ -281,9 +310,10 @@ def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for r in ok:
         v = r["result"]
         if type(v) not in (int, float):
+            hint = " (dict results: --field NAME)" if isinstance(v, dict) else ""
             raise UsageError(
                 f"--aggregate {how}: result of parameter {r['index']} is not a number: "
-                f"{dumps(v)[:80]}"
+                f"{dumps(v)[:80]}{hint}"
             )
         count += 1
         total.add(v)
@@ -298,10 +328,23 @@ def aggregate(how: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "max": math.nan if nan else high,
         "mean": total.value(count) if count else None,
     }[how]
-    return {"aggregate": how, "value": value, "count": count}
+    out: dict[str, Any] = {"aggregate": how, "value": value, "count": count}
+    if field is not None:
+        out["field"] = field
+    return out
 
 
-def _custom(how: str, ok: Iterator[dict[str, Any]]) -> Any:
+def _field(row: Mapping[str, Any], name: str) -> Any:
+    result = row["result"]
+    if not isinstance(result, dict) or name not in result:
+        raise UsageError(
+            f"--field {name}: result of parameter {row['index']} has no field {name!r}: "
+            f"{dumps(result)[:80]}"
+        )
+    return result[name]
+
+
+def _custom(how: str, ok: Iterator[Mapping[str, Any]]) -> Any:
     module_name, _, attr = how.partition(":")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
@@ -313,7 +356,9 @@ def _custom(how: str, ok: Iterator[dict[str, Any]]) -> Any:
         raise UsageError(f"--aggregate {how!r} raised {describe(e)}") from None
 
 
-def aggregate_ledger(spec: RunSpec, ledger: Iterable[Outcome], how: str) -> dict[str, Any]:
+def aggregate_ledger(
+    spec: RunSpec, ledger: Iterable[Outcome], how: str, *, field: str | None = None
+) -> dict[str, Any]:
     """``aggregate`` over a ledger: the built-in reductions in any order, a function's in order."""
     outcomes: Iterable[Outcome] = ledger if how in AGGREGATES else in_chunk_order(ledger)
-    return aggregate(how, parameter_rows(spec, outcomes))
+    return aggregate(how, parameter_rows(spec, outcomes), field=field)

@@ -68,7 +68,7 @@ def run_named(d: Any) -> str | None:
     return run if isinstance(run, str) and RUN_ID.fullmatch(run) else None
 
 
-def space_of(spec: Any) -> spaces.RangeSpace | spaces.GridSpace:
+def space_of(spec: Any) -> spaces.AnySpace:
     """The parameter space of a spec's ``space``, checked as untrusted input.
 
     Raises:

@@ -29,13 +29,36 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+#: Context a text line names after its message, when the record carries it.
+TEXT_CONTEXT = ("run", "chunk", "worker", "attempt")
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines that still name their run and chunk: ``... [run=r1 chunk=7]``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(
+            f"{k}={getattr(record, k)}"
+            for k in TEXT_CONTEXT
+            if getattr(record, k, None) is not None
+        )
+        if not context:
+            return line
+        head, sep, rest = line.partition("\n")  # a traceback stays below the line
+        return f"{head} [{context}]{sep}{rest}"
+
+
 def setup(fmt: str, level: str) -> None:
     """Configure the root logger once, on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -28,14 +28,14 @@ import json
 import math
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 from ttg.decode import Problems, printable
+from ttg.failures import traceback_of
 from ttg.run import Outcome, RunSpec, Status
-from ttg.space import GridSpace
 
 #: Chunks sorted in memory before the sort spills to disk.
 IN_MEMORY_CHUNKS = 5000
@@ -108,26 +108,50 @@ def _chain(first: list[Outcome], rest: Iterator[Outcome]) -> Iterator[Outcome]:
 # -- rows -----------------------------------------------------------------------------------
 
 
-def _errors_of(o: Outcome) -> dict[int, str]:
-    return {p[0]: p[1] for p in o.param_errors}
+class ResultRow(TypedDict):
+    """One parameter's row, as ``ttg results`` writes it (JSONL: this object)."""
+
+    index: int
+    #: The parameter: a number for a range, a dict for a grid point or a table row.
+    value: Any
+    result: Any
+    #: ``ok`` | ``error`` | ``dead``.
+    status: str
+    error: str | None
+    traceback: str | None
+    chunk: int
+    worker: str
+    attempt: int
+    finished_at: float
 
 
-def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
+#: A row of the per-parameter view (``ResultRow``) or of the per-chunk one (``--chunks``).
+Row = Mapping[str, Any]
+
+
+def _errors(o: Outcome) -> dict[int, tuple[str, str | None]]:
+    """Parameter index -> (error, traceback or None), from ``(i, e)`` or ``(i, e, tb)`` entries."""
+    return {int(e[0]): (str(e[1]), traceback_of(e)) for e in o.param_errors}
+
+
+def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[ResultRow]:
     """One row per parameter of each outcome: its value, result, status and error.
 
-    Status is ``ok``, ``error`` (its compute raised; the error says how) or
-    ``dead`` (the whole chunk could not be computed).
+    Status is ``ok``, ``error`` (its compute raised; the error says how, the
+    traceback where, when the worker kept one) or ``dead`` (the whole chunk
+    could not be computed).
     """
     space = spec.parameter_space
     for o in outcomes:
         lo, hi = spec.bounds(o.chunk)
-        errors = _errors_of(o)
+        errors = _errors(o)
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
+            tb = None
             if o.status is Status.DEAD:
                 status, error = "dead", o.error
             elif i in errors:
-                status, error = "error", errors[i]
+                status, (error, tb) = "error", errors[i]
             else:
                 status, error = "ok", None
             yield {
@@ -136,6 +160,7 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
                 "result": result,
                 "status": status,
                 "error": error,
+                "traceback": tb,
                 "chunk": o.chunk,
                 "worker": o.worker,
                 "attempt": o.attempt,
@@ -143,7 +168,7 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[dict[
             }
 
 
-def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[dict[str, Any]]:
+def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[Row]:
     """The per-chunk view (``--chunks``): one row per chunk, its results as one JSON list."""
     for o in outcomes:
         yield {
@@ -187,7 +212,7 @@ def _json(v: Any) -> str:
     return str(v) if type(v) is int else dumps(v)
 
 
-def write_jsonl(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
+def write_jsonl(rows: Iterable[Row], out: IO[str]) -> int:
     n = 0
     for row in rows:
         out.write(dumps(row) + "\n")
@@ -211,16 +236,18 @@ def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[s
              "finished_at": o.finished_at},
         )[1:]  # fmt: skip
         dead = o.status is Status.DEAD
-        ok_tail = ", " + dumps({"status": "ok", "error": None})[1:-1] + ", " + shared
-        dead_tail = ", " + dumps({"status": "dead", "error": o.error})[1:-1] + ", " + shared
-        errors = _errors_of(o)
+        ok = {"status": "ok", "error": None, "traceback": None}
+        ok_tail = ", " + dumps(ok)[1:-1] + ", " + shared
+        dead_tail = ", " + dumps({**ok, "status": "dead", "error": o.error})[1:-1] + ", " + shared
+        errors = _errors(o)
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
         lines = []
         for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
             if dead:
                 tail = dead_tail
             elif i in errors:
-                tail = ", " + dumps({"status": "error", "error": errors[i]})[1:-1]
+                error, tb = errors[i]
+                tail = ", " + dumps({"status": "error", "error": error, "traceback": tb})[1:-1]
                 tail += ", " + shared
             else:
                 tail = ok_tail
@@ -312,32 +339,34 @@ class Columns:
     params: tuple[str, ...]
     #: Keys of dict results, each its own column (empty: one "result" column).
     result_keys: tuple[str, ...]
+    #: Whether the ``traceback`` column is there (CSV: only when asked for).
+    traceback: bool = True
 
     @property
     def names(self) -> list[str]:
         results = [f"result.{k}" for k in self.result_keys] or ["result"]
-        return ["index", *self.params, *results, "status", "error", "chunk", "worker",
+        tb = ["traceback"] if self.traceback else []
+        return ["index", *self.params, *results, "status", "error", *tb, "chunk", "worker",
                 "attempt", "finished_at"]  # fmt: skip
 
 
-def columns(spec: RunSpec, shape: Shape) -> Columns:
-    """Columns for ``spec`` with results shaped as ``shape`` says."""
-    space = spec.parameter_space
-    params = tuple(name for name, _ in space.axes) if isinstance(space, GridSpace) else ("value",)
-    return Columns(params, shape.result_keys)
+def columns(spec: RunSpec, shape: Shape, *, traceback: bool = False) -> Columns:
+    """Columns for ``spec`` with results shaped as ``shape`` says (``traceback``: that column too)."""
+    return Columns(spec.parameter_space.names or ("value",), shape.result_keys, traceback)
 
 
-def flatten(row: dict[str, Any], cols: Columns) -> list[Any]:
+def flatten(row: ResultRow, cols: Columns) -> list[Any]:
     """A row as the flat cells of CSV and Parquet, in the order of ``cols.names``."""
     value = row["value"]
-    params = [value] if cols.params == ("value",) else [value.get(n) for n in cols.params]
+    params = [value.get(n) for n in cols.params] if isinstance(value, dict) else [value]
     result = row["result"]
     if cols.result_keys:
         got = result if isinstance(result, dict) else {}
         results = [got.get(k) for k in cols.result_keys]
     else:
         results = [result]
-    return [row["index"], *params, *results, row["status"], row["error"], row["chunk"],
+    tb = [row.get("traceback")] if cols.traceback else []
+    return [row["index"], *params, *results, row["status"], row["error"], *tb, row["chunk"],
             row["worker"], row["attempt"], row["finished_at"]]  # fmt: skip
 
 
@@ -362,7 +391,7 @@ def _cell(v: Any, raw: bool, tty: bool = False) -> Any:
 
 def write_csv(
     spec: RunSpec,
-    rows: Iterator[dict[str, Any]],
+    rows: Iterator[ResultRow],
     out: IO[str],
     cols: Columns,
     *,
@@ -378,7 +407,7 @@ def write_csv(
     return n
 
 
-def write_chunks_csv(rows: Iterable[dict[str, Any]], out: IO[str], *, raw: bool = False) -> int:
+def write_chunks_csv(rows: Iterable[Row], out: IO[str], *, raw: bool = False) -> int:
     writer = csv.writer(out)
     writer.writerow(CHUNK_FIELDS)
     tty = not raw and out.isatty()

@@ -119,8 +119,8 @@ class RunSpec:
         return bool(getattr(self, name) != default)
 
     @property
-    def parameter_space(self) -> spaces.RangeSpace | spaces.GridSpace:
-        space: spaces.RangeSpace | spaces.GridSpace = self.__dict__["_space"]
+    def parameter_space(self) -> spaces.AnySpace:
+        space: spaces.AnySpace = self.__dict__["_space"]
         return space
 
     @property

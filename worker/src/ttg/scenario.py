@@ -212,20 +212,6 @@ def kill_broker_node_at(
     )
 
 
-def restart_broker_at(
-    status: StatusFn,
-    restart: Callable[[], None],
-    fraction: float,
-    *,
-    timeout: float = 120,
-    poll: float = 0.1,
-) -> dict[str, Any]:
-    """Once ``fraction`` of the run is done, restart the broker; return the status before."""
-    s = wait_for_progress(status, fraction, timeout=timeout, poll=poll)
-    restart()
-    return s
-
-
 def wait_complete(
     status: StatusFn,
     *,

@@ -1,11 +1,22 @@
-"""Status and verification reports, the same for every backend.
+"""Status and verification reports, the same for every backend, in one vocabulary.
+
+The vocabulary (docs/contract.md), the same in text, ``--json`` and the report:
+
+- chunks: ``total_chunks``; ``finished`` (with an outcome) = ``done`` (every
+  parameter ok) + ``errors`` (some parameters failed, the rest kept) + ``dead``
+  (no results);
+- parameters: ``total_params``; ``done_params`` ok, ``param_errors`` failed
+  (their compute raised), ``params_dead`` (in dead chunks);
+- events: ``redelivered``, ``failed`` (failed attempts: each retry, and each
+  outcome with failures), ``duplicates``, ``malformed``.
 
 ``verify`` does not trust counters: it reads the whole ledger and checks it
 against the run's spec (every chunk 0..n-1 has exactly one counted outcome,
 each covering its whole index range), then checks the counters against the
 ledger, then, for the default compute, the sum of all results against the
-closed form. A run that finished with failures (dead chunks, parameter
-errors) is reported as such and is not a success unless the caller allows it.
+closed form. "Exactly once holds" (``verified``) is kept apart from "every
+parameter succeeded": a run that finished with failures is exactly-once all
+the same, and is a success (``ok``) only when the caller allows failures.
 """
 
 from __future__ import annotations
@@ -15,21 +26,147 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ttg import compute
+from ttg import compute, failures
 from ttg.broker import Broker
 from ttg.decode import Problems
-from ttg.run import Outcome, Progress, RunSpec, Status
+from ttg.metrics import RateMeter
+from ttg.run import InFlight, Outcome, Progress, RunSpec, Status
 from ttg.store.check import StoreCheck
+from ttg.tables import JSON
 
 #: Chunk ids listed in a report when some are missing.
 MISSING_SAMPLE = 20
+#: Error groups a verify report lists (the most frequent first).
+ERROR_GROUPS = 20
 
 
-def status_report(p: Progress, rate: float | None = None) -> dict[str, Any]:
-    """The fields every ``--json`` report shares (docs/contract.md)."""
+@dataclass
+class RecentFailure:
+    """A recent error, with the parameter it names (its grid point, its table row)."""
+
+    error: str
+    index: int | None = None
+    param: JSON = None
+
+
+@dataclass
+class StatusReport:
+    """A run's progress now: what ``ttg status --json`` prints (docs/contract.md)."""
+
+    ts: float
+    run: str
+    state: str
+    control: str
+    total_chunks: int
+    total_params: int
+    seeded_chunks: int
+    #: Chunks with an outcome: done + errors + dead.
+    finished: int
+    #: Chunks whose every parameter is ok.
+    done: int
+    #: Parameters ok.
+    done_params: int
+    #: Chunks recorded dead (no results).
+    dead: int
+    #: Chunks holding parameter errors (their other parameters are ok).
+    errors: int
+    #: Parameters whose compute raised.
+    param_errors: int
+    #: Parameters in dead chunks (known once the run is complete; verify counts them always).
+    params_dead: int | None
+    duplicates: int
+    redelivered: int
+    #: Failed attempts (events): retries, and outcomes holding failures.
+    failed: int
+    malformed: int
+    queue_depth: int
+    workers: int | None
+    in_flight: list[InFlight]
+    recent_errors: list[str]
+    recent_failures: list[RecentFailure]
+    warnings: list[str]
+    progress: float
+    rate_chunks_s: float | None
+    eta_s: float | None
+    seeded_at: float | None
+    complete: bool
+    ok: bool
+    #: Records of the run that could not be read (each one line), newest reading first.
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, stable names."""
+        return asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        """``report["done"]``: the JSON object's field, for code written against the dict
+        reports of earlier versions (attributes are the typed way)."""
+        return self.to_dict()[key]
+
+
+@dataclass
+class VerifyReport(StatusReport):
+    """What ``ttg verify --json`` prints: the status, and what reading the ledger found."""
+
+    missing: int = 0
+    missing_sample: list[int] = field(default_factory=list)
+    closed_form: str = "not-applicable"
+    #: Parameters without a result: failed + dead (None until every chunk has an outcome).
+    failed_params: int | None = None
+    #: Exactly once holds: every chunk has one counted outcome and nothing disagrees.
+    verified: bool = False
+    #: Failures grouped by exception type and message, most frequent first.
+    error_groups: list[failures.ErrorGroup] = field(default_factory=list)
+    #: Distinct errors beyond those listed in ``error_groups``.
+    more_error_groups: int = 0
+    #: Where the run keeps its results (``broker``, or a results store's URL).
+    results: str = "broker"
+    #: Counted chunks' objects read and checked (a results store).
+    objects_checked: int = 0
+    #: Objects that can never count, removed (``ttg.store.reader``).
+    strays_removed: int = 0
+    #: Objects of chunks not counted yet, left alone.
+    pending_objects: int = 0
+    #: Files in the run's folder TTG did not write, left alone.
+    foreign_objects: int = 0
+    #: The certificate written (``verify --certificate``).
+    certificate: str | None = None
+
+
+def _recent(p: Progress, spec: RunSpec | None) -> list[RecentFailure]:
+    out = []
+    seen = set()
+    for text in p.recent_errors:
+        index, message = failures.split(text)
+        if message in seen:
+            continue
+        seen.add(message)
+        param = None
+        if spec is not None and index is not None and 0 <= index < spec.total_params:
+            param = spec.parameter_space.value(index)
+        out.append(RecentFailure(message, index, param))
+    return out
+
+
+def status_report(
+    p: Progress,
+    rate: float | None = None,
+    spec: RunSpec | None = None,
+    meter: RateMeter | None = None,
+) -> StatusReport:
+    """The status of a run from its counters; ``spec`` names failing parameters by value.
+
+    With a ``meter`` fed by earlier readings, the rate and ETA are its (windowed,
+    so long chunks do not read as a collapsing rate); the ETA is unknown (None)
+    while no worker serves the run.
+    """
     remaining = p.total_chunks - p.finished
     eta = None
-    if rate:
+    if meter is not None:
+        rate = meter.update(p.finished)
+        eta = meter.eta(remaining) if p.workers != 0 or remaining == 0 else None
+        eta = None if eta is None else round(eta, 1)
+    elif rate:
         eta = round(remaining / rate, 1)
     elif remaining == 0:
         eta = 0.0
@@ -40,36 +177,39 @@ def status_report(p: Progress, rate: float | None = None) -> dict[str, Any]:
         warnings.append(f"{p.malformed} task messages could not be read (see recent_errors)")
     if p.problems:
         warnings.append("some of the run's records could not be read (see problems)")
-    return {
-        "ts": round(time.time(), 3),
-        "run": p.run,
-        "state": p.state,
-        "control": p.control,
-        "total_chunks": p.total_chunks,
-        "total_params": p.total_params,
-        "seeded_chunks": p.seeded_chunks,
-        "done": p.done,
-        "done_params": p.done_params,
-        "dead": p.dead,
-        "errors": p.errors,
-        "param_errors": p.param_errors,
-        "duplicates": p.duplicates,
-        "redelivered": p.redelivered,
-        "failed": p.failed,
-        "malformed": p.malformed,
-        "queue_depth": p.queue_depth,
-        "workers": p.workers,
-        "in_flight": [asdict(f) for f in p.in_flight],
-        "recent_errors": p.recent_errors,
-        "warnings": warnings,
-        "problems": list(p.problems),
-        "progress": round(p.ratio, 4),
-        "rate_chunks_s": round(rate, 2) if rate is not None else None,
-        "eta_s": eta,
-        "seeded_at": p.seeded_at,
-        "complete": p.complete,
-        "ok": p.complete and not p.failures,
-    }
+    return StatusReport(
+        ts=round(time.time(), 3),
+        run=p.run,
+        state=p.state,
+        control=p.control,
+        total_chunks=p.total_chunks,
+        total_params=p.total_params,
+        seeded_chunks=p.seeded_chunks,
+        finished=p.finished,
+        done=p.done,
+        done_params=p.done_params,
+        dead=p.dead,
+        errors=p.errors,
+        param_errors=p.param_errors,
+        params_dead=(p.total_params - p.done_params - p.param_errors if p.complete else None),
+        duplicates=p.duplicates,
+        redelivered=p.redelivered,
+        failed=p.failed,
+        malformed=p.malformed,
+        queue_depth=p.queue_depth,
+        workers=p.workers,
+        in_flight=list(p.in_flight),
+        recent_errors=list(p.recent_errors),
+        recent_failures=_recent(p, spec),
+        warnings=warnings,
+        problems=list(p.problems),
+        progress=round(p.ratio, 4),
+        rate_chunks_s=round(rate, 2) if rate is not None else None,
+        eta_s=eta,
+        seeded_at=p.seeded_at,
+        complete=p.complete,
+        ok=p.complete and not p.failures,
+    )
 
 
 @dataclass
@@ -83,8 +223,10 @@ class _Tally:
     dead_chunks: int = 0
     ok_params: int = 0
     param_errors: int = 0
+    dead_params: int = 0
     result_sum: int = 0
     summable: bool = True
+    groups: failures.ErrorGroups = field(default_factory=failures.ErrorGroups)
 
 
 def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
@@ -98,10 +240,12 @@ def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
             t.problems.append(f"chunk {o.chunk} is counted twice")
             continue
         t.seen[o.chunk] = 1
+        lo, hi = spec.bounds(o.chunk)
+        t.groups.add_chunk(str(o.status), o.error, o.param_errors, hi - lo, o.chunk)
         if o.status is Status.DEAD:
             t.dead_chunks += 1
+            t.dead_params += hi - lo
             continue
-        lo, hi = spec.bounds(o.chunk)
         if o.status is Status.ERRORS:
             t.error_chunks += 1
         else:
@@ -122,16 +266,29 @@ def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
     return t
 
 
+def _groups(spec: RunSpec, t: _Tally) -> list[failures.ErrorGroup]:
+    """The most frequent error groups, each example named by its parameter's value."""
+    top = t.groups.top(ERROR_GROUPS)
+    space = spec.parameter_space
+    for g in top:
+        ex = g.example
+        if ex is not None and ex.index is None and ex.chunk is not None:
+            ex.index = spec.bounds(ex.chunk)[0]  # a dead chunk: its first parameter
+        if ex is not None and ex.index is not None and 0 <= ex.index < spec.total_params:
+            ex.param = space.value(ex.index)
+    return top
+
+
 def verify(
     broker: Broker, run: str, *, allow_failed: bool = False, check: StoreCheck | None = None
-) -> dict[str, Any]:
+) -> VerifyReport:
     """Check invariants 1 and 2 (and the closed form) for ``run`` from its ledger.
 
-    ``ok`` is true only when every chunk has exactly one counted outcome, the
-    counters agree with the ledger, the closed form matches where there is
-    one, and — unless ``allow_failed`` — no chunk is dead or has parameter errors.
-    A run with a results store has every counted object checked too (``check``:
-    pass one to gather a certificate's leaves).
+    ``verified`` is true when every chunk has exactly one counted outcome, the
+    counters agree with the ledger and the closed form matches where there is
+    one; ``ok`` when verified and — unless ``allow_failed`` — no chunk is dead
+    or has parameter errors. A run with a results store has every counted object
+    checked too (``check``: pass one to gather a certificate's leaves).
     """
     spec = broker.spec(run)
     progress = broker.progress(run)
@@ -156,26 +313,31 @@ def verify(
             f"counters say {progress.done_params} parameters done, ledger holds {t.ok_params}"
         )
     complete = not missing
-    failures = t.dead_chunks + t.error_chunks
-    if complete and failures == 0 and t.ok_params != spec.total_params:
+    chunk_failures = t.dead_chunks + t.error_chunks
+    if complete and chunk_failures == 0 and t.ok_params != spec.total_params:
         problems.append(f"results cover {t.ok_params} parameters, the run has {spec.total_params}")
     expected = compute.closed_form_total(spec.parameter_space, spec.compute)
     closed_form = "not-applicable"
-    if expected is not None and complete and failures == 0 and t.summable:
+    if expected is not None and complete and chunk_failures == 0 and t.summable:
         closed_form = "match" if t.result_sum == expected else "mismatch"
         if closed_form == "mismatch":
             problems.append(f"sum of results {t.result_sum} != closed form {expected}")
-    report = status_report(progress)
-    failed_params = spec.total_params - t.ok_params if complete else None
-    report.update(
-        complete=complete,
+    status = status_report(progress, spec=spec)
+    verified = complete and not problems
+    return VerifyReport(
+        **{
+            **vars(status),
+            "complete": complete,
+            "params_dead": t.dead_params,
+            "ok": verified and (allow_failed or chunk_failures == 0),
+            "problems": problems,
+        },
         missing=len(missing),
         missing_sample=missing[:MISSING_SAMPLE],
-        failed_params=failed_params,
+        failed_params=spec.total_params - t.ok_params if complete else None,
         closed_form=closed_form,
-        problems=problems,
-        verified=complete and not problems,
-        ok=complete and not problems and (allow_failed or failures == 0),
+        verified=verified,
+        error_groups=_groups(spec, t),
+        more_error_groups=max(0, len(t.groups) - ERROR_GROUPS),
+        **check.fields(),
     )
-    report.update(check.fields())
-    return report

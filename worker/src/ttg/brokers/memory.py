@@ -38,7 +38,7 @@ from ttg.run import (
 #: Events kept per run.
 EVENTS_KEPT = 1000
 #: Distinct recent errors shown by ``progress``.
-RECENT_ERRORS = 5
+RECENT_ERRORS = 20
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ``ttg`` command line.
+"""The ``ttg`` command line: a thin door over the Python API (``ttg.sweep``).
 
 Exit codes (docs/contract.md): 0 yes/done; 1 the answer is no (verify found
 failures or problems); 2 bad input, including a run the broker does not know
@@ -12,124 +12,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
-from ttg import __version__, config, logs
-from ttg.backoff import Backoff
-from ttg.broker import TLS, Broker, open_broker, with_credentials
+import ttg
+from ttg import config, logs
+from ttg.cli import demo, local, runs, serve
+from ttg.cli.common import Parser
 from ttg.decode import one_line
-from ttg.errors import (
-    AuthenticationError,
-    BrokerConnectionError,
-    Interrupted,
-    TTGError,
-    UsageError,
-)
-from ttg.run import check_run_id
+from ttg.errors import Interrupted, TTGError
 
 log = logging.getLogger("ttg")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit code 2, like every other bad input."""
+class _Version(argparse.Action):
+    """``--version``: the package's version, looked up only when asked for."""
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-#: Largest integer a flag takes unless it says less (a signed 64-bit integer).
-MAX_FLAG_INT = 2**63 - 1
-
-
-def int_at_least(minimum: int, maximum: int = MAX_FLAG_INT) -> Callable[[str], int]:
-    """An argparse type: an integer in ``[minimum, maximum]``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        if value > maximum:
-            raise argparse.ArgumentTypeError(f"{text[:40]} is above {maximum}")
-        return value
-
-    return parse
-
-
-def float_at_least(minimum: float, maximum: float = 1e9) -> Callable[[str], float]:
-    """An argparse type: a finite number in ``[minimum, maximum]`` (never NaN or infinite)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
-        if not minimum <= value <= maximum:  # also refuses nan and the infinities
-            raise argparse.ArgumentTypeError(f"{text[:40]} is not between {minimum} and {maximum}")
-        return value
-
-    return parse
-
-
-def run_id(text: str) -> str:
-    try:
-        return check_run_id(text)
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def tls_of(args: argparse.Namespace) -> TLS:
-    return TLS(args.broker_ca_file, args.broker_cert_file, args.broker_key_file)
-
-
-def broker_url(args: argparse.Namespace) -> str:
-    return with_credentials(args.broker_url, args.broker_username, args.broker_password)
-
-
-def connect(args: argparse.Namespace, *, default_wait: float = 0.0) -> Broker:
-    """The broker the connection settings on ``args`` name, waited for if it is not up yet.
-
-    Waits up to ``TTG_CONNECT_TIMEOUT_SECONDS`` (``default_wait`` when unset),
-    saying on stderr why, then gives up with exit code 3.
-    """
-    wait = args.connect_timeout_seconds
-    wait = default_wait if wait is None else wait
-    deadline = time.monotonic() + wait
-    backoff = Backoff(cap=5.0)
-    while True:
-        try:
-            return open_broker(args.backend, broker_url(args), tls=tls_of(args))
-        except AuthenticationError:
-            raise
-        except BrokerConnectionError as e:
-            delay = backoff.next()
-            left = deadline - time.monotonic()
-            if left < delay:
-                raise
-            log.warning("waiting for the broker (%.0f s left): %s", left, e)
-            time.sleep(delay)
-
-
-def emit(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
-    print(json.dumps(report, sort_keys=True, default=str) if args.json else text, flush=True)
-
-
-Command = Callable[..., argparse.ArgumentParser]
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"ttg {ttg.__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ttg.cli import demo, runs, serve  # noqa: PLC0415 - they import this module's helpers
-
     parser = Parser(prog="ttg", description="Parameter sweeps computed exactly once, provably.")
-    parser.add_argument("--version", action="version", version=f"ttg {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(
@@ -143,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parsers(command)
     runs.add_parsers(command)
     demo.add_parser(command)
+    local.add_parser(command)
     return parser
 
 

@@ -1,65 +1,57 @@
-"""The commands about runs: seed, status, verify, results, runs, control, retry, delete."""
+"""The commands about runs: seed, status, verify, results, report, runs, control, retry, delete.
+
+Each is a thin door over ``ttg.Sweep`` (``ttg.sweep``): parse the flags, call
+the one implementation the Python API uses, print text or ``--json``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ttg import compute, config, store
-from ttg import space as spaces
-from ttg.broker import Broker
-from ttg.cli import Command, connect, emit, float_at_least, int_at_least, run_id
-from ttg.cli import progress as bars
+from ttg import config, store
+from ttg import progress as bars
+from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least, run_id
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
-from ttg.export import AGGREGATES, FORMATS, ExportOptions, aggregate_ledger, export
+from ttg.export import AGGREGATES, FORMATS
 from ttg.limits import MAX_PARAMS, MAX_WORK_MS
-from ttg.metrics import RateMeter
 from ttg.outputs import check_output
-from ttg.results import dumps, problems_line
+from ttg.results import problems_line
 from ttg.run import RunSpec
 from ttg.store import certificate
 from ttg.store.check import StoreCheck
-from ttg.store.reader import delete_run, resolved
-from ttg.verify import status_report, verify
-
-if TYPE_CHECKING:
-    from ttg.report import ReportSummary
+from ttg.store.reader import delete_run
+from ttg.sweep import Sweep, make_space
+from ttg.tables import read_table
 
 # -- seed ---------------------------------------------------------------------------------
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    if args.space:
-        space = spaces.parse(args.space)
-        if args.params is not None and args.params != space.size:
-            raise UsageError(f"--params {args.params} but --space has {space.size} parameters")
-    elif args.params is None:
-        raise UsageError("give --params N (a range 0..N-1) or --space")
-    else:
-        space = spaces.RangeSpace(0, args.params)
-    spec = RunSpec(
-        run=args.run,
-        space=space.to_spec(),
+    if args.space and args.space_file:
+        raise UsageError("give --space or --space-file, not both")
+    space = read_table(args.space_file) if args.space_file else make_space(args.space, args.params)
+    if args.space_file and args.params is not None and args.params != space.size:
+        raise UsageError(f"--params {args.params} but --space-file has {space.size} rows")
+    sweep = Sweep(
+        args.run,
+        # The default compute is for integer ranges: Sweep refuses it for anything else.
+        compute=None if args.compute == config.SETTINGS["compute"].default else args.compute,
+        space=space,
         chunk_size=args.chunk_size,
-        compute=args.compute,
+        broker=endpoint(args),
         work_ms=args.work_ms,
         max_deliveries=args.max_deliveries,
+        compute_allow=args.compute_allow,
+        check=not args.no_check,
         results=args.results_url,
     )
-    # Refused here rather than by every worker: the allowlist always, the import
-    # unless the seeder does not have the user's code.
-    compute.check_allowed(spec.compute, args.compute_allow)
-    if not args.no_check:
-        compute.load(spec.compute, args.compute_allow)
-    if spec.results != store.BROKER:
-        store.check_writable(spec.results)  # before the run exists: exit 3 or 4 otherwise
-    broker = connect(args)
-    bar = bars.Bar(f"seeding {spec.run}", enabled=not args.json and sys.stderr.isatty())
-    report = broker.seed(spec, on_progress=bar.update)
+    bar = bars.Bar(f"seeding {args.run}", enabled=not args.json and sys.stderr.isatty())
+    with sweep:
+        report = sweep.seed(on_progress=bar.update)
     bar.close()
     out = {
         "run": report.run,
@@ -70,11 +62,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
         "already_seeded": report.already_seeded,
     }
     text = (
-        f"run {report.run}: {report.total_params} parameters in {report.total_chunks} chunks; "
+        f"run {report.run}: {bars.plural(report.total_params, 'parameter')} in "
+        f"{bars.plural(report.total_chunks, 'chunk')}; "
         + (
             "already seeded, nothing added"
             if report.already_seeded
-            else f"published {report.added} chunks"
+            else f"published {bars.plural(report.added, 'chunk')}"
         )
     )
     emit(args, out, text)
@@ -85,37 +78,39 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    broker = connect(args)
     if not args.watch:
-        report = status_report(broker.progress(args.run))
-        emit(args, report, bars.explain(report))
+        with Sweep.attach(args.run, endpoint(args)) as sweep:
+            report = sweep.status()
+        emit(args, report.to_dict(), bars.explain(report))
         return 0
-    meter = RateMeter(window=15.0)
-    bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
+    ep = endpoint(args)
     waiting = False
     while True:
         try:
-            p = broker.progress(args.run)
+            sweep = Sweep.attach(args.run, ep)
+            break
         except RunNotFound:
             # Watching a run about to be seeded (`ttg seed ... & ttg status --watch`).
             if not waiting:
                 waiting = True
                 print(f"ttg: waiting for run {args.run} to be seeded", file=sys.stderr)
             time.sleep(args.interval)
-            continue
-        report = status_report(p, meter.update(p.finished))
-        if args.json:
-            print(bars.as_json(report), flush=True)
-        elif bar.enabled:
-            bar.update(p.finished, p.total_chunks, suffix=bars.suffix(report))
-        else:
-            print(bars.describe(report), flush=True)
-        if p.complete or p.state in ("paused", "cancelled"):
-            bar.close()
-            if bar.enabled:
-                print(bars.explain(report))
-            return 0
-        time.sleep(args.interval)
+    bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
+    with sweep:
+        while True:
+            report = sweep.status()
+            if args.json:
+                print(bars.as_json(report), flush=True)
+            elif bar.enabled:
+                bar.update(report.finished, report.total_chunks, suffix=bars.suffix(report))
+            else:
+                print(bars.describe(report), flush=True)
+            if report.complete or report.state in ("paused", "cancelled"):
+                bar.close()
+                if bar.enabled:
+                    print(bars.explain(report))
+                return 0
+            time.sleep(args.interval)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -127,42 +122,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("the following arguments are required: --run (or --offline)")
     if args.certificate:
         check_output(args.certificate, "--certificate")
-    broker = connect(args)
-    spec = broker.spec(args.run)
-    if args.certificate and spec.results == store.BROKER:
-        raise UsageError(
-            f"run {args.run} keeps its results in the broker: a certificate proves a "
-            "results store's dataset (seed with TTG_RESULTS_URL)"
-        )
-    check = StoreCheck(spec, certificate=bool(args.certificate))
-    report = verify(broker, args.run, allow_failed=args.allow_failed, check=check)
+    with Sweep.attach(args.run, endpoint(args)) as sweep:
+        spec = sweep.spec
+        if args.certificate and spec.results == store.BROKER:
+            raise UsageError(
+                f"run {args.run} keeps its results in the broker: a certificate proves a "
+                "results store's dataset (seed with TTG_RESULTS_URL)"
+            )
+        check = StoreCheck(spec, certificate=bool(args.certificate))
+        report = sweep.verify(allow_failed=args.allow_failed, check=check)
     if args.certificate and check.leaves is not None:
-        certificate.write(args.certificate, certificate.document(spec, check.leaves, report))
-        report["certificate"] = args.certificate
-    verdict = "VERIFIED" if report["ok"] else "NOT VERIFIED"
-    lines = [f"{verdict}: {bars.describe(report)}", f"closed form: {report['closed_form']}"]
-    if report["missing"]:
-        lines.append(f"missing {report['missing']} chunks, e.g. {report['missing_sample']}")
-    if report["dead"] or report["errors"]:
+        doc = certificate.document(spec, check.leaves, report.to_dict())
+        certificate.write(args.certificate, doc)
+        report.certificate = args.certificate
+    lines = [bars.verdict(report, allow_failed=args.allow_failed)]
+    if report.results != store.BROKER:
+        strays, pending = report.strays_removed, report.pending_objects
         lines.append(
-            f"failures: {report['dead']} chunks dead, {report['errors']} chunks with "
-            f"{report['param_errors']} parameter errors"
-            + ("" if args.allow_failed else " (--allow-failed accepts them)")
-        )
-    if report["dead"] or report["errors"]:
-        lines += [f"error: {e}" for e in report["recent_errors"]]
-    lines += [f"problem: {p}" for p in report["problems"]]
-    if report.get("results", store.BROKER) != store.BROKER:
-        strays, pending = report["strays_removed"], report["pending_objects"]
-        lines.append(
-            f"results store: {report['objects_checked']} objects checked in {report['results']}"
+            f"results store: {report.objects_checked} objects checked in {report.results}"
             + (f", {strays} strays removed" if strays else "")
             + (f", {pending} not counted yet" if pending else "")
         )
-    if report.get("certificate"):
-        lines.append(f"certificate: {report['certificate']}")
-    emit(args, report, "\n".join(lines))
-    return 0 if report["ok"] else 1
+    if report.certificate:
+        lines.append(f"certificate: {report.certificate}")
+    emit(args, report.to_dict(), "\n".join(lines))
+    return 0 if report.ok else 1
 
 
 def _verify_offline(args: argparse.Namespace) -> int:
@@ -191,62 +175,47 @@ def _verify_offline(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    opts = ExportOptions(args.format, args.output, args.chunks, args.raw)
+    if args.field and not args.aggregate:
+        raise UsageError("--field goes with --aggregate")
     if args.output:
         check_output(args.output)  # before any work
-    broker = connect(args)
-    spec = broker.spec(args.run)  # an unknown run is an error, not an empty file
-    p = broker.progress(args.run)
-    if not p.complete:
-        print(
-            f"ttg: warning: run {args.run} is {p.state}: {p.total_chunks - p.finished} of "
-            f"{p.total_chunks} chunks have no outcome yet, their rows are missing",
-            file=sys.stderr,
-        )
     unreadable = Problems()
-    # A run with a results store: each chunk's object is read (and checked) in turn.
-    ledger = resolved(spec, broker.ledger(args.run, problems=unreadable))
-    try:
-        if args.aggregate:
-            reduced = aggregate_ledger(spec, ledger, args.aggregate)
-            print(dumps({**reduced, "run": args.run}, sort_keys=True), flush=True)
-        else:
-            export(spec, ledger, opts, sys.stdout)
-    finally:
-        warning = problems_line(args.run, unreadable)
-        if warning:
-            print(f"ttg: warning: {warning}", file=sys.stderr)
+    with Sweep.attach(args.run, endpoint(args)) as sweep:
+        s = sweep.status()
+        if not s.complete:
+            print(
+                f"ttg: warning: run {args.run} is {s.state}: {s.total_chunks - s.finished} of "
+                f"{s.total_chunks} chunks have no outcome yet, their rows are missing",
+                file=sys.stderr,
+            )
+        try:
+            if args.aggregate:
+                reduced = sweep.aggregate(args.aggregate, field=args.field, problems=unreadable)
+                print(bars.as_json(reduced), flush=True)
+                return 0
+            sweep.export(
+                args.output,
+                stream=sys.stdout,
+                format=args.format,
+                chunks=args.chunks,
+                traceback=args.traceback,
+                raw=args.raw,
+                problems=unreadable,
+            )
+        finally:
+            warning = problems_line(args.run, unreadable)
+            if warning:
+                print(f"ttg: warning: {warning}", file=sys.stderr)
     return 0
 
 
 # -- report -----------------------------------------------------------------------------------
 
 
-def write_run_report(broker: Broker, run: str, path: str) -> ReportSummary:
-    """Verify ``run`` and draw its report to ``path`` (the report extra is needed)."""
-    from ttg.report import ChunkRow, write_report  # noqa: PLC0415 - the optional extra
-
-    verdict = verify(broker, run)
-    rows = (
-        ChunkRow(
-            chunk=o.chunk,
-            status=str(o.status),
-            params=o.params,
-            param_errors=len(o.param_errors),
-            worker=o.worker,
-            attempt=o.attempt,
-            started_at=o.started_at,
-            finished_at=o.finished_at,
-            error=o.error,
-        )
-        for o in broker.ledger(run)
-    )
-    return write_report(Path(path), run=run, verify=verdict, chunks=rows, events=broker.events(run))
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     check_output(args.output)
-    summary = write_run_report(connect(args), args.run, args.output)
+    with Sweep.attach(args.run, endpoint(args)) as sweep:
+        summary = sweep.report(args.output)
     lost = f", lost workers: {', '.join(summary.lost_workers)}" if summary.lost_workers else ""
     emit(
         args,
@@ -258,8 +227,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             "workers": summary.workers,
             "lost_workers": summary.lost_workers,
         },
-        f"wrote {summary.path} ({summary.bytes // 1024} kB, {summary.chunks} chunks, "
-        f"{len(summary.workers)} worker{'' if len(summary.workers) == 1 else 's'}{lost})",
+        f"wrote {summary.path} ({summary.bytes // 1024} kB, "
+        f"{bars.plural(summary.chunks, 'chunk')}, "
+        f"{bars.plural(len(summary.workers), 'worker')}{lost})",
     )
     return 0
 
@@ -268,7 +238,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    broker = connect(args)
+    broker = endpoint(args).open_broker()
     now = time.time()
     rows = []
     for run in broker.runs():
@@ -284,6 +254,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "run": run,
                 "state": p.state,
                 "progress": round(p.ratio, 4),
+                "finished": p.finished,
                 "done": p.done,
                 "failures": p.failures,
                 "total_chunks": p.total_chunks,
@@ -293,11 +264,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "problems": p.problems,
             }
         )
-    lines = [f"{'RUN':<24} {'STATE':<24} {'PROGRESS':>9} {'FAILURES':>9} {'WORKERS':>8} {'AGE':>8}"]
+    broker.close()
+    head = (
+        f"{'RUN':<24} {'STATE':<24} {'FINISHED':>9} {'W/ FAILURES':>12} {'WORKERS':>8} {'AGE':>8}"
+    )
+    lines = [head]
     for r in rows:
         lines.append(
-            f"{r['run']:<24} {r['state']:<24} {100 * r['progress']:>8.1f}% {r['failures']:>9} "
-            f"{'?' if r['workers'] is None else r['workers']:>8} "
+            f"{r['run']:<24} {r['state']:<24} {100 * r['progress']:>8.1f}% "
+            f"{r['failures']:>12} {'?' if r['workers'] is None else r['workers']:>8} "
             f"{bars.duration(r['age_s']):>8}"
         )
         lines += [f"  problem: {one_line(p, 300)}" for p in r["problems"]]
@@ -311,6 +286,7 @@ def _unreadable_row(run: str, e: RunDataError, backend: str) -> dict[str, Any]:
         "run": run,
         "state": "unsupported" if isinstance(e, UnsupportedRun) else "unreadable",
         "progress": 0.0,
+        "finished": 0,
         "done": 0,
         "failures": 0,
         "total_chunks": None,
@@ -322,14 +298,14 @@ def _unreadable_row(run: str, e: RunDataError, backend: str) -> dict[str, Any]:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    control = {"cancel": "cancelled", "pause": "paused", "resume": "running"}[args.command]
-    broker = connect(args)
-    broker.set_control(args.run, control)
-    p = broker.progress(args.run)
+    with Sweep.attach(args.run, endpoint(args)) as sweep:
+        {"cancel": sweep.cancel, "pause": sweep.pause, "resume": sweep.resume}[args.command]()
+        control = {"cancel": "cancelled", "pause": "paused", "resume": "running"}[args.command]
+        state = sweep.status().state
     emit(
         args,
-        {"run": args.run, "control": control, "state": p.state},
-        f"run {args.run}: {control} (workers follow within a lease; state now {p.state})",
+        {"run": args.run, "control": control, "state": state},
+        f"run {args.run}: {control} (workers follow within a lease; state now {state})",
     )
     return 0
 
@@ -338,31 +314,35 @@ def cmd_retry(args: argparse.Namespace) -> int:
     dead, errors = args.dead, args.errors
     if not dead and not errors:
         dead = errors = True
-    report = connect(args).retry(args.run, dead=dead, errors=errors)
+    with Sweep.attach(args.run, endpoint(args)) as sweep:
+        report = sweep.retry(dead=dead, errors=errors)
     emit(
         args,
         {"run": args.run, "dead": report.dead, "errors": report.errors, "round": report.round},
-        f"run {args.run}: re-queued {report.requeued} chunks ({report.dead} dead, "
+        f"run {args.run}: re-queued {bars.plural(report.requeued, 'chunk')} ({report.dead} dead, "
         f"{report.errors} with parameter errors); every other result is kept",
     )
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    broker = connect(args)
+    broker = endpoint(args).open_broker()
     try:
-        spec: RunSpec | None = broker.spec(args.run)
-    except RunDataError:
-        spec = None  # a run whose data cannot be read is deleted all the same
-    # The objects first: while the run exists, a failed deletion can be tried again.
-    objects = bool(spec and not args.keep_results and delete_run(spec))
-    if not broker.delete(args.run):
-        raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
+        try:
+            spec: RunSpec | None = broker.spec(args.run)
+        except (RunDataError, RunNotFound):
+            spec = None  # not through its spec: an unreadable run is deleted all the same
+        # The objects first: while the run exists, a failed deletion can be tried again.
+        objects = bool(spec and not args.keep_results and delete_run(spec))
+        if not broker.delete(args.run):
+            raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
+    finally:
+        broker.close()
     emit(
         args,
         {"run": args.run, "deleted": True, "results_deleted": objects},
         f"run {args.run} deleted"
-        + (f", and its results in {spec.results}" if spec and objects else ""),
+        + (f", its results in {spec.results} too" if spec and objects else ""),
     )
     return 0
 
@@ -370,26 +350,25 @@ def cmd_delete(args: argparse.Namespace) -> int:
 # -- parsers --------------------------------------------------------------------------------------
 
 
-def add_parsers(command: Command) -> None:
-    conn = config.CONNECTION
+def _with_run(p: argparse.ArgumentParser, *, json_flag: bool = True) -> argparse.ArgumentParser:
+    p.add_argument("--run", required=True, type=run_id)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    return p
 
-    def with_run(p: argparse.ArgumentParser, *, json_flag: bool = True) -> argparse.ArgumentParser:
-        p.add_argument("--run", required=True, type=run_id)
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-        return p
 
+def _seed_parser(command: Command) -> None:
     p = command(
         "seed",
         cmd_seed,
         "publish a run's chunks (idempotent, resumable)",
-        *conn,
+        *config.CONNECTION,
         "compute",
         "compute-allow",
         "max-deliveries",
         "results-url",
     )
-    with_run(p)
+    _with_run(p)
     p.add_argument(
         "--params",
         type=int_at_least(1, MAX_PARAMS),
@@ -402,14 +381,26 @@ def add_parsers(command: Command) -> None:
         default=0,
         help=f"simulated cost per chunk (at most {MAX_WORK_MS})",
     )
-    p.add_argument("--space", help="range:START:STOP[:STEP] or grid:NAME=v1,v2;NAME=...")
+    p.add_argument(
+        "--space",
+        help="range:START:STOP[:STEP], linspace:START:STOP:NUM, logspace:START:STOP:NUM, "
+        "or grid:NAME=AXIS;NAME=AXIS (an axis: v1,v2,... or one of those forms)",
+    )
+    p.add_argument(
+        "--space-file",
+        metavar="FILE",
+        help="a table of parameters, one per row: CSV with a header, or JSONL of objects",
+    )
     p.add_argument(
         "--no-check",
         action="store_true",
         help="do not import the compute here (a seeder without the user's code)",
     )
 
-    p = with_run(command("status", cmd_status, "progress of a run", *conn))
+
+def _report_parsers(command: Command) -> None:
+    conn = config.CONNECTION
+    p = _with_run(command("status", cmd_status, "progress of a run", *conn))
     p.add_argument(
         "--watch",
         action="store_true",
@@ -421,7 +412,6 @@ def add_parsers(command: Command) -> None:
         default=1.0,
         help="seconds between updates with --watch (>= 0.01)",
     )
-
     p = command("verify", cmd_verify, "exit 0 only if every chunk succeeded, exactly once", *conn)
     p.add_argument("--run", type=run_id, help="the run (not with --offline)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -446,8 +436,7 @@ def add_parsers(command: Command) -> None:
         action="store_true",
         help="a run that finished with dead chunks or parameter errors verifies too",
     )
-
-    p = with_run(
+    p = _with_run(
         command("results", cmd_results, "export results, one row per parameter", *conn),
         json_flag=False,
     )
@@ -463,27 +452,35 @@ def add_parsers(command: Command) -> None:
         help="CSV cells as they are (by default a text cell starting with = + - @ gets a ')",
     )
     p.add_argument(
+        "--traceback",
+        action="store_true",
+        help="CSV: add the traceback column (JSONL and Parquet always have it)",
+    )
+    p.add_argument(
         "--aggregate",
         metavar="HOW",
         help=f"reduce the results instead: {', '.join(AGGREGATES)}, or module:function",
     )
-
-    p = with_run(
+    p.add_argument("--field", metavar="NAME", help="with --aggregate: the field of dict results")
+    p = _with_run(
         command("report", cmd_report, "draw a run's report: one HTML file, works offline", *conn)
     )
     p.add_argument("--output", required=True, help="the .html file to write")
-
     p = command("runs", cmd_runs, "every run the broker holds, with its state", *conn)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
+
+def add_parsers(command: Command) -> None:
+    conn = config.CONNECTION
+    _seed_parser(command)
+    _report_parsers(command)
     for name, help_ in (
         ("cancel", "stop handing out a run's chunks for good (results stay)"),
         ("pause", "stop handing out a run's chunks until resumed"),
         ("resume", "hand out a paused or cancelled run's chunks again"),
     ):
-        with_run(command(name, cmd_control, help_, *conn))
-
-    p = with_run(
+        _with_run(command(name, cmd_control, help_, *conn))
+    p = _with_run(
         command(
             "retry",
             cmd_retry,
@@ -493,8 +490,7 @@ def add_parsers(command: Command) -> None:
     )
     p.add_argument("--dead", action="store_true", help="only the dead chunks")
     p.add_argument("--errors", action="store_true", help="only the chunks with parameter errors")
-
-    p = with_run(
+    p = _with_run(
         command("delete", cmd_delete, "remove a run: what the broker holds, its results", *conn)
     )
     p.add_argument(

@@ -10,9 +10,10 @@ import sys
 from typing import Any
 
 from ttg import config
-from ttg.broker import open_consumer
-from ttg.cli import Command, broker_url, connect, tls_of
+from ttg.cli.common import Command, endpoint
+from ttg.errors import UsageError
 from ttg.exporter import Exporter
+from ttg.httpd import Route
 from ttg.metrics import Metrics, Probes, probe_routes, serve
 from ttg.store.writer import ResultsWriter
 from ttg.worker import Worker
@@ -24,13 +25,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Until the worker's own handlers are in place, a signal just ends the wait.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     name = args.worker_name or config.default_worker_name()
-    consumer = open_consumer(
-        args.backend,
-        broker_url(args),
-        name,
-        lease_seconds=args.lease_seconds,
-        prefetch=args.prefetch,
-        tls=tls_of(args),
+    consumer = endpoint(args).open_consumer(
+        name, lease_seconds=args.lease_seconds, prefetch=args.prefetch
     )
     metrics = Metrics()
     metrics.broker_up.set_function(lambda: 1 if consumer.connected else 0)
@@ -41,7 +37,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         # From the start: /healthz answers while the broker is still away (/readyz does not).
-        serve(args.metrics_port, probe_routes(metrics.registry, probes))
+        args.metrics_port = _serve_metrics(args, probe_routes(metrics.registry, probes))
     worker = Worker(
         consumer,
         metrics=metrics,
@@ -71,8 +67,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return code
 
 
+def _serve_metrics(args: argparse.Namespace, routes: dict[str, Route]) -> int:
+    """Serve on the metrics port; the port served on.
+
+    A second worker on one machine (``ttg.local``, a terminal beside another)
+    finds the default port taken: it takes a free one and says which. A port
+    someone chose is theirs: taken, it is an error (exit 2).
+    """
+    try:
+        serve(args.metrics_port, routes)
+        return int(args.metrics_port)
+    except UsageError:
+        if "metrics-port" not in args.defaulted:
+            raise
+    server = serve(0, routes)
+    port = server.port
+    log.warning(
+        "metrics port %s is in use (another worker on this machine?): serving /metrics on "
+        ":%s instead; set TTG_METRICS_PORT to choose one, 0 to turn it off",
+        args.metrics_port,
+        port,
+    )
+    return port
+
+
 def cmd_exporter(args: argparse.Namespace) -> int:
-    exporter = Exporter(lambda: connect(args), args.backend)
+    exporter = Exporter(lambda: endpoint(args).open_broker(), args.backend)
 
     def stop(*_: Any) -> None:
         exporter.stop()

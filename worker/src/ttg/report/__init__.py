@@ -1,7 +1,7 @@
 """``ttg report``: one self-contained HTML file that shows how a run went.
 
-The brokers turn their ledger into :class:`ChunkRow` s and :class:`Event` s;
-this package knows nothing of brokers. It reads the chunks once, in flat
+It reads a run's ledger outcomes (:class:`ttg.run.Outcome`, as every backend
+yields them) and events; it knows nothing of brokers. It reads the chunks once, in flat
 memory (:mod:`ttg.report.aggregate`), draws with matplotlib
 (:mod:`ttg.report.charts`, which says why matplotlib) and writes one HTML file
 with everything inline (:mod:`ttg.report.page`).
@@ -14,25 +14,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from ttg.errors import UsageError
+from ttg.errors import UsageError, needs_extra
 from ttg.outputs import replacing
 from ttg.report.aggregate import Aggregate
-from ttg.report.model import ChunkRow, Event, ReportSummary
+from ttg.report.model import Event, ReportSummary
+from ttg.run import Outcome, RunSpec
+from ttg.verify import VerifyReport
 
-__all__ = ["ChunkRow", "Event", "ReportSummary", "write_report"]
+__all__ = ["Event", "ReportSummary", "write_report"]
 
 #: What to tell someone whose install lacks the extra.
-MISSING_EXTRA = "ttg report needs the report extra: pip install 'ttg[report]'"
+MISSING_EXTRA = str(needs_extra("ttg report", "report"))
 
 
 def write_report(
     path: Path,
     *,
     run: str,
-    verify: dict[str, Any],
-    chunks: Iterable[ChunkRow],
+    verify: VerifyReport,
+    spec: RunSpec,
+    chunks: Iterable[Outcome],
     events: Iterable[Event],
 ) -> ReportSummary:
     """Write the report of ``run`` to ``path`` as one self-contained HTML file.
@@ -45,8 +47,9 @@ def write_report(
         path: Where the ``.html`` goes; a regular file replaced if it exists (written
             beside it and renamed over it); a FIFO, device or symbolic link is refused.
         run: The run id.
-        verify: What ``ttg verify --run R --json`` prints.
-        chunks: One row per counted ledger outcome; may be 10^7 rows.
+        verify: What ``ttg verify`` found.
+        spec: The run's spec (names failing parameters by their values).
+        chunks: The counted ledger outcomes, one per chunk; may be 10^7.
         events: Redeliveries, releases, failures and the like (~10^5 at most).
 
     Returns:
@@ -68,7 +71,8 @@ def write_report(
         agg.add_chunk(row)
     for ev in events:
         agg.add_event(ev)
-    html = page.render(run, verify, agg)
+    agg.finish()
+    html = page.render(run, verify, agg, spec)
 
     path = Path(path)
     # A reader never sees half a report, and nothing but a regular file is replaced.

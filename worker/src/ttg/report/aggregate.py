@@ -18,9 +18,10 @@ import math
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-from ttg.report.model import ChunkRow, Event
+from ttg.failures import ErrorGroups
+from ttg.report.model import Event
+from ttg.run import Outcome
 
 #: Most time bins a series keeps; ~ one per two pixels of a chart's width.
 MAX_TIME_BINS = 600
@@ -32,15 +33,12 @@ LANE_BAR_LIMIT = 2000
 BAR_BUDGET = 20_000
 #: Redelivery markers kept per lane (their bins carry the rest).
 LANE_MARKER_LIMIT = 2000
-#: Distinct error texts tracked; later new texts are only counted.
-MAX_DISTINCT_ERRORS = 1000
-#: Chunk ids kept per distinct error, as examples.
-ERROR_SAMPLE = 5
-#: Longest error text kept; tracebacks longer than this are cut.
-ERROR_TEXT_LIMIT = 300
-#: Duration histogram: bins per decade, and the decades covered (0.1 ms .. 10^6 s).
+#: Failed attempts kept until the outcomes say which were replaced (events are a window too).
+MAX_FAILED_EVENTS = 100_000
+#: Duration histogram: bins per decade, and the decades covered (0.1 µs .. 10^6 s): a
+#: compute of a few microseconds is a bin of its own, not lumped into the first one.
 DURATION_BINS_PER_DECADE = 40
-DURATION_DECADES = (-4, 6)
+DURATION_DECADES = (-7, 6)
 
 #: Outcome statuses in drawing order; anything else a ledger holds is drawn as dead.
 STATUSES = ("ok", "errors", "dead")
@@ -189,45 +187,6 @@ class DurationHistogram:
         return self.max
 
 
-@dataclass
-class ErrorGroup:
-    """Chunks that share one error text."""
-
-    kind: str
-    text: str
-    chunks: int = 0
-    params: int = 0
-    sample: list[int] = field(default_factory=list)
-
-
-class ErrorTable:
-    """Distinct error texts with counts and example chunk ids, capped in size."""
-
-    def __init__(self, max_distinct: int = MAX_DISTINCT_ERRORS) -> None:
-        self.max_distinct = max_distinct
-        self.groups: dict[tuple[str, str], ErrorGroup] = {}
-        #: Chunks (or events) whose error text came after the cap was reached.
-        self.untracked = 0
-
-    def add(self, kind: str, error: str | None, chunk: int | None, params: int) -> None:
-        """Count one chunk (or event) of ``kind`` failing with ``error``."""
-        text = " ".join((error or "(no error text recorded)").split())[:ERROR_TEXT_LIMIT]
-        group = self.groups.get((kind, text))
-        if group is None:
-            if len(self.groups) >= self.max_distinct:
-                self.untracked += 1
-                return
-            group = self.groups[(kind, text)] = ErrorGroup(kind, text)
-        group.chunks += 1
-        group.params += params
-        if chunk is not None and len(group.sample) < ERROR_SAMPLE:
-            group.sample.append(chunk)
-
-    def top(self, n: int) -> list[ErrorGroup]:
-        """The ``n`` groups with the most chunks, most first."""
-        return sorted(self.groups.values(), key=lambda g: (-g.chunks, g.kind, g.text))[:n]
-
-
 class Lane:
     """One worker on the timeline: its bars (while few) and its bins (always)."""
 
@@ -273,10 +232,15 @@ class Aggregate:
         self.finished = {s: Series(self.grid) for s in STATUSES}
         self.lanes: dict[str, Lane] = {}
         self.durations = DurationHistogram()
-        #: Dead chunks and chunks with parameter errors, by error text.
-        self.failures = ErrorTable()
-        #: Failed attempts that were retried ("failed" events), by error text.
-        self.retried = ErrorTable()
+        #: Failed parameters and dead chunks, by exception type and message.
+        self.failures = ErrorGroups()
+        #: Failed attempts that a later attempt replaced, by message (see ``finish``).
+        self.retried = ErrorGroups()
+        #: "failed" events per chunk, oldest first, until ``finish`` sorts them.
+        self._failed_events: dict[int, list[str | None]] = {}
+        self._failed_held = 0
+        #: One byte per chunk, set when its counted outcome is not ok.
+        self._not_ok = bytearray()
         self.statuses: Counter[str] = Counter()
         self.event_kinds: Counter[str] = Counter()
         self.chunks = 0
@@ -285,6 +249,8 @@ class Aggregate:
         self.param_errors = 0
         #: Parameters with a result: chunks not dead, less their parameter errors.
         self.params_computed = 0
+        #: Parameters of dead chunks.
+        self.params_dead = 0
         #: Chunks whose counted outcome came from a second or later delivery.
         self.reattempted = 0
         self.max_attempt = 0
@@ -300,15 +266,18 @@ class Aggregate:
             lane = self.lanes[name] = Lane(name, self.grid)
         return lane
 
-    def add_chunk(self, row: ChunkRow) -> None:
-        """Fold one ledger outcome into the aggregate."""
+    def add_chunk(self, row: Outcome) -> None:
+        """Fold one counted ledger outcome into the aggregate."""
         self.chunks += 1
-        status = row.status if row.status in STATUSES else "dead"
-        self.statuses[row.status] += 1
+        status = str(row.status) if str(row.status) in STATUSES else "dead"
+        self.statuses[status] += 1
         self.params += row.params
-        self.param_errors += row.param_errors
+        n_errors = len(row.param_errors)
+        self.param_errors += n_errors
         if status != "dead":
-            self.params_computed += row.params - row.param_errors
+            self.params_computed += row.params - n_errors
+        else:
+            self.params_dead += row.params
         self.max_attempt = max(self.max_attempt, row.attempt)
         redelivered = row.attempt > 1
         self.reattempted += redelivered
@@ -327,7 +296,11 @@ class Aggregate:
         lane.done.add(finished)
         if status != "ok":
             lane.problems.add(finished)
-            self.failures.add(row.status, row.error, row.chunk, row.param_errors or row.params)
+            self.failures.add_chunk(status, row.error, row.param_errors, row.params, row.chunk)
+            if row.chunk >= 0:
+                if len(self._not_ok) <= row.chunk:
+                    self._not_ok.extend(bytes(row.chunk + 1 - len(self._not_ok)))
+                self._not_ok[row.chunk] = 1
         if started is None:
             self.never_ran += 1
             start = end = finished
@@ -355,8 +328,9 @@ class Aggregate:
         self.events += 1
         self.event_kinds[ev.kind] += 1
         self.grid.include(ev.t)
-        if ev.kind == "failed":
-            self.retried.add("failed", ev.detail, ev.chunk, 0)
+        if ev.kind == "failed" and ev.chunk is not None and self._failed_held < MAX_FAILED_EVENTS:
+            self._failed_events.setdefault(ev.chunk, []).append(ev.detail)
+            self._failed_held += 1
         if ev.kind != "redelivered":
             return
         if ev.worker is not None:
@@ -371,6 +345,21 @@ class Aggregate:
             if held.last_outcome <= ev.t and (held.lost_at is None or ev.t < held.lost_at):
                 held.lost_at = ev.t
                 held.first = min(held.first, ev.t)
+
+    def finish(self) -> None:
+        """Sort the failed attempts: only those a later attempt replaced count as retried.
+
+        A chunk whose counted outcome holds failures recorded that outcome as its
+        last "failed" event: it was not retried (or the retry is still to come),
+        so it is left out. Every earlier failed attempt of the chunk was
+        replaced — by a retry with backoff, or by a ``ttg retry`` round.
+        """
+        for chunk, details in self._failed_events.items():
+            final = chunk < len(self._not_ok) and self._not_ok[chunk]
+            replaced = details[:-1] if final else details
+            for detail in replaced:
+                self.retried.add("failed", detail, chunk=chunk)
+        self._failed_events.clear()
 
     def lost_workers(self) -> list[str]:
         """Workers lost during the run, sorted by name."""

@@ -1,7 +1,6 @@
-"""What ``ttg report`` reads and returns: the interface the brokers build against.
+"""What ``ttg report`` returns, and the events it reads (chunks are the ledger's ``Outcome``).
 
-These types need nothing of the ``report`` extra, so rows can be built
-without it installed.
+These types need nothing of the ``report`` extra.
 """
 
 from __future__ import annotations
@@ -10,36 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttg.run import RunEvent
-
-
-@dataclass(frozen=True)
-class ChunkRow:
-    """One counted ledger outcome, so one per chunk.
-
-    Attributes:
-        chunk: The chunk number.
-        status: ``"ok"``, ``"errors"`` (some parameters raised, the rest were
-            kept) or ``"dead"``.
-        params: Parameters in the chunk.
-        param_errors: Parameters whose compute raised (0 unless ``errors``).
-        worker: The worker that recorded the outcome.
-        attempt: The delivery that produced it (1 is the first delivery).
-        started_at: Unix seconds the worker started computing; None if the
-            chunk never ran (dead-lettered without running).
-        finished_at: Unix seconds the outcome was recorded.
-        error: For ``dead`` the reason, for ``errors`` the first parameter error.
-    """
-
-    chunk: int
-    status: str
-    params: int
-    param_errors: int
-    worker: str
-    attempt: int
-    started_at: float | None
-    finished_at: float
-    error: str | None
-
 
 #: Something that happened to a chunk besides its counted outcome: the brokers'
 #: own ``RunEvent`` (kinds redelivered, released, failed, malformed, retry).

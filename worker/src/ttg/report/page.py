@@ -10,22 +10,13 @@ size; the browser test (and a curious reader, via the hidden element
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Iterable, Mapping
 from html import escape
-from typing import Any
 
-from ttg.report import charts
-from ttg.report.aggregate import STATUSES, Aggregate, ErrorGroup
-
-#: Distinct errors listed in each failures table.
-TOP_ERRORS = 20
-#: Problems listed in the verdict header before "and N more".
-HEADER_PROBLEMS = 8
-#: List items shown per field in the verify detail.
-DETAIL_LIST_ITEMS = 20
+from ttg.report import charts, verdict
+from ttg.report.aggregate import Aggregate
+from ttg.run import RunSpec
+from ttg.verify import VerifyReport
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -82,6 +73,11 @@ main { max-width: 1180px; margin: 0 auto; padding: 0 20px 40px; }
 header.verdict { padding: 22px 28px 18px; color: white; }
 header.verdict.ok { background: linear-gradient(90deg, #14632e, #1f8a45); }
 header.verdict.bad { background: linear-gradient(90deg, #8a0019, #c0392b); }
+header.verdict.warn { background: linear-gradient(90deg, #8a4b00, #c77800); }
+.lines { font-size: 16px; margin: 2px 0 6px; } .lines .bad, .lines .warn { font-weight: bold; }
+pre.tb { white-space: pre-wrap; font-size: 12px; background: #f6f7f9; padding: 6px;
+         max-width: 560px; overflow-x: auto; }
+details summary { cursor: pointer; color: #2c5aa0; }
 .run { font-size: 15px; opacity: .92; }
 .badge { font-size: 34px; font-weight: bold; letter-spacing: .04em; margin: 4px 0 6px; }
 .problems { margin: 4px 0 10px; padding-left: 20px; }
@@ -114,61 +110,6 @@ footer { color: var(--muted); font-size: 13px; }
 """
 
 
-def _num(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return json.dumps(v)  # as `ttg verify --json` prints them: true, false, null
-    return f"{v:,}" if isinstance(v, int) else escape(str(v))
-
-
-def _card(label: str, value: str, level: str = "") -> str:
-    return (
-        f'<div class="card {level}"><div class="v">{value}</div>'
-        f'<div class="k">{escape(label)}</div></div>'
-    )
-
-
-def _count(verify: Mapping[str, Any], key: str, fallback: int) -> int:
-    v = verify.get(key)
-    return v if isinstance(v, int) and not isinstance(v, bool) else fallback
-
-
-def _header(run: str, verify: Mapping[str, Any], agg: Aggregate) -> str:
-    ok = bool(verify.get("ok"))
-    problems = [str(p) for p in verify.get("problems") or []]
-    done = _count(verify, "done", agg.statuses["ok"])
-    dead = _count(verify, "dead", agg.statuses["dead"])
-    errors = _count(verify, "errors", agg.statuses["errors"])
-    dups = _count(verify, "duplicates", agg.event_kinds["duplicate"])
-    redelivered = _count(verify, "redelivered", agg.event_kinds["redelivered"])
-    total = verify.get("total_chunks")
-    params = _count(verify, "done_params", agg.params_computed)
-    total_params = verify.get("total_params")
-    lost = agg.lost_workers()
-    chunks = f"{done:,}" + (f" / {total:,}" if isinstance(total, int) else "")
-    param_text = f"{params:,}" + (f" / {total_params:,}" if isinstance(total_params, int) else "")
-    cards = [
-        _card("chunks done", chunks),
-        _card("dead-lettered", f"{dead:,}", "alarm" if dead else ""),
-        _card("chunks with errors", f"{errors:,}", "warn" if errors else ""),
-        _card("duplicates absorbed", f"{dups:,}", "note" if dups else ""),
-        _card("redelivered", f"{redelivered:,}", "note" if redelivered else ""),
-        _card("parameters computed", param_text),
-        _card("workers (lost)", f"{len(agg.lanes):,} ({len(lost)})", "alarm" if lost else ""),
-    ]
-    shown = "".join(f"<li>{escape(p)}</li>" for p in problems[:HEADER_PROBLEMS])
-    if len(problems) > HEADER_PROBLEMS:
-        shown += f"<li>and {len(problems) - HEADER_PROBLEMS:,} more (see Verification)</li>"
-    written = charts.utc_text(time.time())
-    return (
-        f'<header class="verdict {"ok" if ok else "bad"}">'
-        f'<div class="run">TTG run <b>{escape(run)}</b> · state '
-        f"<b>{escape(str(verify.get('state', 'unknown')))}</b> · report written {written}</div>"
-        f'<div class="badge">{"VERIFIED" if ok else "NOT VERIFIED"}</div>'
-        + (f'<ul class="problems">{shown}</ul>' if shown else "")
-        + f'<div class="cards">{"".join(cards)}</div></header>'
-    )
-
-
 def _section(ident: str, title: str, hint: str, body: str) -> str:
     return (
         f'<section id="{ident}"><h2>{escape(title)}</h2><p class="hint">{hint}</p>{body}</section>'
@@ -183,7 +124,7 @@ def _empty(text: str) -> str:
     return f'<p class="empty">{escape(text)}</p>'
 
 
-def _progress(agg: Aggregate, axis: charts.TimeAxis | None, verify: Mapping[str, Any]) -> str:
+def _progress(agg: Aggregate, axis: charts.TimeAxis | None, verify: VerifyReport) -> str:
     hint = "Finished chunks over time, coloured by outcome, and how many finished per second."
     if axis is None or agg.chunks == 0:
         return _section(
@@ -192,19 +133,24 @@ def _progress(agg: Aggregate, axis: charts.TimeAxis | None, verify: Mapping[str,
             hint,
             _empty("No chunk has finished yet: nothing to draw."),
         )
-    total = verify.get("total_chunks")
     wall = agg.grid.t_max - agg.grid.t_min
     rate = ""
     if wall:
-        rate = f"; {agg.chunks / wall:,.1f} chunks/s, {agg.params / wall:,.0f} parameters/s"
+        rate = f"; {_rate(agg.chunks / wall, 'chunk')}, {_rate(agg.params / wall, 'parameter')}"
     hint += f" Wall time {charts.seconds_text(wall)}{rate} on average."
-    fig = charts.progress_figure(agg, axis, total if isinstance(total, int) else None)
+    fig = charts.progress_figure(agg, axis, verify.total_chunks)
     return _section(
         "progress",
         "Progress and throughput",
         hint,
         _chart("progress", charts.to_svg(fig, "progress")),
     )
+
+
+def _rate(per_second: float, what: str) -> str:
+    """``12.5 chunks/s``, ``1 parameter/s``: as many digits as the number needs."""
+    text = f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:,.3g}"
+    return f"{text} {what}{'' if text == '1' else 's'}/s"
 
 
 def _timeline(agg: Aggregate, axis: charts.TimeAxis | None) -> str:
@@ -254,102 +200,7 @@ def _durations(agg: Aggregate) -> str:
     return _section("durations", "Chunk durations", hint, _chart("durations", svg))
 
 
-def _error_rows(groups: Iterable[ErrorGroup], params_label: bool) -> str:
-    rows = []
-    for g in groups:
-        tag = {"dead": "dead", "errors": "errors", "failed": "failed"}.get(g.kind, "dead")
-        name = {"errors": "parameter errors", "failed": "retried"}.get(g.kind, g.kind)
-        sample = ", ".join(str(c) for c in g.sample)
-        if g.chunks > len(g.sample):
-            sample += ", …"
-        params = f'<td class="n">{g.params:,}</td>' if params_label else ""
-        rows.append(
-            f'<tr><td><span class="tag {tag}">{escape(name)}</span></td>'
-            f'<td class="n">{g.chunks:,}</td>{params}<td><code>{escape(g.text)}</code></td>'
-            f"<td>{escape(sample)}</td></tr>"
-        )
-    return "".join(rows)
-
-
-def _failures(agg: Aggregate) -> str:
-    hint = (
-        "Dead-lettered chunks and chunks where some parameters raised, grouped by error "
-        f"(the {TOP_ERRORS} most frequent), with the first chunk ids of each."
-    )
-    groups = agg.failures.top(TOP_ERRORS)
-    if not groups and not agg.failures.untracked:
-        body = _empty("No chunk died and no parameter raised.")
-    else:
-        body = (
-            "<table><tr><th>outcome</th><th>chunks</th><th>parameters failed</th>"
-            "<th>error</th><th>first chunks</th></tr>"
-            f"{_error_rows(groups, True)}</table>"
-        )
-        more = len(agg.failures.groups) - len(groups)
-        extra = []
-        if more > 0:
-            extra.append(f"{more:,} more distinct errors not listed.")
-        if agg.failures.untracked:
-            extra.append(
-                f"{agg.failures.untracked:,} chunks with further distinct errors "
-                "were counted but not grouped."
-            )
-        if extra:
-            body += f'<p class="hint">{" ".join(extra)}</p>'
-    retried = agg.retried.top(TOP_ERRORS)
-    if retried:
-        body += (
-            "<h3>Failed attempts that were retried</h3>"
-            "<table><tr><th>kind</th><th>attempts</th><th>error</th><th>first chunks</th></tr>"
-            f"{_error_rows(retried, False)}</table>"
-        )
-    if agg.event_kinds:
-        kinds = ", ".join(f"{n:,} {escape(k)}" for k, n in sorted(agg.event_kinds.items()))
-        body += f'<p class="hint">Events recorded: {kinds}.</p>'
-    return _section("failures", "Failures", hint, body)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, list):
-        shown = ", ".join(json.dumps(x, default=str) for x in v[:DETAIL_LIST_ITEMS])
-        if len(v) > DETAIL_LIST_ITEMS:
-            shown += f", … ({len(v) - DETAIL_LIST_ITEMS:,} more)"
-        return f"<code>[{escape(shown)}]</code>"
-    if isinstance(v, dict):
-        text = json.dumps(v, default=str)
-        return f"<code>{escape(text[:500] + ('…' if len(text) > 500 else ''))}</code>"
-    return _num(v)
-
-
-def _verification(verify: Mapping[str, Any], agg: Aggregate) -> str:
-    ok = bool(verify.get("ok"))
-    hint = (
-        "What <code>ttg verify</code> found reading the whole ledger: every chunk must have "
-        "exactly one counted outcome covering its whole range, and the counters must agree."
-    )
-    problems = [str(p) for p in verify.get("problems") or []]
-    verdict = "VERIFIED" if ok else "NOT VERIFIED"
-    body = f'<p><b class="{"" if ok else "lost"}">{verdict}</b>'
-    body += " — no problems found.</p>" if not problems else f" — {len(problems):,} problems:</p>"
-    if problems:
-        body += "<ul>" + "".join(f"<li>{escape(p)}</li>" for p in problems) + "</ul>"
-    rows = "".join(
-        f"<tr><th>{escape(str(k))}</th>"
-        f"<td>{charts.utc_text(v) if k == 'ts' and isinstance(v, float) else _value(v)}</td></tr>"
-        for k, v in verify.items()
-        if k != "problems"
-    )
-    seen = ", ".join(f"{agg.statuses[s]:,} {s}" for s in STATUSES)
-    rows += (
-        f"<tr><th>ledger rows read by the report</th><td>{agg.chunks:,} ({seen}); "
-        f"{agg.reattempted:,} on a later delivery (max attempt {agg.max_attempt}); "
-        f"{agg.never_ran:,} never ran</td></tr>"
-    )
-    body += f'<table class="detail">{rows}</table>'
-    return _section("verification", "Verification", hint, body)
-
-
-def render(run: str, verify: Mapping[str, Any], agg: Aggregate) -> str:
+def render(run: str, verify: VerifyReport, agg: Aggregate, spec: RunSpec | None = None) -> str:
     """The whole report as one HTML document."""
     axis = None
     if math.isfinite(agg.grid.t_min):
@@ -359,8 +210,8 @@ def render(run: str, verify: Mapping[str, Any], agg: Aggregate) -> str:
             _progress(agg, axis, verify),
             _timeline(agg, axis),
             _durations(agg),
-            _failures(agg),
-            _verification(verify, agg),
+            verdict.failures(agg, spec, _section),
+            verdict.verification(verify, agg, _section),
         ]
     nav = " ".join(
         f'<a href="#{i}">{t}</a>'
@@ -378,7 +229,7 @@ def render(run: str, verify: Mapping[str, Any], agg: Aggregate) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>TTG report: {escape(run)}</title>"
         f"<script>{_WATCH}</script><style>{_CSS}</style></head><body>"
-        f"{_header(run, verify, agg)}<main><nav>{nav}</nav>{''.join(sections)}"
+        f"{verdict.header(run, verify, agg)}<main><nav>{nav}</nav>{''.join(sections)}"
         '<div id="render-status" hidden data-rendered="no"></div>'
         '<pre id="render-errors" hidden></pre>'
         "<footer>Written by <code>ttg report</code>; one self-contained file, works offline."

@@ -9,9 +9,9 @@ and reads runs (``ledger``: streams folded in bounded memory);
 
 from __future__ import annotations
 
-from ttg.broker import TLS
 from ttg.brokers.rabbitmq.admin import RabbitMQBroker
 from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
+from ttg.endpoint import TLS
 
 __all__ = ["RabbitMQBroker", "RabbitMQConsumer", "connect", "open_consumer"]
 

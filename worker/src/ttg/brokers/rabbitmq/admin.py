@@ -18,7 +18,7 @@ from typing import Any
 
 import pika.exceptions as pex
 
-from ttg.broker import TLS, Broker, RetryReport, SeedReport
+from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.connection import (
     ADMIN_BLOCKED_TIMEOUT,
@@ -39,6 +39,7 @@ from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
 from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
 from ttg.brokers.rabbitmq.seeder import WindowedSeeder, group_size
 from ttg.decode import DecodeError, Problems
+from ttg.endpoint import TLS
 from ttg.errors import RunConflict, RunDataError, RunNotFound, UsageError
 from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec, Status
 

@@ -48,8 +48,8 @@ import pika
 import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
 
-from ttg.broker import TLS
 from ttg.decode import mask_url
+from ttg.endpoint import TLS
 from ttg.errors import (
     AuthenticationError,
     BrokerConnectionError,

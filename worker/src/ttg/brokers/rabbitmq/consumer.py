@@ -33,7 +33,7 @@ import pika
 import pika.exceptions as pex
 
 from ttg import decode
-from ttg.broker import TLS, Consumer
+from ttg.broker import Consumer
 from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.connection import (
     RUNS,
@@ -48,6 +48,7 @@ from ttg.brokers.rabbitmq.connection import (
 from ttg.brokers.rabbitmq.iothread import IOThread
 from ttg.brokers.rabbitmq.messages import Activity, Inbox, Message, Unacked
 from ttg.decode import DecodeError, Throttle
+from ttg.endpoint import TLS
 from ttg.errors import RunDataError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec
 

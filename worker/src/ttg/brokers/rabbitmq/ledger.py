@@ -39,7 +39,7 @@ READ_PREFETCH = 64
 #: A stream reader acknowledges (flow control only) every this many messages.
 STREAM_ACK_EVERY = 4
 #: Distinct recent errors kept per run.
-RECENT_ERRORS = 5
+RECENT_ERRORS = 20
 
 _CODES = {"ok": 1, "errors": 2, "dead": 3}
 

@@ -9,9 +9,9 @@ is one worker's session.
 
 from __future__ import annotations
 
-from ttg.broker import TLS
 from ttg.brokers.redis.admin import RedisBroker
 from ttg.brokers.redis.consumer import RedisConsumer
+from ttg.endpoint import TLS
 
 __all__ = ["RedisBroker", "RedisConsumer", "connect", "open_consumer"]
 

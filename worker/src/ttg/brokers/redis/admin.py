@@ -11,7 +11,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from ttg import decode
-from ttg.broker import TLS, Broker, RetryReport, SeedReport
+from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.brokers.redis import decode as rdecode
 from ttg.brokers.redis.client import (
     GENERATION,
@@ -27,6 +27,7 @@ from ttg.brokers.redis.client import (
 )
 from ttg.brokers.redis.consumer import RedisConsumer
 from ttg.decode import DecodeError, Problems
+from ttg.endpoint import TLS
 from ttg.errors import RunConflict, RunNotFound, UsageError
 from ttg.run import CONTROLS, RUN_ID, InFlight, Outcome, Progress, RunEvent, RunSpec
 
@@ -39,7 +40,7 @@ IN_FLIGHT_SHOWN = 50
 #: Events ``progress`` reads back for the recent distinct errors.
 RECENT_EVENTS = 200
 #: Distinct recent errors ``progress`` reports.
-RECENT_ERRORS = 5
+RECENT_ERRORS = 20
 #: Chunks re-queued per ``retry`` step (one Lua call each).
 REQUEUE_BATCH = 500
 

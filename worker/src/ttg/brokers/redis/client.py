@@ -40,8 +40,8 @@ import redis
 import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
 
-from ttg.broker import TLS
 from ttg.decode import mask_url
+from ttg.endpoint import TLS
 from ttg.errors import (
     AuthenticationError,
     BrokerConnectionError,

@@ -28,7 +28,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from ttg import decode
-from ttg.broker import TLS, Consumer
+from ttg.broker import Consumer
 from ttg.brokers.redis import decode as rdecode
 from ttg.brokers.redis.client import (
     GENERATION,
@@ -40,6 +40,7 @@ from ttg.brokers.redis.client import (
     translated,
 )
 from ttg.decode import DecodeError, Throttle
+from ttg.endpoint import TLS
 from ttg.errors import RunDataError
 from ttg.run import RUN_ID, Delivery, Outcome, Recorded, RunSpec
 

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttg.broker import TLS
+from ttg.endpoint import TLS
 from ttg.errors import UsageError
 
 #: Certificates are for tests and demos: valid for a couple of days only.
