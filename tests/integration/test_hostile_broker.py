@@ -163,6 +163,11 @@ def test_garbage_runs_never_stop_workers_or_readers(
         assert proc.stderr.count("\n") == 1 and len(proc.stderr) < 600
     listed = ttg_json("runs", env=backend.env)
     assert listed["_exit"] == 0
+    # Junk in the list of runs belongs to no run: `ttg runs` reports it, and no other
+    # command warns about it on every call.
+    assert listed["problems"], listed
+    good = ttg("status", "--run", run_id, env=backend.env)
+    assert good.returncode == 0 and good.stderr == "", good.stderr
     states = {r["run"]: r for r in listed["runs"]}
     assert states[run_id]["state"] == "complete"
     for run in bad:

@@ -166,6 +166,14 @@ class Broker(ABC):
     def runs(self) -> list[str]:
         """Ids of every run the broker knows, finished or not, sorted."""
 
+    def problems(self) -> list[str]:
+        """Records about no run in particular that could not be read, one line each.
+
+        Garbage in the list of runs, say: skipped by every reader, reported here
+        (``ttg runs``) rather than by every command. Read by ``runs``; empty before.
+        """
+        return []
+
     @abstractmethod
     def progress(self, run: str) -> Progress:
         """Counters of the run, including the chunks in flight now.

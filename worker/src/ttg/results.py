@@ -351,7 +351,7 @@ class Columns:
 
 
 def columns(spec: RunSpec, shape: Shape, *, traceback: bool = False) -> Columns:
-    """Columns for ``spec`` with results shaped as ``shape`` says (``traceback``: that column too)."""
+    """Columns for ``spec`` with results shaped as ``shape`` says (and ``traceback``'s)."""
     return Columns(spec.parameter_space.names or ("value",), shape.result_keys, traceback)
 
 

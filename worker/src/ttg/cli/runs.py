@@ -264,6 +264,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "problems": p.problems,
             }
         )
+    problems = broker.problems()
     broker.close()
     head = (
         f"{'RUN':<24} {'STATE':<24} {'FINISHED':>9} {'W/ FAILURES':>12} {'WORKERS':>8} {'AGE':>8}"
@@ -276,7 +277,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{bars.duration(r['age_s']):>8}"
         )
         lines += [f"  problem: {one_line(p, 300)}" for p in r["problems"]]
-    emit(args, {"runs": rows}, "\n".join(lines) if rows else "no runs")
+    if not rows:
+        lines = ["no runs"]
+    lines += [f"problem: {one_line(p, 300)}" for p in problems]
+    emit(args, {"runs": rows, "problems": problems}, "\n".join(lines))
     return 0
 
 

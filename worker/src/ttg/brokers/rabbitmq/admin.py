@@ -242,8 +242,15 @@ class RabbitMQBroker(Broker):
         # write per `ttg status --watch` tick).
         self._runs_tail.sync(None if self._runs_tail.caught_up else self._pub)
         if self._runs_tail.problems.count > self._runs_problems:
+            # Garbage stays in a stream for good: reported by `ttg runs` (problems()),
+            # not by every command that happens to read the list of runs.
             self._runs_problems = self._runs_tail.problems.count
-            log.warning("%s: %s", RUNS, "; ".join(self._runs_tail.problems.lines()))
+            log.debug("%s: %s", RUNS, "; ".join(self._runs_tail.problems.lines()))
+
+    def problems(self) -> list[str]:
+        if self._runs_tail is None or not self._runs_tail.problems:
+            return []
+        return [f"{RUNS}: {line}" for line in self._runs_tail.problems.lines()]
 
     @translated
     def runs(self) -> list[str]:

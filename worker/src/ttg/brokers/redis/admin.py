@@ -63,6 +63,7 @@ class RedisBroker(Broker):
         self.scripts = Scripts(self.client)
         self._count_leases = self.client.register_script(_count_leases_source())
         self._specs: dict[str, RunSpec] = {}
+        self._problems: list[str] = []
 
     def where(self) -> str:
         return safe_url(self.url)
@@ -123,15 +124,17 @@ class RedisBroker(Broker):
     def runs(self) -> list[str]:
         members = self.client.smembers(RUNS)
         valid = sorted(r for r in members if RUN_ID.fullmatch(r))
+        self._problems = []
         if len(valid) < len(members):
             bad = sorted(set(members) - set(valid))
-            log.warning(
-                "%s holds %d names that are not run ids, ignored: %s",
-                RUNS,
-                len(bad),
-                ", ".join(map(repr, bad[:3])),
+            self._problems.append(
+                f"{RUNS} holds {len(bad)} names that are not run ids, ignored: "
+                + ", ".join(decode.preview(b, 40) for b in bad[:3])
             )
         return valid
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
 
     @translated
     def progress(self, run: str) -> Progress:
