@@ -67,6 +67,11 @@ bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, sc
 	@bash ci/ensure-packages.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+.PHONY: bench-store
+bench-store: venv ## results in the broker beside a file:// store: broker memory, wall (BENCH_ARGS=--quick)
+	@bash ci/ensure-packages.sh
+	$(PY) bench/store.py $(BENCH_ARGS)
+
 $(BENCH_VENV)/.installed: bench/requirements-peers.txt
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip

@@ -30,3 +30,14 @@ def knuth(p: int) -> int:
 def total(params: int) -> int:
     """Sum of every result of a run over 0..params-1: what a correct result set adds up to."""
     return sum((p * MULTIPLIER) % MODULUS for p in range(params))
+
+
+#: The results-store figure's compute (bench/store.py): ``blob``.
+BLOB = "bench_workload:blob"
+#: Floats in one ``blob`` result: about 200 kB of JSON (a small array, as simulations return).
+BLOB_ITEMS = 22_500
+
+
+def blob(p: int) -> list[float]:
+    """About 200 kB of JSON per parameter: ``BLOB_ITEMS`` floats starting at ``p``."""
+    return [round(p + i / 1000, 3) for i in range(BLOB_ITEMS)]

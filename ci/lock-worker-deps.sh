@@ -27,7 +27,9 @@ main() {
   "${TMP}/venv/bin/pip" install --quiet "pip-tools==${PIP_TOOLS_VERSION}"
   cd "${ROOT}/worker"
   # The lock's header names the command to run again.
+  # The image installs the parquet extra: workers write runs' results stores.
   CUSTOM_COMPILE_COMMAND="make lock" "${TMP}/venv/bin/pip-compile" --quiet --generate-hashes --allow-unsafe --strip-extras \
+    --extra parquet \
     --build-deps-for wheel --index-url https://pypi.org/simple --no-emit-index-url \
     --output-file requirements.lock pyproject.toml
   rm -rf src/*.egg-info

@@ -4,6 +4,7 @@
 # nodes, install the chart.
 #   BACKEND=redis|rabbitmq|rabbitmq-cluster (default redis; rabbitmq-cluster: three
 #   RabbitMQ nodes, one per Kind worker)   SKIP_CLUSTER=1 (cluster made elsewhere, e.g. kind-action)
+#   RESULTS=broker|file (default broker; file: results as Parquet on a volume all nodes share)
 #   kind/up.sh images   prints the images it pulls once on the host and loads into the nodes
 #
 # Images are pulled by the host, once, and loaded with `kind load`: the nodes
@@ -22,6 +23,7 @@ readonly KIND_VERSION="${KIND_VERSION:-v0.31.0}"
 readonly KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.34.3@sha256:08497ee19eace7b4b5348db5c6a1591d7752b164530a36f855cb0f2bdcbadd48}"
 readonly CLUSTER="${CLUSTER:-ttg}"
 readonly BACKEND="${BACKEND:-redis}"
+readonly RESULTS="${RESULTS:-broker}"
 readonly NAMESPACE="${NAMESPACE:-ttg}"
 readonly RELEASE="${RELEASE:-ttg}"
 readonly IMAGE="ttg-worker:dev"
@@ -62,6 +64,11 @@ chart_values() {
     rabbitmq-cluster) printf '%s\n' --values "${ROOT}/values/rabbitmq.yaml" --set rabbitmq.replicas=3 ;;
     *) log "BACKEND=${BACKEND}: use redis, rabbitmq or rabbitmq-cluster"; exit 2 ;;
   esac
+  case "${RESULTS}" in
+    broker) ;;
+    file) printf '%s\n' --values "${ROOT}/values/kind-file-store.yaml" ;;
+    *) log "RESULTS=${RESULTS}: use broker or file"; exit 2 ;;
+  esac
 }
 
 # Every image the chart runs on Kind but the worker image built here.
@@ -94,9 +101,23 @@ load_images() {
   done
 }
 
+# The file store's volume: the host directory every node mounts (kind/cluster.yaml),
+# writable by the pods' user (a bind mount keeps the host's owner: root), offered as
+# a ReadWriteMany PersistentVolume.
+shared_volume() {
+  local node
+  for node in $(kind get nodes --name "${CLUSTER}"); do
+    docker exec "${node}" sh -c 'test -d /var/ttg-results && chmod 1777 /var/ttg-results'
+  done
+  kubectl apply -f "${ROOT}/kind/results-pv.yaml"
+}
+
 install_chart() {
   local values
   mapfile -t values < <(chart_values)
+  if [ "${RESULTS}" = file ]; then
+    shared_volume
+  fi
   # A worker image from before `ttg exporter` existed cannot run the exporter.
   if ! docker run --rm "${IMAGE}" exporter --help >/dev/null 2>&1; then
     log "${IMAGE} has no \`ttg exporter\`: installing without the exporter"

@@ -99,3 +99,22 @@ def several_errors(x: int) -> int:
     if x == 50:
         raise ValueError("negative mass at x=50")
     return x * x
+
+
+#: Environment variable naming the file whose existence "fixes" ``explode_on_13_until_fixed``.
+FIXED_ENV = "TTG_TEST_FIXED"
+#: Bytes of the result ``huge_on_13`` returns for the poison parameter: over the broker's
+#: cap for one result (1 MiB), well under a results store's (64 MiB).
+HUGE_BYTES = 2 << 20
+
+
+def explode_on_13_until_fixed(x: int) -> int:
+    """``explode_on_13`` until the file named by ``TTG_TEST_FIXED`` exists (the bug fixed)."""
+    if x == POISON and not os.path.exists(os.environ.get(FIXED_ENV, "/nonexistent")):
+        raise ValueError(f"cannot compute parameter {x}")
+    return x * x
+
+
+def huge_on_13(x: int) -> object:
+    """A 2 MiB string for the poison parameter, the square otherwise."""
+    return "x" * HUGE_BYTES if x == POISON else x * x

@@ -253,13 +253,13 @@ ttg.volumes and ttg.volumeMounts are empty when there is nothing to add.
 {{- define "ttg.volumes" -}}
 {{- $extra := "" }}
 {{- with .Values.extraVolumes }}{{ $extra = toYaml . }}{{ end }}
-{{- printf "%s\n%s" (include "ttg.brokerVolumes" .) $extra | trim }}
+{{- printf "%s\n%s\n%s" (include "ttg.brokerVolumes" .) (include "ttg.resultsVolumes" .) $extra | trim }}
 {{- end }}
 
 {{- define "ttg.volumeMounts" -}}
 {{- $extra := "" }}
 {{- with .Values.extraVolumeMounts }}{{ $extra = toYaml . }}{{ end }}
-{{- printf "%s\n%s" (include "ttg.brokerVolumeMounts" .) $extra | trim }}
+{{- printf "%s\n%s\n%s" (include "ttg.brokerVolumeMounts" .) (include "ttg.resultsVolumeMounts" .) $extra | trim }}
 {{- end }}
 
 {{- define "ttg.extraEnv" -}}

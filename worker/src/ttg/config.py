@@ -83,6 +83,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _results_url(text: str) -> str:
+    from ttg.store import parse_url  # noqa: PLC0415 - config stays below the store
+
+    try:
+        return parse_url(text)
+    except UsageError as e:
+        raise ValueError(str(e).removeprefix(f"results URL {text!r}: ")) from None
+
+
 def _allow(text: str) -> tuple[str, ...]:
     from ttg.compute import parse_allow  # noqa: PLC0415 - config stays below compute
 
@@ -144,6 +153,13 @@ SETTINGS = {
             "most chunks a worker holds at once (a cap: read-ahead adapts below it)",
         ),
         Setting("compute", str, "ttg.compute:square", "compute function module:function"),
+        Setting(
+            "results-url",
+            _results_url,
+            "broker",
+            "where a new run's results go: broker, file:///PATH or s3://BUCKET/PREFIX "
+            "(part of the run's spec)",
+        ),
         Setting(
             "compute-allow",
             _allow,

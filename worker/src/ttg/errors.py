@@ -90,3 +90,18 @@ def needs_extra(what: str, extra: str) -> UsageError:
     return UsageError(
         f"{what} needs the {extra} extra: pip install -e 'worker[{extra}]' (in a TTG checkout)"
     )
+
+
+class StoreError(TTGError):
+    """A results store (``file://`` volume, ``s3://`` bucket) failed an operation; worth retrying.
+
+    Exit code 3, like an unreachable broker: the store may be back later.
+    """
+
+    exit_code = 3
+
+
+class StoreAccessDenied(StoreError):
+    """The results store refused our credentials or our access to the bucket."""
+
+    exit_code = 4

@@ -251,9 +251,19 @@ class RateMeter:
 class Probes:
     """What /healthz and /readyz answer; the worker updates ``tick`` from its loop."""
 
-    def __init__(self, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, ready: Callable[[], bool], why: Callable[[], str | None] | None = None
+    ) -> None:
         self.last_tick = time.monotonic()
         self._ready = ready
+        self._why = why
+
+    def reason(self) -> str:
+        """Why /readyz answers 503 (one line)."""
+        try:
+            return (self._why() if self._why else None) or "broker unreachable"
+        except Exception:
+            return "broker unreachable"
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
@@ -279,8 +289,9 @@ def probe_routes(registry: CollectorRegistry, probes: Probes) -> dict[str, Route
         return (200, b"ok\n", "text/plain") if ok else (503, b"main loop stalled\n", "text/plain")
 
     def readyz() -> tuple[int, bytes, str]:
-        ok = probes.ready()
-        return (200, b"ok\n", "text/plain") if ok else (503, b"broker unreachable\n", "text/plain")
+        if probes.ready():
+            return 200, b"ok\n", "text/plain"
+        return 503, f"{probes.reason()}\n".encode(), "text/plain"
 
     return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -39,6 +40,9 @@ from ttg.limits import (
 RUN_ID = limits.RUN_ID
 check_run_id = limits.check_run_id
 
+#: What a run spec's ``results`` may hold (``ttg.store.parse_url`` checks the details).
+RESULTS_URL = re.compile(r"broker|file:///[^\x00-\x1f]*|s3://[^\x00-\x1f/]+(/[^\x00-\x1f]*)?")
+
 #: How a run is steered: the only values of its control flag.
 CONTROLS = ("running", "paused", "cancelled")
 
@@ -50,7 +54,7 @@ FORMAT = 2
 #: lists its feature in ``requires``, so a reader that lacks the feature skips the run
 #: instead of running it wrongly. A new field of that kind: a RunSpec field with an
 #: "off" default, checked in ``__post_init__``, and an entry here (FEATURES follows).
-FEATURE_FIELDS: dict[str, str] = {}
+FEATURE_FIELDS: dict[str, str] = {"results": "results-store"}
 #: Features of a run spec this version understands.
 FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
 
@@ -76,6 +80,9 @@ class RunSpec:
     max_deliveries: int = 5
     format: int = field(default=FORMAT, compare=False)
     requires: tuple[str, ...] = ()
+    #: Where workers write the run's results: ``broker`` (in the ledger), ``file:///PATH``
+    #: or ``s3://BUCKET/PREFIX`` (a results store, ``ttg.store``). Set once, at seeding.
+    results: str = "broker"
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
@@ -86,6 +93,11 @@ class RunSpec:
         if not isinstance(self.compute, str) or len(self.compute) > compute.MAX_NAME_CHARS:
             raise UsageError(f"compute must be a name, got {decode.preview(self.compute, 80)}")
         compute.check_name(self.compute)
+        if not isinstance(self.results, str) or not RESULTS_URL.fullmatch(self.results):
+            raise UsageError(
+                f"results {decode.preview(self.results, 80)}: expected broker, file:///PATH "
+                "or s3://BUCKET"
+            )
         needed = {f for name, f in FEATURE_FIELDS.items() if self._not_default(name)}
         requires = tuple(sorted(set(self.requires) | needed))
         unknown = sorted(set(requires) - FEATURES)
@@ -240,11 +252,53 @@ class Status(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class ObjectRef:
+    """Where a results store keeps one chunk's results: what the ledger counts and checks."""
+
+    #: The object's name under the store's base (``runs/RUN/chunk-....parquet``).
+    name: str
+    #: Its rows: one per parameter of the chunk.
+    rows: int
+    #: sha256 of the object's bytes, hex.
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.name, "n": self.rows, "h": self.sha256}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ObjectRef:
+        """Raises: ValueError, TypeError or KeyError: not an object reference."""
+        name, rows, digest = d["k"], d["n"], d["h"]
+        if (
+            not isinstance(name, str)
+            or len(name) > 200
+            or not isinstance(digest, str)
+            or not re.fullmatch(r"[0-9a-f]{64}", digest)
+            or type(rows) is not int
+            or rows < 0
+        ):
+            raise ValueError(f"not an object reference: {str(d)[:200]}")
+        return cls(name, rows, digest)
+
+
+def _ref(chunk: int, d: Any) -> ObjectRef | None:
+    if d is None:
+        return None
+    try:
+        return ObjectRef.from_dict(decode.as_dict(d, "its object"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise DecodeError(f"outcome of chunk {chunk}: {decode.one_line(str(e), 200)}") from None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """A chunk's entry in the ledger: its results (with any parameter errors), or its death.
 
     ``param_errors`` are ``(parameter index, error)`` pairs, or triples with the
-    error's traceback; the result list holds None at their places.
+    error's traceback; the result list holds None at their places. A run with a
+    results store keeps its results there: the ledger then holds ``ref`` (the
+    object, its rows and digest) and ``result`` is None until a reader fetches the
+    object (``ttg.store``).
     """
 
     chunk: int
@@ -260,6 +314,8 @@ class Outcome:
     round: int = 0
     #: ``result`` already encoded as JSON (the worker encodes once, to find unserialisable values).
     result_json: str | None = field(default=None, compare=False, repr=False)
+    #: The results store's object holding ``result`` (None: the results are in the ledger).
+    ref: ObjectRef | None = None
 
     def to_json(self) -> str:
         """The ledger's JSON form. ``w`` and ``a`` come first: the Redis scripts
@@ -277,6 +333,8 @@ class Outcome:
             body["e"] = self.error
         if self.param_errors:
             body["pe"] = [list(p) for p in self.param_errors]
+        if self.ref is not None:
+            body["o"] = self.ref.to_dict()
         head = json.dumps(body, separators=(",", ":"))
         result = (
             self.result_json
@@ -315,6 +373,7 @@ class Outcome:
             param_errors=param_errors(d.get("pe")),
             started_at=None if t0 is None else decode.as_float(t0, "its start time"),
             round=decode.as_int(d.get("g", 0), "its round", 0, MAX_PARAMS),
+            ref=_ref(chunk, d.get("o")),
         )
 
     @classmethod

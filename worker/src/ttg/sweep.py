@@ -33,6 +33,7 @@ from ttg import endpoint as endpoints
 from ttg import export as exports
 from ttg import results as rowsof
 from ttg import space as spaces
+from ttg import store
 from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.decode import Problems
 from ttg.endpoint import Endpoint
@@ -41,6 +42,8 @@ from ttg.metrics import RateMeter
 from ttg.outputs import check_output
 from ttg.progress import Bar, suffix
 from ttg.run import RunSpec, check_run_id
+from ttg.store.check import StoreCheck
+from ttg.store.reader import delete_run, resolved
 from ttg.verify import StatusReport, VerifyReport, status_report, verify
 
 if TYPE_CHECKING:
@@ -283,6 +286,8 @@ class Sweep:
         """
         if self._host is not None:
             self._host.serve(self.spec.compute)
+        if self.spec.results != store.BROKER:
+            store.check_writable(self.spec.results)  # before the run exists: exit 3 or 4
         try:
             return self.broker.seed(self.spec, on_progress=on_progress)
         except RunConflict as e:
@@ -360,7 +365,7 @@ class Sweep:
 
     def rows(self) -> Iterator[rowsof.ResultRow]:
         """One row per parameter with an outcome, in index order (flat memory)."""
-        outcomes = rowsof.in_chunk_order(self.broker.ledger(self.spec.run))
+        outcomes = rowsof.in_chunk_order(resolved(self.spec, self.broker.ledger(self.spec.run)))
         return rowsof.parameter_rows(self.spec, outcomes)
 
     def results(self, *, traceback: bool = True) -> pd.DataFrame:
@@ -377,7 +382,7 @@ class Sweep:
         except ImportError:
             raise needs_extra("Sweep.results() (pandas)", "pandas") from None
         cols, cells = exports.table_cells(
-            self.spec, self.broker.ledger(self.spec.run), traceback=traceback
+            self.spec, resolved(self.spec, self.broker.ledger(self.spec.run)), traceback=traceback
         )
         return pandas.DataFrame(cells, columns=cols)
 
@@ -404,7 +409,8 @@ class Sweep:
         opts = exports.ExportOptions(format, path, chunks, raw, traceback)
         if path:
             check_output(path)  # before any work
-        ledger = self.broker.ledger(self.spec.run, problems=problems)
+        # A results store's objects are read (and checked) one chunk at a time.
+        ledger = resolved(self.spec, self.broker.ledger(self.spec.run, problems=problems))
         return exports.export(self.spec, ledger, opts, stream or sys.stdout)
 
     def aggregate(
@@ -414,16 +420,19 @@ class Sweep:
 
         Integers are summed exactly; floats are summed exactly and rounded once.
         """
-        ledger = self.broker.ledger(self.spec.run, problems=problems)
+        # A results store's objects are read (and checked) one chunk at a time.
+        ledger = resolved(self.spec, self.broker.ledger(self.spec.run, problems=problems))
         out = exports.aggregate_ledger(self.spec, ledger, how, field=field)
         out["run"] = self.spec.run
         return out
 
     # -- proof, repair, control ----------------------------------------------------------------
 
-    def verify(self, *, allow_failed: bool = False) -> VerifyReport:
+    def verify(
+        self, *, allow_failed: bool = False, check: StoreCheck | None = None
+    ) -> VerifyReport:
         """Read the whole ledger: exactly once (``verified``), and every parameter ok (``ok``)."""
-        return verify(self.broker, self.spec.run, allow_failed=allow_failed)
+        return verify(self.broker, self.spec.run, allow_failed=allow_failed, check=check)
 
     def retry(self, *, dead: bool = True, errors: bool = True) -> RetryReport:
         """After a fix: re-queue the chunks that died and/or hold parameter errors."""
@@ -442,8 +451,11 @@ class Sweep:
         """Stop handing out the run's chunks for good (``resume`` undoes it); results stay."""
         self.broker.set_control(self.spec.run, "cancelled")
 
-    def delete(self) -> None:
-        """Remove everything the broker holds for the run."""
+    def delete(self, *, keep_results: bool = False) -> None:
+        """Remove the run's objects from its results store (unless ``keep_results``), then
+        everything the broker holds for it."""
+        if not keep_results:
+            delete_run(self.spec)
         self.broker.delete(self.spec.run)
 
     def report(self, path: str | Path) -> ReportSummary:

@@ -31,6 +31,7 @@ from ttg.broker import Broker
 from ttg.decode import Problems
 from ttg.metrics import RateMeter
 from ttg.run import InFlight, Outcome, Progress, RunSpec, Status
+from ttg.store.check import StoreCheck
 from ttg.tables import JSON
 
 #: Chunk ids listed in a report when some are missing.
@@ -118,6 +119,18 @@ class VerifyReport(StatusReport):
     error_groups: list[failures.ErrorGroup] = field(default_factory=list)
     #: Distinct errors beyond those listed in ``error_groups``.
     more_error_groups: int = 0
+    #: Where the run keeps its results (``broker``, or a results store's URL).
+    results: str = "broker"
+    #: Counted chunks' objects read and checked (a results store).
+    objects_checked: int = 0
+    #: Objects that can never count, removed (``ttg.store.reader``).
+    strays_removed: int = 0
+    #: Objects of chunks not counted yet, left alone.
+    pending_objects: int = 0
+    #: Files in the run's folder TTG did not write, left alone.
+    foreign_objects: int = 0
+    #: The certificate written (``verify --certificate``).
+    certificate: str | None = None
 
 
 def _recent(p: Progress, spec: RunSpec | None) -> list[RecentFailure]:
@@ -239,7 +252,9 @@ def _scan(spec: RunSpec, outcomes: Iterable[Outcome]) -> _Tally:
             t.ok_chunks += 1
         t.param_errors += len(o.param_errors)
         t.ok_params += o.params - len(o.param_errors)
-        if o.params != hi - lo or not isinstance(o.result, list) or len(o.result) != hi - lo:
+        if o.result is None and o.ref is not None:
+            t.summable = False  # its object is missing or altered: the store check said so
+        elif o.params != hi - lo or not isinstance(o.result, list) or len(o.result) != hi - lo:
             t.problems.append(f"chunk {o.chunk} result covers {o.params} of {hi - lo} parameters")
         elif o.status is Status.OK and o.param_errors:
             t.problems.append(f"chunk {o.chunk} is ok but lists parameter errors")
@@ -264,21 +279,25 @@ def _groups(spec: RunSpec, t: _Tally) -> list[failures.ErrorGroup]:
     return top
 
 
-def verify(broker: Broker, run: str, *, allow_failed: bool = False) -> VerifyReport:
+def verify(
+    broker: Broker, run: str, *, allow_failed: bool = False, check: StoreCheck | None = None
+) -> VerifyReport:
     """Check invariants 1 and 2 (and the closed form) for ``run`` from its ledger.
 
     ``verified`` is true when every chunk has exactly one counted outcome, the
     counters agree with the ledger and the closed form matches where there is
     one; ``ok`` when verified and — unless ``allow_failed`` — no chunk is dead
-    or has parameter errors.
+    or has parameter errors. A run with a results store has every counted object
+    checked too (``check``: pass one to gather a certificate's leaves).
     """
     spec = broker.spec(run)
     progress = broker.progress(run)
+    check = check or StoreCheck(spec)
     unreadable = Problems()
-    t = _scan(spec, broker.ledger(run, problems=unreadable))
+    t = _scan(spec, check.outcomes(broker.ledger(run, problems=unreadable)))
     # Records that cannot be read are problems: the run is not what its ledger says.
     problems = [f"unreadable: {line}" for line in (*progress.problems, *unreadable.lines())]
-    problems += t.problems
+    problems += t.problems + check.finish()
     missing = [c for c in range(spec.total_chunks) if not t.seen[c]]
     if (progress.done, progress.errors, progress.dead) != (
         t.ok_chunks,
@@ -320,4 +339,5 @@ def verify(broker: Broker, run: str, *, allow_failed: bool = False) -> VerifyRep
         verified=verified,
         error_groups=_groups(spec, t),
         more_error_groups=max(0, len(t.groups) - ERROR_GROUPS),
+        **check.fields(),
     )

@@ -22,6 +22,7 @@ Shutdown is the part that matters most, and it is ordered:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import os
 import queue
@@ -36,9 +37,10 @@ from typing import Any, TypeVar
 from ttg import compute
 from ttg.backoff import Backoff
 from ttg.broker import Consumer
-from ttg.errors import AuthenticationError, BrokerError, RunNotFound, UsageError
+from ttg.errors import AuthenticationError, BrokerError, RunNotFound, StoreError, UsageError
 from ttg.metrics import Metrics, Probes
 from ttg.run import Delivery, Outcome, Recorded, Status
+from ttg.store.writer import ResultsWriter
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +122,12 @@ class Worker:
         read_ahead_cap: int,
         compute_allow: Sequence[str] = compute.DEFAULT_ALLOW,
         fetch_timeout: float = 0.5,
+        results: ResultsWriter | None = None,
     ) -> None:
         self.consumer = consumer
         self.name = consumer.name
+        #: Writes each outcome's results to its run's results store before the ledger counts it.
+        self.results = results or ResultsWriter(self.name)
         self.metrics = metrics
         self.probes = probes
         self.grace_seconds = grace_seconds
@@ -344,11 +349,19 @@ class Worker:
     def _settle(self, got: list[tuple[Delivery, _Verdict]], in_hand: dict[int, Delivery]) -> None:
         completes = [(d, v) for d, v in got if isinstance(v, _Complete)]
         if completes:
-            items = [(d, v.outcome) for d, v in completes]
-            recorded = self._with_retries(lambda: self.consumer.complete(items), "outcomes")
+            given = [(d, v.outcome) for d, v in completes]
+            # Results first: durable in the run's store (capped, and out of the ledger) ...
+            items = self._with_retries(lambda: self.results.persist(given), "results")
+            # ... then the ledger counts them (for a broker run it is the store).
+            recorded = None
+            if isinstance(items, list):
+                completes = [(d, dataclasses.replace(v, outcome=o)) for (d, v), (_, o) in
+                             zip(completes, items, strict=True)]  # fmt: skip
+                recorded = self._with_retries(lambda: self.consumer.complete(items), "outcomes")
             if recorded is _GONE:
-                recorded = [Recorded.GONE] * len(items)
+                recorded = [Recorded.GONE] * len(completes)
             if isinstance(recorded, list):
+                self.results.settled([(d, v.outcome) for d, v in completes], recorded)
                 self._count(completes, recorded, in_hand)
         for d, verdict in got:
             if isinstance(verdict, _Retry):
@@ -483,13 +496,16 @@ class Worker:
                 return _GONE
             except AuthenticationError:
                 raise
-            except BrokerError as e:
+            except (BrokerError, StoreError) as e:
+                # A results store down for a while is waited out like the broker: the
+                # chunk stays in hand, its lease renewed, nothing is lost.
+                where = "results store" if isinstance(e, StoreError) else "broker"
                 if self._past_deadline():
-                    log.error("broker refused %s at shutdown: %s", what, e)
+                    log.error("%s refused %s at shutdown: %s", where, what, e)
                     return None
                 if time.monotonic() - warned > WARN_EVERY_SECONDS:
                     warned = time.monotonic()
-                    log.warning("broker refused %s, retrying: %s", what, e)
+                    log.warning("%s refused %s, retrying: %s", where, what, e)
                 self.probes.tick()
                 backoff.sleep()
 

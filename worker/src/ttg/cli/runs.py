@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ttg import config
+from ttg import config, store
 from ttg import progress as bars
 from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least, run_id
 from ttg.decode import Problems, one_line
@@ -20,6 +20,10 @@ from ttg.export import AGGREGATES, FORMATS
 from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.outputs import check_output
 from ttg.results import problems_line
+from ttg.run import RunSpec
+from ttg.store import certificate
+from ttg.store.check import StoreCheck
+from ttg.store.reader import delete_run
 from ttg.sweep import Sweep, make_space
 from ttg.tables import read_table
 
@@ -43,6 +47,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         max_deliveries=args.max_deliveries,
         compute_allow=args.compute_allow,
         check=not args.no_check,
+        results=args.results_url,
     )
     bar = bars.Bar(f"seeding {args.run}", enabled=not args.json and sys.stderr.isatty())
     with sweep:
@@ -109,10 +114,61 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.offline:
+        return _verify_offline(args)
+    if args.dataset:
+        raise UsageError("a DATASET is checked with --offline --certificate FILE")
+    if not args.run:
+        raise UsageError("the following arguments are required: --run (or --offline)")
+    if args.certificate:
+        check_output(args.certificate, "--certificate")
     with Sweep.attach(args.run, endpoint(args)) as sweep:
-        report = sweep.verify(allow_failed=args.allow_failed)
-    emit(args, report.to_dict(), bars.verdict(report, allow_failed=args.allow_failed))
+        spec = sweep.spec
+        if args.certificate and spec.results == store.BROKER:
+            raise UsageError(
+                f"run {args.run} keeps its results in the broker: a certificate proves a "
+                "results store's dataset (seed with TTG_RESULTS_URL)"
+            )
+        check = StoreCheck(spec, certificate=bool(args.certificate))
+        report = sweep.verify(allow_failed=args.allow_failed, check=check)
+    if args.certificate and check.leaves is not None:
+        doc = certificate.document(spec, check.leaves, report.to_dict())
+        certificate.write(args.certificate, doc)
+        report.certificate = args.certificate
+    lines = [bars.verdict(report, allow_failed=args.allow_failed)]
+    if report.results != store.BROKER:
+        strays, pending = report.strays_removed, report.pending_objects
+        lines.append(
+            f"results store: {report.objects_checked} objects checked in {report.results}"
+            + (f", {strays} strays removed" if strays else "")
+            + (f", {pending} not counted yet" if pending else "")
+        )
+    if report.certificate:
+        lines.append(f"certificate: {report.certificate}")
+    emit(args, report.to_dict(), "\n".join(lines))
     return 0 if report.ok else 1
+
+
+def _verify_offline(args: argparse.Namespace) -> int:
+    """``verify --offline --certificate FILE DATASET``: no broker, the dataset alone."""
+    if not args.certificate or not args.dataset:
+        raise UsageError("--offline needs --certificate FILE and the DATASET to check")
+    report = certificate.check_offline(
+        args.certificate, args.dataset, allow_failed=args.allow_failed
+    )
+    verdict = report["certificate_verdict"]
+    lines = [
+        f"{'VERIFIED' if report['ok'] else 'NOT VERIFIED'} offline: run {report['run']}, "
+        f"{report['objects']} objects, {report['rows']} rows in {report['dataset']}",
+        f"root hash: {'matches' if report['root_match'] else 'DIFFERS from'} the certificate's; "
+        f"certificate's verdict: {'verified' if verdict.get('verified') else 'not verified'}"
+        f"{'' if verdict.get('ok') else ' (with failures)'}, {report['created_at']}",
+    ]
+    if report["missing"]:
+        lines.append(f"missing {report['missing']} chunks, e.g. {report['missing_sample']}")
+    lines += [f"problem: {p}" for p in report["problems"]]
+    emit(args, report, "\n".join(lines))
+    return 0 if report["ok"] else 1
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -276,12 +332,22 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     broker = endpoint(args).open_broker()
     try:
-        # Not through its spec: a run whose data cannot be read is deleted all the same.
+        try:
+            spec: RunSpec | None = broker.spec(args.run)
+        except (RunDataError, RunNotFound):
+            spec = None  # not through its spec: an unreadable run is deleted all the same
+        # The objects first: while the run exists, a failed deletion can be tried again.
+        objects = bool(spec and not args.keep_results and delete_run(spec))
         if not broker.delete(args.run):
             raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
     finally:
         broker.close()
-    emit(args, {"run": args.run, "deleted": True}, f"run {args.run} deleted")
+    emit(
+        args,
+        {"run": args.run, "deleted": True, "results_deleted": objects},
+        f"run {args.run} deleted"
+        + (f", its results in {spec.results} too" if spec and objects else ""),
+    )
     return 0
 
 
@@ -304,6 +370,7 @@ def _seed_parser(command: Command) -> None:
         "compute",
         "compute-allow",
         "max-deliveries",
+        "results-url",
     )
     _with_run(p)
     p.add_argument(
@@ -349,8 +416,24 @@ def _report_parsers(command: Command) -> None:
         default=1.0,
         help="seconds between updates with --watch (>= 0.01)",
     )
-    p = _with_run(
-        command("verify", cmd_verify, "exit 0 only if every chunk succeeded, exactly once", *conn)
+    p = command("verify", cmd_verify, "exit 0 only if every chunk succeeded, exactly once", *conn)
+    p.add_argument("--run", type=run_id, help="the run (not with --offline)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument(
+        "--certificate",
+        metavar="FILE",
+        help="write the run's certificate to FILE (with --offline: the certificate to check)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="check --certificate FILE against DATASET alone, without the broker",
+    )
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        metavar="DATASET",
+        help="with --offline: the run's folder (a path, file:///… or s3://…/runs/RUN)",
     )
     p.add_argument(
         "--allow-failed",
@@ -411,4 +494,11 @@ def add_parsers(command: Command) -> None:
     )
     p.add_argument("--dead", action="store_true", help="only the dead chunks")
     p.add_argument("--errors", action="store_true", help="only the chunks with parameter errors")
-    _with_run(command("delete", cmd_delete, "remove a run and all the broker holds for it", *conn))
+    p = _with_run(
+        command("delete", cmd_delete, "remove a run: what the broker holds, its results", *conn)
+    )
+    p.add_argument(
+        "--keep-results",
+        action="store_true",
+        help="leave the run's objects in its results store (only the broker's side goes)",
+    )

@@ -15,6 +15,7 @@ from ttg.errors import UsageError
 from ttg.exporter import Exporter
 from ttg.httpd import Route
 from ttg.metrics import Metrics, Probes, probe_routes, serve
+from ttg.store.writer import ResultsWriter
 from ttg.worker import Worker
 
 log = logging.getLogger("ttg")
@@ -29,7 +30,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     metrics = Metrics()
     metrics.broker_up.set_function(lambda: 1 if consumer.connected else 0)
-    probes = Probes(ready=lambda: consumer.connected)
+    results = ResultsWriter(name)
+    probes = Probes(
+        ready=lambda: consumer.connected and results.problem is None,
+        why=lambda: results.problem if consumer.connected else None,
+    )
     if args.metrics_port:
         # From the start: /healthz answers while the broker is still away (/readyz does not).
         args.metrics_port = _serve_metrics(args, probe_routes(metrics.registry, probes))
@@ -41,6 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         retry_delay=args.retry_delay_seconds,
         read_ahead_cap=args.prefetch,
         compute_allow=args.compute_allow,
+        results=results,
     )
     worker.install_signal_handlers()
     log.info(
