@@ -32,7 +32,7 @@ from tests.chart.conftest import CHART, Rendered, render, run_helm
 from tests.chart.pods import Pod
 from tests.chart.wiring import has_exporter, http_get, print_logs, ttg_json, ttg_pod
 from tests.helpers import eventually
-from ttg.broker import TLS
+from ttg.endpoint import TLS
 from ttg.processes import RedisServer
 
 pytestmark = pytest.mark.chart

@@ -1,4 +1,4 @@
-"""Broker backends, one package each; ``ttg.broker.BACKENDS`` lists them.
+"""Broker backends, one package each; ``ttg.endpoint.BACKENDS`` lists them.
 
 Importing this package imports no backend: ``open_broker`` imports the one a
 command names.
