@@ -54,6 +54,36 @@ def test_wrong_types_in_redis_are_the_runs_data_not_an_outage(
     assert ttg("delete", "--run", bad, env=backend.env).returncode == 0
 
 
+def test_a_ledger_that_refuses_outcomes_holds_no_worker_hostage(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
+) -> None:
+    """Outcome writes refused for good (WRONGTYPE) are not retried forever: the chunk goes back."""
+    r = redis_only(backend)
+    bad = f"{run_id}-ledger"
+    ttg("seed", "--run", bad, "--params", "40", "--chunk-size", "10", env=backend.env,
+        check=True)  # fmt: skip
+    r.delete(f"ttg:{{{bad}}}:ledger")
+    r.set(f"ttg:{{{bad}}}:ledger", "not a hash")
+    names = workers.start(1)
+    eventually(
+        lambda: r.xinfo_groups(f"ttg:{{{bad}}}:tasks")[0]["last-delivered-id"] != "0-0",
+        timeout=60,
+        what="the worker fetching chunks of the run whose ledger refuses outcomes",
+    )
+    # The only worker was in that run when this one arrived: it must come back to serve it.
+    ttg("seed", "--run", run_id, "--params", "100", "--chunk-size", "10", env=backend.env,
+        check=True)  # fmt: skip
+    eventually(
+        lambda: ttg_json("verify", "--run", run_id, env=backend.env)["ok"],
+        timeout=90,
+        what="the healthy run verified by the one worker",
+    )
+    assert workers.alive() == names
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert "refused the outcome because of what the run's keys hold" in logs
+    assert ttg("delete", "--run", bad, env=backend.env).returncode == 0
+
+
 def test_a_huge_malformed_task_field_is_described_not_logged(
     backend: BackendEnv, workers: LocalWorkers, run_id: str, tmp_path: Path
 ) -> None:

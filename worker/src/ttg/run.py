@@ -404,6 +404,9 @@ class Recorded(enum.Enum):
     RECORDED = "recorded"
     #: The run was deleted meanwhile: nothing recorded, nothing to acknowledge.
     GONE = "gone"
+    #: The broker refused it for good because of what the run's keys hold (garbage):
+    #: nothing recorded; the worker gives the chunk back and leaves the run alone a while.
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,14 @@ from typing import Any, TypeVar
 from ttg import compute
 from ttg.backoff import Backoff
 from ttg.broker import Consumer
-from ttg.errors import AuthenticationError, BrokerError, RunNotFound, StoreError, UsageError
+from ttg.errors import (
+    AuthenticationError,
+    BrokerDataError,
+    BrokerError,
+    RunNotFound,
+    StoreError,
+    UsageError,
+)
 from ttg.metrics import Metrics, Probes
 from ttg.run import Delivery, Outcome, Recorded, Status
 from ttg.store.writer import ResultsWriter
@@ -396,6 +403,14 @@ class Worker:
         """Metrics and logs of recorded outcomes; plain successes are counted per run at once."""
         plain: dict[str, list[int]] = {}  # run -> [chunks, parameters]
         for (d, v), r in zip(completes, recorded, strict=True):
+            if r is Recorded.REFUSED:
+                # Stays in hand: ``_work`` gives it back (a stuck run holds no chunk).
+                log.error(
+                    "the broker refused the outcome because of what the run's keys hold: "
+                    "chunk given back, run left alone for a while",
+                    extra=self._fields(d),
+                )
+                continue
             in_hand.pop(id(d), None)
             if v.seconds is not None:
                 self.metrics.run(d.run).duration.observe(v.seconds)
@@ -471,6 +486,8 @@ class Worker:
                 return
             except BrokerError as e:
                 delay = backoff.next()
+                if isinstance(e, BrokerDataError):
+                    delay = float("inf")  # refused for good: no use waiting
                 if time.monotonic() + delay > deadline:
                     self.consumer.abandon(d)
                     log.warning(

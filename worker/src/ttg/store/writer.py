@@ -205,7 +205,7 @@ class ResultsWriter:
         """
         for (d, o), r in zip(items, recorded, strict=True):
             self._written.pop(self._key(d), None)
-            if o.ref is None or r not in (Recorded.DUPLICATE, Recorded.GONE):
+            if o.ref is None or r not in (Recorded.DUPLICATE, Recorded.GONE, Recorded.REFUSED):
                 continue
             try:
                 open_store(d.spec.results).delete(o.ref.name)

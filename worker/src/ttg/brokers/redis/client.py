@@ -77,6 +77,12 @@ def run_of(stream_key: str) -> str:
     return stream_key[stream_key.index("{") + 1 : stream_key.index("}")]
 
 
+def is_data_error(e: rex.ResponseError) -> bool:
+    """Redis refused because of what a key holds (or a script failed on it): for good."""
+    text = str(e)
+    return "WRONGTYPE" in text or "user_script" in text or "Error running script" in text
+
+
 def translate(e: Exception) -> NoReturn:
     """Turn a redis-py exception into TTG's own (the backend boundary), trimmed to what helps."""
     text = str(e).split("\n")[0][:MAX_ERROR_CHARS]
@@ -96,7 +102,7 @@ def translate(e: Exception) -> NoReturn:
         raise BrokerConnectionError(f"redis cluster unreachable: {text}") from None
     if "DB index is out of range" in text or "invalid DB index" in text:
         raise UsageError(f"broker URL: the database number is out of range ({text})") from None
-    if "WRONGTYPE" in text or "user_script" in text or "Error running script" in text:
+    if isinstance(e, rex.ResponseError) and is_data_error(e):
         # A key holding the wrong kind of value, or a script failing on what a key
         # holds: the run's data is garbage, not the broker unreachable.
         raise BrokerDataError(None, f"redis refused it because of what a run's key holds: {text}")

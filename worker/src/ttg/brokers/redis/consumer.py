@@ -35,6 +35,7 @@ from ttg.brokers.redis.client import (
     GROUP,
     RUNS,
     Scripts,
+    is_data_error,
     key,
     make_client,
     translated,
@@ -383,12 +384,24 @@ class RedisConsumer(Consumer):
                     (o.error or "")[:500],
                     o.to_json(),
                 ]
-            codes = self.scripts.record(
-                keys=[
-                    key(run, n) for n in ("tasks", "ledger", "stats", "meta", "rounds", "events")
-                ],
-                args=args,
-            )
+            try:
+                codes = self.scripts.record(
+                    keys=[
+                        key(run, n)
+                        for n in ("tasks", "ledger", "stats", "meta", "rounds", "events")
+                    ],
+                    args=args,
+                )
+            except rex.ResponseError as e:
+                # Garbage in one of the run's keys refuses every outcome of it, for good:
+                # retrying would hold its chunks (and this worker) hostage. The worker
+                # gives them back; this consumer leaves the run alone for a while.
+                if not is_data_error(e):
+                    raise
+                self._set_aside(run, e)
+                for i in indexes:
+                    out[i] = Recorded.REFUSED
+                continue
             for i in indexes:
                 self._in_hand.pop(items[i][0].handle, None)
             if codes == -1:
