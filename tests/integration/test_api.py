@@ -6,6 +6,8 @@ DataFrame, verify, retry after a fix, and attach from a second process.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import subprocess
@@ -154,6 +156,16 @@ def test_cli_space_file_aggregate_field_and_verify_by_value(
         "index", "omega", "zeta", "result.amplitude", "result.omega2", "status", "error",
         "traceback",
     ]  # fmt: skip
-    assert sweep.verify().to_dict() | {"ts": 0} == json.loads(
-        cli("verify", "--run", run_id, "--json", env=env).stdout
-    ) | {"ts": 0}
+    # The worker kept each failing parameter's innermost frames, the user's own line included.
+    failed = [r for r in csv.DictReader(io.StringIO(csv_out.stdout)) if r["status"] == "error"]
+    assert len(failed) == 2
+    for row in failed:
+        assert "tests/computes.py:" in row["traceback"], row["traceback"]
+        assert "in damped" in row["traceback"]
+        assert row["traceback"].endswith("ZeroDivisionError: division by zero")
+    # The same report through both doors (the time and the live worker count aside).
+    same = {"ts": 0, "workers": 0}
+    assert (
+        sweep.verify().to_dict() | same
+        == json.loads(cli("verify", "--run", run_id, "--json", env=env).stdout) | same
+    )

@@ -45,7 +45,15 @@ def test_an_error_stays_with_its_parameter_and_nothing_is_computed_twice() -> No
     r = compute.run_chunk(f, RangeSpace(0, 100), 10, 15, 0)
     assert calls == [10, 11, 12, 13, 14]
     assert r.results == [10, None, 12, None, 14]
-    assert r.errors == [(11, "ValueError: no 11", True), (13, "OSError: disk", False)]
+    assert [e[:3] for e in r.errors] == [
+        (11, "ValueError: no 11", True),
+        (13, "OSError: disk", False),
+    ]
+    # Each keeps its traceback: the user's frame (file:line, function, source), then the error.
+    tb = r.errors[0][3].splitlines()
+    assert tb[0].endswith(f"test_compute.py:{f.__code__.co_firstlineno + 3} in f")
+    assert tb[1].strip().startswith("raise ValueError")
+    assert tb[-1] == "ValueError: no 11"
     assert r.transient and r.first_error() == "parameter 11: ValueError: no 11"
 
 
@@ -167,3 +175,21 @@ def test_an_exact_entry_allows_one_function_and_never_an_imported_one() -> None:
     assert compute.load(f"{HOSTILE}:_private", (f"{HOSTILE}:_private",))(4) == 4
     with pytest.raises(UsageError, match="program"):
         compute.load("exec:/opt/sim/run", ("exec:/opt/sim/run",))
+
+
+def test_a_traceback_keeps_the_innermost_frames_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def deep(n: int) -> int:
+        if n == 0:
+            raise RuntimeError("x" * 5000)
+        return deep(n - 1)
+
+    monkeypatch.setattr(compute, "TRACEBACK_CHARS", 300)
+    r = compute.run_chunk(deep, RangeSpace(0, 100), 50, 51, 0)
+    tb = r.errors[0][3]
+    assert len(tb) == 300 and tb.startswith("…") and tb.endswith("xxx")
+    monkeypatch.undo()
+    r = compute.run_chunk(lambda n: deep(30), RangeSpace(0, 1), 0, 1, 0)
+    lines = r.errors[0][3].splitlines()
+    assert sum(1 for line in lines if " in deep" in line) == compute.TRACEBACK_FRAMES

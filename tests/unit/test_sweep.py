@@ -8,7 +8,8 @@ import ttg
 from ttg.brokers.memory import MemoryBroker
 from ttg.endpoint import Endpoint
 from ttg.errors import RunConflict, UsageError
-from ttg.sweep import compute_name, default_chunk_size
+from ttg.space import RangeSpace
+from ttg.sweep import compute_name, default_chunk_size, make_space
 
 
 def on_memory(sweep: ttg.Sweep, broker: MemoryBroker) -> ttg.Sweep:
@@ -87,3 +88,11 @@ def test_no_broker_named_is_refused_rather_than_the_default_redis(
         ttg.Sweep("r", space=10)
     monkeypatch.setenv("TTG_BROKER_URL", "amqp://u:p@h/v")
     assert ttg.Sweep("r", space=10).endpoint.backend == "rabbitmq"
+
+
+def test_a_python_range_is_a_space_and_other_objects_are_refused_in_one_line() -> None:
+    assert make_space(range(3, 20, 4)) == RangeSpace(3, 20, 4)
+    assert make_space(range(200)).size == 200
+    for odd in ([1, 2, 3], {"a": 1}, 2.5, object()):
+        with pytest.raises(UsageError, match="is not a parameter space"):
+            make_space(odd)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests import computes
 from tests.helpers import eventually
 from ttg import compute
 from ttg.brokers.memory import MemoryBroker, MemoryConsumer
@@ -106,7 +107,8 @@ def test_permanent_parameter_error_keeps_the_other_results_without_retry(
     eventually(lambda: finished(broker), timeout=10)
     o = outcomes(broker)[1]
     assert o.status is Status.ERRORS and o.attempt == 1, o
-    assert o.param_errors == ((13, "ValueError: cannot compute parameter 13"),)
+    assert [p[:2] for p in o.param_errors] == [(13, "ValueError: cannot compute parameter 13")]
+    assert o.param_errors[0][2].startswith(f"{computes.__file__}:")  # type: ignore[misc]
     assert o.result is not None and o.result[3] is None and o.result[4] == 14 * 14
     p = broker.progress("r")
     assert (p.done, p.errors, p.param_errors, p.dead) == (3, 1, 1, 0)

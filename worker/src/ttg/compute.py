@@ -247,6 +247,25 @@ def describe(e: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+#: Innermost frames kept of a parameter's traceback, and its longest text.
+TRACEBACK_FRAMES = 8
+TRACEBACK_CHARS = 2000
+
+
+def traceback_text(e: BaseException) -> str:
+    """The innermost frames of ``e``'s traceback (file:line, function, source), bounded.
+
+    The frame of ``run_chunk`` itself is left out: it is the same in every traceback.
+    """
+    frames = traceback.extract_tb(e.__traceback__)[1:][-TRACEBACK_FRAMES:]
+    lines = [
+        f"{f.filename}:{f.lineno} in {f.name}" + (f"\n    {f.line}" if f.line else "")
+        for f in frames
+    ]
+    text = "\n".join([*lines, describe(e)])
+    return text if len(text) <= TRACEBACK_CHARS else "…" + text[-(TRACEBACK_CHARS - 1) :]
+
+
 def is_permanent(e: BaseException, fn: ComputeFn | None = None) -> bool:
     """Whether retrying the parameter is pointless (see the module docstring for the order)."""
     if isinstance(e, PermanentError):
@@ -264,15 +283,15 @@ class ChunkResult:
     """What computing one chunk gave: a result per parameter, None where one raised."""
 
     results: list[Any]
-    #: (parameter index, error text, permanent?)
-    errors: list[tuple[int, str, bool]] = field(default_factory=list)
+    #: (parameter index, error text, permanent?, traceback)
+    errors: list[tuple[int, str, bool, str]] = field(default_factory=list)
     started_at: float = 0.0
     seconds: float = 0.0
 
     @property
     def transient(self) -> bool:
         """Some parameter failed in a way worth retrying."""
-        return any(not permanent for _, _, permanent in self.errors)
+        return any(not permanent for _, _, permanent, _ in self.errors)
 
     def first_error(self) -> str | None:
         return f"parameter {self.errors[0][0]}: {self.errors[0][1]}" if self.errors else None
@@ -287,7 +306,7 @@ def run_chunk(fn: ComputeFn, space: AnySpace, lo: int, hi: int, work_ms: int) ->
     if work_ms:
         time.sleep(work_ms / 1000)
     results: list[Any] = []
-    errors: list[tuple[int, str, bool]] = []
+    errors: list[tuple[int, str, bool, str]] = []
     values = space.values(lo, hi)
     index = lo
     while True:
@@ -300,7 +319,7 @@ def run_chunk(fn: ComputeFn, space: AnySpace, lo: int, hi: int, work_ms: int) ->
             break
         except Exception as e:
             results.append(None)
-            errors.append((index, describe(e), is_permanent(e, fn)))
+            errors.append((index, describe(e), is_permanent(e, fn), traceback_text(e)))
             index += 1
     return ChunkResult(results, errors, started, time.perf_counter() - clock)
 

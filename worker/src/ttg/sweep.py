@@ -35,7 +35,7 @@ from ttg import results as rowsof
 from ttg import space as spaces
 from ttg import store
 from ttg.broker import Broker, RetryReport, SeedReport
-from ttg.decode import Problems
+from ttg.decode import Problems, preview
 from ttg.endpoint import Endpoint
 from ttg.errors import RunConflict, TTGError, UsageError, needs_extra
 from ttg.metrics import RateMeter
@@ -131,9 +131,10 @@ def default_chunk_size(params: int) -> int:
 
 
 def make_space(
-    space: spaces.AnySpace | int | str | None, params: int | None = None
+    space: spaces.AnySpace | range | int | str | None, params: int | None = None
 ) -> spaces.AnySpace:
-    """A parameter space from what a caller has: a space, a count N (0..N-1), or ``--space`` text.
+    """A parameter space from what a caller has: a space, a Python ``range``, a count N
+    (0..N-1), or ``--space`` text.
 
     Raises:
         UsageError: neither given, or a count that disagrees with the space's size.
@@ -146,8 +147,15 @@ def make_space(
         raise UsageError(f"space {space!r} is not a parameter space")
     if isinstance(space, int):
         space = spaces.RangeSpace(0, space)
+    elif isinstance(space, range):
+        space = spaces.RangeSpace(space.start, space.stop, space.step)
     elif isinstance(space, str):
         space = spaces.parse(space)
+    elif not hasattr(space, "to_spec"):
+        raise UsageError(
+            f"space {preview(space, 60)} is not a parameter space: give a count, a range, "
+            "ttg.grid(...), ttg.linspace(...), ttg.table(...) or --space text"
+        )
     if params is not None and params != space.size:
         raise UsageError(f"--params {params} but the space has {space.size} parameters")
     return space
@@ -161,7 +169,7 @@ class Sweep:
         compute: ``"module:function"`` or an importable function. None: the
             default compute (``ttg.compute:square``), for integer ranges only.
         space: A space (``ttg.grid``, ``ttg.linspace``, ``ttg.table`` …), a
-            count N (0..N-1), or ``--space`` text.
+            Python ``range``, a count N (0..N-1), or ``--space`` text.
         chunk_size: Parameters per chunk: aim for seconds of work per chunk,
             well under the workers' SIGTERM grace. Default: about 256 chunks.
         broker: A URL, an ``Endpoint``, a ``ttg.local()`` block, or None for
@@ -180,7 +188,7 @@ class Sweep:
         self,
         run: str,
         compute: str | Callable[..., Any] | None = None,
-        space: spaces.AnySpace | int | str | None = None,
+        space: spaces.AnySpace | range | int | str | None = None,
         *,
         chunk_size: int | None = None,
         broker: BrokerArg = None,

@@ -326,7 +326,10 @@ class Worker:
                 return _Complete(Outcome.dead(d, self.name, str(e)))
         r = compute.run_chunk(fn, spec.parameter_space, d.lo, d.hi, spec.work_ms)
         result_json, unserialisable = compute.encode_results(r.results, d.lo)
-        errors = [(i, text) for i, text, _ in r.errors] + unserialisable
+        errors: list[tuple[int, str] | tuple[int, str, str]] = [
+            (i, text, tb) for i, text, _, tb in r.errors
+        ]
+        errors += unserialisable
         if r.transient and d.attempt < spec.max_deliveries:
             return _Retry(r.first_error() or "transient error")
         errors.sort()
