@@ -199,7 +199,7 @@ def test_error_table_caps_distinct_errors_and_counts_the_rest() -> None:
     agg = Aggregate()
     agg.failures.max_distinct = 3
     for c in range(10):
-        agg.add_chunk(outcome(c, "dead", 1, "w", 1, None, T0 + c, f"error number {c}"))
+        agg.add_chunk(outcome(c, "dead", 1, "w", 1, None, T0 + c, f"error {'x' * c}"))
     assert len(agg.failures.groups) == 3 and agg.failures.untracked == 7
     assert agg.never_ran == 10 and agg.durations.n == 0
 
@@ -370,3 +370,18 @@ def test_worker_names_with_dollars_are_text_not_mathtext(tmp_path: Path) -> None
     assert sorted(summary.workers) == sorted(names.values())
     for name in names.values():
         assert html.escape(name, quote=False) in page
+
+
+def test_errors_that_differ_only_in_numbers_are_one_group() -> None:
+    agg = Aggregate()
+    for c in range(6):
+        errors = [(c * 10, f"ValueError: unstable step for x={c * 10}")]
+        errors.append((c * 10 + 1, "ZeroDivisionError: division by zero"))
+        agg.add_chunk(outcome(c, "errors", 10, "w", 1, None, T0 + c, None, tuple(errors)))
+    groups = {g.error: g for g in agg.failures.top(10)}
+    assert set(groups) == {
+        "ValueError: unstable step for x=…",
+        "ZeroDivisionError: division by zero",
+    }
+    assert [(g.params, g.chunks) for g in groups.values()] == [(6, 6), (6, 6)]
+    assert groups["ValueError: unstable step for x=…"].example.index == 0  # type: ignore[union-attr]

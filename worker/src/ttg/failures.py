@@ -59,6 +59,16 @@ def param_text(param: JSON) -> str:
     return text if len(text) <= PARAM_TEXT else text[: PARAM_TEXT - 1] + "…"
 
 
+#: Numbers inside a message (``x=101``, ``0.25``, ``1e-9``): errors that differ only there
+#: are one group, shown with ``…`` where they differ.
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def shape(message: str) -> str:
+    """``"unstable step for x=101"`` -> ``"unstable step for x=…"``: the group's key."""
+    return _NUMBER.sub("…", message)
+
+
 def traceback_of(e: Sequence[object]) -> str | None:
     """The traceback of a parameter error, when its producer kept one (the optional third item)."""
     return str(e[2])[:TRACEBACK_LIMIT] if len(e) > 2 and e[2] else None
@@ -88,7 +98,8 @@ class ErrorGroup:
     Attributes:
         kind: ``failed`` (the parameter's compute raised; the chunk's other
             results were kept) or ``dead`` (its whole chunk could not be computed).
-        error: The message without its ``parameter N:`` prefix.
+        error: The message without its ``parameter N:`` prefix; where messages of the
+            group differ only in numbers, ``…`` stands for them.
         type: The exception type it names, '' if none.
         params: Parameters that failed this way.
         chunks: Chunks they are in.
@@ -129,13 +140,15 @@ class ErrorGroups:
         """Count ``params`` parameters failing with ``text``; the group, or None past the cap."""
         prefixed, _ = split(text or "")
         message = _message(text)
-        key = (kind, message)
+        key = (kind, shape(message))
         group = self.groups.get(key)
         if group is None:
             if len(self.groups) >= self.max_distinct:
                 self.untracked += params
                 return None
             group = self.groups[key] = ErrorGroup(kind, message, error_type(message))
+        elif group.error != message:
+            group.error = key[1]  # the same error with other numbers in it
         group.params += params
         group.chunks += new_chunk
         at = index if index is not None else prefixed
@@ -162,7 +175,7 @@ class ErrorGroups:
         seen: set[str] = set()
         for e in errors:
             index, text = int(e[0]), str(e[1])
-            key = _message(text)
+            key = shape(_message(text))
             self.add(
                 "failed",
                 text,
