@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 from ttg import progress
+from ttg.progress import Bar
 from ttg.run import Progress, RunSpec
 from ttg.space import grid
 from ttg.verify import status_report
@@ -33,3 +36,15 @@ def test_counts_read_in_the_singular_where_there_is_one() -> None:
     line = progress.describe(status_report(p, spec=SPEC))
     assert "1 worker" in line and "1 workers" not in line
     assert "1 failed attempt," in line and "parameters 1 ok, 0 failed, 0 dead of 1" in line
+
+
+def test_a_bar_off_a_terminal_writes_plain_lines_only_when_progress_moved() -> None:
+    out = io.StringIO()
+    bar = Bar("r", enabled=True, stream=out)
+    for done in (0, 0, 0, 5, 10):
+        bar.update(done, 10, "2 workers")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and "\033" not in out.getvalue()
+    # The first line at once, then only the end: moves within 5 s are not written.
+    assert [line.split()[-3] for line in lines] == ["0/10", "10/10"]

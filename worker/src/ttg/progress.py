@@ -158,31 +158,48 @@ def verdict(r: VerifyReport, *, allow_failed: bool = False) -> str:
     return "\n".join(lines)
 
 
+#: How often a progress line is written where it cannot be redrawn in place.
+PLAIN_EVERY_SECONDS = 5.0
+
+
 class Bar:
-    """A one-line progress bar redrawn in place (at most 10 times a second)."""
+    """A one-line progress bar redrawn in place (at most 10 times a second).
+
+    On a stream that is not a terminal (a log, a pipe, CI) nothing is redrawn: a plain
+    line is written when progress has moved, at most every ``PLAIN_EVERY_SECONDS``,
+    and at the end.
+    """
 
     def __init__(self, label: str, *, enabled: bool, stream: TextIO | None = None) -> None:
         self.label = label
         self.enabled = enabled
         self.stream = stream or sys.stderr
-        self._last = 0.0
+        isatty = getattr(self.stream, "isatty", None)
+        self.in_place = bool(isatty and isatty())
+        self._last = -float("inf")
+        self._last_done = -1
         self._drawn = False
 
     def update(self, done: int, total: int, suffix: str = "") -> None:
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self._last < 0.1 and done < total:
+        if self.in_place:
+            if done < total and now - self._last < 0.1:
+                return
+        elif done == self._last_done or (done < total and now - self._last < PLAIN_EVERY_SECONDS):
             return
-        self._last = now
+        self._last, self._last_done = now, done
         frac = done / total if total else 0.0
         filled = int(frac * BAR_WIDTH)
         bar = "█" * filled + "░" * (BAR_WIDTH - filled)
-        self.stream.write(
-            f"\r\033[K{self.label} [{bar}] {100 * frac:5.1f}% {done}/{total} {suffix}"
-        )
+        line = f"{self.label} [{bar}] {100 * frac:5.1f}% {done}/{total} {suffix}"
+        if self.in_place:
+            self.stream.write(f"\r\033[K{line}")
+            self._drawn = True
+        else:
+            self.stream.write(line.rstrip() + "\n")
         self.stream.flush()
-        self._drawn = True
 
     def close(self) -> None:
         if self._drawn:
