@@ -75,6 +75,22 @@ QUICK = Sizes(
     raw_messages=1_000,
 )
 
+#: The test suite's: the instrument works end to end, in seconds on a loaded machine.
+SMOKE = Sizes(
+    big=10_000,
+    small=300,
+    reps=1,
+    kill_trials=1,
+    kill_params=1_000,
+    seed_big=50_000,
+    seed_small=300,
+    seed_many=2_000,
+    scale=50_000,
+    status_every_s=0.3,
+    status_calls=2,
+    raw_messages=200,
+)
+
 
 def say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -366,10 +382,13 @@ METHOD = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repetition")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks the bench runs (the tests')"
+    )
     parser.add_argument("--backend", choices=("redis", "rabbitmq", "all"), default="all")
     parser.add_argument("--json", help="figures file (default bench/out/bench-<time>.json)")
     args = parser.parse_args()
-    z = QUICK if args.quick else FULL
+    z = SMOKE if args.smoke else QUICK if args.quick else FULL
     info, load_start = rp.machine(), rp.note_load("start")
     started = time.perf_counter()
     brokers = Brokers()
@@ -389,7 +408,8 @@ def main() -> int:
     load_end = rp.note_load("end")
     names = list(bench.results)
     ok = sum(v for _b, _f, v in bench.timed)
-    title = "TTG bench" + (" (--quick: small sizes, not the figures)" if args.quick else "")
+    small = "--smoke" if args.smoke else "--quick" if args.quick else ""
+    title = "TTG bench" + (f" ({small}: small sizes, not the figures)" if small else "")
     lines = rp.header(
         title,
         info=info,
@@ -410,7 +430,7 @@ def main() -> int:
             "load_end": load_end,
             "ttg_settings": rp.ttg_overrides(),
             "sizes": asdict(z),
-            "quick": args.quick,
+            "quick": args.quick or args.smoke,
             "seconds": time.perf_counter() - started,
             "results": bench.results,
             "timed_runs": bench.timed,

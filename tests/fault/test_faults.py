@@ -56,7 +56,7 @@ def one_worker_holding_one_chunk(
         str(work_ms),
     )
     (name,) = workers.start(1, **env)
-    eventually(lambda: status(backend, run)["in_flight"], what="chunk in flight")
+    eventually(lambda: status(backend, run)["in_flight"], timeout=60, what="chunk in flight")
     return name
 
 
@@ -114,13 +114,15 @@ def test_sigterm_mid_chunk_gives_the_whole_chunk_back(
 def test_sigterm_within_grace_finishes_and_records_the_chunk(
     backend: BackendEnv, workers: LocalWorkers, run_id: str
 ) -> None:
+    # A chunk of 6 s: on a loaded machine a status read can take a second or two, and
+    # the chunk must still be in hand when the SIGTERM lands.
     only = one_worker_holding_one_chunk(
-        backend, workers, run_id, params=50, work_ms=1500, TTG_GRACE_SECONDS="20"
+        backend, workers, run_id, params=50, work_ms=6000, TTG_GRACE_SECONDS="40"
     )
 
     workers.kill(only, signal.SIGTERM)
 
-    assert workers.wait(only, timeout=20) == 0
+    assert workers.wait(only, timeout=40) == 0
     report = ttg_json("verify", "--run", run_id, env=backend.env)
     assert report["ok"] and report["done_params"] == 50, report
     assert report["redelivered"] == 0, report

@@ -46,19 +46,41 @@ def test_big_exports_are_exact_and_atomic(
     out.mkdir()
     target = out / "results.jsonl"
     target.write_text("yesterday's results\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ttg", "results", "--run", run_id, "--output", str(target)],
-        env=child_env(backend.env),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
     def writing() -> bool:
         tmp = [p for p in out.iterdir() if p.name.startswith(".results.jsonl.")]
         return bool(tmp) and tmp[0].stat().st_size > 0
 
-    eventually(writing, timeout=120, interval=0.01, what="the export under way")
-    proc.send_signal(signal.SIGINT)
+    def interrupted_mid_write() -> subprocess.Popen[str] | None:
+        """SIGINT while the export is being written, or None if it finished first.
+
+        The export is stopped (SIGSTOP) once its temporary file has data; only if that
+        file is still there, so the rename has not happened, does it get the SIGINT.
+        A loaded machine may let the export finish between the look and the stop.
+        """
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ttg", "results", "--run", run_id, "--output", str(target)],
+            env=child_env(backend.env),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        eventually(lambda: writing() or proc.poll() is not None, timeout=120, interval=0.01,
+                   what="the export under way")  # fmt: skip
+        proc.send_signal(signal.SIGSTOP)
+        if proc.poll() is None and writing():
+            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGCONT)
+            return proc
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=60)
+        target.write_text("yesterday's results\n")
+        return None
+
+    for _ in range(5):
+        if (proc := interrupted_mid_write()) is not None:
+            break
+    else:
+        pytest.fail("the export finished before a SIGINT could land 5 times")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip() == f"ttg: interrupted: {target} left as it was"
