@@ -37,6 +37,23 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 {{- printf "%s://%s:6379/0" (ternary "rediss" "redis" .Values.tls.enabled) .fullname }}
 {{- end }}
 
+{{- /*
+ttg-redis.probe (list . "ready"|"alive"): a probe's command. redis-cli exits 0
+on an error reply (-NOAUTH, -LOADING, ...), so the reply itself is checked:
+ready only on PONG; alive (startup, liveness) also while the server is loading
+its data (a big AOF, a replica's first sync), which may outlast any probe
+budget and must not get the pod killed. The redis-cli words stay separate
+arguments ("$@") so nothing is quoted twice.
+*/ -}}
+{{- define "ttg-redis.probe" -}}
+{{- $accept := ternary "PONG" "PONG|LOADING*" (eq (index . 1) "ready") }}
+- sh
+- -c
+- 'reply=$("$@") && case "$reply" in {{ $accept }}) exit 0;; esac; echo "$reply"; exit 1'
+- {{ index . 1 }}
+{{- include "ttg-redis.cli" (index . 0) | nindent 0 }}
+{{- end }}
+
 {{- /* redis-cli as the probes run it: over TLS when the broker serves only TLS. */ -}}
 {{- define "ttg-redis.cli" -}}
 - redis-cli
