@@ -273,8 +273,13 @@ class RedisSentinels:
             TimeoutError: not within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
+        living = sum(1 for n in self.nodes if n.proc and n.proc.poll() is None)
         while not (
             all(self._sentinel_ok(i) for i in range(len(self.sentinel_ports)))
+            # The master counts its good replicas once a second, and refuses writes
+            # until it counts one (min-replicas-to-write).
+            and f"min_slaves_good_slaves:{living - 1}"
+            in self._cli(self.nodes[self.master()].port, "info", "replication")
             and all(
                 "master_link_status:up" in self._cli(n.port, "info", "replication")
                 for i, n in enumerate(self.nodes)
