@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from redis.sentinel import MasterNotFoundError
 
-from ttg.brokers.redis.client import SENTINEL_PORT, make_client
+from ttg.brokers.redis.client import SENTINEL_PORT, make_client, translate
 from ttg.endpoint import TLS
-from ttg.errors import UsageError
+from ttg.errors import AuthenticationError, BrokerConnectionError, UsageError
 
 
 def test_a_sentinel_url_names_the_sentinels_the_master_and_the_credentials() -> None:
@@ -36,3 +37,15 @@ def test_a_sentinel_url_names_the_sentinels_the_master_and_the_credentials() -> 
 def test_a_malformed_sentinel_url_is_bad_input(url: str) -> None:
     with pytest.raises(UsageError, match="broker URL"):
         make_client(url, TLS())
+
+
+def test_sentinels_refusing_our_password_is_an_authentication_error() -> None:
+    """Not "unreachable" (a worker would wait forever): exit 4, as for one Redis."""
+    refused = MasterNotFoundError(
+        "No master found for 'ttg' : Redis<...> - AuthenticationError: "
+        "WRONGPASS invalid username-password pair or user is disabled."
+    )
+    with pytest.raises(AuthenticationError):
+        translate(refused)
+    with pytest.raises(BrokerConnectionError):
+        translate(MasterNotFoundError("No master found for 'ttg'"))
