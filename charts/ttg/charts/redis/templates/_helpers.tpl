@@ -88,7 +88,7 @@ arguments ("$@") so nothing is quoted twice.
 {{- $accept := ternary "PONG" "PONG|LOADING*" (eq (index . 1) "ready") }}
 - sh
 - -c
-- 'reply=$("$@") && case "$reply" in {{ $accept }}) exit 0;; esac; echo "$reply"; exit 1'
+- 'reply=$("$@"); echo "$reply"; case "$reply" in {{ $accept }}) exit 0;; esac; exit 1'
 - {{ index . 1 }}
 {{- include "ttg-redis.cli" (index . 0) | nindent 0 }}
 {{- end }}
