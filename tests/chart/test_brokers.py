@@ -95,6 +95,66 @@ def test_redis_without_auth_admits_clients_beyond_loopback(tmp_path: Path) -> No
         broker.stop()
 
 
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def probe_codes(broker: BrokerPod, **env: str) -> dict[str, tuple[int, str]]:
+    """Each rendered probe's exit code and output, run as the kubelet would (``env`` added)."""
+    out = {}
+    for kind in PROBES:
+        probe = broker.pod.container("redis")[kind]
+        proc = subprocess.run(
+            [broker.pod.localize(w) for w in probe["exec"]["command"]],
+            env={**broker.pod.env("redis"), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        out[kind] = (proc.returncode, proc.stdout + proc.stderr)
+    return out
+
+
+def test_redis_probes_fail_on_error_replies(tmp_path: Path) -> None:
+    """Issue 20, N10: `redis-cli ping` exits 0 on `-NOAUTH` or `-LOADING`; the probes read
+    the reply. Ready only on PONG; alive (startup, liveness) also while loading, which a big
+    data set may make longer than any probe budget."""
+    # Real slow loading: Redis waits this long (µs) per key it loads, and answers meanwhile.
+    slow = "key-load-delay 300\nloading-process-events-interval-bytes 1024"
+    rendered = render("helm4", "--set-string", f"redis.extraConfig={slow}")
+    data = tmp_path / "pvc-data"
+    broker = redis_pod(rendered, tmp_path / "pod", data)
+    try:
+        broker.start(timeout=60)
+        assert {k: c for k, (c, _) in probe_codes(broker).items()} == dict.fromkeys(PROBES, 0)
+        refused = probe_codes(broker, REDISCLI_AUTH="not-the-password")
+        assert all(code != 0 and "NOAUTH" in out for code, out in refused.values()), refused
+        client = redis.Redis(port=broker.port, password=broker.pod.secret("ttg-redis")["password"])
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(20_000):
+                pipe.set(f"k{i}", i)
+            pipe.execute()
+        client.close()
+    finally:
+        broker.stop()
+    # The same volume again: the AOF loads for seconds (20,000 keys x 300 µs).
+    broker = redis_pod(rendered, tmp_path / "pod-again", data)
+    try:
+        broker.start(timeout=60)
+        loading = probe_codes(broker)
+        assert "LOADING" in loading["readinessProbe"][1], loading
+        assert loading["readinessProbe"][0] != 0, loading
+        assert loading["startupProbe"][0] == loading["livenessProbe"][0] == 0, loading
+        eventually(
+            lambda: probe_codes(broker)["readinessProbe"][0] == 0,
+            timeout=60,
+            interval=0.5,
+            what="ready once loaded",
+        )
+    finally:
+        broker.stop()
+
+
 def get_json(
     url: str, user: str, password: str, context: ssl.SSLContext | None = None
 ) -> tuple[int, dict[str, object]]:

@@ -65,6 +65,9 @@ def test_worker_names_are_unique_per_process_start() -> None:
         ("amqp://h:5672/%2F", "ttg", "s3cret", "amqp://ttg:s3cret@h:5672/%2F"),
         ("amqp://old:old@h/v", None, "new", "amqp://old:new@h/v"),
         ("redis://h:6379/0", None, None, "redis://h:6379/0"),
+        ("redis+cluster://h1:1,h2:2", None, "p@w", "redis+cluster://:p%40w@h1:1,h2:2"),
+        ("redis+sentinel://h1:1,h2:2/ttg", "u", "p,w", "redis+sentinel://u:p%2Cw@h1:1,h2:2/ttg"),
+        ("rediss+sentinel://:old@h1,h2/ttg/3", None, "new", "rediss+sentinel://:new@h1,h2/ttg/3"),
     ],
 )
 def test_credentials_are_quoted_into_the_url(
@@ -81,6 +84,8 @@ def test_credentials_are_quoted_into_the_url(
         ("amqp://a:b@h1/v,amqp://a:b@h2/v", "amqp://***@h1/v,amqp://***@h2/v"),
         ("redis://h:1/0", "redis://h:1/0"),
         ("p@ss@h", "***"),
+        ("redis+sentinel://:a,b@c@h1:1,h2:2/ttg", "redis+sentinel://***@h1:1,h2:2/ttg"),
+        ("redis+cluster://:a,b@h1:1,h2:2", "redis+cluster://***@h1:1,h2:2"),
     ],
 )
 def test_urls_are_shown_without_any_piece_of_their_credentials(url: str, shown: str) -> None:

@@ -230,6 +230,8 @@ def mask_url(url: str) -> str:
     ``/``, ``#`` or ``:`` in it) is hidden whole, never in part — everything
     between ``://`` and the last ``@`` of each URL is credentials.
     """
+    if url.partition("://")[0].lower().endswith(("+cluster", "+sentinel")):
+        return _mask_one(url)  # one URL naming several hosts (h:p,h:p), not a list of URLs
     return ",".join(_mask_one(u) for u in url.split(","))
 
 

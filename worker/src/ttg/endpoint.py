@@ -48,9 +48,14 @@ SCHEMES = {
     "unix": "redis",
     "redis+cluster": "redis",
     "rediss+cluster": "redis",
+    "redis+sentinel": "redis",
+    "rediss+sentinel": "redis",
     "amqp": "rabbitmq",
     "amqps": "rabbitmq",
 }
+#: Schemes of one URL naming several hosts (``redis+cluster://h:p,h:p``), as opposed to
+#: RabbitMQ's comma-separated list of whole URLs.
+MULTI_HOST = ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     """
     if not username and not password:
         return url
+    if url.partition("://")[0].lower() in MULTI_HOST:
+        return _hosts_with_credentials(url, username, password)
     try:
         return ",".join(
             _one_with_credentials(u.strip(), username, password) for u in url.split(",")
@@ -102,6 +109,17 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
             f"broker URL {mask_url(url)!r} is malformed (quote a password's special "
             "characters in a URL, e.g. @ as %40, or give TTG_BROKER_PASSWORD alone)"
         ) from None
+
+
+def _hosts_with_credentials(url: str, username: str | None, password: str | None) -> str:
+    """One URL whose netloc is a host list: the credentials go in front of the list, once."""
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    creds, _, hosts = netloc.rpartition("@")
+    old_user, _, old_pw = creds.partition(":")
+    user = quote(username, safe="") if username is not None else old_user
+    pw = quote(password, safe="") if password is not None else old_pw
+    return f"{scheme}://{user}{':' + pw if pw else ''}@{hosts}{slash}{path}"
 
 
 def _one_with_credentials(url: str, username: str | None, password: str | None) -> str:

@@ -1,20 +1,25 @@
 """Broker clusters on this machine: several real nodes, each with its own ports and data.
 
 ``RedisCluster`` is three (or more) Redis masters joined by ``redis-cli
---cluster create``; ``RabbitMQCluster`` is three RabbitMQ nodes joined with
-``rabbitmqctl join_cluster``, with an ``epmd`` of their own. Either can lose a
-node to ``kill(i)``, which is what the node-loss tests and benchmarks do.
+--cluster create``; ``RedisSentinels`` is one Redis master, replicas following
+it and sentinels that promote a replica when it dies; ``RabbitMQCluster`` is
+three RabbitMQ nodes joined with ``rabbitmqctl join_cluster``, with an ``epmd``
+of their own. Each can lose a node to ``kill(i)``, which is what the node-loss
+tests and benchmarks do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 from ttg.errors import UsageError
 from ttg.processes import RabbitMQNode, RedisServer, free_port, wait_port
@@ -151,6 +156,161 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class RedisSentinels:
+    """A Redis master, ``replicas`` replicas following it, and ``sentinels`` sentinels.
+
+    What the chart runs with ``redis.replicas`` > 1, as local processes. The
+    sentinels (``redis-server --sentinel``, a majority quorum) promote a
+    replica once the master has been silent for ``down_after_ms``; TTG finds
+    the master through them (``redis+sentinel://``). With ``password`` every
+    node and sentinel requires it. A master accepts writes only while one
+    replica is connected and less than 10 s behind (``min-replicas-to-write``), so a
+    master cut off from the others stops taking writes it would lose.
+    """
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        sentinels: int = 3,
+        *,
+        name: str = "ttg",
+        password: str | None = None,
+        down_after_ms: int = 1000,
+        appendonly: bool = True,
+    ) -> None:
+        if replicas < 1 or sentinels < 1:
+            raise UsageError("Redis with sentinels needs a replica and a sentinel")
+        self.name = name
+        self.password = password
+        self.down_after_ms = down_after_ms
+        self.nodes = [
+            RedisServer(appendonly=appendonly, password=password) for _ in range(1 + replicas)
+        ]
+        follow = ("--replicaof", "127.0.0.1", str(self.nodes[0].port))
+        for i, node in enumerate(self.nodes):
+            node.extra_args = (
+                "--repl-diskless-sync-delay", "0",
+                "--min-replicas-to-write", "1",
+                "--min-replicas-max-lag", "10",
+                *(("--masterauth", password) if password else ()),
+                *(follow if i else ()),
+            )  # fmt: skip
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_dirs = [
+            Path(tempfile.mkdtemp(prefix="ttg-sentinel-")) for _ in self.sentinel_ports
+        ]
+        self.sentinels: list[subprocess.Popen[bytes] | None] = [None] * sentinels
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://[:password@]host:port,.../name``: what TTG is given."""
+        creds = f":{quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{creds}{hosts}/{self.name}"
+
+    def _cli(self, port: int, *args: str) -> str:
+        cli = shutil.which("redis-cli")
+        if not cli:
+            raise UsageError("redis-cli not found on PATH (apt-get install redis-tools)")
+        env = {**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})}
+        proc = subprocess.run(
+            [cli, "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True, text=True, timeout=30, check=False, env=env,
+        )  # fmt: skip
+        return proc.stdout
+
+    def _sentinel_conf(self, i: int) -> str:
+        quorum = len(self.sentinel_ports) // 2 + 1
+        name, pw = self.name, self.password
+        lines = [
+            f"port {self.sentinel_ports[i]}",
+            "bind 127.0.0.1",
+            f"dir {self.sentinel_dirs[i]}",
+            f"logfile {self.sentinel_dirs[i] / 'sentinel.log'}",
+            f"sentinel monitor {name} 127.0.0.1 {self.nodes[0].port} {quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} 10000",
+            f"sentinel parallel-syncs {name} 1",
+            *([f"sentinel auth-pass {name} {pw}", f"requirepass {pw}"] if pw else []),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> RedisSentinels:
+        """Start the nodes and sentinels; return once every sentinel sees every replica
+        and every other sentinel, and every replica is in sync."""
+        for node in self.nodes:
+            node.start()
+        for i in range(len(self.sentinel_ports)):
+            conf = self.sentinel_dirs[i] / "sentinel.conf"
+            conf.write_text(self._sentinel_conf(i))
+            self.start_sentinel(i)
+        self.wait_ok()
+        return self
+
+    def start_sentinel(self, i: int) -> None:
+        conf = self.sentinel_dirs[i] / "sentinel.conf"
+        binary = self.nodes[0].binary
+        self.sentinels[i] = subprocess.Popen(
+            [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_port(self.sentinel_ports[i], timeout=10)
+
+    def _sentinel_ok(self, i: int) -> bool:
+        fields = self._cli(self.sentinel_ports[i], "sentinel", "master", self.name).split()
+        info = dict(zip(fields[::2], fields[1::2], strict=False))
+        return (
+            info.get("flags") == "master"
+            and info.get("num-slaves") == str(len(self.nodes) - 1)
+            and info.get("num-other-sentinels") == str(len(self.sentinel_ports) - 1)
+        )
+
+    def wait_ok(self, timeout: float = FORM_TIMEOUT) -> None:
+        """Until every sentinel knows the whole set and every living replica is in sync.
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        living = sum(1 for n in self.nodes if n.proc and n.proc.poll() is None)
+        while not (
+            all(self._sentinel_ok(i) for i in range(len(self.sentinel_ports)))
+            # The master counts its good replicas once a second, and refuses writes
+            # until it counts one (min-replicas-to-write).
+            and f"min_slaves_good_slaves:{living - 1}"
+            in self._cli(self.nodes[self.master()].port, "info", "replication")
+            and all(
+                "master_link_status:up" in self._cli(n.port, "info", "replication")
+                for i, n in enumerate(self.nodes)
+                if i != self.master() and n.proc and n.proc.poll() is None
+            )
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis sentinels not ok after {timeout}s")
+            time.sleep(0.1)
+
+    def master(self) -> int:
+        """Index of the node the sentinels name master (the first sentinel that answers)."""
+        for port in self.sentinel_ports:
+            reply = self._cli(port, "sentinel", "get-master-addr-by-name", self.name).split()
+            if len(reply) == 2:
+                return [n.port for n in self.nodes].index(int(reply[1]))
+        raise LookupError("no sentinel names a master")
+
+    def kill(self, node: int, sig: int = signal.SIGKILL) -> None:
+        """Signal node ``node`` (SIGKILL by default) and wait for it to exit."""
+        self.nodes[node].kill(sig)
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+        for node in self.nodes:
+            node.stop()
+        for d in self.sentinel_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class RabbitMQCluster:

@@ -32,9 +32,65 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 {{- .Values.auth.existingSecret | default .fullname -}}
 {{- end }}
 
-{{- /* ttg-redis.clientUrl: TTG_BROKER_URL (the password comes from the Secret). */ -}}
+{{- /* ttg-redis.clientUrl: TTG_BROKER_URL (the password comes from the Secret). With
+Sentinel (replicas > 1): every pod's sentinel, and the name they know the master by. */ -}}
 {{- define "ttg-redis.clientUrl" -}}
+{{- if include "ttg-redis.sentinel" . -}}
+{{- $hosts := list }}
+{{- range (include "ttg-redis.peers" . | splitList " ") }}
+{{- $hosts = append $hosts (printf "%s:26379" .) }}
+{{- end }}
+{{- printf "redis+sentinel://%s/%s" (join "," $hosts) .Values.sentinel.masterName }}
+{{- else }}
 {{- printf "%s://%s:6379/0" (ternary "rediss" "redis" .Values.tls.enabled) .fullname }}
+{{- end }}
+{{- end }}
+
+{{- /* ttg-redis.sentinel: non-empty when the pods run with Sentinel (replicas > 1). */ -}}
+{{- define "ttg-redis.sentinel" -}}
+{{- if gt (int (.Values.replicas | default 1)) 1 }}true{{ end }}
+{{- end }}
+
+{{- /* ttg-redis.peers: every pod's stable name (<pod>.<headless Service>), space-separated. */ -}}
+{{- define "ttg-redis.peers" -}}
+{{- $names := list }}
+{{- range $i := until (int .Values.replicas) }}
+{{- $names = append $names (printf "%s-%d.%s-headless" $.fullname $i $.fullname) }}
+{{- end }}
+{{- join " " $names }}
+{{- end }}
+
+{{- /*
+ttg-redis.findMaster: shell lines that set $master to the master's name: what a
+sentinel says (any pod's, this one's too: a restarted container asks its own), or
+the -0 pod when none answers (the first start). An error reply is no answer.
+*/ -}}
+{{- define "ttg-redis.findMaster" -}}
+me="$(hostname).{{ .fullname }}-headless"
+master=""
+for peer in {{ include "ttg-redis.peers" . }}; do
+  reply=$(timeout 3 redis-cli -h "$peer" -p 26379 sentinel get-master-addr-by-name {{ .Values.sentinel.masterName }} 2>/dev/null | head -n 1) || true
+  case "$reply" in *" "*|"") ;; *) master="$reply"; break ;; esac
+done
+[ -n "$master" ] || master="{{ .fullname }}-0.{{ .fullname }}-headless"
+echo "master: $master (this pod: $me)"
+{{- end }}
+
+{{- /*
+ttg-redis.probe (list . "ready"|"alive"): a probe's command. redis-cli exits 0
+on an error reply (-NOAUTH, -LOADING, ...), so the reply itself is checked:
+ready only on PONG; alive (startup, liveness) also while the server is loading
+its data (a big AOF, a replica's first sync), which may outlast any probe
+budget and must not get the pod killed. The redis-cli words stay separate
+arguments ("$@") so nothing is quoted twice.
+*/ -}}
+{{- define "ttg-redis.probe" -}}
+{{- $accept := ternary "PONG" "PONG|LOADING*" (eq (index . 1) "ready") }}
+- sh
+- -c
+- 'reply=$("$@"); echo "$reply"; case "$reply" in {{ $accept }}) exit 0;; esac; exit 1'
+- {{ index . 1 }}
+{{- include "ttg-redis.cli" (index . 0) | nindent 0 }}
 {{- end }}
 
 {{- /* redis-cli as the probes run it: over TLS when the broker serves only TLS. */ -}}
@@ -85,6 +141,13 @@ dir /data
 appendonly {{ ternary "yes" "no" .Values.persistence.enabled }}
 appendfsync everysec
 save ""
+{{- if include "ttg-redis.sentinel" . }}
+# Sentinel: a master takes writes only while a replica is connected and at most
+# 10 s behind, so a master cut off from the others stops acknowledging results
+# a failover would drop (TTG recomputes what a failover drops: see the chart README).
+min-replicas-to-write 1
+min-replicas-max-lag 10
+{{- end }}
 {{- with .Values.extraConfig }}
 # extraConfig
 {{ . | trim }}

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.exceptions as rex
 from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from ttg.decode import mask_url
 from ttg.endpoint import TLS
@@ -66,6 +67,14 @@ URL_QUOTING = (
     ": as %3A), or give the password as TTG_BROKER_PASSWORD"
 )
 
+#: URL schemes this backend takes.
+SCHEMES = (
+    "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
+    "rediss+sentinel",
+)  # fmt: skip
+#: A sentinel's port when the URL names none.
+SENTINEL_PORT = 26379
+
 T = TypeVar("T")
 
 
@@ -88,6 +97,12 @@ def translate(e: Exception) -> NoReturn:
     text = str(e).split("\n")[0][:MAX_ERROR_CHARS]
     if isinstance(e, rex.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
         raise AuthenticationError(f"redis refused our credentials: {text}") from None
+    if isinstance(e, MasterNotFoundError) and "WRONGPASS" in str(e):
+        # Sentinels that refuse our credentials are not "unreachable": retrying cannot help.
+        raise AuthenticationError(
+            "redis sentinel refused our credentials (the URL's password is the "
+            "sentinels' and the data nodes')"
+        ) from None
     if isinstance(e, rex.ConnectionError) and "certificate verify failed" in text.lower():
         raise AuthenticationError(
             f"redis TLS: the server's certificate is not trusted ({text})"
@@ -154,14 +169,16 @@ def make_client(url: str, tls: TLS, *, socket_timeout: float = 10) -> Any:
         "socket_connect_timeout": 3,
     }
     scheme = url.split(":", 1)[0]
-    if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+    if scheme not in SCHEMES:
         raise UsageError(
-            f"broker URL {safe_url(url)!r}: expected redis://, rediss://, unix:// "
-            "or redis+cluster://"
+            f"broker URL {safe_url(url)!r}: expected redis://, rediss://, unix://, "
+            "redis+cluster:// or redis+sentinel://"
         )
     try:
         if scheme in ("redis+cluster", "rediss+cluster"):
             return _cluster_client(url, tls, common)
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            return _sentinel_client(url, tls, common)
         if scheme == "rediss":
             common.update(_tls_options(tls))
         return redis.Redis.from_url(url, health_check_interval=15, **common)
@@ -191,6 +208,51 @@ def _cluster_client(url: str, tls: TLS, common: dict[str, Any]) -> RedisCluster:
         password=unquote(password) or None,
         **common,
     )
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``.
+
+    Raises:
+        ValueError: the port is not a number.
+    """
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = text.partition(":")
+    return host or "localhost", int(port or default_port)
+
+
+def _sentinel_client(url: str, tls: TLS, common: dict[str, Any]) -> Any:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/db]``.
+
+    The client asks the sentinels for the master of MASTER at every new
+    connection, so after a failover the next command reaches the new master
+    (until the sentinels agree, commands fail as "unreachable" and callers retry).
+    The credentials (and TLS) are the data nodes' and the sentinels' alike.
+    """
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    creds, _, hosts = netloc.rpartition("@")
+    username, _, password = creds.partition(":")
+    name, _, db = path.strip("/").partition("/")
+    if not name or not hosts:
+        raise UsageError(
+            f"broker URL {safe_url(url)!r}: expected "
+            "redis+sentinel://[:password@]host:port[,host:port...]/MASTER-NAME"
+        )
+    nodes = [_host_port(h.strip(), SENTINEL_PORT) for h in hosts.split(",")]
+    auth: dict[str, Any] = {
+        "username": unquote(username) or None,
+        "password": unquote(password) or None,
+    }
+    secure: dict[str, Any] = {}
+    if scheme == "rediss+sentinel":
+        secure = {"ssl": True, **_tls_options(tls)}
+    sentinels = {k: v for k, v in common.items() if k.startswith("socket_")}
+    sentinel = Sentinel(nodes, sentinel_kwargs={**sentinels, **auth, **secure}, **common, **secure)
+    return sentinel.master_for(name, db=int(db or 0), health_check_interval=15, **auth)
 
 
 def safe_url(url: str) -> str:
