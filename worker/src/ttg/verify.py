@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ttg import compute, failures
+from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.decode import Problems
 from ttg.metrics import RateMeter
@@ -316,7 +317,7 @@ def verify(
     chunk_failures = t.dead_chunks + t.error_chunks
     if complete and chunk_failures == 0 and t.ok_params != spec.total_params:
         problems.append(f"results cover {t.ok_params} parameters, the run has {spec.total_params}")
-    expected = compute.closed_form_total(spec.parameter_space, spec.compute)
+    expected = compute.closed_form_total(spaces.base_of(spec.parameter_space), spec.compute)
     closed_form = "not-applicable"
     if expected is not None and complete and chunk_failures == 0 and t.summable:
         closed_form = "match" if t.result_sum == expected else "mismatch"

@@ -17,6 +17,7 @@ from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
 from ttg.export import AGGREGATES, FORMATS
+from ttg.identity import MAX_VERSION_CHARS
 from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.outputs import check_output
 from ttg.results import problems_line
@@ -48,7 +49,13 @@ def cmd_seed(args: argparse.Namespace) -> int:
         compute_allow=args.compute_allow,
         check=not args.no_check,
         results=args.results_url,
+        reuse=args.reuse or (),
+        reuse_partial=args.reuse_partial,
+        reuse_any_version=args.reuse_any_version,
+        compute_version=args.compute_version,
     )
+    if (args.reuse_partial or args.reuse_any_version) and not args.reuse:
+        raise UsageError("--reuse-partial and --reuse-any-version go with --reuse RUN")
     bar = bars.Bar(f"seeding {args.run}", enabled=not args.json and sys.stderr.isatty())
     with sweep:
         report = sweep.seed(on_progress=bar.update)
@@ -60,7 +67,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
         "seeded_chunks": report.seeded_chunks,
         "added": report.added,
         "already_seeded": report.already_seeded,
+        "reused": report.reused_params,
+        "to_compute": report.total_params - report.reused_params,
+        "warnings": list(report.warnings),
     }
+    for warning in report.warnings:
+        print(f"ttg: warning: {warning}", file=sys.stderr)
     text = (
         f"run {report.run}: {bars.plural(report.total_params, 'parameter')} in "
         f"{bars.plural(report.total_chunks, 'chunk')}; "
@@ -70,6 +82,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
             else f"published {bars.plural(report.added, 'chunk')}"
         )
     )
+    if args.reuse:
+        text += f"; reused {report.reused_params}, computing {out['to_compute']}"
     emit(args, out, text)
     return 0
 
@@ -361,6 +375,14 @@ def _with_run(p: argparse.ArgumentParser, *, json_flag: bool = True) -> argparse
     return p
 
 
+def _compute_version(text: str) -> str:
+    if not 0 < len(text) <= MAX_VERSION_CHARS or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"expected printable text of 1 to {MAX_VERSION_CHARS} characters"
+        )
+    return text
+
+
 def _seed_parser(command: Command) -> None:
     p = command(
         "seed",
@@ -399,6 +421,30 @@ def _seed_parser(command: Command) -> None:
         "--no-check",
         action="store_true",
         help="do not import the compute here (a seeder without the user's code)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="append",
+        metavar="RUN",
+        help="take the ok results of RUN (complete and verified) for parameters of equal "
+        "value instead of computing them; repeat for several runs (the first named wins)",
+    )
+    p.add_argument(
+        "--reuse-partial",
+        action="store_true",
+        help="reuse runs that are not complete and verified (their ok results as they are)",
+    )
+    p.add_argument(
+        "--compute-version",
+        metavar="STR",
+        type=_compute_version,
+        help="a version of the compute's code, part of its identity: bump it when the code "
+        "changes and results must not be reused",
+    )
+    p.add_argument(
+        "--reuse-any-version",
+        action="store_true",
+        help="reuse results of another compute than this run's",
     )
 
 
