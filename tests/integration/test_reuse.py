@@ -67,7 +67,8 @@ def test_reuse_widened_grid_computes_only_the_new_points(
     assert (seeded["total_params"], seeded["reused"], seeded["to_compute"]) == (12, 9, 3)
     wait(env, wide)
     assert sorted(c["b"] for c in calls(log)) == [0.4, 0.4, 0.4]  # type: ignore[type-var]
-    assert ttg("verify", "--run", wide, env=env).returncode == 0
+    verified = ttg("verify", "--run", wide, "--json", env=env)
+    assert verified.returncode == 0 and json.loads(verified.stdout)["reused_params"] == 9
 
     rows = [json.loads(line) for line in
             ttg("results", "--run", wide, env=env, check=True).stdout.splitlines()]  # fmt: skip
@@ -96,3 +97,22 @@ def test_reuse_widened_grid_computes_only_the_new_points(
     wait(env, f"{run_id}-4")
     assert len(calls(log)) == 3 + 3 + 12
     assert seed(env, f"{run_id}-5", WIDE, "--reuse", first, "--reuse-any-version")["reused"] == 9
+
+    # Before seeding: what would be reused, computed, and how long it should take.
+    dry = ttg("seed", "--run", f"{run_id}-6", "--space", WIDE, "--chunk-size", "2",
+              "--compute", COMPUTE, "--reuse", first, "--dry-run", "--workers", "2", "--json",
+              env=env)  # fmt: skip
+    plan = json.loads(dry.stdout)
+    assert (plan["reused"], plan["to_compute"], plan["compute_chunks"]) == (9, 3, 2)
+    assert plan["total_chunks"] == 2 + 5 and plan["param_seconds_p95"] is not None
+    assert plan["estimate_s"] == pytest.approx(plan["param_seconds_median"] * 3 / 2, abs=1e-3)
+    assert ttg("status", "--run", f"{run_id}-6", env=env).returncode == 2  # nothing seeded
+
+    # The source of reused results is not deleted by accident; --force says who loses what.
+    kept = ttg("delete", "--run", first, env=env)
+    assert kept.returncode == 2 and wide in kept.stderr and f"{run_id}-5" in kept.stderr
+    gone = ttg("delete", "--run", first, "--force", "--json", env=env, check=True)
+    assert json.loads(gone.stdout)["lost_provenance"] == [wide, f"{run_id}-5"]
+    after = ttg("verify", "--run", wide, "--json", env=env)
+    assert after.returncode == 0, after.stdout
+    assert any(f"run {first}" in w and "is gone" in w for w in json.loads(after.stdout)["warnings"])

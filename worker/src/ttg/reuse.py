@@ -19,16 +19,18 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ttg import space as spaces
 from ttg.broker import Broker
-from ttg.errors import RunNotFound, UsageError
+from ttg.errors import RunNotFound, TTGError, UsageError
 from ttg.run import MAX_REUSED_RUNS, Outcome, RunSpec, Source, Status
 from ttg.store.reader import resolved
 from ttg.verify import verify
@@ -71,6 +73,8 @@ class Match:
         )
         #: Each source run's ``ok`` parameters seen.
         self.offered: dict[str, int] = {}
+        #: Seconds per parameter of each chunk the reused runs computed (not reused).
+        self.durations: list[float] = []
         for spec, outcomes in sources:
             self.offered[spec.run] = self._index(spec, outcomes)
         self._batched(
@@ -108,6 +112,8 @@ class Match:
             for o in outcomes:
                 if o.status is Status.DEAD or not isinstance(o.result, list):
                     continue
+                if not o.src and o.started_at is not None and o.params:
+                    self.durations.append(max(0.0, o.finished_at - o.started_at) / o.params)
                 lo, hi = spec.bounds(o.chunk)
                 failed = {int(e[0]) for e in o.param_errors}
                 srcs = o.sources()
@@ -220,10 +226,94 @@ def plan(
                     "--reuse-partial takes whatever ok results it has"
                 )
         sources.append((theirs, resolved(theirs, broker.ledger(run))))
+    if not sources:
+        return spec, None  # nothing to reuse: an ordinary run
     match = Match(spec.parameter_space, sources)
-    reuse: dict[str, Any] = {"from": list(runs), "compute": match.compute}
+    reuse: dict[str, Any] = {"from": [s.run for s, _ in sources], "compute": match.compute}
     if partial:
         reuse["partial"] = True
     if any_version:
         reuse["any_version"] = True
     return dataclasses.replace(spec, reuse=reuse), match
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a run will cost, said before it is seeded (``ttg seed --dry-run``)."""
+
+    run: str
+    total_params: int
+    reused: int
+    total_chunks: int
+    #: Chunks the workers compute (the rest hold reused results).
+    compute_chunks: int
+    workers: int
+    #: Seconds per parameter in the reused runs' computed chunks (None: nothing to go by).
+    param_seconds_median: float | None
+    param_seconds_p95: float | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def to_compute(self) -> int:
+        return self.total_params - self.reused
+
+    def seconds(self, per_param: float | None) -> float | None:
+        """Wall time of the parameters to compute at ``per_param`` each, on ``workers``."""
+        return None if per_param is None else per_param * self.to_compute / self.workers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run, "dry_run": True, "total_params": self.total_params,
+            "reused": self.reused, "to_compute": self.to_compute,
+            "total_chunks": self.total_chunks, "compute_chunks": self.compute_chunks,
+            "workers": self.workers, "param_seconds_median": self.param_seconds_median,
+            "param_seconds_p95": self.param_seconds_p95,
+            "estimate_s": _round(self.seconds(self.param_seconds_median)),
+            "estimate_p95_s": _round(self.seconds(self.param_seconds_p95)),
+            "warnings": list(self.warnings),
+        }  # fmt: skip
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (nearest rank), None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def estimate(
+    spec: RunSpec, match: Match | None, workers: int, warnings: Sequence[str] = ()
+) -> Estimate:
+    """The dry run's figures for ``spec`` (as ``plan`` made it) and its ``match``."""
+    durations = match.durations if match is not None else []
+    return Estimate(
+        spec.run, spec.total_params, spec.total_params - spec.computed_params,
+        spec.total_chunks, spec.task_chunks, workers, quantile(durations, 0.5),
+        quantile(durations, 0.95), tuple(warnings),
+    )  # fmt: skip
+
+
+def reusers(broker: Broker, run: str) -> list[str]:
+    """The runs that reuse ``run``'s results (their provenance names it), sorted."""
+    out = []
+    for other in broker.runs():
+        try:
+            spec = broker.spec(other)
+        except TTGError:
+            continue  # unreadable: it says nothing we could trust
+        if spec.reuse is not None and run in spec.reuse.get("from", ()):
+            out.append(other)
+    return out
+
+
+def refusal(run: str, lose: Sequence[str]) -> str:
+    """Why ``run`` is not deleted while ``lose`` reuse its results."""
+    return (
+        f"run {run} is the source of results reused by {', '.join(lose)}: deleting it "
+        "loses their provenance (their results stay); --force deletes it anyway"
+    )

@@ -319,9 +319,20 @@ class Sweep:
         except RunConflict as e:
             raise RunConflict(self._conflict() or str(e)) from None
         reused_params = self.spec.total_params - self.spec.computed_params
-        return dataclasses.replace(
-            report, reused_params=reused_params, warnings=tuple(warnings)
-        )
+        return dataclasses.replace(report, reused_params=reused_params, warnings=tuple(warnings))
+
+    def estimate(self, workers: int = 1) -> reuses.Estimate:
+        """What seeding would do, without seeding (``ttg seed --dry-run``): parameters
+        total, reused and to compute, chunks, and the compute time ``workers`` would take
+        at the reused runs' measured seconds per parameter (median and p95)."""
+        warnings: list[str] = []
+        spec, match = self.spec, None
+        if self._reuse:
+            spec, match = reuses.plan(
+                self.broker, self.spec, self._reuse, warnings=warnings, **self._reuse_how
+            )
+        with match or contextlib.nullcontext():
+            return reuses.estimate(spec, match, workers, warnings)
 
     def _conflict(self) -> str | None:
         """What differs between this sweep's spec and the one stored under its run id."""
@@ -481,12 +492,23 @@ class Sweep:
         """Stop handing out the run's chunks for good (``resume`` undoes it); results stay."""
         self.broker.set_control(self.spec.run, "cancelled")
 
-    def delete(self, *, keep_results: bool = False) -> None:
+    def delete(self, *, keep_results: bool = False, force: bool = False) -> list[str]:
         """Remove the run's objects from its results store (unless ``keep_results``), then
-        everything the broker holds for it."""
+        everything the broker holds for it.
+
+        Returns:
+            The runs that reused its results and so lose their provenance (``force``).
+
+        Raises:
+            UsageError: other runs reuse its results, and not ``force``.
+        """
+        lose = reuses.reusers(self.broker, self.spec.run)
+        if lose and not force:
+            raise UsageError(reuses.refusal(self.spec.run, lose))
         if not keep_results:
             delete_run(self.spec)
         self.broker.delete(self.spec.run)
+        return lose
 
     def report(self, path: str | Path) -> ReportSummary:
         """Verify the run and draw its report: one self-contained HTML file (``report`` extra)."""

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ttg import compute, failures
+from ttg import compute, failures, provenance
 from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.decode import Problems
@@ -132,6 +132,8 @@ class VerifyReport(StatusReport):
     foreign_objects: int = 0
     #: The certificate written (``verify --certificate``).
     certificate: str | None = None
+    #: Parameters taken from other runs (``ttg seed --reuse``), their sources checked.
+    reused_params: int = 0
 
 
 def _recent(p: Progress, spec: RunSpec | None) -> list[RecentFailure]:
@@ -324,6 +326,11 @@ def verify(
         if closed_form == "mismatch":
             problems.append(f"sum of results {t.result_sum} != closed form {expected}")
     status = status_report(progress, spec=spec)
+    prov = provenance.Provenance()
+    if spec.reuse is not None:
+        prov = provenance.check(broker, broker.ledger(run))
+        problems += prov.problems
+        status.warnings = [*status.warnings, *prov.warnings]
     verified = complete and not problems
     return VerifyReport(
         **{
@@ -340,5 +347,6 @@ def verify(
         verified=verified,
         error_groups=_groups(spec, t),
         more_error_groups=max(0, len(t.groups) - ERROR_GROUPS),
+        reused_params=prov.reused_params,
         **check.fields(),
     )

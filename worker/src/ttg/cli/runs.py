@@ -21,6 +21,7 @@ from ttg.identity import MAX_VERSION_CHARS
 from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.outputs import check_output
 from ttg.results import problems_line
+from ttg.reuse import Estimate, refusal, reusers
 from ttg.run import RunSpec
 from ttg.store import certificate
 from ttg.store.check import StoreCheck
@@ -56,6 +57,11 @@ def cmd_seed(args: argparse.Namespace) -> int:
     )
     if (args.reuse_partial or args.reuse_any_version) and not args.reuse:
         raise UsageError("--reuse-partial and --reuse-any-version go with --reuse RUN")
+    if args.dry_run:
+        with sweep:
+            return _dry_run(args, sweep.estimate(args.workers or 1))
+    if args.workers is not None:
+        raise UsageError("--workers goes with --dry-run")
     bar = bars.Bar(f"seeding {args.run}", enabled=not args.json and sys.stderr.isatty())
     with sweep:
         report = sweep.seed(on_progress=bar.update)
@@ -350,15 +356,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
             spec: RunSpec | None = broker.spec(args.run)
         except (RunDataError, RunNotFound):
             spec = None  # not through its spec: an unreadable run is deleted all the same
+        lose = reusers(broker, args.run)
+        if lose and not args.force:
+            raise UsageError(refusal(args.run, lose))
         # The objects first: while the run exists, a failed deletion can be tried again.
         objects = bool(spec and not args.keep_results and delete_run(spec))
         if not broker.delete(args.run):
             raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
     finally:
         broker.close()
+    if lose:
+        print(
+            f"ttg: warning: {', '.join(lose)} lost the provenance of their results reused "
+            f"from {args.run}",
+            file=sys.stderr,
+        )
     emit(
         args,
-        {"run": args.run, "deleted": True, "results_deleted": objects},
+        {"run": args.run, "deleted": True, "results_deleted": objects, "lost_provenance": lose},
         f"run {args.run} deleted"
         + (f", its results in {spec.results} too" if spec and objects else ""),
     )
@@ -373,6 +388,32 @@ def _with_run(p: argparse.ArgumentParser, *, json_flag: bool = True) -> argparse
     if json_flag:
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p
+
+
+def _dry_run(args: argparse.Namespace, e: Estimate) -> int:
+    for warning in e.warnings:
+        print(f"ttg: warning: {warning}", file=sys.stderr)
+    out = e.to_dict()
+    text = (
+        f"run {e.run} (dry run, nothing seeded): {bars.plural(e.total_params, 'parameter')}: "
+        f"reused {e.reused}, computing {e.to_compute} in "
+        f"{bars.plural(e.compute_chunks, 'chunk')} ({e.total_chunks} in all)"
+    )
+    if e.param_seconds_median is None:
+        text += "; no reused run's timings to estimate from"
+    else:
+        text += (
+            f"; {e.param_seconds_median:.3g} s per parameter (p95 {e.param_seconds_p95:.3g} s) "
+            f"in the reused runs: about {_seconds(out['estimate_s'])} "
+            f"(p95 {_seconds(out['estimate_p95_s'])}) on "
+            f"{bars.plural(e.workers, 'worker')}"
+        )
+    emit(args, out, text)
+    return 0
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.2g} s" if v < 60 else bars.duration(v)
 
 
 def _compute_version(text: str) -> str:
@@ -433,6 +474,18 @@ def _seed_parser(command: Command) -> None:
         "--reuse-partial",
         action="store_true",
         help="reuse runs that are not complete and verified (their ok results as they are)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="seed nothing: say how many parameters are reused and to compute, in how many "
+        "chunks, and how long they should take (from the reused runs' timings)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int_at_least(1, 100_000),
+        default=None,
+        help="with --dry-run: workers the estimate divides the compute time among (default 1)",
     )
     p.add_argument(
         "--compute-version",
@@ -547,4 +600,9 @@ def add_parsers(command: Command) -> None:
         "--keep-results",
         action="store_true",
         help="leave the run's objects in its results store (only the broker's side goes)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="delete a run other runs reused results of (they lose their provenance)",
     )
