@@ -73,7 +73,7 @@ def test_reuse_widened_grid_computes_only_the_new_points(
     rows = [json.loads(line) for line in
             ttg("results", "--run", wide, env=env, check=True).stdout.splitlines()]  # fmt: skip
     space = spaces.parse(WIDE)
-    assert sorted(r["index"] for r in rows) == list(range(12))
+    assert [r["index"] for r in rows] == list(range(12))  # index order, as for any run
     for r in rows:
         assert r["status"] == "ok" and r["value"] == space.value(r["index"])
         assert r["result"] == f"a={r['value']['a']},b={r['value']['b']}"

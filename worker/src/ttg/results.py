@@ -24,8 +24,11 @@ Lossless (DESIGN.md invariant 13), decided in docs/contract.md "Exports":
 from __future__ import annotations
 
 import csv
+import heapq
+import itertools
 import json
 import math
+import pickle
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -142,8 +145,38 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[Resul
 
     Status is ``ok``, ``error`` (its compute raised; the error says how, the
     traceback where, when the worker kept one) or ``dead`` (the whole chunk
-    could not be computed).
+    could not be computed). Outcomes in chunk order give rows in index order, also
+    in a run that reuses results (its computed and reused chunks are merged).
     """
+    rows = _rows(spec, outcomes)
+    return rows if spec.reuse is None else _merged(spec, rows)
+
+
+def _merged(spec: RunSpec, rows: Iterator[ResultRow]) -> Iterator[ResultRow]:
+    """Rows in index order from a reusing run's rows in chunk order: the computed
+    chunks' (spilled to a temporary file, flat memory), merged with the reused ones'."""
+    tasks = spec.task_chunks
+    with tempfile.TemporaryFile() as spill:
+        first: ResultRow | None = None
+        for row in rows:
+            if row["chunk"] >= tasks:
+                first = row
+                break
+            pickle.dump(row, spill)
+        spill.seek(0)
+
+        def computed() -> Iterator[ResultRow]:
+            while True:
+                try:
+                    yield pickle.load(spill)  # noqa: S301 - our own file, written just now
+                except EOFError:
+                    return
+
+        reused = rows if first is None else itertools.chain([first], rows)
+        yield from heapq.merge(computed(), reused, key=lambda r: r["index"])
+
+
+def _rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[ResultRow]:
     space = spec.parameter_space
     reuses = spec.reuse is not None
     for o in outcomes:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import sqlite3
+import struct
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,14 +42,34 @@ BATCH = 10_000
 REUSED = "reused"
 
 
+#: One encoder for every value (``json.dumps`` with options builds one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_RESULT = json.JSONEncoder(separators=(",", ":"))
+
+
 def canonical(value: Any) -> bytes:
     """The JSON text two equal parameter values share, whatever produced them."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    if type(value) is int:
+        return str(value).encode()  # what the encoder writes, without its cost
+    return _CANONICAL.encode(value).encode()
 
 
 def key(value: Any) -> bytes:
     """A parameter value's 16-byte hash: what matching compares."""
     return hashlib.blake2b(canonical(value), digest_size=16).digest()
+
+
+def halves(value: Any) -> tuple[int, int]:
+    """``key(value)`` as two signed 64-bit integers (how SQLite keeps them best)."""
+    a, b = _HALVES.unpack(key(value))
+    return a, b
+
+
+_HALVES = struct.Struct("<qq")
+
+
+def _result_text(result: Any) -> str:
+    return str(result) if type(result) is int else _RESULT.encode(result)
 
 
 class Match:
@@ -67,10 +88,16 @@ class Match:
         self.db = sqlite3.connect(Path(self._tmp.name) / "match.db")
         self.db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-            "CREATE TABLE src (h BLOB PRIMARY KEY, run TEXT, chunk INTEGER, attempt INTEGER,"
-            " worker TEXT, t REAL, result TEXT) WITHOUT ROWID;"
-            "CREATE TABLE want (i INTEGER PRIMARY KEY, h BLOB);"
+            # One row per source outcome; one per reusable value, first source first.
+            "CREATE TABLE outs (o INTEGER PRIMARY KEY, run TEXT, chunk INTEGER,"
+            " attempt INTEGER, worker TEXT, t REAL);"
+            # A value's 16-byte hash as two 64-bit integers: the first is the rowid (SQLite's
+            # fastest key); the second is compared on every match. A value whose first half
+            # collides with another's is not indexed: computed again, never mistaken.
+            "CREATE TABLE src (h INTEGER PRIMARY KEY, h2 INTEGER, o INTEGER, result TEXT);"
+            "CREATE TABLE want (i INTEGER PRIMARY KEY, h INTEGER, h2 INTEGER);"
         )
+        self._outs: dict[tuple[str, int, int, str, float], int] = {}
         #: Each source run's ``ok`` parameters seen.
         self.offered: dict[str, int] = {}
         #: Seconds per parameter of each chunk the reused runs computed (not reused).
@@ -78,15 +105,15 @@ class Match:
         for spec, outcomes in sources:
             self.offered[spec.run] = self._index(spec, outcomes)
         self._batched(
-            "INSERT INTO want VALUES (?, ?)",
-            ((i, key(v)) for i, v in enumerate(spaces.base_of(space).values(0, space.size))),
+            "INSERT INTO want VALUES (?, ?, ?)",
+            ((i, *halves(v)) for i, v in enumerate(spaces.base_of(space).values(0, space.size))),
         )
-        self.db.execute("CREATE INDEX want_h ON want (h)")
         self.size = space.size
         self.compute: list[list[int]] = []
         self.reused = 0
         for (i,) in self.db.execute(
-            "SELECT w.i FROM want w WHERE NOT EXISTS (SELECT 1 FROM src s WHERE s.h = w.h) "
+            "SELECT w.i FROM want w WHERE NOT EXISTS "
+            "(SELECT 1 FROM src s WHERE s.h = w.h AND s.h2 = w.h2) "
             "ORDER BY w.i"
         ):
             if self.compute and self.compute[-1][1] == i:
@@ -124,12 +151,17 @@ class Match:
                         continue
                     n += 1
                     # A result reused from a reused run keeps its first source.
-                    run, chunk, attempt, worker, t = (
+                    who = (
                         src[1:] if src else (spec.run, o.chunk, o.attempt, o.worker, o.finished_at)
                     )
-                    yield (key(value), run, chunk, attempt, worker, t, json.dumps(result))
+                    ref = self._outs.setdefault(who, len(self._outs))
+                    yield (*halves(value), ref, _result_text(result))
 
-        self._batched("INSERT OR IGNORE INTO src VALUES (?, ?, ?, ?, ?, ?, ?)", rows())
+        self._batched("INSERT OR IGNORE INTO src VALUES (?, ?, ?, ?)", rows())
+        self.db.executemany(
+            "INSERT OR IGNORE INTO outs VALUES (?, ?, ?, ?, ?, ?)",
+            ((ref, *who) for who, ref in self._outs.items()),
+        )
         return n
 
     def outcomes(self, spec: RunSpec, start: int) -> Iterator[Outcome]:
@@ -140,8 +172,9 @@ class Match:
         first = max(start, spec.task_chunks)
         lo = spec.bounds(first)[0] - spec.computed_params if first < spec.total_chunks else 0
         rows = self.db.execute(
-            "SELECT s.run, s.chunk, s.attempt, s.worker, s.t, s.result FROM want w "
-            "JOIN src s ON s.h = w.h ORDER BY w.i LIMIT -1 OFFSET ?",
+            "SELECT o.run, o.chunk, o.attempt, o.worker, o.t, s.result FROM want w "
+            "JOIN src s ON s.h = w.h AND s.h2 = w.h2 JOIN outs o ON o.o = s.o "
+            "ORDER BY w.i LIMIT -1 OFFSET ?",
             (lo,),
         )
         now = round(time.time(), 3)

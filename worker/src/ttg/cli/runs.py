@@ -88,8 +88,14 @@ def cmd_seed(args: argparse.Namespace) -> int:
             else f"published {bars.plural(report.added, 'chunk')}"
         )
     )
-    if args.reuse:
-        text += f"; reused {report.reused_params}, computing {out['to_compute']}"
+    if args.reuse and not report.already_seeded:
+        text = (
+            f"run {report.run}: {bars.plural(report.total_params, 'parameter')}: reused "
+            f"{report.reused_params}, computing {out['to_compute']}; published "
+            f"{bars.plural(sweep.spec.task_chunks, 'chunk')} to compute, recorded "
+            f"{bars.plural(sweep.spec.total_chunks - sweep.spec.task_chunks, 'chunk')} "
+            "of reused results"
+        )
     emit(args, out, text)
     return 0
 
