@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_brokers import Brokers
+
 from ttg.endpoint import Endpoint
 from ttg.run import Outcome, RunSpec, Status
 
@@ -72,8 +73,11 @@ def _identity() -> str:
 
 
 def ttg(env: dict[str, str], *args: str) -> tuple[float, int, str]:
-    """Run ``ttg ARGS``: its wall seconds, its peak RSS (KiB) and its stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run ``ttg ARGS``: its wall seconds, its peak RSS (KiB) and its stdout (its CPU
+    seconds, user + system, are appended to ``CPU``)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = usage.ru_maxrss
+    cpu0 = usage.ru_utime + usage.ru_stime
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ttg", *args], env=env, capture_output=True,
                           text=True, check=False)  # fmt: skip
@@ -82,8 +86,14 @@ def ttg(env: dict[str, str], *args: str) -> tuple[float, int, str]:
         raise SystemExit(
             f"ttg {' '.join(args)} exited {proc.returncode}: {proc.stderr}{proc.stdout[-2000:]}"
         )
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(usage.ru_utime + usage.ru_stime - cpu0)
     # RUSAGE_CHILDREN's maxrss is the largest child so far: run the big one last.
-    return wall, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss), proc.stdout
+    return wall, max(before, usage.ru_maxrss), proc.stdout
+
+
+#: CPU seconds of each command run, in order.
+CPU: list[float] = []
 
 
 def main() -> int:
@@ -114,11 +124,14 @@ def main() -> int:
         vwall, _, _ = ttg(env, "verify", "--run", r2)
         print(f"reuse: {n:,} parameters matched against {n:,} on Redis "
               f"(reused {seeded['reused']:,}, to compute {seeded['to_compute']:,})")  # fmt: skip
-        print(f"  ttg seed --dry-run --reuse (read R1, hash, match): {dry:6.1f} s")
-        print(f"  ttg seed --reuse (that, and record {plan['total_chunks'] - plan['compute_chunks']}"
-              f" reused chunks): {wall:6.1f} s, peak RSS {rss / 1024:.0f} MiB "
-              f"(plain ttg seed: {floor / 1024:.0f} MiB)")  # fmt: skip
-        print(f"  ttg verify (with provenance): {vwall:6.1f} s")
+        cpu = CPU  # plain seed, delete, dry run, seed, verify
+        print(f"  ttg seed --dry-run --reuse (verify R1, read it, hash, match): {dry:6.1f} s wall,"
+              f" {cpu[2]:5.1f} s CPU")  # fmt: skip
+        chunks = plan["total_chunks"] - plan["compute_chunks"]
+        print(f"  ttg seed --reuse (that, and record {chunks} reused chunks)"
+              f": {wall:6.1f} s wall, {cpu[3]:5.1f} s CPU, peak RSS "
+              f"{rss / 1024:.0f} MiB (plain ttg seed: {floor / 1024:.0f} MiB)")  # fmt: skip
+        print(f"  ttg verify (with provenance): {vwall:6.1f} s wall, {cpu[4]:5.1f} s CPU")
         print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         brokers.stop()

@@ -87,7 +87,7 @@ class Match:
         self._tmp = tempfile.TemporaryDirectory(prefix="ttg-reuse-")
         self.db = sqlite3.connect(Path(self._tmp.name) / "match.db")
         self.db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-32768;"
             # One row per source outcome; one per reusable value, first source first.
             "CREATE TABLE outs (o INTEGER PRIMARY KEY, run TEXT, chunk INTEGER,"
             " attempt INTEGER, worker TEXT, t REAL);"
