@@ -108,11 +108,16 @@ def test_reuse_widened_grid_computes_only_the_new_points(
     assert plan["estimate_s"] == pytest.approx(plan["param_seconds_median"] * 3 / 2, abs=1e-3)
     assert ttg("status", "--run", f"{run_id}-6", env=env).returncode == 2  # nothing seeded
 
+    # Nothing new: the run is complete once seeded, no worker involved.
+    same = seed(env, f"{run_id}-7", NARROW, "--reuse", first, chunk=4)
+    assert (same["reused"], same["to_compute"], same["total_chunks"]) == (9, 0, 3)
+    assert ttg("verify", "--run", f"{run_id}-7", env=env).returncode == 0
+
     # The source of reused results is not deleted by accident; --force says who loses what.
     kept = ttg("delete", "--run", first, env=env)
-    assert kept.returncode == 2 and wide in kept.stderr and f"{run_id}-5" in kept.stderr
+    assert kept.returncode == 2 and f"reused by {wide}, {run_id}-5, {run_id}-7" in kept.stderr
     gone = ttg("delete", "--run", first, "--force", "--json", env=env, check=True)
-    assert json.loads(gone.stdout)["lost_provenance"] == [wide, f"{run_id}-5"]
+    assert json.loads(gone.stdout)["lost_provenance"] == [wide, f"{run_id}-5", f"{run_id}-7"]
     after = ttg("verify", "--run", wide, "--json", env=env)
     assert after.returncode == 0, after.stdout
     assert any(f"run {first}" in w and "is gone" in w for w in json.loads(after.stdout)["warnings"])
