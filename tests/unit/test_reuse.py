@@ -107,3 +107,23 @@ def test_reuse_skips_failed_parameters_and_verify_sees_a_replaced_source() -> No
     assert not report.verified
     (problem,) = report.problems
     assert "4 reused parameters came from run r1 chunk 2" in problem
+
+
+def test_several_reused_runs_the_first_named_wins_and_other_computes_give_nothing() -> None:
+    broker = MemoryBroker()
+    for run, space in (("a", "range:0:10"), ("b", "range:5:20")):
+        sweep(broker, run, space).seed()
+        record(broker, run, poison=None)
+    grown = sweep(broker, "c", 30, reuse=["b", "a"])
+    assert grown.seed().reused_params == 20
+    record(broker, "c", poison=None)
+    sources = [r["source"] for r in grown.rows()]
+    assert sources == ["reused:a"] * 5 + ["reused:b"] * 15 + ["computed"] * 10
+    assert grown.spec.reuse == {"from": ["b", "a"], "compute": [[20, 30]]}
+
+    other = ttg.Sweep("d", compute="tests.computes:set_on_13", space=30, chunk_size=5,
+                      broker=Endpoint(), reuse=["a"])  # fmt: skip
+    other._broker = broker
+    seeded = other.seed()
+    assert seeded.reused_params == 0 and "nothing reused from run a" in seeded.warnings[0]
+    assert other.spec.reuse is None  # an ordinary run
