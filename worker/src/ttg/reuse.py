@@ -32,7 +32,8 @@ from typing import Any
 from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.errors import RunNotFound, TTGError, UsageError
-from ttg.run import MAX_REUSED_RUNS, Outcome, RunSpec, Source, Status
+from ttg.reusefields import MAX_REUSED_RUNS, Source
+from ttg.run import Outcome, RunSpec, Status
 from ttg.store.reader import resolved
 from ttg.verify import verify
 

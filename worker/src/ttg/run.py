@@ -37,6 +37,12 @@ from ttg.limits import (
     run_named,
     space_of,
 )
+from ttg.reusefields import (
+    MAX_IDENTITY_CHARS,
+    Source,
+    compute_ranges,
+    sources,
+)
 
 #: What a run id looks like (ttg.limits; named here too, where runs are).
 RUN_ID = limits.RUN_ID
@@ -121,7 +127,7 @@ class RunSpec:
         # Built once: a worker asks for it on every chunk.
         built: spaces.AnySpace = space_of(self.space)
         if self.reuse is not None:
-            built = spaces.Reordered(spaces.base_of(built), _compute_ranges(self.reuse))
+            built = spaces.Reordered(spaces.base_of(built), compute_ranges(self.reuse))
         object.__setattr__(self, "_space", built)
         if self.total_chunks > MAX_CHUNKS:
             raise UsageError(
@@ -320,69 +326,6 @@ class ObjectRef:
         return cls(name, rows, digest)
 
 
-#: Longest compute identity a spec may hold.
-MAX_IDENTITY_CHARS = 600
-#: Most reused runs one run may name.
-MAX_REUSED_RUNS = 16
-
-
-def _compute_ranges(reuse: Any) -> tuple[tuple[int, int], ...]:
-    """The ``compute`` ranges of a spec's ``reuse`` field, checked.
-
-    Raises:
-        UsageError: the field is not ``{"from": [RUN, ...], "compute": [[lo, hi], ...]}``.
-    """
-    if not isinstance(reuse, dict) or set(reuse) - {"from", "compute", "partial", "any_version"}:
-        raise UsageError(f"reuse {decode.preview(reuse, 80)}: expected from and compute")
-    runs = reuse.get("from")
-    if not isinstance(runs, list) or not 1 <= len(runs) <= MAX_REUSED_RUNS:
-        raise UsageError(f"reuse names 1 to {MAX_REUSED_RUNS} runs")
-    for r in runs:
-        check_run_id(r)
-    ranges = reuse.get("compute")
-    if not isinstance(ranges, list):
-        raise UsageError("reuse: compute is not a list of ranges")
-    out = []
-    for pair in ranges:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(type(x) is int for x in pair)):
-            raise UsageError(f"reuse: {decode.preview(pair, 40)} is not a range [lo, hi]")
-        out.append((pair[0], pair[1]))
-    return tuple(out)
-
-
-#: One reused parameter's source in an outcome's ``src``: a run of ``count`` consecutive
-#: parameters of the chunk that came from one outcome: (count, run, chunk, attempt,
-#: worker, finished_at).
-Source = tuple[int, str, int, int, str, float]
-
-
-def _sources(chunk: int, d: Any) -> tuple[Source, ...]:
-    if d is None:
-        return ()
-    if not isinstance(d, list) or len(d) > MAX_PARAMS:
-        raise DecodeError(f"outcome of chunk {chunk}: its sources are not a list")
-    out = []
-    for s in d:
-        if not isinstance(s, list) or len(s) != 6:
-            raise DecodeError(f"outcome of chunk {chunk}: a source is not a 6-list")
-        out.append((
-            decode.as_int(s[0], "a source's count", 1, MAX_PARAMS),
-            run_of(s[1]),
-            decode.as_int(s[2], "a source's chunk", 0, MAX_PARAMS),
-            decode.as_int(s[3], "a source's attempt", 0, MAX_PARAMS),
-            decode.as_str(s[4], "a source's worker", MAX_WORKER_CHARS),
-            decode.as_float(s[5], "a source's finish time"),
-        ))  # fmt: skip
-    return tuple(out)
-
-
-def run_of(v: Any) -> str:
-    """A run id read back (``DecodeError`` if it is not one)."""
-    if not isinstance(v, str) or not RUN_ID.fullmatch(v):
-        raise DecodeError(f"{decode.preview(v, 80)} is not a run id")
-    return v
-
-
 def _ref(chunk: int, d: Any) -> ObjectRef | None:
     if d is None:
         return None
@@ -488,7 +431,7 @@ class Outcome:
             started_at=None if t0 is None else decode.as_float(t0, "its start time"),
             round=decode.as_int(d.get("g", 0), "its round", 0, MAX_PARAMS),
             ref=_ref(chunk, d.get("o")),
-            src=_sources(chunk, d.get("src")),
+            src=sources(chunk, d.get("src")),
         )
 
     @classmethod
