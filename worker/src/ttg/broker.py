@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ttg.decode import Problems
+from ttg.errors import UsageError
 from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
 
 #: The outcomes of a run's reused chunks from the given chunk on, in chunk order.
@@ -41,7 +42,8 @@ Reused = Callable[[int], Iterator[Outcome]]
 def reused_chunks(spec: RunSpec, reused: Reused | None, start: int) -> Iterator[Outcome]:
     """``reused(start)``, checked: a backend's seeding calls this past the task chunks."""
     if reused is None:
-        raise ValueError(f"run {spec.run} reuses results: seeding it needs their outcomes")
+        runs = " ".join(f"--reuse {r}" for r in (spec.reuse or {}).get("from", ()))
+        raise UsageError(f"run {spec.run} reuses results: seed it again with {runs}")
     return reused(start)
 
 
