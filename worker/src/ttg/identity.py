@@ -18,10 +18,12 @@ the lines are equal (docs/contract.md, "Sweeps that grow").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from ttg.compute import EXEC
@@ -41,9 +43,15 @@ def _file_digest(path: str | None) -> str:
         return "unknown"
 
 
+@functools.cache
+def _distributions() -> Mapping[str, list[str]]:
+    # Reads every installed distribution's file list: once per process.
+    return importlib.metadata.packages_distributions()
+
+
 def _module_part(module: str, look: bool) -> str:
     top = module.split(".", maxsplit=1)[0]
-    dists = importlib.metadata.packages_distributions().get(top)
+    dists = _distributions().get(top)
     if dists:
         name = dists[0]
         try:
