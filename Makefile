@@ -67,6 +67,10 @@ bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, sc
 	@bash ci/ensure-packages.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+.PHONY: bench-reuse
+bench-reuse: venv ## seeding 10^6 parameters that reuse a 10^6 run: time, peak RSS (BENCH_ARGS=--quick)
+	$(PY) bench/reuse.py $(BENCH_ARGS)
+
 .PHONY: bench-store
 bench-store: venv ## results in the broker beside a file:// store: broker memory, wall (BENCH_ARGS=--quick)
 	@bash ci/ensure-packages.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -118,3 +119,14 @@ def explode_on_13_until_fixed(x: int) -> int:
 def huge_on_13(x: int) -> object:
     """A 2 MiB string for the poison parameter, the square otherwise."""
     return "x" * HUGE_BYTES if x == POISON else x * x
+
+
+#: Environment variable naming the file ``counted`` appends each parameter to.
+CALLS_ENV = "TTG_TEST_CALLS"
+
+
+def counted(p: dict[str, object]) -> str:
+    """``label``, and one line per call appended to ``$TTG_TEST_CALLS``: what was computed."""
+    with open(os.environ[CALLS_ENV], "a", encoding="utf-8") as f:
+        f.write(json.dumps(p, sort_keys=True) + "\n")
+    return label(p)

@@ -100,6 +100,22 @@ def test_report_verified_run_says_so_and_has_no_failures(tmp_path: Path) -> None
         assert f'<figure class="chart" id="chart-{chart}"><svg' in page
 
 
+def test_report_of_a_reusing_run_shows_computed_vs_reused_and_no_reused_lane(
+    tmp_path: Path,
+) -> None:
+    computed = [outcome(c, "ok", 10, "w-0", 1, T0 + c, T0 + c + 0.5) for c in range(2)]
+    src = ((10, "r0", 7, 1, "w-old", T0 - 100),)
+    reused = [dataclasses.replace(outcome(c, "ok", 10, "reused", 0, T0, T0), src=src)
+              for c in range(2, 5)]  # fmt: skip
+    verify = verify_report(total_chunks=5, finished=5, done=5, total_params=50, done_params=50)
+    verify = dataclasses.replace(verify, reused_params=30)
+    summary = write_report(tmp_path / "r.html", run="r", verify=verify, spec=spec(50),
+                           chunks=computed + reused, events=[])  # fmt: skip
+    page = summary.path.read_text()
+    assert card(page, "computed / reused") == "20 / 30"
+    assert summary.workers == ["w-0"]
+
+
 def test_report_marks_the_lost_worker(tmp_path: Path) -> None:
     run = SyntheticRun(2000)
     summary = write_report(

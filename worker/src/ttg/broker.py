@@ -32,7 +32,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ttg.decode import Problems
+from ttg.errors import UsageError
 from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
+
+#: The outcomes of a run's reused chunks from the given chunk on, in chunk order.
+Reused = Callable[[int], Iterator[Outcome]]
+
+
+def reused_chunks(spec: RunSpec, reused: Reused | None, start: int) -> Iterator[Outcome]:
+    """``reused(start)``, checked: a backend's seeding calls this past the task chunks."""
+    if reused is None:
+        runs = " ".join(f"--reuse {r}" for r in (spec.reuse or {}).get("from", ()))
+        raise UsageError(f"run {spec.run} reuses results: seed it again with {runs}")
+    return reused(start)
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,10 @@ class SeedReport:
     total_params: int
     seeded_chunks: int
     added: int
+    #: Parameters taken from reused runs' results (``Sweep.seed`` fills it in).
+    reused_params: int = 0
+    #: What the seeding wants said (a reused run that gave nothing, and why).
+    warnings: tuple[str, ...] = ()
 
     @property
     def already_seeded(self) -> bool:
@@ -143,12 +159,19 @@ class Broker(ABC):
 
     @abstractmethod
     def seed(
-        self, spec: RunSpec, *, on_progress: Callable[[int, int], None] | None = None
+        self,
+        spec: RunSpec,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        reused: Reused | None = None,
     ) -> SeedReport:
         """Create the run if needed and publish every chunk not yet published.
 
         Idempotent and resumable: a second call, or a call after one that died
-        halfway, publishes only what is missing.
+        halfway, publishes only what is missing. A run that reuses results
+        (``spec.reuse``) has tasks only for chunks ``0 .. spec.task_chunks-1``; its
+        other chunks' outcomes, from ``reused``, are recorded in its ledger as a
+        worker's would be, after the tasks (the seeding cursor runs over both).
 
         Raises:
             RunConflict: the run exists with a different spec.

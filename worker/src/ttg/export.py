@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import IO, Any
 
+from ttg import space as spaces
 from ttg.compute import describe
 from ttg.errors import UsageError, needs_extra
 from ttg.outputs import replacing
@@ -149,6 +150,7 @@ _FIXED = {
     "status": "string",
     "error": "string",
     "traceback": "string",
+    "source": "string",
     "chunk": "int64",
     "worker": "string",
     "attempt": "int64",
@@ -177,7 +179,7 @@ def parquet_types(spec: RunSpec, cols: Columns, shape: Shape) -> dict[str, str |
 
 def _param_kinds(spec: RunSpec) -> dict[str, set[str]]:
     """The kinds of values each parameter column holds, from the space itself."""
-    space = spec.parameter_space
+    space = spaces.base_of(spec.parameter_space)
     if isinstance(space, GridSpace):
         return {name: {kind_of(v) for v in values} for name, values in space.axes}
     if isinstance(space, TableSpace):

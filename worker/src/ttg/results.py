@@ -24,15 +24,19 @@ Lossless (DESIGN.md invariant 13), decided in docs/contract.md "Exports":
 from __future__ import annotations
 
 import csv
+import heapq
+import itertools
 import json
 import math
+import pickle
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import IO, Any, NotRequired, TypedDict
 
+from ttg import space as spaces
 from ttg.decode import Problems, printable
 from ttg.failures import traceback_of
 from ttg.run import Outcome, RunSpec, Status
@@ -123,6 +127,8 @@ class ResultRow(TypedDict):
     worker: str
     attempt: int
     finished_at: float
+    #: ``computed``, or ``reused:RUN``: only in a run that reuses results.
+    source: NotRequired[str]
 
 
 #: A row of the per-parameter view (``ResultRow``) or of the per-chunk one (``--chunks``).
@@ -139,14 +145,49 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[Resul
 
     Status is ``ok``, ``error`` (its compute raised; the error says how, the
     traceback where, when the worker kept one) or ``dead`` (the whole chunk
-    could not be computed).
+    could not be computed). Outcomes in chunk order give rows in index order, also
+    in a run that reuses results (its computed and reused chunks are merged).
     """
+    rows = _rows(spec, outcomes)
+    return rows if spec.reuse is None else _merged(spec, rows)
+
+
+def _merged(spec: RunSpec, rows: Iterator[ResultRow]) -> Iterator[ResultRow]:
+    """Rows in index order from a reusing run's rows in chunk order: the computed
+    chunks' (spilled to a temporary file, flat memory), merged with the reused ones'."""
+    tasks = spec.task_chunks
+    with tempfile.TemporaryFile() as spill:
+        first: ResultRow | None = None
+        for row in rows:
+            if row["chunk"] >= tasks:
+                first = row
+                break
+            pickle.dump(row, spill)
+        spill.seek(0)
+
+        def computed() -> Iterator[ResultRow]:
+            while True:
+                try:
+                    yield pickle.load(spill)  # noqa: S301 - our own file, written just now
+                except EOFError:
+                    return
+
+        reused = rows if first is None else itertools.chain([first], rows)
+        yield from heapq.merge(computed(), reused, key=lambda r: r["index"])
+
+
+def _rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[ResultRow]:
     space = spec.parameter_space
+    reuses = spec.reuse is not None
     for o in outcomes:
         lo, hi = spec.bounds(o.chunk)
         errors = _errors(o)
         results = o.result if isinstance(o.result, list) else [None] * (hi - lo)
-        for i, value, result in zip(range(lo, hi), space.values(lo, hi), results, strict=False):
+        rows = zip(
+            range(lo, hi), spaces.indices(space, lo, hi), space.values(lo, hi), results,
+            o.sources(), strict=False,
+        )  # fmt: skip
+        for i, index, value, result, src in rows:
             tb = None
             if o.status is Status.DEAD:
                 status, error = "dead", o.error
@@ -154,18 +195,21 @@ def parameter_rows(spec: RunSpec, outcomes: Iterable[Outcome]) -> Iterator[Resul
                 status, (error, tb) = "error", errors[i]
             else:
                 status, error = "ok", None
-            yield {
-                "index": i,
+            row: ResultRow = {
+                "index": index,
                 "value": value,
                 "result": result,
                 "status": status,
                 "error": error,
                 "traceback": tb,
                 "chunk": o.chunk,
-                "worker": o.worker,
-                "attempt": o.attempt,
-                "finished_at": o.finished_at,
+                "worker": o.worker if src is None else src[4],
+                "attempt": o.attempt if src is None else src[3],
+                "finished_at": o.finished_at if src is None else src[5],
             }
+            if reuses:
+                row["source"] = "computed" if src is None else f"reused:{src[1]}"
+            yield row
 
 
 def chunk_rows(outcomes: Iterable[Outcome]) -> Iterator[Row]:
@@ -227,6 +271,9 @@ def write_parameters_jsonl(spec: RunSpec, outcomes: Iterable[Outcome], out: IO[s
     each chunk is written in one call: at 10^7 parameters this is most of the
     export's time.
     """
+    if spec.reuse is not None:
+        # Each parameter has its own source: the row by row way.
+        return write_jsonl(parameter_rows(spec, outcomes), out)
     space = spec.parameter_space
     n = 0
     for o in outcomes:
@@ -341,18 +388,24 @@ class Columns:
     result_keys: tuple[str, ...]
     #: Whether the ``traceback`` column is there (CSV: only when asked for).
     traceback: bool = True
+    #: Whether the ``source`` column is there (a run that reuses results).
+    source: bool = False
 
     @property
     def names(self) -> list[str]:
         results = [f"result.{k}" for k in self.result_keys] or ["result"]
         tb = ["traceback"] if self.traceback else []
+        source = ["source"] if self.source else []
         return ["index", *self.params, *results, "status", "error", *tb, "chunk", "worker",
-                "attempt", "finished_at"]  # fmt: skip
+                "attempt", "finished_at", *source]  # fmt: skip
 
 
 def columns(spec: RunSpec, shape: Shape, *, traceback: bool = False) -> Columns:
     """Columns for ``spec`` with results shaped as ``shape`` says (and ``traceback``'s)."""
-    return Columns(spec.parameter_space.names or ("value",), shape.result_keys, traceback)
+    return Columns(
+        spec.parameter_space.names or ("value",), shape.result_keys, traceback,
+        spec.reuse is not None,
+    )  # fmt: skip
 
 
 def flatten(row: ResultRow, cols: Columns) -> list[Any]:
@@ -366,8 +419,9 @@ def flatten(row: ResultRow, cols: Columns) -> list[Any]:
     else:
         results = [result]
     tb = [row.get("traceback")] if cols.traceback else []
+    source = [row.get("source")] if cols.source else []
     return [row["index"], *params, *results, row["status"], row["error"], *tb, row["chunk"],
-            row["worker"], row["attempt"], row["finished_at"]]  # fmt: skip
+            row["worker"], row["attempt"], row["finished_at"], *source]  # fmt: skip
 
 
 # -- CSV ---------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ worker skips that run, never the others. Everything read back is checked
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -35,6 +37,12 @@ from ttg.limits import (
     run_named,
     space_of,
 )
+from ttg.reusefields import (
+    MAX_IDENTITY_CHARS,
+    Source,
+    compute_ranges,
+    sources,
+)
 
 #: What a run id looks like (ttg.limits; named here too, where runs are).
 RUN_ID = limits.RUN_ID
@@ -54,7 +62,7 @@ FORMAT = 2
 #: lists its feature in ``requires``, so a reader that lacks the feature skips the run
 #: instead of running it wrongly. A new field of that kind: a RunSpec field with an
 #: "off" default, checked in ``__post_init__``, and an entry here (FEATURES follows).
-FEATURE_FIELDS: dict[str, str] = {"results": "results-store"}
+FEATURE_FIELDS: dict[str, str] = {"results": "results-store", "reuse": "reuse"}
 #: Features of a run spec this version understands.
 FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
 
@@ -83,6 +91,14 @@ class RunSpec:
     #: Where workers write the run's results: ``broker`` (in the ledger), ``file:///PATH``
     #: or ``s3://BUCKET/PREFIX`` (a results store, ``ttg.store``). Set once, at seeding.
     results: str = "broker"
+    #: Results this run takes from earlier runs instead of computing them (``ttg.reuse``):
+    #: ``{"from": [RUN, ...], "compute": [[lo, hi], ...]}``, the indices left to compute.
+    #: Chunks first cover those, in order, then the reused rest (``Reordered``).
+    reuse: dict[str, Any] | None = None
+    #: The compute's identity at seeding (``ttg.identity``): what reuse compares. Not part
+    #: of a spec's meaning (seeding again after an upgrade is no conflict), and ignored
+    #: by readers that do not know it.
+    identity: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
@@ -98,6 +114,10 @@ class RunSpec:
                 f"results {decode.preview(self.results, 80)}: expected broker, file:///PATH "
                 "or s3://BUCKET"
             )
+        if self.identity is not None and (
+            not isinstance(self.identity, str) or len(self.identity) > MAX_IDENTITY_CHARS
+        ):
+            raise UsageError(f"identity {decode.preview(self.identity, 80)} is not a short text")
         needed = {f for name, f in FEATURE_FIELDS.items() if self._not_default(name)}
         requires = tuple(sorted(set(self.requires) | needed))
         unknown = sorted(set(requires) - FEATURES)
@@ -105,7 +125,10 @@ class RunSpec:
             raise UsageError(f"spec requires unknown features: {', '.join(unknown)}")
         object.__setattr__(self, "requires", requires)
         # Built once: a worker asks for it on every chunk.
-        object.__setattr__(self, "_space", space_of(self.space))
+        built: spaces.AnySpace = space_of(self.space)
+        if self.reuse is not None:
+            built = spaces.Reordered(spaces.base_of(built), compute_ranges(self.reuse))
+        object.__setattr__(self, "_space", built)
         if self.total_chunks > MAX_CHUNKS:
             raise UsageError(
                 f"{self.total_params} parameters in chunks of {self.chunk_size} make "
@@ -128,12 +151,32 @@ class RunSpec:
         return self.parameter_space.size
 
     @property
+    def computed_params(self) -> int:
+        """Parameters the run's workers compute: all but those it reuses."""
+        space = self.parameter_space
+        return space.computed if isinstance(space, spaces.Reordered) else space.size
+
+    @property
+    def task_chunks(self) -> int:
+        """Chunks workers compute: ``0 .. task_chunks-1``; the rest are reused at seeding."""
+        return -(-self.computed_params // self.chunk_size)
+
+    @property
     def total_chunks(self) -> int:
-        return -(-self.total_params // self.chunk_size)
+        return self.task_chunks + -(-(self.total_params - self.computed_params) // self.chunk_size)
 
     def bounds(self, chunk: int) -> tuple[int, int]:
-        """The half-open index range ``[lo, hi)`` of chunk number ``chunk``."""
-        lo = chunk * self.chunk_size
+        """The half-open position range ``[lo, hi)`` of chunk number ``chunk``.
+
+        Positions are the run's indices, except in a run that reuses results: there
+        the computed indices come first (``spaces.Reordered``), so that every chunk,
+        computed or reused, is one range.
+        """
+        tasks, computed = self.task_chunks, self.computed_params
+        if chunk < tasks:
+            lo = chunk * self.chunk_size
+            return lo, min(lo + self.chunk_size, computed)
+        lo = computed + (chunk - tasks) * self.chunk_size
         return lo, min(lo + self.chunk_size, self.total_params)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +187,8 @@ class RunSpec:
         """
         d = asdict(self)
         d.pop("_space", None)
+        if self.identity is None:
+            d.pop("identity")
         if not self.requires:
             for name in ("format", "requires", *FEATURE_FIELDS):
                 d.pop(name, None)
@@ -232,11 +277,11 @@ class Delivery:
 
     @property
     def lo(self) -> int:
-        return self.chunk * self.spec.chunk_size
+        return self.spec.bounds(self.chunk)[0]
 
     @property
     def hi(self) -> int:
-        return min(self.lo + self.spec.chunk_size, self.spec.total_params)
+        return self.spec.bounds(self.chunk)[1]
 
 
 class Status(enum.StrEnum):
@@ -316,6 +361,16 @@ class Outcome:
     result_json: str | None = field(default=None, compare=False, repr=False)
     #: The results store's object holding ``result`` (None: the results are in the ledger).
     ref: ObjectRef | None = None
+    #: A reused chunk's sources, in parameter order (``Source``); () for a computed chunk.
+    src: tuple[Source, ...] = ()
+
+    def sources(self) -> Iterator[Source | None]:
+        """Each parameter's source, in order (None for every one of a computed chunk)."""
+        if not self.src:
+            yield from itertools.repeat(None, self.params)
+            return
+        for s in self.src:
+            yield from itertools.repeat(s, s[0])
 
     def to_json(self) -> str:
         """The ledger's JSON form. ``w`` and ``a`` come first: the Redis scripts
@@ -335,6 +390,8 @@ class Outcome:
             body["pe"] = [list(p) for p in self.param_errors]
         if self.ref is not None:
             body["o"] = self.ref.to_dict()
+        if self.src:
+            body["src"] = [list(s) for s in self.src]
         head = json.dumps(body, separators=(",", ":"))
         result = (
             self.result_json
@@ -374,6 +431,7 @@ class Outcome:
             started_at=None if t0 is None else decode.as_float(t0, "its start time"),
             round=decode.as_int(d.get("g", 0), "its round", 0, MAX_PARAMS),
             ref=_ref(chunk, d.get("o")),
+            src=sources(chunk, d.get("src")),
         )
 
     @classmethod

@@ -26,6 +26,8 @@ computed the same way (``range:2.5:4.0:0.01`` has 150 values, never 151).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,8 +39,8 @@ from ttg.errors import UsageError
 from ttg.tables import JSON, TableSpace, json_value, read_table, table
 
 __all__ = [
-    "AnySpace", "Axis", "GridSpace", "RangeSpace", "Space", "TableSpace", "arange", "from_spec",
-    "grid", "linspace", "logspace", "parse", "read_table", "table",
+    "AnySpace", "Axis", "GridSpace", "RangeSpace", "Reordered", "Space", "TableSpace", "arange",
+    "from_spec", "grid", "linspace", "logspace", "parse", "read_table", "table",
 ]  # fmt: skip
 
 #: Keywords of the one-dimensional forms; a value starting with one of them must parse.
@@ -280,7 +282,100 @@ def grid(**axes: Iterable[object] | RangeSpace | Axis) -> GridSpace:
     return GridSpace(tuple(out))
 
 
-AnySpace = RangeSpace | Axis | GridSpace | TableSpace
+@dataclass(frozen=True)
+class Reordered:
+    """A run's space seen in the order its chunks take it, when it reuses results.
+
+    A run that reuses another's results computes only part of its space: those
+    indices (``compute``, sorted disjoint ``[lo, hi)`` ranges) come first, at
+    positions ``0 .. computed-1``, and the reused rest follows in index order. Chunks
+    are contiguous in positions, so workers, ledgers and exports need nothing new;
+    ``index(p)`` gives back the run's own index of position ``p`` (docs/contract.md,
+    "Sweeps that grow").
+    """
+
+    base: RangeSpace | Axis | GridSpace | TableSpace
+    compute: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        gaps, at, starts, done = [], 0, [], 0
+        for lo, hi in self.compute:
+            if not at <= lo < hi <= self.base.size:
+                raise UsageError(f"reuse: range [{lo}, {hi}) is not sorted or out of bounds")
+            if lo > at:
+                gaps.append((at, lo))
+            starts.append(done)
+            done += hi - lo
+            at = hi
+        if at < self.base.size:
+            gaps.append((at, self.base.size))
+        object.__setattr__(self, "_gaps", tuple(gaps))
+        object.__setattr__(self, "_starts", tuple(starts))
+        object.__setattr__(self, "_gap_starts", tuple(itertools.accumulate(
+            (b - a for a, b in gaps[:-1]), initial=done)))  # fmt: skip
+        object.__setattr__(self, "_computed", done)
+
+    @property
+    def computed(self) -> int:
+        """Parameters left to compute: positions ``0 .. computed-1``."""
+        computed: int = self.__dict__["_computed"]
+        return computed
+
+    @property
+    def size(self) -> int:
+        return self.base.size
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.base.names
+
+    def _at(self, pos: int) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...], int]:
+        if pos < self.computed:
+            return self.compute, self.__dict__["_starts"], bisect.bisect_right(
+                self.__dict__["_starts"], pos) - 1  # fmt: skip
+        starts = self.__dict__["_gap_starts"]
+        return self.__dict__["_gaps"], starts, bisect.bisect_right(starts, pos) - 1
+
+    def index(self, pos: int) -> int:
+        """The run's own index of position ``pos``."""
+        ranges, starts, k = self._at(pos)
+        return ranges[k][0] + pos - starts[k]
+
+    def value(self, index: int) -> JSON:
+        return self.base.value(self.index(index))
+
+    def values(self, lo: int, hi: int) -> Iterator[JSON]:
+        while lo < hi:
+            ranges, starts, k = self._at(lo)
+            a = ranges[k][0] + lo - starts[k]
+            b = min(ranges[k][1], a + hi - lo)
+            yield from self.base.values(a, b)
+            lo += b - a
+
+    def indices(self, lo: int, hi: int) -> Iterator[int]:
+        """``index(p)`` for p in ``[lo, hi)``."""
+        while lo < hi:
+            ranges, starts, k = self._at(lo)
+            a = ranges[k][0] + lo - starts[k]
+            b = min(ranges[k][1], a + hi - lo)
+            yield from range(a, b)
+            lo += b - a
+
+    def to_spec(self) -> dict[str, JSON]:
+        return self.base.to_spec()
+
+
+AnySpace = RangeSpace | Axis | GridSpace | TableSpace | Reordered
+
+
+def base_of(space: AnySpace) -> RangeSpace | Axis | GridSpace | TableSpace:
+    """The space itself, in its own order (a reused run's ``Reordered`` unwrapped)."""
+    return space.base if isinstance(space, Reordered) else space
+
+
+def indices(space: AnySpace, lo: int, hi: int) -> Iterable[int]:
+    """The run's own indices of positions ``[lo, hi)`` (the same numbers but when reordered)."""
+    return space.indices(lo, hi) if isinstance(space, Reordered) else range(lo, hi)
 
 
 def from_spec(spec: Mapping[str, Any]) -> AnySpace:

@@ -20,10 +20,13 @@ given, or the broker of a ``ttg.local()`` block, which also runs the workers
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -32,12 +35,14 @@ from ttg import compute as computes
 from ttg import endpoint as endpoints
 from ttg import export as exports
 from ttg import results as rowsof
+from ttg import reuse as reuses
 from ttg import space as spaces
 from ttg import store
 from ttg.broker import Broker, RetryReport, SeedReport
 from ttg.decode import Problems, preview
 from ttg.endpoint import Endpoint
 from ttg.errors import RunConflict, TTGError, UsageError, needs_extra
+from ttg.identity import identity
 from ttg.metrics import RateMeter
 from ttg.outputs import check_output
 from ttg.progress import Bar, suffix
@@ -180,6 +185,12 @@ class Sweep:
             ``TTG_COMPUTE_ALLOW`` says when set, else not checked here (the
             workers refuse what they may not run).
         check: Import the compute here before seeding, so a typo fails now.
+        reuse: Runs whose ``ok`` results this run takes for parameters of equal
+            value instead of computing them (README "Sweeps that grow"); they must be
+            complete and verified, unless ``reuse_partial``, and have the same
+            compute (``ttg.identity``), unless ``reuse_any_version``.
+        compute_version: A version of the compute's code to bump when it changes in a
+            way its package version does not say: part of its identity.
         **options: Further fields of the run's spec, as ``ttg.run.RunSpec`` names
             them (limits, a program to run, a results store: see docs/contract.md).
     """
@@ -196,9 +207,15 @@ class Sweep:
         max_deliveries: int = 5,
         compute_allow: tuple[str, ...] | None = None,
         check: bool = True,
+        reuse: Sequence[str] = (),
+        reuse_partial: bool = False,
+        reuse_any_version: bool = False,
+        compute_version: str | None = None,
         **options: Any,
     ) -> None:
         self._connect(broker)
+        self._reuse: tuple[str, ...] = tuple(reuse)
+        self._reuse_how = {"partial": reuse_partial, "any_version": reuse_any_version}
         s = make_space(space)
         if compute is None:
             if not isinstance(s, spaces.RangeSpace):
@@ -219,7 +236,7 @@ class Sweep:
             compute=name,
             work_ms=work_ms,
             max_deliveries=max_deliveries,
-            **options,
+            **{"identity": identity(name, compute_version, look=check), **options},
         )
         allow = compute_allow
         if allow is None and os.environ.get("TTG_COMPUTE_ALLOW") and self._host is None:
@@ -236,6 +253,8 @@ class Sweep:
         self.endpoint = _endpoint(broker)
         self._broker: Broker | None = None
         self._meter = RateMeter()
+        self._reuse = ()
+        self._reuse_how = {"partial": False, "any_version": False}
 
     @classmethod
     def attach(cls, run: str, broker: BrokerArg = None) -> Sweep:
@@ -296,10 +315,32 @@ class Sweep:
             self._host.serve(self.spec.compute)
         if self.spec.results != store.BROKER:
             store.check_writable(self.spec.results)  # before the run exists: exit 3 or 4
+        match, warnings = None, list[str]()
+        if self._reuse:
+            self.spec, match = reuses.plan(
+                self.broker, self.spec, self._reuse, warnings=warnings, **self._reuse_how
+            )
         try:
-            return self.broker.seed(self.spec, on_progress=on_progress)
+            with match or contextlib.nullcontext():
+                reused = None if match is None else functools.partial(match.outcomes, self.spec)
+                report = self.broker.seed(self.spec, on_progress=on_progress, reused=reused)
         except RunConflict as e:
             raise RunConflict(self._conflict() or str(e)) from None
+        reused_params = self.spec.total_params - self.spec.computed_params
+        return dataclasses.replace(report, reused_params=reused_params, warnings=tuple(warnings))
+
+    def estimate(self, workers: int = 1) -> reuses.Estimate:
+        """What seeding would do, without seeding (``ttg seed --dry-run``): parameters
+        total, reused and to compute, chunks, and the compute time ``workers`` would take
+        at the reused runs' measured seconds per parameter (median and p95)."""
+        warnings: list[str] = []
+        spec, match = self.spec, None
+        if self._reuse:
+            spec, match = reuses.plan(
+                self.broker, self.spec, self._reuse, warnings=warnings, **self._reuse_how
+            )
+        with match or contextlib.nullcontext():
+            return reuses.estimate(spec, match, workers, warnings)
 
     def _conflict(self) -> str | None:
         """What differs between this sweep's spec and the one stored under its run id."""
@@ -459,12 +500,23 @@ class Sweep:
         """Stop handing out the run's chunks for good (``resume`` undoes it); results stay."""
         self.broker.set_control(self.spec.run, "cancelled")
 
-    def delete(self, *, keep_results: bool = False) -> None:
+    def delete(self, *, keep_results: bool = False, force: bool = False) -> list[str]:
         """Remove the run's objects from its results store (unless ``keep_results``), then
-        everything the broker holds for it."""
+        everything the broker holds for it.
+
+        Returns:
+            The runs that reused its results and so lose their provenance (``force``).
+
+        Raises:
+            UsageError: other runs reuse its results, and not ``force``.
+        """
+        lose = reuses.reusers(self.broker, self.spec.run)
+        if lose and not force:
+            raise UsageError(reuses.refusal(self.spec.run, lose))
         if not keep_results:
             delete_run(self.spec)
         self.broker.delete(self.spec.run)
+        return lose
 
     def report(self, path: str | Path) -> ReportSummary:
         """Verify the run and draw its report: one self-contained HTML file (``report`` extra)."""

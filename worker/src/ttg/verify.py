@@ -26,7 +26,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ttg import compute, failures
+from ttg import compute, failures, provenance
+from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.decode import Problems
 from ttg.metrics import RateMeter
@@ -131,6 +132,8 @@ class VerifyReport(StatusReport):
     foreign_objects: int = 0
     #: The certificate written (``verify --certificate``).
     certificate: str | None = None
+    #: Parameters taken from other runs (``ttg seed --reuse``), their sources checked.
+    reused_params: int = 0
 
 
 def _recent(p: Progress, spec: RunSpec | None) -> list[RecentFailure]:
@@ -316,13 +319,18 @@ def verify(
     chunk_failures = t.dead_chunks + t.error_chunks
     if complete and chunk_failures == 0 and t.ok_params != spec.total_params:
         problems.append(f"results cover {t.ok_params} parameters, the run has {spec.total_params}")
-    expected = compute.closed_form_total(spec.parameter_space, spec.compute)
+    expected = compute.closed_form_total(spaces.base_of(spec.parameter_space), spec.compute)
     closed_form = "not-applicable"
     if expected is not None and complete and chunk_failures == 0 and t.summable:
         closed_form = "match" if t.result_sum == expected else "mismatch"
         if closed_form == "mismatch":
             problems.append(f"sum of results {t.result_sum} != closed form {expected}")
     status = status_report(progress, spec=spec)
+    prov = provenance.Provenance()
+    if spec.reuse is not None:
+        prov = provenance.check(broker, broker.ledger(run))
+        problems += prov.problems
+        status.warnings = [*status.warnings, *prov.warnings]
     verified = complete and not problems
     return VerifyReport(
         **{
@@ -339,5 +347,6 @@ def verify(
         verified=verified,
         error_groups=_groups(spec, t),
         more_error_groups=max(0, len(t.groups) - ERROR_GROUPS),
+        reused_params=prov.reused_params,
         **check.fields(),
     )

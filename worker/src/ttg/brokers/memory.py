@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttg.broker import Broker, Consumer, RetryReport, SeedReport
+from ttg.broker import Broker, Consumer, RetryReport, Reused, SeedReport, reused_chunks
 from ttg.decode import Problems
 from ttg.errors import BrokerError, RunConflict, RunNotFound, UsageError
 from ttg.run import (
@@ -105,7 +105,11 @@ class MemoryBroker(Broker):
         pass
 
     def seed(
-        self, spec: RunSpec, *, on_progress: Callable[[int, int], None] | None = None
+        self,
+        spec: RunSpec,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        reused: Reused | None = None,
     ) -> SeedReport:
         with self._lock:
             self._write()
@@ -113,8 +117,12 @@ class MemoryBroker(Broker):
             if r.spec != spec:
                 raise RunConflict(f"run {spec.run!r} exists with different parameters")
             start = r.cursor
-            for chunk in range(r.cursor, spec.total_chunks):
+            for chunk in range(r.cursor, spec.task_chunks):
                 r.queue.append((next(self._ids), {"c": chunk, "a": 0, "g": 0}))
+            if spec.task_chunks < spec.total_chunks and r.cursor < spec.total_chunks:
+                for o in reused_chunks(spec, reused, max(r.cursor, spec.task_chunks)):
+                    if r.ledger.setdefault(o.chunk, o) is o:
+                        self._count(r, o)
             r.cursor = spec.total_chunks
             self._lock.notify_all()
         if on_progress:

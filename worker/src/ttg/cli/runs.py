@@ -13,66 +13,19 @@ from typing import Any
 
 from ttg import config, store
 from ttg import progress as bars
-from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least, run_id
+from ttg.cli import seed
+from ttg.cli.common import Command, emit, endpoint, float_at_least, run_id
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
 from ttg.export import AGGREGATES, FORMATS
-from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.outputs import check_output
 from ttg.results import problems_line
+from ttg.reuse import refusal, reusers
 from ttg.run import RunSpec
 from ttg.store import certificate
 from ttg.store.check import StoreCheck
 from ttg.store.reader import delete_run
-from ttg.sweep import Sweep, make_space
-from ttg.tables import read_table
-
-# -- seed ---------------------------------------------------------------------------------
-
-
-def cmd_seed(args: argparse.Namespace) -> int:
-    if args.space and args.space_file:
-        raise UsageError("give --space or --space-file, not both")
-    space = read_table(args.space_file) if args.space_file else make_space(args.space, args.params)
-    if args.space_file and args.params is not None and args.params != space.size:
-        raise UsageError(f"--params {args.params} but --space-file has {space.size} rows")
-    sweep = Sweep(
-        args.run,
-        # The default compute is for integer ranges: Sweep refuses it for anything else.
-        compute=None if args.compute == config.SETTINGS["compute"].default else args.compute,
-        space=space,
-        chunk_size=args.chunk_size,
-        broker=endpoint(args),
-        work_ms=args.work_ms,
-        max_deliveries=args.max_deliveries,
-        compute_allow=args.compute_allow,
-        check=not args.no_check,
-        results=args.results_url,
-    )
-    bar = bars.Bar(f"seeding {args.run}", enabled=not args.json and sys.stderr.isatty())
-    with sweep:
-        report = sweep.seed(on_progress=bar.update)
-    bar.close()
-    out = {
-        "run": report.run,
-        "total_chunks": report.total_chunks,
-        "total_params": report.total_params,
-        "seeded_chunks": report.seeded_chunks,
-        "added": report.added,
-        "already_seeded": report.already_seeded,
-    }
-    text = (
-        f"run {report.run}: {bars.plural(report.total_params, 'parameter')} in "
-        f"{bars.plural(report.total_chunks, 'chunk')}; "
-        + (
-            "already seeded, nothing added"
-            if report.already_seeded
-            else f"published {bars.plural(report.added, 'chunk')}"
-        )
-    )
-    emit(args, out, text)
-    return 0
-
+from ttg.sweep import Sweep
 
 # -- status / verify -------------------------------------------------------------------------
 
@@ -336,15 +289,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
             spec: RunSpec | None = broker.spec(args.run)
         except (RunDataError, RunNotFound):
             spec = None  # not through its spec: an unreadable run is deleted all the same
+        lose = reusers(broker, args.run)
+        if lose and not args.force:
+            raise UsageError(refusal(args.run, lose))
         # The objects first: while the run exists, a failed deletion can be tried again.
         objects = bool(spec and not args.keep_results and delete_run(spec))
         if not broker.delete(args.run):
             raise RunNotFound(f"no run {args.run!r}")  # exit 2, like every other command
     finally:
         broker.close()
+    if lose:
+        print(
+            f"ttg: warning: {', '.join(lose)} lost the provenance of their results reused "
+            f"from {args.run}",
+            file=sys.stderr,
+        )
     emit(
         args,
-        {"run": args.run, "deleted": True, "results_deleted": objects},
+        {"run": args.run, "deleted": True, "results_deleted": objects, "lost_provenance": lose},
         f"run {args.run} deleted"
         + (f", its results in {spec.results} too" if spec and objects else ""),
     )
@@ -359,47 +321,6 @@ def _with_run(p: argparse.ArgumentParser, *, json_flag: bool = True) -> argparse
     if json_flag:
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return p
-
-
-def _seed_parser(command: Command) -> None:
-    p = command(
-        "seed",
-        cmd_seed,
-        "publish a run's chunks (idempotent, resumable)",
-        *config.CONNECTION,
-        "compute",
-        "compute-allow",
-        "max-deliveries",
-        "results-url",
-    )
-    _with_run(p)
-    p.add_argument(
-        "--params",
-        type=int_at_least(1, MAX_PARAMS),
-        help="parameters 0..N-1 (or give --space)",
-    )
-    p.add_argument("--chunk-size", required=True, type=int_at_least(1, MAX_PARAMS))
-    p.add_argument(
-        "--work-ms",
-        type=int_at_least(0, MAX_WORK_MS),
-        default=0,
-        help=f"simulated cost per chunk (at most {MAX_WORK_MS})",
-    )
-    p.add_argument(
-        "--space",
-        help="range:START:STOP[:STEP], linspace:START:STOP:NUM, logspace:START:STOP:NUM, "
-        "or grid:NAME=AXIS;NAME=AXIS (an axis: v1,v2,... or one of those forms)",
-    )
-    p.add_argument(
-        "--space-file",
-        metavar="FILE",
-        help="a table of parameters, one per row: CSV with a header, or JSONL of objects",
-    )
-    p.add_argument(
-        "--no-check",
-        action="store_true",
-        help="do not import the compute here (a seeder without the user's code)",
-    )
 
 
 def _report_parsers(command: Command) -> None:
@@ -476,7 +397,7 @@ def _report_parsers(command: Command) -> None:
 
 def add_parsers(command: Command) -> None:
     conn = config.CONNECTION
-    _seed_parser(command)
+    seed.add_parser(command)
     _report_parsers(command)
     for name, help_ in (
         ("cancel", "stop handing out a run's chunks for good (results stay)"),
@@ -501,4 +422,9 @@ def add_parsers(command: Command) -> None:
         "--keep-results",
         action="store_true",
         help="leave the run's objects in its results store (only the broker's side goes)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="delete a run other runs reused results of (they lose their provenance)",
     )

@@ -68,7 +68,8 @@ def write_report(
 
     agg = Aggregate()
     for row in chunks:
-        agg.add_chunk(row)
+        if not row.src:  # reused results were recorded at seeding: no worker's time
+            agg.add_chunk(row)
     for ev in events:
         agg.add_event(ev)
     agg.finish()

@@ -92,6 +92,17 @@ def header(run: str, v: VerifyReport, agg: Aggregate) -> str:
         _card("chunks with errors", f"{v.errors:,}", "warn" if v.errors else ""),
         _card("chunks dead", f"{v.dead:,}", "alarm" if v.dead else ""),
         _card("parameters ok", f"{v.done_params:,} / {v.total_params:,}"),
+        *(
+            [
+                _card(
+                    "computed / reused",
+                    f"{v.total_params - v.reused_params:,} / {v.reused_params:,}",
+                    "note",
+                )
+            ]
+            if v.reused_params
+            else []
+        ),
         _card("parameters failed", f"{v.param_errors:,}", "warn" if v.param_errors else ""),
         _card("parameters dead", f"{v.params_dead or 0:,}", "alarm" if v.params_dead else ""),
         _card("redelivered", f"{v.redelivered:,}", "note" if v.redelivered else ""),

@@ -130,7 +130,7 @@ def encode(
     values = list(spec.parameter_space.values(lo, hi))
     arrays: dict[str, Any] = {"index": pa.array(range(lo, hi), pa.int64())}
     for column, axis, type_, cell in param_columns(spec):
-        picked = values if axis is None else [v[axis] for v in values]  # type: ignore[index]
+        picked = values if axis is None else [v[axis] for v in values]  # type: ignore[index,call-overload]
         arrays[column] = pa.array([cell(v) for v in picked], type_)
     arrays["result"] = pa.array(texts, pa.string())
     arrays["status"] = pa.array(["error" if i in errors else "ok" for i in range(lo, hi)])

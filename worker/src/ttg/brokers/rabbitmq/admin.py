@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pika.exceptions as pex
 
-from ttg.broker import Broker, RetryReport, SeedReport
+from ttg.broker import Broker, RetryReport, Reused, SeedReport, reused_chunks
 from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.connection import (
     ADMIN_BLOCKED_TIMEOUT,
@@ -45,6 +46,8 @@ from ttg.run import CONTROLS, InFlight, Outcome, Progress, RunEvent, RunSpec, St
 
 log = logging.getLogger(__name__)
 
+#: Reused chunks' outcomes per ledger message at seeding.
+REUSED_BATCH = 50
 #: Most events ``events`` returns (a report needs their shape, not every one).
 EVENTS_READ = 100_000
 #: A worker silent this long before a redelivery, and ever after, may be the one lost.
@@ -179,7 +182,11 @@ class RabbitMQBroker(Broker):
 
     @translated
     def seed(
-        self, spec: RunSpec, *, on_progress: Callable[[int, int], None] | None = None
+        self,
+        spec: RunSpec,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        reused: Reused | None = None,
     ) -> SeedReport:
         run, total = spec.run, spec.total_chunks
         self._ensure_open()
@@ -203,13 +210,45 @@ class RabbitMQBroker(Broker):
             self.params,
             run,
             start,
-            total,
+            spec.task_chunks,
             group=group_size(spec.chunk_size),
             on_progress=on_progress,
         )
-        cursor = seeder.run_to_end()
+        cursor = max(start, seeder.run_to_end())
+        if cursor < total:
+            cursor = self._seed_reused(
+                spec, cursor, reused_chunks(spec, reused, cursor), on_progress
+            )
         state.cursor = max(state.cursor, cursor)
         return SeedReport(run, total, spec.total_params, cursor, cursor - start)
+
+    def _seed_reused(
+        self,
+        spec: RunSpec,
+        cursor: int,
+        outcomes: Iterator[Outcome],
+        on_progress: Callable[[int, int], None] | None,
+    ) -> int:
+        """Record reused chunks' outcomes from ``cursor`` on: confirmed ledger messages, then
+        the cursor past them. A rerun sends a batch again at most; the ledger recognises a
+        record sent twice (same worker, attempt and round), so nothing counts twice."""
+        self._ensure_open()
+        ch = self._conn.channel()
+        ch.confirm_delivery()
+        try:
+            while cursor < spec.total_chunks:
+                batch = list(itertools.islice(outcomes, REUSED_BATCH))
+                if not batch:
+                    break
+                texts = (f'{o.to_json()[:-1]},"c":{o.chunk}}}' for o in batch)
+                publish(ch, queue(spec.run, "ledger"), ('{"o":[' + ",".join(texts) + "]}").encode())
+                cursor = batch[-1].chunk + 1
+                publish(ch, queue(spec.run, "meta"), {"cursor": cursor})
+                if on_progress:
+                    on_progress(cursor, spec.total_chunks)
+        finally:
+            ch.close()
+        return cursor
 
     @translated
     def spec(self, run: str) -> RunSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from ttg import decode
-from ttg.broker import Broker, RetryReport, SeedReport
+from ttg.broker import Broker, RetryReport, Reused, SeedReport, reused_chunks
 from ttg.brokers.redis import decode as rdecode
 from ttg.brokers.redis.client import (
     GENERATION,
@@ -33,6 +34,8 @@ from ttg.run import CONTROLS, RUN_ID, InFlight, Outcome, Progress, RunEvent, Run
 
 log = logging.getLogger(__name__)
 
+#: Reused chunks' outcomes recorded per seeding step (one Lua call each).
+REUSED_BATCH = 50
 #: Chunks published per seeding step (one Lua call each).
 SEED_BATCH = 2000
 #: How many in-flight chunks ``progress`` lists.
@@ -78,7 +81,11 @@ class RedisBroker(Broker):
 
     @translated
     def seed(
-        self, spec: RunSpec, *, on_progress: Callable[[int, int], None] | None = None
+        self,
+        spec: RunSpec,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        reused: Reused | None = None,
     ) -> SeedReport:
         run, total = spec.run, spec.total_chunks
         if self.client.set(key(run, "spec"), spec.to_json(), nx=True):
@@ -101,14 +108,41 @@ class RedisBroker(Broker):
             self._bump()
         cursor = int(self.client.hget(key(run, "meta"), "cursor") or 0)
         start = cursor
-        while cursor < total:
-            stop = min(cursor + SEED_BATCH, total)
+        tasks = spec.task_chunks
+        while cursor < tasks:
+            stop = min(cursor + SEED_BATCH, tasks)
             cursor = int(
                 self.scripts.seed(keys=[key(run, "meta"), key(run, "tasks")], args=[cursor, stop])
             )
             if on_progress:
                 on_progress(cursor, total)
+        if cursor < total:
+            cursor = self._seed_reused(
+                spec, cursor, reused_chunks(spec, reused, cursor), on_progress
+            )
         return SeedReport(run, total, spec.total_params, cursor, cursor - start)
+
+    def _seed_reused(
+        self,
+        spec: RunSpec,
+        cursor: int,
+        outcomes: Iterator[Outcome],
+        on_progress: Callable[[int, int], None] | None,
+    ) -> int:
+        """Record reused chunks' outcomes from ``cursor`` on, a batch per step (seed_reused.lua)."""
+        keys = [key(spec.run, "meta"), key(spec.run, "ledger"), key(spec.run, "stats")]
+        total = spec.total_chunks
+        while cursor < total:
+            batch = list(itertools.islice(outcomes, REUSED_BATCH))
+            if not batch or batch[0].chunk != cursor:
+                break  # another seeder moved the cursor: its run of this loop finishes it
+            args: list[Any] = [cursor, batch[-1].chunk + 1]
+            for o in batch:
+                args += [o.chunk, o.params, o.to_json()]
+            cursor = int(self.scripts.seed_reused(keys=keys, args=args))
+            if on_progress:
+                on_progress(cursor, total)
+        return cursor
 
     @translated
     def spec(self, run: str) -> RunSpec:

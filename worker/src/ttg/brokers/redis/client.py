@@ -269,6 +269,7 @@ class Scripts:
             return client.register_script(source)
 
         self.seed = load("seed")
+        self.seed_reused = load("seed_reused")
         self.record = load("record")
         self.retry = load("retry")
         self.promote = load("promote")

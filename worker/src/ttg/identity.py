@@ -1,0 +1,82 @@
+"""What counts as "the same compute" when a run reuses another's results.
+
+A compute's identity is one line, recorded in the run's spec at seeding:
+
+- ``module:function`` itself;
+- the version of the installed distribution that provides the module's top-level
+  package (``importlib.metadata``), e.g. ``mylab==1.4.0``; for a module that no
+  distribution provides (a script's directory, a checkout on ``PYTHONPATH``), the
+  sha256 of the module's source file (``file=12 hex``), so an edit is a new identity;
+- for a program compute (``exec:PROGRAM``), the sha256 of the program's file;
+- ``--compute-version STR`` when given: a version the user bumps when they change the
+  code in a way none of the above sees (data files, a C library, a config).
+
+Parts that cannot be known where ``ttg seed`` runs (``--no-check``, the code is not
+installed there) are written ``unknown``; two identities are the same compute only if
+the lines are equal (docs/contract.md, "Sweeps that grow").
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from ttg.compute import EXEC
+
+#: Hex digits of a file's sha256 kept in an identity.
+DIGEST_CHARS = 12
+#: Longest ``--compute-version``.
+MAX_VERSION_CHARS = 200
+
+
+def _file_digest(path: str | None) -> str:
+    if not path:
+        return "unknown"
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:DIGEST_CHARS]
+    except OSError:
+        return "unknown"
+
+
+@functools.cache
+def _distributions() -> Mapping[str, list[str]]:
+    # Reads every installed distribution's file list: once per process.
+    return importlib.metadata.packages_distributions()
+
+
+def _module_part(module: str, look: bool) -> str:
+    top = module.split(".", maxsplit=1)[0]
+    dists = _distributions().get(top)
+    if dists:
+        name = dists[0]
+        try:
+            return f"{name}=={importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if not look:
+        return "file=unknown"
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    return f"file={_file_digest(found.origin if found else None)}"
+
+
+def identity(compute: str, version: str | None = None, *, look: bool = True) -> str:
+    """The identity line of ``compute`` as installed here, with the user's ``version``.
+
+    ``look=False`` (``ttg seed --no-check``) never looks for the module's file, which
+    would import its parent packages.
+    """
+    module, _, name = compute.partition(":")
+    if module == EXEC:
+        part = f"file={_file_digest(shutil.which(name) or name)}"
+    else:
+        part = _module_part(module, look)
+    line = f"{compute} {part}"
+    return line if version is None else f"{line} version={version}"
