@@ -218,7 +218,7 @@ class Sweep:
             allow = computes.parse_allow(os.environ["TTG_COMPUTE_ALLOW"])
         if allow is not None:
             computes.check_allowed(name, allow)
-        if check and isinstance(compute, str):
+        if check and isinstance(compute, str) and not name.startswith(computes.EXEC + ":"):
             # A function object given is imported already. Without an allowlist here, the
             # name itself is the entry: still only a function its module defines.
             computes.load(name, allow if allow is not None else (name,))

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from ttg import compute
 from ttg.backoff import Backoff
 from ttg.broker import Consumer
+from ttg.children.supervisor import Aborted, ComputeUnavailable, Supervisor
 from ttg.errors import AuthenticationError, BrokerError, RunNotFound, StoreError, UsageError
 from ttg.metrics import Metrics, Probes
 from ttg.run import Delivery, Outcome, Recorded, Status
@@ -123,6 +124,7 @@ class Worker:
         compute_allow: Sequence[str] = compute.DEFAULT_ALLOW,
         fetch_timeout: float = 0.5,
         results: ResultsWriter | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.consumer = consumer
         self.name = consumer.name
@@ -138,11 +140,14 @@ class Worker:
         #: Set by the first signal; the deadline for the chunk in hand.
         self.stop_deadline: float | None = None
         self._stopped = threading.Event()
-        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttg-compute")
+        #: Chunks computed at once, each by its own child process.
+        self.concurrency = max(1, concurrency)
+        self.children = Supervisor(self.compute_allow, self.concurrency)
+        self._pool = cf.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="ttg-compute"
+        )
         self._computing = False
         self._fetching_stopped = False
-        #: Computes allowed and imported, by name (the compute thread's own).
-        self._loaded: dict[str, compute.ComputeFn] = {}
 
     # -- signals ----------------------------------------------------------------------
 
@@ -182,14 +187,17 @@ class Worker:
         Raises:
             AuthenticationError: the broker refused our credentials (retrying cannot help).
         """
+        self.children.start()
         if not self._start():
+            self.children.close()
             return 0
         log.info("worker %s started", self.name)
         fetch_backoff = Backoff()
         try:
             while not self.stopping:
                 self.probes.tick()
-                limit = self.read_ahead.limit
+                # Every slot's child needs its own chunks in hand.
+                limit = self.read_ahead.limit * self.concurrency
                 try:
                     self.consumer.set_read_ahead(limit)
                     batch = self.consumer.fetch(self.fetch_timeout, limit)
@@ -203,8 +211,12 @@ class Worker:
                 if batch:
                     self._work(batch)
         finally:
-            # 4. Leave the broker.
+            # 4. Leave the broker; end the children (killed, if one still computes a
+            # chunk given back).
             self.consumer.close()
+            if self._computing:
+                self.children.abort()
+            self.children.close()
         log.info("worker %s stopped", self.name)
         self._pool.shutdown(wait=False)
         return 0
@@ -241,25 +253,33 @@ class Worker:
         self.metrics.in_flight.set(len(in_hand))
         outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]] = queue.SimpleQueue()
         self._computing = True
-        job = self._pool.submit(self._compute_batch, batch, outbox)
+        jobs = [
+            self._pool.submit(self._compute_batch, slot, batch[slot :: self.concurrency], outbox)
+            for slot in range(min(self.concurrency, len(batch)))
+        ]
         try:
             remaining = len(batch)
             while remaining:
-                got = self._collect(outbox, job)
+                got = self._collect(outbox, jobs)
                 if got is None:
                     break  # 2. grace ran out (or the compute thread died): give back below
                 remaining -= len(got)
                 self._settle(got, in_hand)
                 self.metrics.in_flight.set(len(in_hand))
         finally:
-            self._computing = not job.done()
+            self._computing = not all(job.done() for job in jobs)
+            if self._computing:
+                # Past the grace: the children stop at once; the chunks go back below.
+                self.children.abort()
             # The one place a delivery that was not settled goes back.
             for d in in_hand.values():
                 self._give_back(d)
             self.metrics.in_flight.set(0)
 
     def _collect(
-        self, outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]], job: cf.Future[None]
+        self,
+        outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]],
+        jobs: list[cf.Future[None]],
     ) -> list[tuple[Delivery, _Verdict]] | None:
         """The verdicts ready now (at least one); None once the grace deadline has passed."""
         while True:
@@ -269,8 +289,8 @@ class Worker:
                 self.probes.tick()
                 if self._past_deadline():
                     return None
-                if job.done() and outbox.empty():
-                    log.error("compute thread ended early: %r", job.exception())
+                if all(job.done() for job in jobs) and outbox.empty():
+                    log.error("compute threads ended early: %r", [j.exception() for j in jobs])
                     return None
                 continue
             got = [first]
@@ -283,7 +303,10 @@ class Worker:
     # -- the compute thread -------------------------------------------------------------
 
     def _compute_batch(
-        self, batch: list[Delivery], outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]]
+        self,
+        slot: int,
+        batch: list[Delivery],
+        outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]],
     ) -> None:
         for i, d in enumerate(batch):
             if self.stopping and i > 0:
@@ -292,12 +315,14 @@ class Worker:
                 outbox.put((d, _Release()))
                 continue
             try:
-                verdict = self._compute_one(d)
+                verdict = self._compute_one(slot, d)
+            except Aborted:
+                verdict = _Release()
             except BaseException as e:
                 verdict = self._failure(d, f"worker error: {compute.describe(e)}")
             outbox.put((d, verdict))
 
-    def _compute_one(self, d: Delivery) -> _Verdict:
+    def _compute_one(self, slot: int, d: Delivery) -> _Verdict:
         spec = d.spec
         if d.attempt > spec.max_deliveries:
             # Its earlier holders all died with it (or it killed them).
@@ -309,15 +334,13 @@ class Worker:
                     "the workers holding it were lost each time",
                 )
             )
-        fn = self._loaded.get(spec.compute)
-        if fn is None:
-            try:
-                compute.check_allowed(spec.compute, self.compute_allow)
-                fn = self._loaded[spec.compute] = compute.load(spec.compute, self.compute_allow)
-            except UsageError as e:
-                # The same answer on every attempt: dead at once, never retried.
-                return _Complete(Outcome.dead(d, self.name, str(e)))
-        r = compute.run_chunk(fn, spec.parameter_space, d.lo, d.hi, spec.work_ms)
+        try:
+            # By name here; the child imports it (user code never runs in the worker).
+            compute.check_allowed(spec.compute, self.compute_allow)
+            r = self.children.compute(slot, spec, d.lo, d.hi)
+        except (UsageError, ComputeUnavailable) as e:
+            # The same answer on every attempt: dead at once, never retried.
+            return _Complete(Outcome.dead(d, self.name, str(e)))
         result_json, unserialisable = compute.encode_results(r.results, d.lo)
         errors = [(i, text) for i, text, _ in r.errors] + unserialisable
         if r.transient and d.attempt < spec.max_deliveries:

@@ -7,6 +7,7 @@ the one implementation the Python API uses, print text or ``--json``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from typing import Any
@@ -14,10 +15,11 @@ from typing import Any
 from ttg import config, store
 from ttg import progress as bars
 from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least, run_id
+from ttg.compute import EXEC
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
 from ttg.export import AGGREGATES, FORMATS
-from ttg.limits import MAX_PARAMS, MAX_WORK_MS
+from ttg.limits import MAX_PARAM_TIMEOUT, MAX_PARAMS, MAX_WORK_MS, parse_quantity
 from ttg.outputs import check_output
 from ttg.results import problems_line
 from ttg.run import RunSpec
@@ -36,10 +38,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
     space = read_table(args.space_file) if args.space_file else make_space(args.space, args.params)
     if args.space_file and args.params is not None and args.params != space.size:
         raise UsageError(f"--params {args.params} but --space-file has {space.size} rows")
+    compute, options = _compute_of(args)
     sweep = Sweep(
         args.run,
-        # The default compute is for integer ranges: Sweep refuses it for anything else.
-        compute=None if args.compute == config.SETTINGS["compute"].default else args.compute,
+        compute=compute,
         space=space,
         chunk_size=args.chunk_size,
         broker=endpoint(args),
@@ -48,6 +50,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         compute_allow=args.compute_allow,
         check=not args.no_check,
         results=args.results_url,
+        **options,
     )
     bar = bars.Bar(f"seeding {args.run}", enabled=not args.json and sys.stderr.isatty())
     with sweep:
@@ -72,6 +75,29 @@ def cmd_seed(args: argparse.Namespace) -> int:
     )
     emit(args, out, text)
     return 0
+
+
+def _compute_of(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The run's compute and its compute options (limits, a program's command) from the flags."""
+    # The default compute is for integer ranges: Sweep refuses it for anything else.
+    compute = None if args.compute == config.SETTINGS["compute"].default else args.compute
+    options: dict[str, Any] = {}
+    if args.param_timeout:
+        options["param_timeout"] = args.param_timeout
+    if args.param_memory:
+        parse_quantity(args.param_memory)
+        options["param_memory"] = args.param_memory
+    if args.exec is not None:
+        if compute is not None:
+            raise UsageError("give --compute or --exec, not both")
+        try:
+            argv = shlex.split(args.exec)
+        except ValueError as e:
+            raise UsageError(f"--exec: {e}") from None
+        if not argv:
+            raise UsageError("--exec: the command is empty")
+        compute, options["exec"] = f"{EXEC}:{argv[0]}", tuple(argv)
+    return compute, options
 
 
 # -- status / verify -------------------------------------------------------------------------
@@ -394,6 +420,25 @@ def _seed_parser(command: Command) -> None:
         "--space-file",
         metavar="FILE",
         help="a table of parameters, one per row: CSV with a header, or JSONL of objects",
+    )
+    p.add_argument(
+        "--param-timeout",
+        metavar="SECONDS",
+        type=float_at_least(0, MAX_PARAM_TIMEOUT),
+        default=0.0,
+        help="a parameter computing longer fails, its compute process killed (default 0: none)",
+    )
+    p.add_argument(
+        "--param-memory",
+        metavar="QUANTITY",
+        help="memory limit of each compute process, e.g. 256Mi or 2Gi (default: none)",
+    )
+    p.add_argument(
+        "--exec",
+        metavar="COMMAND",
+        help="run this program per parameter instead of a function: 'PROGRAM ARG... {value}' "
+        "(placeholders {value}, {index}, {AXIS}; never a shell; TTG_COMPUTE_ALLOW must list "
+        "exec:PROGRAM)",
     )
     p.add_argument(
         "--no-check",

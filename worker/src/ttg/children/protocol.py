@@ -1,0 +1,107 @@
+"""The JSON-lines protocol between the worker and a compute child.
+
+One request line per chunk, worker to child::
+
+    {"run": RUN, "lo": LO, "hi": HI, "spec": {...}}   # "spec" only the first time per run
+
+One line per parameter back, written unbuffered as soon as it is computed (a
+crash keeps every earlier parameter's result), then one closing line::
+
+    [INDEX, RESULT]                     # computed
+    [INDEX, null, "ERROR", PERMANENT]   # raised (PERMANENT: true/false)
+    ["end", SECONDS]                    # the request is done; SECONDS of computing
+    ["fatal", "ERROR"]                  # the compute cannot run here at all (not allowed...)
+
+JSON only, never pickle: the worker must not unpickle what user code wrote.
+Every line from a child is untrusted (user code shares its process) and is
+checked before it is believed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+#: Longest line a child may send (a parameter's result included).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A child sent something that is not a line of this protocol."""
+
+
+@dataclass(frozen=True)
+class Computed:
+    index: int
+    result: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    index: int
+    error: str
+    permanent: bool
+
+
+@dataclass(frozen=True)
+class End:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Fatal:
+    error: str
+
+
+Reply = Computed | Failed | End | Fatal
+
+
+def computed(index: int, result: Any) -> bytes:
+    """A computed parameter's line.
+
+    Raises:
+        TypeError, ValueError, RecursionError: ``result`` is not JSON-serialisable.
+    """
+    return json.dumps([index, result], separators=(",", ":")).encode() + b"\n"
+
+
+def failed(index: int, error: str, permanent: bool) -> bytes:
+    return json.dumps([index, None, error, permanent]).encode() + b"\n"
+
+
+def end(seconds: float) -> bytes:
+    return json.dumps(["end", seconds]).encode() + b"\n"
+
+
+def fatal(error: str) -> bytes:
+    return json.dumps(["fatal", error]).encode() + b"\n"
+
+
+def parse(line: bytes) -> Reply:
+    """One reply line, checked.
+
+    Raises:
+        ProtocolError: it is not a reply line.
+    """
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if isinstance(msg, list) and msg:
+        head = msg[0]
+        if isinstance(head, int) and not isinstance(head, bool):
+            if len(msg) == 2:
+                return Computed(head, msg[1])
+            if (
+                len(msg) == 4
+                and msg[1] is None
+                and isinstance(msg[2], str)
+                and isinstance(msg[3], bool)
+            ):
+                return Failed(head, msg[2][:500], msg[3])
+        elif head == "end" and len(msg) == 2 and isinstance(msg[1], int | float):
+            return End(float(msg[1]))
+        elif head == "fatal" and len(msg) == 2 and isinstance(msg[1], str):
+            return Fatal(msg[1][:500])
+    raise ProtocolError(f"not a reply line: {line[:80]!r}")

@@ -1,0 +1,261 @@
+"""The worker's side of compute isolation: persistent children, one per concurrency slot.
+
+A chunk costs one request line to a child and one line back per parameter.
+Waiting is a blocking read with a deadline (``selectors``), never a poll: a
+parameter's time limit runs from the child's last line. When a child dies or
+overruns, the parameter it was on gets an error naming why, the child is
+replaced, and the chunk goes on from the next parameter; the chunk's other
+parameters keep their results and the worker never notices beyond that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from ttg.children import program, protocol
+from ttg.compute import ChunkResult
+from ttg.run import RunSpec
+
+log = logging.getLogger(__name__)
+
+#: Read size of a child's replies.
+READ_BYTES = 1 << 16
+#: How long a closing child may take to exit before it is killed.
+CLOSE_SECONDS = 2.0
+
+
+class ComputeUnavailable(Exception):
+    """The run's compute cannot run in a child here (not allowed, not importable...)."""
+
+
+class Aborted(Exception):
+    """The supervisor was told to stop (shutdown past its grace): the chunk is given back."""
+
+
+class _Child:
+    """One child process and what it has been told."""
+
+    def __init__(self, allow: Sequence[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ttg.children.child", ",".join(allow), str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            # Its own process group: a timeout kills the programs it started too, and a
+            # terminal's Ctrl-C reaches the worker, which decides what the child gets.
+            start_new_session=True,
+            env=program.scrubbed_env(),
+        )
+        self.stdin: IO[bytes] = self.proc.stdin  # type: ignore[assignment]
+        self.fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        os.set_blocking(self.fd, False)
+        self.buf = bytearray()
+        self.eof = False
+        #: The spec each run was sent with (sent again if a run's spec differs).
+        self.specs: dict[str, RunSpec] = {}
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.fd, selectors.EVENT_READ)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, spec: RunSpec, lo: int, hi: int) -> None:
+        req: dict[str, Any] = {"run": spec.run, "lo": lo, "hi": hi}
+        if self.specs.get(spec.run) != spec:
+            req["spec"] = spec.to_dict()
+            self.specs[spec.run] = spec
+        try:
+            self.stdin.write(json.dumps(req, separators=(",", ":")).encode() + b"\n")
+            self.stdin.flush()
+        except OSError:
+            self.eof = True  # it died: the read below says how
+
+    def line(self, deadline: float | None) -> bytes | None:
+        """The next line; None at the deadline; b"" once the child's output ended."""
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[: nl + 1]
+                return line
+            if self.eof:
+                return b""
+            if len(self.buf) > protocol.MAX_LINE_BYTES:
+                raise protocol.ProtocolError("a line longer than the protocol allows")
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return None
+            if not self.selector.select(timeout):
+                return None
+            try:
+                data = os.read(self.fd, READ_BYTES)
+            except BlockingIOError:
+                continue
+            if not data:
+                self.eof = True
+            self.buf += data
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def reap(self) -> int:
+        """Wait for the (ending) child; its return code."""
+        try:
+            return self.proc.wait(CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
+    def close(self) -> None:
+        self.selector.close()
+        for f in (self.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                f.close()  # type: ignore[union-attr]
+
+
+class _Chunk:
+    """What the children answered so far for one chunk ``[lo, hi)``."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi, self.next = lo, hi, lo
+        self.started = time.time()
+        self.results: list[Any] = [None] * (hi - lo)
+        self.errors: list[tuple[int, str, bool]] = []
+
+    def fail(self, error: str, permanent: bool = True) -> None:
+        """The next parameter failed (nothing, once every parameter is in)."""
+        if self.next < self.hi:
+            self.errors.append((self.next, error, permanent))
+            self.next += 1
+
+    def take(self, reply: protocol.Reply) -> bool:
+        """Record one reply; True when the request it answers is done.
+
+        Raises:
+            ComputeUnavailable: the child cannot run this compute.
+            ProtocolError: the reply is out of order or incomplete.
+        """
+        if isinstance(reply, protocol.Fatal):
+            raise ComputeUnavailable(reply.error)
+        if isinstance(reply, protocol.End):
+            if self.next < self.hi:
+                raise protocol.ProtocolError(f"done, but parameter {self.next} is missing")
+            return True
+        if reply.index != self.next:
+            raise protocol.ProtocolError(f"parameter {reply.index} where {self.next} was due")
+        if isinstance(reply, protocol.Computed):
+            self.results[self.next - self.lo] = reply.result
+            self.next += 1
+        else:
+            self.fail(reply.error, reply.permanent)
+        return False
+
+
+class Supervisor:
+    """Children for ``slots`` concurrent chunks; ``compute`` runs one chunk in one slot."""
+
+    def __init__(self, allow: Sequence[str], slots: int = 1) -> None:
+        self.allow = tuple(allow)
+        self._children: list[_Child | None] = [None] * max(1, slots)
+        self._lock = threading.Lock()
+        self._aborted = threading.Event()
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self._children if c is not None]
+
+    def start(self) -> None:
+        """Start every slot's child now, so the first chunk does not wait for one."""
+        for slot in range(len(self._children)):
+            self._child(slot)
+
+    def _child(self, slot: int) -> _Child:
+        with self._lock:
+            if self._aborted.is_set():
+                raise Aborted
+            child = self._children[slot]
+            if child is None:
+                child = self._children[slot] = _Child(self.allow)
+            return child
+
+    def _replace(self, slot: int, child: _Child) -> int:
+        """End ``child`` (killing it if still alive); its return code."""
+        child.kill()
+        code = child.reap()
+        child.close()
+        with self._lock:
+            if self._children[slot] is child:
+                self._children[slot] = None
+        return code
+
+    def compute(self, slot: int, spec: RunSpec, lo: int, hi: int) -> ChunkResult:
+        """Every parameter of ``[lo, hi)`` computed in ``slot``'s child, errors kept per parameter.
+
+        Raises:
+            ComputeUnavailable: the run's compute cannot run here at all.
+            Aborted: ``abort`` was called meanwhile.
+        """
+        chunk = _Chunk(lo, hi)
+        clock = time.perf_counter()
+        while chunk.next < hi:
+            child = self._child(slot)
+            child.send(spec, chunk.next, hi)
+            self._follow(slot, child, chunk, spec.param_timeout or None)
+        return ChunkResult(chunk.results, chunk.errors, chunk.started, time.perf_counter() - clock)
+
+    def _follow(self, slot: int, child: _Child, chunk: _Chunk, timeout: float | None) -> None:
+        """Read ``child``'s replies into ``chunk`` until its request ends or the child does."""
+        while True:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            line = child.line(deadline)
+            if self._aborted.is_set():
+                self._replace(slot, child)
+                raise Aborted
+            if line is None:  # the parameter overran its limit
+                self._replace(slot, child)
+                chunk.fail(f"timed out after {timeout:g} s")
+                return
+            if line == b"":  # the child died on the next parameter
+                chunk.fail(program.describe_exit(self._replace(slot, child)))
+                return
+            try:
+                done = chunk.take(protocol.parse(line))
+            except protocol.ProtocolError as e:
+                log.error("compute child %d broke the protocol (%s): replaced", child.pid, e)
+                self._replace(slot, child)
+                chunk.fail(f"compute process broke the protocol: {e}")
+                return
+            if done:
+                return
+
+    def abort(self) -> None:
+        """Kill every child now; a ``compute`` in progress raises ``Aborted``."""
+        self._aborted.set()
+        with self._lock:
+            children = [c for c in self._children if c is not None]
+        for c in children:
+            c.kill()
+
+    def close(self) -> None:
+        """End every child: a closed stdin ends an idle one; a busy one is killed."""
+        with self._lock:
+            children = [c for c in self._children if c is not None]
+            self._children = [None] * len(self._children)
+        for c in children:
+            with contextlib.suppress(OSError):
+                c.stdin.close()
+            c.reap()
+            c.close()
