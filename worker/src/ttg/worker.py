@@ -38,6 +38,7 @@ from ttg import compute
 from ttg.backoff import Backoff
 from ttg.broker import Consumer
 from ttg.children.supervisor import Aborted, ComputeUnavailable, Supervisor
+from ttg.compute import ChunkResult
 from ttg.errors import AuthenticationError, BrokerError, RunNotFound, StoreError, UsageError
 from ttg.metrics import Metrics, Probes
 from ttg.run import Delivery, Outcome, Recorded, Status
@@ -308,23 +309,40 @@ class Worker:
         batch: list[Delivery],
         outbox: queue.SimpleQueue[tuple[Delivery, _Verdict]],
     ) -> None:
-        for i, d in enumerate(batch):
-            if self.stopping and i > 0:
-                # 3. Fetched but not started: give back at once. (The first one is the
-                # chunk in hand, even if the signal came before its compute began.)
-                outbox.put((d, _Release()))
-                continue
-            try:
-                verdict = self._compute_one(slot, d)
-            except Aborted:
-                verdict = _Release()
-            except BaseException as e:
-                verdict = self._failure(d, f"worker error: {compute.describe(e)}")
-            outbox.put((d, verdict))
+        """Compute ``batch`` in ``slot``'s child, queued there at once; a verdict for each."""
+        todo: list[Delivery] = []
+        for d in batch:
+            early = self._before_compute(d)
+            if early is None:
+                todo.append(d)
+            else:
+                outbox.put((d, early))
+        results = self.children.compute_many(slot, [(d.spec, d.lo, d.hi) for d in todo])
+        try:
+            for i, d in enumerate(todo):
+                if self.stopping and i > 0:
+                    # 3. Fetched but not started: give back at once. (The first one is
+                    # the chunk in hand, even if the signal came before its compute began.)
+                    outbox.put((d, _Release()))
+                    continue
+                try:
+                    r = next(results)
+                except Aborted:
+                    for rest in todo[i:]:
+                        outbox.put((rest, _Release()))
+                    return
+                except BaseException as e:
+                    outbox.put((d, self._failure(d, f"worker error: {compute.describe(e)}")))
+                    for rest in todo[i + 1 :]:
+                        outbox.put((rest, _Release()))
+                    return
+                outbox.put((d, self._verdict(d, r)))
+        finally:
+            results.close()
 
-    def _compute_one(self, slot: int, d: Delivery) -> _Verdict:
-        spec = d.spec
-        if d.attempt > spec.max_deliveries:
+    def _before_compute(self, d: Delivery) -> _Verdict | None:
+        """The verdict of a delivery that must not be computed; None for one that may."""
+        if d.attempt > d.spec.max_deliveries:
             # Its earlier holders all died with it (or it killed them).
             return _Complete(
                 Outcome.dead(
@@ -336,11 +354,17 @@ class Worker:
             )
         try:
             # By name here; the child imports it (user code never runs in the worker).
-            compute.check_allowed(spec.compute, self.compute_allow)
-            r = self.children.compute(slot, spec, d.lo, d.hi)
-        except (UsageError, ComputeUnavailable) as e:
+            compute.check_allowed(d.spec.compute, self.compute_allow)
+        except UsageError as e:
             # The same answer on every attempt: dead at once, never retried.
             return _Complete(Outcome.dead(d, self.name, str(e)))
+        return None
+
+    def _verdict(self, d: Delivery, r: ChunkResult | ComputeUnavailable) -> _Verdict:
+        """What the child's answer for ``d`` decides."""
+        if isinstance(r, ComputeUnavailable):
+            return _Complete(Outcome.dead(d, self.name, str(r)))
+        spec = d.spec
         result_json, unserialisable = compute.encode_results(r.results, d.lo)
         errors = [(i, text) for i, text, _ in r.errors] + unserialisable
         if r.transient and d.attempt < spec.max_deliveries:

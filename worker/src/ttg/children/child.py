@@ -130,9 +130,9 @@ def main() -> None:
 
     def out(line: bytes) -> None:
         # One write per line, unbuffered: a crash keeps what was written before it.
-        view = memoryview(line)
-        while view:
-            view = view[os.write(out_fd, view) :]
+        written = os.write(out_fd, line)
+        while written < len(line):  # a pipe takes a short line whole; a long one in parts
+            written += os.write(out_fd, line[written:])
 
     Child(allow or compute.DEFAULT_ALLOW, requests, out).serve()
 

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Generator, Sequence
 from typing import IO, Any
 
 from ttg.children import program, protocol
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Read size of a child's replies.
 READ_BYTES = 1 << 16
+#: Most chunk requests queued with a child at once (each is a short line; a pipe holds 64 KiB).
+PIPELINE = 64
 #: How long a closing child may take to exit before it is killed.
 CLOSE_SECONDS = 2.0
 
@@ -62,6 +65,8 @@ class _Child:
         os.set_blocking(self.fd, False)
         self.buf = bytearray()
         self.eof = False
+        #: Replies decoded ahead of the request they answer (several arrive in one read).
+        self.replies: deque[protocol.Reply] = deque()
         #: The spec each run was sent with (sent again if a run's spec differs).
         self.specs: dict[str, RunSpec] = {}
         self.selector = selectors.DefaultSelector()
@@ -71,27 +76,31 @@ class _Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, spec: RunSpec, lo: int, hi: int) -> None:
-        req: dict[str, Any] = {"run": spec.run, "lo": lo, "hi": hi}
-        if self.specs.get(spec.run) != spec:
-            req["spec"] = spec.to_dict()
-            self.specs[spec.run] = spec
+    def send(self, requests: Sequence[tuple[RunSpec, int, int]]) -> None:
+        """Queue ``requests`` (spec, lo, hi) in one write: the child works through them in order."""
+        lines = []
+        for spec, lo, hi in requests:
+            req: dict[str, Any] = {"run": spec.run, "lo": lo, "hi": hi}
+            if self.specs.get(spec.run) != spec:
+                req["spec"] = spec.to_dict()
+                self.specs[spec.run] = spec
+            lines.append(json.dumps(req, separators=(",", ":")).encode())
         try:
-            self.stdin.write(json.dumps(req, separators=(",", ":")).encode() + b"\n")
+            self.stdin.write(b"\n".join(lines) + b"\n")
             self.stdin.flush()
         except OSError:
             self.eof = True  # it died: the read below says how
 
-    def line(self, deadline: float | None) -> bytes | None:
-        """The next line; None at the deadline; b"" once the child's output ended."""
+    def lines(self, deadline: float | None) -> list[bytes] | None:
+        """The complete lines there are (at least one); None at the deadline; [] at the end."""
         while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self.buf[:nl])
-                del self.buf[: nl + 1]
-                return line
+            end = self.buf.rfind(b"\n")
+            if end >= 0:
+                ready = bytes(self.buf[:end])
+                del self.buf[: end + 1]
+                return ready.split(b"\n")
             if self.eof:
-                return b""
+                return []
             if len(self.buf) > protocol.MAX_LINE_BYTES:
                 raise protocol.ProtocolError("a line longer than the protocol allows")
             timeout = None if deadline is None else deadline - time.monotonic()
@@ -106,6 +115,20 @@ class _Child:
             if not data:
                 self.eof = True
             self.buf += data
+
+    def next_replies(self, deadline: float | None) -> deque[protocol.Reply] | None:
+        """The replies read and not yet taken (at least one); None at the deadline; an empty
+        deque once the child's output ended.
+
+        Raises:
+            ProtocolError: the child wrote something that is not a reply.
+        """
+        if not self.replies:
+            lines = self.lines(deadline)
+            if lines is None:
+                return None
+            self.replies.extend(protocol.parse_many(lines) if lines else ())
+        return self.replies
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -202,44 +225,99 @@ class Supervisor:
         return code
 
     def compute(self, slot: int, spec: RunSpec, lo: int, hi: int) -> ChunkResult:
-        """Every parameter of ``[lo, hi)`` computed in ``slot``'s child, errors kept per parameter.
+        """Every parameter of ``[lo, hi)`` computed in ``slot``'s child (``compute_many`` of one).
 
         Raises:
             ComputeUnavailable: the run's compute cannot run here at all.
             Aborted: ``abort`` was called meanwhile.
         """
-        chunk = _Chunk(lo, hi)
-        clock = time.perf_counter()
-        while chunk.next < hi:
-            child = self._child(slot)
-            child.send(spec, chunk.next, hi)
-            self._follow(slot, child, chunk, spec.param_timeout or None)
-        return ChunkResult(chunk.results, chunk.errors, chunk.started, time.perf_counter() - clock)
+        for result in self.compute_many(slot, [(spec, lo, hi)]):
+            if isinstance(result, ComputeUnavailable):
+                raise result
+            return result
+        raise AssertionError("compute_many yields one result per chunk")  # pragma: no cover
 
-    def _follow(self, slot: int, child: _Child, chunk: _Chunk, timeout: float | None) -> None:
-        """Read ``child``'s replies into ``chunk`` until its request ends or the child does."""
+    def compute_many(
+        self, slot: int, chunks: Sequence[tuple[RunSpec, int, int]]
+    ) -> Generator[ChunkResult | ComputeUnavailable, None, None]:
+        """Each chunk's result in order, every parameter's error kept with it.
+
+        The chunks are queued with the child up front (``PIPELINE`` at a time), so it
+        goes from one to the next without a round trip. A consumer that stops early
+        leaves the child busy with the rest: it is replaced.
+
+        Raises:
+            Aborted: ``abort`` was called meanwhile.
+        """
+        pending = list(chunks)
+        child: _Child | None = None
+        queued = 0  # requests of ``pending`` the child holds
+        try:
+            while pending:
+                spec, lo, hi = pending[0]
+                chunk = _Chunk(lo, hi)
+                clock = time.perf_counter()
+                result: ChunkResult | ComputeUnavailable
+                try:
+                    while chunk.next < hi:
+                        if child is None or queued == 0:
+                            child = self._child(slot)
+                            batch = [(spec, chunk.next, hi), *pending[1:PIPELINE]]
+                            child.send(batch)
+                            queued = len(batch)
+                        if self._follow(slot, child, chunk, spec.param_timeout or None):
+                            break
+                        # It was replaced, and the requests it held went with it.
+                        child, queued = None, 0
+                    result = ChunkResult(
+                        chunk.results, chunk.errors, chunk.started, time.perf_counter() - clock
+                    )
+                except ComputeUnavailable as e:
+                    result = e
+                pending.pop(0)
+                queued = max(0, queued - 1)
+                yield result
+            child = None
+        finally:
+            if child is not None and queued:
+                self._replace(slot, child)
+
+    def _follow(self, slot: int, child: _Child, chunk: _Chunk, timeout: float | None) -> bool:
+        """Read ``child``'s replies into ``chunk``: True when its request is done, False
+        when the child was replaced (crashed, overran, broke the protocol).
+
+        Raises:
+            ComputeUnavailable: the child cannot run this compute (it goes on to its next).
+            Aborted: ``abort`` was called meanwhile.
+        """
         while True:
             deadline = None if timeout is None else time.monotonic() + timeout
-            line = child.line(deadline)
-            if self._aborted.is_set():
-                self._replace(slot, child)
-                raise Aborted
-            if line is None:  # the parameter overran its limit
-                self._replace(slot, child)
-                chunk.fail(f"timed out after {timeout:g} s")
-                return
-            if line == b"":  # the child died on the next parameter
-                chunk.fail(program.describe_exit(self._replace(slot, child)))
-                return
             try:
-                done = chunk.take(protocol.parse(line))
+                replies = child.next_replies(deadline)
             except protocol.ProtocolError as e:
                 log.error("compute child %d broke the protocol (%s): replaced", child.pid, e)
                 self._replace(slot, child)
                 chunk.fail(f"compute process broke the protocol: {e}")
-                return
-            if done:
-                return
+                return False
+            if self._aborted.is_set():
+                self._replace(slot, child)
+                raise Aborted
+            if replies is None:  # the parameter overran its limit
+                self._replace(slot, child)
+                chunk.fail(f"timed out after {timeout:g} s")
+                return False
+            if not replies:  # the child died on the next parameter
+                chunk.fail(program.describe_exit(self._replace(slot, child)))
+                return False
+            try:
+                while replies:
+                    if chunk.take(replies.popleft()):
+                        return True
+            except protocol.ProtocolError as e:
+                log.error("compute child %d broke the protocol (%s): replaced", child.pid, e)
+                self._replace(slot, child)
+                chunk.fail(f"compute process broke the protocol: {e}")
+                return False
 
     def abort(self) -> None:
         """Kill every child now; a ``compute`` in progress raises ``Aborted``."""
