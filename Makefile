@@ -67,6 +67,11 @@ bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, sc
 	@bash ci/ensure-packages.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+.PHONY: bench-concurrency
+bench-concurrency: venv ## one worker at TTG_CONCURRENCY 1 then 2 on a CPU-bound compute: wall of each
+	@bash ci/ensure-packages.sh
+	$(PY) bench/concurrency.py
+
 .PHONY: bench-store
 bench-store: venv ## results in the broker beside a file:// store: broker memory, wall (BENCH_ARGS=--quick)
 	@bash ci/ensure-packages.sh
