@@ -70,6 +70,10 @@ bench: venv ## TTG per backend: end to end with seeding, redelivery, seeding, sc
 .PHONY: bench-reuse
 bench-reuse: venv ## seeding 10^6 parameters that reuse a 10^6 run: time, peak RSS (BENCH_ARGS=--quick)
 	$(PY) bench/reuse.py $(BENCH_ARGS)
+.PHONY: bench-concurrency
+bench-concurrency: venv ## one worker at TTG_CONCURRENCY 1 then 2 on a CPU-bound compute: wall of each
+	@bash ci/ensure-packages.sh
+	$(PY) bench/concurrency.py
 
 .PHONY: bench-store
 bench-store: venv ## results in the broker beside a file:// store: broker memory, wall (BENCH_ARGS=--quick)

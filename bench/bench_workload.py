@@ -41,3 +41,17 @@ BLOB_ITEMS = 22_500
 def blob(p: int) -> list[float]:
     """About 200 kB of JSON per parameter: ``BLOB_ITEMS`` floats starting at ``p``."""
     return [round(p + i / 1000, 3) for i in range(BLOB_ITEMS)]
+
+
+#: The concurrency figure's compute (bench/concurrency.py): ``spin``.
+SPIN = "bench_workload:spin"
+#: Loop iterations of one ``spin`` parameter: some milliseconds of pure CPU.
+SPIN_ROUNDS = 200_000
+
+
+def spin(p: int) -> int:
+    """CPU-bound: ``SPIN_ROUNDS`` multiply-adds, a deterministic result per parameter."""
+    x = p
+    for _ in range(SPIN_ROUNDS):
+        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+    return x

@@ -130,3 +130,54 @@ def counted(p: dict[str, object]) -> str:
     with open(os.environ[CALLS_ENV], "a", encoding="utf-8") as f:
         f.write(json.dumps(p, sort_keys=True) + "\n")
     return label(p)
+
+
+#: What ``misbehave`` does per parameter (the rest are squared): one failure class per chunk
+#: of 10, at its fourth parameter, so every chunk has healthy parameters on both sides.
+MISBEHAVIOUR = {3: "raise", 13: "hang", 23: "segfault", 33: "exit", 43: "memory"}
+
+
+def misbehave(x: int) -> int:
+    """Every way a parameter can fail its process, and a probe of what a compute can see.
+
+    Parameter 44 returns how many broker variables its process can read (0 expected).
+    """
+    how = MISBEHAVIOUR.get(x)
+    if how == "raise":
+        raise ValueError(f"cannot compute parameter {x}")
+    if how == "hang":
+        while True:
+            time.sleep(1)
+    if how == "segfault":
+        import ctypes  # noqa: PLC0415 - only this parameter needs it
+
+        ctypes.string_at(0)
+    if how == "exit":
+        os._exit(3)
+    if how == "memory":
+        hog = bytearray(1024 * 2**20)
+        return len(hog)
+    if x == 44:
+        return sum(k.startswith(("TTG_BROKER", "TTG_BACKEND")) for k in os.environ)
+    return x * x
+
+
+#: Environment variable naming the directory of ``rendezvous``.
+RENDEZVOUS_ENV = "TTG_TEST_RENDEZVOUS"
+
+
+def rendezvous(x: int) -> int:
+    """Wait (up to 30 s) until another parameter is computing at the same time: 1 if it was.
+
+    Each parameter leaves a file named after itself and its process; two
+    processes computing at once each see the other's.
+    """
+    where = os.environ[RENDEZVOUS_ENV]
+    mine = f"{x}-{os.getpid()}"
+    open(os.path.join(where, mine), "w").close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(not name.endswith(f"-{os.getpid()}") for name in os.listdir(where)):
+            return 1
+        time.sleep(0.02)
+    return 0

@@ -412,6 +412,16 @@ def test_what_belongs_to_a_run_is_set_at_seed_time_only(major: str) -> None:
     assert "TTG_PREFETCH" not in config, "unset: the worker's adaptive default applies"
     capped = render(major, "--set", "worker.prefetch=8").get("ConfigMap", "ttg-worker")["data"]
     assert capped["TTG_PREFETCH"] == "8"
+    assert "--param-timeout" not in args and "--param-memory" not in args
+    assert config["TTG_CONCURRENCY"] == "1"
+    limited = render(
+        major, "--set", "run.paramTimeout=2", "--set", "run.paramMemory=256Mi",
+        "--set", "worker.concurrency=4",
+    )  # fmt: skip
+    args = limited.get("Job", "ttg-seed")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--param-timeout") + 1] == "2"
+    assert args[args.index("--param-memory") + 1] == "256Mi"
+    assert limited.get("ConfigMap", "ttg-worker")["data"]["TTG_CONCURRENCY"] == "4"
 
 
 @pytest.mark.parametrize(

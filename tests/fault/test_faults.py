@@ -209,36 +209,49 @@ def test_max_deliveries_belong_to_the_run_not_to_the_workers(
     assert bad["attempt"] == 2, bad
 
 
-def test_chunk_that_kills_its_worker_ends_in_the_dead_letters(
+def test_a_parameter_that_misbehaves_costs_only_itself(
     backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
 ) -> None:
+    """Raise, time out, segfault, exit, exceed memory: each fails its parameter, nothing else.
+
+    One run, five chunks of 10, one failure class per chunk (tests.computes.MISBEHAVIOUR).
+    """
     seed(
-        backend,
-        run_id,
-        "--params",
-        "40",
-        "--chunk-size",
-        "10",
-        "--compute",
-        "tests.computes:die_on_13",
-        "--max-deliveries",
-        "2",
-    )
-    workers.start(2, TTG_LEASE_SECONDS="1")
+        backend, run_id, "--params", "50", "--chunk-size", "10",
+        "--compute", "tests.computes:misbehave", "--max-deliveries", "2",
+        "--param-timeout", "2", "--param-memory", "256Mi",
+    )  # fmt: skip
+    names = workers.start(2, TTG_LEASE_SECONDS="1")
+    pids = {n: workers.procs[n].pid for n in names}
 
-    def finished_with_respawns() -> bool:
-        # A supervisor's job (the Deployment's, in a cluster): replace dead workers.
-        for _ in range(2 - len(workers.alive())):
-            workers.start(1, TTG_LEASE_SECONDS="1")
-        return bool(status(backend, run_id)["complete"])
+    scenarios.wait_complete(harness, run_id, timeout=120)
 
-    eventually(finished_with_respawns, timeout=90, interval=0.3, what="run complete")
+    # No worker died: the same processes served the whole run.
+    assert workers.alive() == names and {n: workers.procs[n].pid for n in names} == pids
     report = scenarios.assert_verified(harness, run_id, allow_failed=True)
-    assert report["dead"] == 1 and report["done"] == 3, report
-    (dead,) = [r for r in chunk_rows(backend, run_id) if r["status"] == "dead"]
-    assert dead["chunk"] == 1, dead
-    assert "lost each time" in dead["error"] or "delivery limit" in dead["error"], dead
-    assert len(workers.procs) >= 4  # at least the two the poison chunk killed were replaced
+    assert report["dead"] == 0 and report["errors"] == 5 and report["duplicates"] == 0, report
+    strict = ttg("verify", "--run", run_id, env=backend.env)
+    assert strict.returncode == 1, strict
+    causes = {
+        3: "ValueError: cannot compute parameter 3",
+        13: "timed out after 2 s",
+        23: "killed by signal 11 (SIGSEGV)",
+        33: "exited with code 3",
+        43: "exceeded its memory limit 256Mi",
+    }
+    rows = {r["index"]: r for r in parameter_rows(backend, run_id)}
+    assert sorted(rows) == list(range(50))
+    for i, row in rows.items():
+        if i in causes:
+            assert row["result"] is None and causes[i] in (row["error"] or ""), row
+        elif i == 44:
+            # The compute's process sees no broker variable (its worker had TTG_BROKER_URL).
+            assert row["result"] == 0 and not row["error"], row
+        else:
+            assert row["result"] == i * i and not row["error"], row
+    # Each chunk was computed once, on its first delivery: no crash cost a delivery.
+    assert {r["attempt"] for r in chunk_rows(backend, run_id)} == {1}
+    assert "TTG_BROKER_URL" in backend.env
 
 
 def test_seeding_twice_adds_nothing(

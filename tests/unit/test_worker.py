@@ -7,6 +7,7 @@ worker holds against the broker contract itself.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -284,3 +285,26 @@ def test_worker_waits_for_the_broker_then_starts(broker: MemoryBroker, start) ->
     start()
     eventually(lambda: finished(broker), timeout=15)
     assert time.monotonic() - began >= 0.7
+
+
+def test_two_compute_processes_compute_at_once(
+    broker: MemoryBroker, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TTG_TEST_RENDEZVOUS", str(tmp_path))
+    broker.seed(spec(params=2, chunk=1, compute="tests.computes:rendezvous"))
+    consumer = broker.consumer("w1", lease_seconds=5, prefetch=8)
+    worker = Worker(
+        consumer, metrics=Metrics(), probes=Probes(ready=lambda: True), grace_seconds=5,
+        retry_delay=0.01, read_ahead_cap=8, compute_allow=ALLOW, fetch_timeout=0.05,
+        concurrency=2,
+    )  # fmt: skip
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: finished(broker), timeout=60)
+    finally:
+        worker.request_stop("test")
+        thread.join(20)
+    # Each parameter met the other one computing in another process.
+    assert [o.result for _, o in sorted(outcomes(broker).items())] == [[1], [1]]
+    assert len({name.split("-")[1] for name in os.listdir(tmp_path)}) == 2

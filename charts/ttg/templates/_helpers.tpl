@@ -324,4 +324,12 @@ nothing else of that module does).
 - --compute
 - {{ .Values.run.compute | quote }}
 {{- end }}
+{{- if gt (float64 (.Values.run.paramTimeout | default 0)) 0.0 }}
+- --param-timeout
+- {{ .Values.run.paramTimeout | quote }}
+{{- end }}
+{{- if .Values.run.paramMemory }}
+- --param-memory
+- {{ .Values.run.paramMemory | quote }}
+{{- end }}
 {{- end }}

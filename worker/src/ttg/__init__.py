@@ -12,11 +12,19 @@ The Python API (docs: README "Using it"):
         assert sweep.verify().ok
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ttg.embedded import Local, local
 from ttg.space import arange, grid, linspace, logspace, table
-from ttg.sweep import Sweep
+
+if TYPE_CHECKING:
+    from ttg.embedded import Local, local
+    from ttg.sweep import Sweep
+
+    __version__: str
+
+#: Imported on first use: a compute process (``ttg.children``) imports the package
+#: without ever needing the API, and must not pay for the broker clients at every start.
+_LAZY = {"Local": "ttg.embedded", "local": "ttg.embedded", "Sweep": "ttg.sweep"}
 
 __all__ = [
     "Local", "Sweep", "__version__", "arange", "grid", "linspace", "local", "logspace", "table",
@@ -29,6 +37,12 @@ def __getattr__(name: str) -> Any:
     pyproject.toml is the one place the version is written; reading the metadata
     costs ~0.1 s, which every ``ttg`` command would pay at start if done eagerly.
     """
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 

@@ -152,6 +152,12 @@ SETTINGS = {
             64,
             "most chunks a worker holds at once (a cap: read-ahead adapts below it)",
         ),
+        Setting(
+            "concurrency",
+            integer(1, 256),
+            1,
+            "chunks a worker computes at once, each in its own compute process",
+        ),
         Setting("compute", str, "ttg.compute:square", "compute function module:function"),
         Setting(
             "results-url",

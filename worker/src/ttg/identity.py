@@ -7,7 +7,8 @@ A compute's identity is one line, recorded in the run's spec at seeding:
   package (``importlib.metadata``), e.g. ``mylab==1.4.0``; for a module that no
   distribution provides (a script's directory, a checkout on ``PYTHONPATH``), the
   sha256 of the module's source file (``file=12 hex``), so an edit is a new identity;
-- for a program compute (``exec:PROGRAM``), the sha256 of the program's file;
+- for a program compute (``exec:PROGRAM``), the sha256 of the program's file and its
+  command template;
 - ``--compute-version STR`` when given: a version the user bumps when they change the
   code in a way none of the above sees (data files, a C library, a config).
 
@@ -22,8 +23,9 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ttg.compute import EXEC
@@ -67,8 +69,17 @@ def _module_part(module: str, look: bool) -> str:
     return f"file={_file_digest(found.origin if found else None)}"
 
 
-def identity(compute: str, version: str | None = None, *, look: bool = True) -> str:
+def identity(
+    compute: str,
+    version: str | None = None,
+    *,
+    look: bool = True,
+    command: Sequence[str] = (),
+) -> str:
     """The identity line of ``compute`` as installed here, with the user's ``version``.
+
+    A program compute's ``command`` (its argument list, placeholders unexpanded) is
+    part of it: the same program given other arguments computes something else.
 
     ``look=False`` (``ttg seed --no-check``) never looks for the module's file, which
     would import its parent packages.
@@ -76,6 +87,8 @@ def identity(compute: str, version: str | None = None, *, look: bool = True) -> 
     module, _, name = compute.partition(":")
     if module == EXEC:
         part = f"file={_file_digest(shutil.which(name) or name)}"
+        if command:
+            part += f" command={json.dumps(list(command))}"
     else:
         part = _module_part(module, look)
     line = f"{compute} {part}"

@@ -113,3 +113,33 @@ def param_errors(v: Any) -> tuple[tuple[int, str] | tuple[int, str, str], ...]:
         else:
             out.append((index, message))
     return tuple(out)
+
+
+#: Kubernetes quantity suffixes, as multipliers of bytes.
+_QUANTITY_UNITS = {
+    "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(|k|M|G|T|Ki|Mi|Gi|Ti)")
+#: Smallest memory limit of a compute process (a Python child needs this much to start).
+MIN_PARAM_MEMORY = 32 * 2**20
+#: Longest time limit of a parameter (a week).
+MAX_PARAM_TIMEOUT = 7 * 86400.0
+
+
+def parse_quantity(text: str) -> int:
+    """Bytes of a Kubernetes memory quantity: ``256Mi``, ``2Gi``, ``500M``, ``1.5G``, ``1000000``.
+
+    Raises:
+        UsageError: not a quantity, or below ``MIN_PARAM_MEMORY``.
+    """
+    m = _QUANTITY.fullmatch(text) if isinstance(text, str) and len(text) <= 32 else None
+    if m is None:
+        raise UsageError(
+            f"memory {decode.preview(text, 40)}: expected a quantity such as 256Mi, 2Gi or 500M"
+        )
+    value = int(float(m.group(1)) * _QUANTITY_UNITS[m.group(2)])
+    if value < MIN_PARAM_MEMORY:
+        raise UsageError(f"memory {text}: at least 32Mi (a compute process needs that to start)")
+    return value

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from ttg import compute, decode, limits
+from ttg import command, compute, decode, limits
 from ttg import space as spaces
 from ttg.decode import DecodeError
 from ttg.errors import RunDataError, UnsupportedRun, UsageError
@@ -27,6 +27,7 @@ from ttg.limits import (
     MAX_CHUNKS,
     MAX_DELIVERIES,
     MAX_ERROR_CHARS,
+    MAX_PARAM_TIMEOUT,
     MAX_PARAMS,
     MAX_REQUIRES,
     MAX_SPEC_BYTES,
@@ -34,6 +35,7 @@ from ttg.limits import (
     MAX_WORKER_CHARS,
     check_int,
     param_errors,
+    parse_quantity,
     run_named,
     space_of,
 )
@@ -62,7 +64,13 @@ FORMAT = 2
 #: lists its feature in ``requires``, so a reader that lacks the feature skips the run
 #: instead of running it wrongly. A new field of that kind: a RunSpec field with an
 #: "off" default, checked in ``__post_init__``, and an entry here (FEATURES follows).
-FEATURE_FIELDS: dict[str, str] = {"results": "results-store", "reuse": "reuse"}
+FEATURE_FIELDS: dict[str, str] = {
+    "results": "results-store",
+    "reuse": "reuse",
+    "param_timeout": "param-timeout",
+    "param_memory": "param-memory",
+    "exec": "exec",
+}
 #: Features of a run spec this version understands.
 FEATURES: frozenset[str] = frozenset(FEATURE_FIELDS.values())
 
@@ -99,6 +107,13 @@ class RunSpec:
     #: of a spec's meaning (seeding again after an upgrade is no conflict), and ignored
     #: by readers that do not know it.
     identity: str | None = field(default=None, compare=False)
+    #: Longest a parameter may compute, seconds (0: no limit); its child is then killed.
+    param_timeout: float = 0.0
+    #: Memory limit of a compute process, a Kubernetes quantity (``256Mi``; "": none).
+    param_memory: str = ""
+    #: A program compute's command (``ttg seed --exec``): argument list, placeholders
+    #: unexpanded; ``compute`` is then ``exec:`` and its first argument.
+    exec: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_run_id(self.run)
@@ -118,6 +133,7 @@ class RunSpec:
             not isinstance(self.identity, str) or len(self.identity) > MAX_IDENTITY_CHARS
         ):
             raise UsageError(f"identity {decode.preview(self.identity, 80)} is not a short text")
+        self._check_limits()
         needed = {f for name, f in FEATURE_FIELDS.items() if self._not_default(name)}
         requires = tuple(sorted(set(self.requires) | needed))
         unknown = sorted(set(requires) - FEATURES)
@@ -129,11 +145,44 @@ class RunSpec:
         if self.reuse is not None:
             built = spaces.Reordered(spaces.base_of(built), compute_ranges(self.reuse))
         object.__setattr__(self, "_space", built)
+        if self.exec:
+            command.check_command(self.exec, self.parameter_space.names)
         if self.total_chunks > MAX_CHUNKS:
             raise UsageError(
                 f"{self.total_params} parameters in chunks of {self.chunk_size} make "
                 f"{self.total_chunks} chunks, more than {MAX_CHUNKS}: choose a larger chunk size"
             )
+
+    def _check_limits(self) -> None:
+        t = self.param_timeout
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= MAX_PARAM_TIMEOUT:
+            raise UsageError(
+                f"param timeout {decode.preview(t, 40)}: expected seconds from 0 to "
+                f"{MAX_PARAM_TIMEOUT:g}"
+            )
+        object.__setattr__(self, "param_timeout", float(t))
+        if not isinstance(self.param_memory, str):
+            raise UsageError(f"param memory {decode.preview(self.param_memory, 40)}: not text")
+        if self.param_memory:
+            parse_quantity(self.param_memory)
+        if not isinstance(self.exec, list | tuple):
+            raise UsageError(f"exec {decode.preview(self.exec, 40)}: expected a list of arguments")
+        object.__setattr__(self, "exec", tuple(self.exec))
+        if self.exec and not all(isinstance(a, str) for a in self.exec):
+            raise UsageError("exec: every argument must be text")
+        is_program = self.compute.startswith(compute.EXEC + ":")
+        if is_program != bool(self.exec) or (
+            self.exec and self.compute != f"{compute.EXEC}:{self.exec[0]}"
+        ):
+            raise UsageError(
+                f"compute {decode.preview(self.compute, 80)}: a program compute is exactly "
+                "exec: and the first argument of its command"
+            )
+
+    @property
+    def param_memory_bytes(self) -> int | None:
+        """The memory limit in bytes (None: no limit)."""
+        return parse_quantity(self.param_memory) if self.param_memory else None
 
     def _not_default(self, name: str) -> bool:
         f = next(f for f in fields(self) if f.name == name)

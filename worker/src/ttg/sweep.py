@@ -236,14 +236,19 @@ class Sweep:
             compute=name,
             work_ms=work_ms,
             max_deliveries=max_deliveries,
-            **{"identity": identity(name, compute_version, look=check), **options},
+            **{
+                "identity": identity(
+                    name, compute_version, look=check, command=options.get("exec", ())
+                ),
+                **options,
+            },
         )
         allow = compute_allow
         if allow is None and os.environ.get("TTG_COMPUTE_ALLOW") and self._host is None:
             allow = computes.parse_allow(os.environ["TTG_COMPUTE_ALLOW"])
         if allow is not None:
             computes.check_allowed(name, allow)
-        if check and isinstance(compute, str):
+        if check and isinstance(compute, str) and not name.startswith(computes.EXEC + ":"):
             # A function object given is imported already. Without an allowlist here, the
             # name itself is the entry: still only a function its module defines.
             computes.load(name, allow if allow is not None else (name,))

@@ -27,8 +27,6 @@ from ttg.store.check import StoreCheck
 from ttg.store.reader import delete_run
 from ttg.sweep import Sweep
 
-# -- status / verify -------------------------------------------------------------------------
-
 
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.watch:

@@ -6,14 +6,17 @@ A thin door over ``ttg.Sweep.seed`` and ``Sweep.estimate`` (``--dry-run``).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from typing import Any
 
 from ttg import config
 from ttg import progress as bars
-from ttg.cli.common import Command, emit, endpoint, int_at_least, run_id
+from ttg.cli.common import Command, emit, endpoint, float_at_least, int_at_least, run_id
+from ttg.compute import EXEC
 from ttg.errors import UsageError
 from ttg.identity import MAX_VERSION_CHARS
-from ttg.limits import MAX_PARAMS, MAX_WORK_MS
+from ttg.limits import MAX_PARAM_TIMEOUT, MAX_PARAMS, MAX_WORK_MS, parse_quantity
 from ttg.reuse import Estimate
 from ttg.sweep import Sweep, make_space
 from ttg.tables import read_table
@@ -25,10 +28,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
     space = read_table(args.space_file) if args.space_file else make_space(args.space, args.params)
     if args.space_file and args.params is not None and args.params != space.size:
         raise UsageError(f"--params {args.params} but --space-file has {space.size} rows")
+    compute, options = _compute_of(args)
     sweep = Sweep(
         args.run,
-        # The default compute is for integer ranges: Sweep refuses it for anything else.
-        compute=None if args.compute == config.SETTINGS["compute"].default else args.compute,
+        compute=compute,
         space=space,
         chunk_size=args.chunk_size,
         broker=endpoint(args),
@@ -41,6 +44,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
         reuse_partial=args.reuse_partial,
         reuse_any_version=args.reuse_any_version,
         compute_version=args.compute_version,
+        **options,
     )
     if (args.reuse_partial or args.reuse_any_version) and not args.reuse:
         raise UsageError("--reuse-partial and --reuse-any-version go with --reuse RUN")
@@ -85,6 +89,29 @@ def cmd_seed(args: argparse.Namespace) -> int:
         )
     emit(args, out, text)
     return 0
+
+
+def _compute_of(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The run's compute and its compute options (limits, a program's command) from the flags."""
+    # The default compute is for integer ranges: Sweep refuses it for anything else.
+    compute = None if args.compute == config.SETTINGS["compute"].default else args.compute
+    options: dict[str, Any] = {}
+    if args.param_timeout:
+        options["param_timeout"] = args.param_timeout
+    if args.param_memory:
+        parse_quantity(args.param_memory)
+        options["param_memory"] = args.param_memory
+    if args.exec is not None:
+        if compute is not None:
+            raise UsageError("give --compute or --exec, not both")
+        try:
+            argv = shlex.split(args.exec)
+        except ValueError as e:
+            raise UsageError(f"--exec: {e}") from None
+        if not argv:
+            raise UsageError("--exec: the command is empty")
+        compute, options["exec"] = f"{EXEC}:{argv[0]}", tuple(argv)
+    return compute, options
 
 
 def _dry_run(args: argparse.Namespace, e: Estimate) -> int:
@@ -156,6 +183,25 @@ def add_parser(command: Command) -> None:
         "--space-file",
         metavar="FILE",
         help="a table of parameters, one per row: CSV with a header, or JSONL of objects",
+    )
+    p.add_argument(
+        "--param-timeout",
+        metavar="SECONDS",
+        type=float_at_least(0, MAX_PARAM_TIMEOUT),
+        default=0.0,
+        help="a parameter computing longer fails, its compute process killed (default 0: none)",
+    )
+    p.add_argument(
+        "--param-memory",
+        metavar="QUANTITY",
+        help="memory limit of each compute process, e.g. 256Mi or 2Gi (default: none)",
+    )
+    p.add_argument(
+        "--exec",
+        metavar="COMMAND",
+        help="run this program per parameter instead of a function: 'PROGRAM ARG... {value}' "
+        "(placeholders {value}, {index}, {AXIS}; never a shell; TTG_COMPUTE_ALLOW must list "
+        "exec:PROGRAM)",
     )
     p.add_argument(
         "--no-check",

@@ -47,14 +47,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         read_ahead_cap=args.prefetch,
         compute_allow=args.compute_allow,
         results=results,
+        concurrency=args.concurrency,
     )
     worker.install_signal_handlers()
     log.info(
-        "worker %s: backend %s, lease %.1fs, metrics :%s, computes from %s",
+        "worker %s: backend %s, lease %.1fs, metrics :%s, %d compute process(es), computes from %s",
         name,
         args.backend,
         args.lease_seconds,
         args.metrics_port or "off",
+        args.concurrency,
         ", ".join(args.compute_allow),
     )
     code = worker.run()
@@ -121,6 +123,7 @@ def add_parsers(command: Command) -> None:
         "retry-delay-seconds",
         "grace-seconds",
         "prefetch",
+        "concurrency",
         "compute-allow",
         "worker-name",
     )

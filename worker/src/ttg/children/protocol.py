@@ -1,0 +1,142 @@
+"""The JSON-lines protocol between the worker and a compute child.
+
+One request line per chunk, worker to child::
+
+    {"run": RUN, "lo": LO, "hi": HI, "spec": {...}}   # "spec" only the first time per run
+
+One line per parameter back, written unbuffered as soon as it is computed (a
+crash keeps every earlier parameter's result), then one closing line::
+
+    [INDEX, RESULT]                     # computed
+    [INDEX, null, "ERROR", PERMANENT, "TRACEBACK"]   # raised (PERMANENT: true/false)
+    ["end", SECONDS]                    # the request is done; SECONDS of computing
+    ["fatal", "ERROR"]                  # the compute cannot run here at all (not allowed...)
+
+JSON only, never pickle: the worker must not unpickle what user code wrote.
+Every line from a child is untrusted (user code shares its process) and is
+checked before it is believed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+#: One encoder for every line: ``json.dumps`` with options builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+#: Longest traceback kept from a child (``compute.TRACEBACK_CHARS``).
+TRACEBACK_CHARS = 2000
+#: Longest line a child may send (a parameter's result included).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A child sent something that is not a line of this protocol."""
+
+
+@dataclass(frozen=True)
+class Computed:
+    index: int
+    result: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    index: int
+    error: str
+    permanent: bool
+    #: The innermost frames (``compute.traceback_text``), '' where there is none.
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class End:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Fatal:
+    error: str
+
+
+Reply = Computed | Failed | End | Fatal
+
+
+def computed(index: int, result: Any) -> bytes:
+    """A computed parameter's line.
+
+    Raises:
+        TypeError, ValueError, RecursionError: ``result`` is not JSON-serialisable.
+    """
+    if type(result) is int:  # the common case, without the encoder's per-call cost
+        return b"[%d,%d]\n" % (index, result)
+    return (_ENCODE([index, result]) + "\n").encode()
+
+
+def failed(index: int, error: str, permanent: bool, traceback: str = "") -> bytes:
+    return json.dumps([index, None, error, permanent, traceback]).encode() + b"\n"
+
+
+def end(seconds: float) -> bytes:
+    return json.dumps(["end", seconds]).encode() + b"\n"
+
+
+def fatal(error: str) -> bytes:
+    return json.dumps(["fatal", error]).encode() + b"\n"
+
+
+def parse(line: bytes) -> Reply:
+    """One reply line, checked.
+
+    Raises:
+        ProtocolError: it is not a reply line.
+    """
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    return reply(msg, line)
+
+
+def parse_many(lines: list[bytes]) -> list[Reply]:
+    """Several reply lines, checked, decoded in one pass (the worker's hot path).
+
+    Raises:
+        ProtocolError: one of them is not a reply line.
+    """
+    if len(lines) == 1:
+        return [parse(lines[0])]
+    try:
+        msgs = json.loads(b"[" + b",".join(lines) + b"]")
+    except (ValueError, RecursionError):
+        return [parse(line) for line in lines]  # finds the bad one (or several lines in one)
+    if not isinstance(msgs, list) or len(msgs) != len(lines):
+        return [parse(line) for line in lines]
+    return [reply(msg, line) for msg, line in zip(msgs, lines, strict=True)]
+
+
+def reply(msg: Any, line: bytes = b"") -> Reply:
+    """A decoded reply line, checked.
+
+    Raises:
+        ProtocolError: it is not a reply line.
+    """
+    if isinstance(msg, list) and msg:
+        head = msg[0]
+        if isinstance(head, int) and not isinstance(head, bool):
+            if len(msg) == 2:
+                return Computed(head, msg[1])
+            if (
+                len(msg) in (4, 5)
+                and msg[1] is None
+                and isinstance(msg[2], str)
+                and isinstance(msg[3], bool)
+            ):
+                tb = msg[4] if len(msg) == 5 and isinstance(msg[4], str) else ""
+                return Failed(head, msg[2][:500], msg[3], tb[-TRACEBACK_CHARS:])
+        elif head == "end" and len(msg) == 2 and isinstance(msg[1], int | float):
+            return End(float(msg[1]))
+        elif head == "fatal" and len(msg) == 2 and isinstance(msg[1], str):
+            return Fatal(msg[1][:500])
+    raise ProtocolError(f"not a reply line: {line[:80]!r}")
