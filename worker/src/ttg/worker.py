@@ -309,6 +309,11 @@ class Worker:
                     "the workers holding it were lost each time",
                 )
             )
+        # issue 17 item 5: from here on this worker's death counts a delivery of d (not before).
+        try:
+            self.consumer.begin(d)
+        except BrokerError:
+            return _Release()  # not begun: given back uncounted
         fn = self._loaded.get(spec.compute)
         if fn is None:
             try:

@@ -141,6 +141,9 @@ class RabbitMQConsumer(IOThread, Consumer):
         messages = -(-chunks // self._group) + (1 if self._group > 1 else 0)
         self.window = min(self.cap, 1 << max(0, messages - 1).bit_length())
 
+    def begin(self, delivery: Delivery) -> None:
+        pass  # TODO(issue 17 item 5)
+
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         out = self.call(lambda: self._record(items))
         self._unsettled = max(0, self._unsettled - len(items))

@@ -319,7 +319,7 @@ class RedisConsumer(Consumer):
             if not self._may_reclaim():
                 continue
             claimed = self.scripts.reclaim(
-                keys=[tasks, key(run, "leases"), key(run, "stats"), key(run, "events")],
+                keys=[key(run, n) for n in ("tasks", "leases", "stats", "events", "begun")],
                 args=[GROUP, c["name"], self.name, limit - len(out)],
             )
             for entry_id, flat, deliveries in claimed:
@@ -347,18 +347,49 @@ class RedisConsumer(Consumer):
         pending = self.client.xpending_range(
             tasks, GROUP, min="-", max="+", count=limit, consumername=self.name, idle=self.lease_ms
         )
-        lost = [p for p in pending if p["message_id"] not in self._in_hand]
+        lost = [p["message_id"] for p in pending if p["message_id"] not in self._in_hand]
         if not lost:
             return []
-        counts = {p["message_id"]: p["times_delivered"] for p in lost}
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        begun = self._begun(run, lost)
         out = []
-        for entry_id, fields in self.client.xclaim(
-            tasks, GROUP, self.name, self.lease_ms, list(counts)
-        ):
-            d = self._delivery(run, entry_id, fields, deliveries=counts[entry_id] + 1)
-            if d is not None:
-                out.append(d)
+        for entry_id in lost:
+            # As for a dead worker's (reclaim.lua): only a delivery begun here counts.
+            count = counts[entry_id] + 1 if begun[entry_id] else counts[entry_id]
+            for got_id, fields in self.client.xclaim(
+                tasks, GROUP, self.name, self.lease_ms, [entry_id], retrycount=count
+            ):
+                d = self._delivery(run, got_id, fields, deliveries=count)
+                if d is not None:
+                    out.append(d)
+        with contextlib.suppress(rex.ResponseError):
+            self.client.hdel(key(run, "begun"), *lost)
         return out
+
+    def _begun(self, run: str, ids: list[str]) -> dict[str, bool]:
+        """Which of our entries ``ids`` were begun; all of them if the marks cannot be read."""
+        try:
+            marks = self.client.hmget(key(run, "begun"), ids)
+        except rex.ResponseError:
+            return dict.fromkeys(ids, True)  # garbage in the key: count, as before marks
+        return {i: m is not None for i, m in zip(ids, marks, strict=True)}
+
+    # -- beginning ----------------------------------------------------------------------------
+
+    @translated
+    def begin(self, delivery: Delivery) -> None:
+        run = delivery.run
+        code = self.scripts.begin(
+            keys=[key(run, "tasks"), key(run, "begun")],
+            args=[GROUP, delivery.handle, self.name],
+        )
+        if code == 2 and self._skip_log(f"begin {run}"):
+            # A full broker (or garbage in the key): the compute goes on unmarked.
+            log.warning(
+                "the broker refused to mark chunk %s begun; a death now would not count it",
+                delivery.chunk,
+                extra={"run": run},
+            )
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -385,7 +416,8 @@ class RedisConsumer(Consumer):
                 ]
             codes = self.scripts.record(
                 keys=[
-                    key(run, n) for n in ("tasks", "ledger", "stats", "meta", "rounds", "events")
+                    key(run, n)
+                    for n in ("tasks", "ledger", "stats", "meta", "rounds", "events", "begun")
                 ],
                 args=args,
             )
@@ -401,7 +433,10 @@ class RedisConsumer(Consumer):
     def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
         run = delivery.run
         self.scripts.retry(
-            keys=[key(run, n) for n in ("tasks", "delayed", "stats", "ledger", "meta", "events")],
+            keys=[
+                key(run, n)
+                for n in ("tasks", "delayed", "stats", "ledger", "meta", "events", "begun")
+            ],
             args=[
                 GROUP,
                 delivery.handle,
@@ -419,7 +454,7 @@ class RedisConsumer(Consumer):
     def release(self, delivery: Delivery) -> None:
         run = delivery.run
         self.scripts.release(
-            keys=[key(run, n) for n in ("tasks", "stats", "meta", "events")],
+            keys=[key(run, n) for n in ("tasks", "stats", "meta", "events", "begun")],
             args=[
                 GROUP,
                 delivery.handle,
