@@ -25,12 +25,6 @@ from ttg.processes import LocalWorkers
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
 
-@pytest.fixture(autouse=True)
-def _redis_first(backend: BackendEnv) -> None:
-    if backend.name == "rabbitmq":
-        pytest.skip("RabbitMQ's begun marks: next commit")
-
-
 #: One-parameter chunks, a couple of milliseconds each: a worker reads a dozen or more ahead.
 RUN = ("--params", "40", "--chunk-size", "1", "--work-ms", "2", "--max-deliveries", "3")
 #: Parameters whose first computation SIGKILLs its worker: four deaths, more than

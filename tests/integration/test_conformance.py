@@ -269,12 +269,10 @@ def test_a_consumer_that_leaves_holding_a_chunk_has_it_redelivered(
 
 
 def test_a_lost_consumer_s_read_ahead_comes_back_uncounted(
-    broker: Broker, backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     # Issue 17 item 5: a dead worker's death counts against the chunk it had begun,
     # never against what it had fetched ahead and not begun.
-    if backend.name == "rabbitmq":
-        pytest.skip("RabbitMQ's begun marks: next commit")
     broker.seed(make_spec(run_id, params=30, chunk=1))
     gone = new_consumer(broker, "gone", lease=1.0, prefetch=4)
     held: list[Delivery] = []
