@@ -138,7 +138,8 @@ def test_begun_marks_are_removed_with_their_entries_and_garbage_in_them_counts(
     held = eventually(lambda: c.fetch(0.1, 2), what="a delivery")
     for d in held:
         c.begin(d)
-    assert broker.client.hlen(key(run_id, "begun")) == len(held)
+    # Written without waiting for a reply: there a moment later.
+    eventually(lambda: broker.client.hlen(key(run_id, "begun")) == len(held), what="marks")
     c.complete([(d, ok(d, "c")) for d in held])
     assert broker.client.hlen(key(run_id, "begun")) == 0, "marks outlive their entries"
     # Garbage where the marks live: nothing breaks, and a death counts, as before marks.

@@ -39,6 +39,7 @@ from ttg.brokers.redis.client import (
     make_client,
     translated,
 )
+from ttg.brokers.redis.marks import MarkWriter
 from ttg.decode import DecodeError, Throttle
 from ttg.endpoint import TLS
 from ttg.errors import RunDataError
@@ -96,6 +97,8 @@ class RedisConsumer(Consumer):
         #: Runs left alone until a time (monotonic): Redis refused to read their keys.
         self._bad: dict[str, float] = {}
         self._skip_log = Throttle(SKIP_LOG_SECONDS)
+        #: Begun marks without a round trip; a cluster client marks with begin.lua.
+        self._marks = MarkWriter(self.client) if hasattr(self.client, "connection_pool") else None
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -379,6 +382,11 @@ class RedisConsumer(Consumer):
     @translated
     def begin(self, delivery: Delivery) -> None:
         run = delivery.run
+        if self._marks is not None:
+            # No round trip: a refused mark (a full broker) goes unnoticed and the
+            # compute goes on unmarked, as with begin.lua's code 2 below.
+            self._marks.mark(key(run, "begun"), delivery.handle)
+            return
         code = self.scripts.begin(
             keys=[key(run, "tasks"), key(run, "begun")],
             args=[GROUP, delivery.handle, self.name],
@@ -472,6 +480,8 @@ class RedisConsumer(Consumer):
 
     def close(self) -> None:
         self._stop.set()
+        if self._marks is not None:
+            self._marks.close()
         if self._beat_thread:
             self._beat_thread.join(timeout=2)
         with self._lock:
