@@ -273,7 +273,8 @@ def test_a_lost_consumer_s_read_ahead_comes_back_uncounted(
 ) -> None:
     # Issue 17 item 5: a dead worker's death counts against the chunk it had begun,
     # never against what it had fetched ahead and not begun.
-    broker.seed(make_spec(run_id, params=30, chunk=1))
+    # Chunks of 1,000: one per message on RabbitMQ too (a group is marked whole).
+    broker.seed(make_spec(run_id, params=30_000, chunk=1000))
     gone = new_consumer(broker, "gone", lease=1.0, prefetch=4)
     held: list[Delivery] = []
 

@@ -164,12 +164,12 @@ def test_garbage_in_the_begun_stream_is_skipped_and_judges_nothing(
     backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker = backend.broker()
-    broker.seed(RunSpec(run_id, RangeSpace(0, 4).to_spec(), 1, compute.DEFAULT_COMPUTE))
+    broker.seed(RunSpec(run_id, RangeSpace(0, 4000).to_spec(), 1000, compute.DEFAULT_COMPUTE))
     conn = open_connection(parameters(backend.url, TLS(), 10))
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        for junk in (b"not json", b"[1]", b'{"b": [[99, 1]]}', b'{"b": [["x", 1]]}'):
+        for junk in (b"not json", b"[1]", b'{"b": [[99, 1]]}', b'{"b": [["x", 1]]}', b"{}"):
             ch.basic_publish("", queue(run_id, "begun"), junk)
     finally:
         conn.close()

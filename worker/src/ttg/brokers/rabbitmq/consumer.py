@@ -38,7 +38,7 @@ import pika.exceptions as pex
 from ttg import decode
 from ttg.broker import Consumer
 from ttg.brokers.rabbitmq import decode as qdecode
-from ttg.brokers.rabbitmq.begun import BegunMarks
+from ttg.brokers.rabbitmq.begun import BegunMarks, MarkPublisher
 from ttg.brokers.rabbitmq.connection import (
     BEGUN_ARGS,
     RUNS,
@@ -54,7 +54,7 @@ from ttg.brokers.rabbitmq.iothread import IOThread
 from ttg.brokers.rabbitmq.messages import Activity, Inbox, Message, Unacked
 from ttg.decode import DecodeError, Throttle
 from ttg.endpoint import TLS
-from ttg.errors import BrokerConnectionError, RunDataError
+from ttg.errors import RunDataError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._snapshot_last = 0.0
         #: Begun marks: ours, and those that judge the redeliveries we receive.
         self._begun = BegunMarks(name, self.snapshot_s)
+        self._marks = MarkPublisher(self.params, name)
         #: Runs whose begun stream this connection has declared (older runs lack one).
         self._marked_runs: set[str] = set()
         self._ch: Any = None
@@ -152,15 +153,21 @@ class RabbitMQConsumer(IOThread, Consumer):
 
     def begin(self, delivery: Delivery) -> None:
         d = delivery
-
-        def mark() -> None:
-            if d.handle is None or d.handle.generation != self.generation:
-                return  # its connection is gone: requeued, and judged unbegun
-            if self._events is None or d.run not in self._marked_runs:
-                raise BrokerConnectionError("rabbitmq: cannot mark a chunk begun now")
-            self._begun.mark(d.run, d.chunk, d.attempt)
-
-        self.call(mark)
+        if d.handle is None or d.handle.generation != self.generation:
+            return  # its connection is gone: requeued, and judged unbegun
+        if d.run not in self._marked_runs:
+            return  # no begun stream (garbage under its name): its redeliveries count
+        msg = d.handle
+        if msg.marked:
+            return
+        # A group is marked whole, once: a mark per chunk of 64 one-parameter chunks
+        # would cost more than computing them. Its loss then counts each chunk not
+        # yet settled once, and splits it: from then on each is marked alone.
+        msg.marked = True
+        marks = [(c, d.attempt) for c in range(d.chunk, msg.first + msg.size)]
+        self._marks.mark(d.run, marks)
+        # Marked again while they run; queued before their outcomes, so never after.
+        self.post(lambda: self._begun.running(d.run, marks))
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         out = self.call(lambda: self._record(items))
@@ -208,6 +215,7 @@ class RabbitMQConsumer(IOThread, Consumer):
 
     def close(self) -> None:
         self.stop_io()
+        self._marks.close()
 
     # -- the I/O thread: connection ---------------------------------------------------------
 
@@ -368,7 +376,12 @@ class RabbitMQConsumer(IOThread, Consumer):
             return
         chunks = range(t.first, t.first + t.count)
         msg = Message(
-            self.generation, method.delivery_tag, method.consumer_tag, set(chunks), size=t.count
+            self.generation,
+            method.delivery_tag,
+            method.consumer_tag,
+            set(chunks),
+            size=t.count,
+            first=t.first,
         )
         self._unacked.add(msg)
         for sub in self._subscribed.values():
