@@ -43,14 +43,19 @@ class MarkWriter:
                     if self._conn is None:
                         conn = self._pool.make_connection()
                         conn.connect()
-                        conn.send_command("CLIENT", "REPLY", "OFF")
+                        self._send(conn, "CLIENT", "REPLY", "OFF")
                         self._conn = conn
-                    self._conn.send_command("HSET", begun_key, entry_id, "1")
+                    self._send(self._conn, "HSET", begun_key, entry_id, "1")
                     return
                 except _LOST as e:
                     self._drop()
                     if last:
                         raise rex.ConnectionError(f"begun mark not written: {e}") from None
+
+    @staticmethod
+    def _send(conn: Any, *args: str) -> None:
+        # No health check: its PING would wait for a reply that never comes.
+        conn.send_packed_command(conn.pack_command(*args), check_health=False)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
