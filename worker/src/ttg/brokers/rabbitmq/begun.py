@@ -6,11 +6,11 @@ begun as well as the one it was computing. A worker killed again and again would
 walk healthy chunks to the dead letters. So:
 
 - a worker marks each delivery begun in its run's begun stream just before its
-  compute starts (``MarkPublisher``: from the thread that begins it, on a connection
-  of its own, without waiting for anything), and marks the chunks it is still
-  computing again every 1/4 lease (``BegunMarks``): the stream keeps 10 minutes, a
-  chunk may run for hours. A message carrying a group of small chunks is marked
-  whole when its first chunk begins (one publish for up to 64 chunks): its loss
+  compute starts (``mark``, on its one connection), and marks the chunks it is still
+  computing again every 1/4 lease: the stream keeps 10 minutes, a chunk may run for
+  hours. A message carrying a group of small chunks is marked whole when its first
+  chunk begins (one hand-off to the I/O thread, one publish, for up to 64 chunks: a
+  hand-off per chunk cost more than computing one-parameter chunks): its loss
   counts each of its chunks not yet settled once, and splits it into single-chunk
   messages, each marked alone from then on, so a healthy chunk is counted at most
   once for its neighbours' sake;
@@ -20,31 +20,25 @@ walk healthy chunks to the dead letters. So:
   (``judged``): a chunk whose last delivery was begun counts it, as before; any
   other is published again with its count of earlier deliveries unchanged.
 
-``BegunMarks`` runs on the consumer's I/O thread. A mark that cannot be read is
+Everything here runs on the consumer's I/O thread. A mark that cannot be read is
 skipped; marks that cannot be read at all in ``SYNC_TIMEOUT_SECONDS`` count the
 delivery, as before marks existed: never a loop, never a chunk held forever.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import datetime as dt
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
-
 from ttg.brokers.rabbitmq import decode as qdecode
-from ttg.brokers.rabbitmq.connection import PIKA_ERRORS, body, open_connection, queue, run_of
+from ttg.brokers.rabbitmq.connection import body, queue, run_of
 from ttg.brokers.rabbitmq.decode import Task
 from ttg.brokers.rabbitmq.messages import Message
 from ttg.decode import DecodeError, Throttle
-from ttg.errors import BrokerConnectionError, TTGError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +53,6 @@ IDLE_SECONDS = 30.0
 PREFETCH = 1000
 #: A follower acknowledges every this many marks.
 ACK_EVERY = 100
-#: What a mark publisher recovers from by opening its connection again.
-_LOST: tuple[type[BaseException], ...] = (*PIKA_ERRORS, TTGError)
 #: One log line per run with unreadable marks at most this often.
 LOG_SECONDS = 300.0
 
@@ -128,8 +120,10 @@ class BegunMarks:
 
     # -- this worker's marks ------------------------------------------------------------
 
-    def running(self, run: str, marks: list[tuple[int, int]]) -> None:
-        """Deliveries marked begun (``MarkPublisher``): marked again until they are settled."""
+    def mark(self, run: str, marks: list[tuple[int, int]]) -> None:
+        """Mark ``(chunk, attempt)`` deliveries begun: on the socket when this returns;
+        marked again every refresh until they are settled."""
+        self._pub.basic_publish("", queue(run, "begun"), marks_body(self.worker, marks))
         running = self._running.setdefault(run, {})
         for chunk, attempt in marks:
             running[chunk] = attempt
@@ -232,54 +226,3 @@ class BegunMarks:
 
 def marks_body(worker: str, marks: list[tuple[int, int]]) -> bytes:
     return body({"w": worker, "t": time.time(), "b": [list(m) for m in marks]})
-
-
-class MarkPublisher:
-    """Publishes this worker's begun marks from the thread that begins a chunk.
-
-    A hand-off to the I/O thread per chunk cost about a millisecond here (two
-    thread switches on a loaded machine); this connection is the calling
-    thread's own, with no heartbeats (it is idle between marks), no consumers
-    and no confirms: ``mark`` returns once the bytes are with the kernel, which
-    sends them even if the compute then kills the process, since nothing unread
-    waits on this socket to turn its close into a reset.
-    """
-
-    def __init__(self, params: list[pika.URLParameters], worker: str) -> None:
-        self._params = [copy.copy(p) for p in params]
-        for p in self._params:
-            p.heartbeat = 0
-        self.worker = worker
-        self._conn: pika.BlockingConnection | None = None
-        self._ch: Any = None
-        self._lock = threading.Lock()
-
-    def mark(self, run: str, marks: list[tuple[int, int]]) -> None:
-        """Publish ``(chunk, attempt)`` marks (opening the connection first if need be).
-
-        Raises:
-            BrokerConnectionError: not published.
-        """
-        data = marks_body(self.worker, marks)
-        with self._lock:
-            for last in (False, True):
-                try:
-                    if self._ch is None:
-                        self._conn = open_connection(self._params)
-                        self._ch = self._conn.channel()
-                    self._ch.basic_publish("", queue(run, "begun"), data)
-                    return
-                except _LOST as e:
-                    self._drop()
-                    if last:
-                        raise BrokerConnectionError(f"rabbitmq: begun mark not sent: {e}") from None
-
-    def _drop(self) -> None:
-        conn, self._conn, self._ch = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()

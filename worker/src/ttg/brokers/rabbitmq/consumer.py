@@ -38,7 +38,7 @@ import pika.exceptions as pex
 from ttg import decode
 from ttg.broker import Consumer
 from ttg.brokers.rabbitmq import decode as qdecode
-from ttg.brokers.rabbitmq.begun import BegunMarks, MarkPublisher
+from ttg.brokers.rabbitmq.begun import BegunMarks
 from ttg.brokers.rabbitmq.connection import (
     BEGUN_ARGS,
     RUNS,
@@ -115,7 +115,6 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._snapshot_last = 0.0
         #: Begun marks: ours, and those that judge the redeliveries we receive.
         self._begun = BegunMarks(name, self.snapshot_s)
-        self._marks = MarkPublisher(self.params, name)
         #: Runs whose begun stream this connection has declared (older runs lack one).
         self._marked_runs: set[str] = set()
         self._ch: Any = None
@@ -165,9 +164,15 @@ class RabbitMQConsumer(IOThread, Consumer):
         # yet settled once, and splits it: from then on each is marked alone.
         msg.marked = True
         marks = [(c, d.attempt) for c in range(d.chunk, msg.first + msg.size)]
-        self._marks.mark(d.run, marks)
-        # Marked again while they run; queued before their outcomes, so never after.
-        self.post(lambda: self._begun.running(d.run, marks))
+
+        def mark() -> None:
+            if msg.generation == self.generation and self._events is not None:
+                self._begun.mark(d.run, marks)
+
+        # On the I/O thread (the worker's one connection), and waited for: the mark is on
+        # the socket before the compute starts, so a compute that kills its worker at
+        # once is still counted. A group's one mark spreads that hand-off over its chunks.
+        self.call(mark)
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         out = self.call(lambda: self._record(items))
@@ -215,7 +220,6 @@ class RabbitMQConsumer(IOThread, Consumer):
 
     def close(self) -> None:
         self.stop_io()
-        self._marks.close()
 
     # -- the I/O thread: connection ---------------------------------------------------------
 
