@@ -25,6 +25,32 @@ def die_on_13(x: int) -> int:
     return x * x
 
 
+#: Environment variable: parameters ``die_once_on_listed`` kills its worker on, comma-separated.
+DIE_ON_ENV = "TTG_TEST_DIE_ON"
+#: Environment variable: the directory where ``die_once_on_listed`` notes whom it killed for.
+DIE_DIR_ENV = "TTG_TEST_DIE_DIR"
+#: Environment variable: parameters ``die_once_on_listed`` kills its worker on every time.
+DIE_ALWAYS_ENV = "TTG_TEST_DIE_ALWAYS"
+
+
+def die_once_on_listed(x: int) -> int:
+    """Kill the worker process the first time each listed parameter is computed, then square.
+
+    A worker SIGKILLed mid-chunk, on a different chunk each time, whatever it holds
+    read ahead; every chunk is healthy on its next delivery, but for those listed in
+    ``TTG_TEST_DIE_ALWAYS`` (poison: they kill every worker that begins them).
+    """
+    if str(x) in os.environ.get(DIE_ALWAYS_ENV, "").split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if str(x) in os.environ.get(DIE_ON_ENV, "").split(","):
+        note = os.path.join(os.environ[DIE_DIR_ENV], f"died-on-{x}")
+        if not os.path.exists(note):
+            with open(note, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
 def flaky_on_13(x: int) -> int:
     """Fail in a way worth retrying (a flaky resource) for the poison parameter, every time."""
     if x == POISON:

@@ -71,6 +71,7 @@ def delivered_twice(c: Consumer, run: str) -> tuple[Delivery, Delivery]:
     """A chunk's first delivery, given up on (as if its worker were presumed dead), and
     the delivery that follows."""
     first = fetch_one(c, run)
+    c.begin(first)
     c.abandon(first)
     again = fetch_one(c, run, timeout=15)
     assert again.chunk == first.chunk and again.attempt == first.attempt + 1
@@ -257,6 +258,7 @@ def test_a_consumer_that_leaves_holding_a_chunk_has_it_redelivered(
     broker.seed(make_spec(run_id, params=10))
     gone = new_consumer(broker, "gone", lease=1.0)
     d = fetch_one(gone, run_id)
+    gone.begin(d)
     live = new_consumer(broker, "live", lease=1.0)
     gone.close()
     again = fetch_one(live, run_id, timeout=10)
@@ -266,12 +268,47 @@ def test_a_consumer_that_leaves_holding_a_chunk_has_it_redelivered(
     assert report["ok"] and report["redelivered"] >= 1, report
 
 
+def test_a_lost_consumer_s_read_ahead_comes_back_uncounted(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # Issue 17 item 5: a dead worker's death counts against the chunk it had begun,
+    # never against what it had fetched ahead and not begun.
+    # Chunks of 1,000: one per message on RabbitMQ too (a group is marked whole).
+    broker.seed(make_spec(run_id, params=30_000, chunk=1000))
+    gone = new_consumer(broker, "gone", lease=1.0, prefetch=4)
+    held: list[Delivery] = []
+
+    def three() -> bool:
+        held.extend(d for d in gone.fetch(0.2, 3 - len(held)) if d.run == run_id)
+        return len(held) >= 3
+
+    eventually(three, what="three chunks held")
+    begun = held[0]
+    gone.begin(begun)
+    live = new_consumer(broker, "live", lease=1.0, prefetch=30)
+    gone.close()
+    back: dict[int, int] = {}
+
+    def all_back() -> bool:
+        for d in live.fetch(0.2, 30):
+            if d.run == run_id:
+                back[d.chunk] = d.attempt
+                assert counted(complete(live, d))
+        return {d.chunk for d in held} <= set(back)
+
+    eventually(all_back, timeout=20, what="the lost consumer's chunks back")
+    assert back[begun.chunk] == begun.attempt + 1, back
+    for d in held[1:]:
+        assert back[d.chunk] == d.attempt, (d.chunk, back)
+
+
 def test_abandoned_delivery_comes_back(
     broker: Broker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker.seed(make_spec(run_id, params=10))
     c = new_consumer(broker, "c1", lease=1.0)
     d = fetch_one(c, run_id)
+    c.begin(d)
     c.abandon(d)  # as a worker does when the broker would not take it back
     again = fetch_one(c, run_id, timeout=10)
     assert again.chunk == d.chunk and again.attempt == d.attempt + 1

@@ -16,7 +16,9 @@ from tests.conftest import BackendEnv, ConsumerFactory, backend_env
 from tests.helpers import ROOT, eventually
 from ttg import compute
 from ttg.broker import Consumer
+from ttg.brokers.rabbitmq.connection import open_connection, parameters, queue
 from ttg.brokers.rabbitmq.seeder import CURSOR_EVERY, WINDOW, WindowedSeeder, group_size
+from ttg.endpoint import TLS
 from ttg.errors import TTGError
 from ttg.processes import RabbitMQNode
 from ttg.run import Delivery, Outcome, RunSpec, Status
@@ -99,6 +101,7 @@ def test_an_outcome_the_broker_did_not_take_leaves_its_task_to_come_back(
     # at its first publish, after reading whatever came before it, e.g. an ack).
     holder = new_consumer(broker, f"{run_id}-holder", lease=1000)
     (d,) = eventually(lambda: holder.fetch(0.2, 1), what="the chunk delivered")
+    holder.begin(d)  # computed: its loss counts a delivery
     # The snapshot that follows a delivery has gone out.
     eventually(lambda: broker.progress(run_id).in_flight, what="the chunk shown in flight")
     rabbitmq_node.ctl_run("set_vm_memory_high_watermark", "0.0001")
@@ -155,3 +158,39 @@ def test_a_seeder_is_never_further_ahead_of_its_durable_cursor_than_it_may_repub
     assert report.seeded_chunks == spec.total_chunks == 30_000
     bound = WINDOW * group_size(spec.chunk_size) + CURSOR_EVERY
     assert max(leads) <= bound, f"{max(leads)} chunks ahead of the durable cursor"
+
+
+def test_garbage_in_the_begun_stream_is_skipped_and_judges_nothing(
+    backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    broker = backend.broker()
+    broker.seed(RunSpec(run_id, RangeSpace(0, 4000).to_spec(), 1000, compute.DEFAULT_COMPUTE))
+    conn = open_connection(parameters(backend.url, TLS(), 10))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for junk in (b"not json", b"[1]", b'{"b": [[99, 1]]}', b'{"b": [["x", 1]]}', b"{}"):
+            ch.basic_publish("", queue(run_id, "begun"), junk)
+    finally:
+        conn.close()
+    gone = new_consumer(broker, "gone", lease=1.0, prefetch=4)
+    held: list[Delivery] = []
+
+    def two() -> bool:
+        held.extend(d for d in gone.fetch(0.2, 2 - len(held)) if d.run == run_id)
+        return len(held) >= 2
+
+    eventually(two, what="two chunks held")
+    gone.begin(held[0])
+    live = new_consumer(broker, "live", lease=1.0, prefetch=4)
+    gone.close()
+    back: dict[int, int] = {}
+
+    def all_back() -> bool:
+        for d in live.fetch(0.2, 4):
+            back[d.chunk] = d.attempt
+            live.complete([(d, squares(d))])
+        return len(back) == 4
+
+    eventually(all_back, timeout=30, what="every chunk done")
+    assert back[held[0].chunk] == 2 and back[held[1].chunk] == 1, back

@@ -11,7 +11,7 @@ from tests.conftest import ConsumerFactory
 from tests.helpers import eventually
 from ttg import compute
 from ttg.brokers.redis import RedisBroker, RedisConsumer
-from ttg.brokers.redis.client import GROUP, key
+from ttg.brokers.redis.client import GROUP, Scripts, key
 from ttg.endpoint import TLS
 from ttg.processes import RedisServer
 from ttg.run import Delivery, Outcome, Recorded, RunSpec, Status
@@ -60,7 +60,14 @@ def test_dead_consumers_chunks_go_to_exactly_one_live_consumer(
     broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     seed(broker, run_id)
-    ghost_takes(broker, run_id, "ghost", 3)  # never held a lease: dead
+    taken = ghost_takes(broker, run_id, "ghost", 3)  # never held a lease: dead
+    # It had begun the first; the others it had only read ahead.
+    assert (
+        Scripts(broker.client).begin(
+            keys=[key(run_id, "tasks"), key(run_id, "begun")], args=[GROUP, taken[0], "ghost"]
+        )
+        == 1
+    )
     a, b = consumer(new_consumer, broker, "a"), consumer(new_consumer, broker, "b")
     for c in (a, b):
         c._rescan()  # serve the run: its lease is written there first
@@ -69,7 +76,8 @@ def test_dead_consumers_chunks_go_to_exactly_one_live_consumer(
     got_b = b._reclaim(run_id, 10)
     assert sorted(d.chunk for d in got_a + got_b) == [0, 1, 2]
     assert not (got_a and got_b)
-    assert all(d.attempt == 2 for d in got_a + got_b)
+    assert {d.chunk: d.attempt for d in got_a + got_b} == {0: 2, 1: 1, 2: 1}
+    assert broker.client.hlen(key(run_id, "begun")) == 0, "the claimer has begun nothing yet"
     assert broker.progress(run_id).redelivered == 3
     names = {c["name"] for c in broker.client.xinfo_consumers(key(run_id, "tasks"), GROUP)}
     assert "ghost" not in names, "a consumer with nothing pending is forgotten"
@@ -120,6 +128,30 @@ def test_entries_lost_in_flight_to_ourselves_are_adopted(
         return [d.chunk for d in me.fetch(0.1, 10) if d.handle in lost]
 
     assert sorted(eventually(adopted, timeout=10, what="lost entries adopted")) == [0, 1]
+
+
+def test_begun_marks_are_removed_with_their_entries_and_garbage_in_them_counts(
+    broker: RedisBroker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    seed(broker, run_id)
+    c = consumer(new_consumer, broker, "c")
+    held = eventually(lambda: c.fetch(0.1, 2), what="a delivery")
+    for d in held:
+        c.begin(d)
+    # Written without waiting for a reply: there a moment later.
+    eventually(lambda: broker.client.hlen(key(run_id, "begun")) == len(held), what="marks")
+    c.complete([(d, ok(d, "c")) for d in held])
+    assert broker.client.hlen(key(run_id, "begun")) == 0, "marks outlive their entries"
+    # Garbage where the marks live: nothing breaks, and a death counts, as before marks.
+    broker.client.set(key(run_id, "begun"), "garbage")
+    (mine,) = eventually(lambda: c.fetch(0.1, 1), what="a delivery")
+    c.begin(mine)  # refused (not a hash): said in the log, the compute goes on
+    assert c.complete([(mine, ok(mine, "c"))]) == [Recorded.COUNTED]
+    ghost_takes(broker, run_id, "ghost", 2)
+    c._rescan()
+    back = c._reclaim(run_id, 10)
+    assert sorted(d.attempt for d in back) == [2, 2]
+    assert c.complete([(d, ok(d, "c")) for d in back]) == [Recorded.COUNTED] * 2
 
 
 def test_acknowledged_entries_are_removed_and_a_complete_run_is_no_longer_served(

@@ -220,3 +220,18 @@ def test_a_meta_stream_with_a_bad_spec_makes_the_run_unreadable(msg: dict[str, A
 def test_activity_snapshots_are_checked(msg: dict[str, Any]) -> None:
     with pytest.raises(DecodeError):
         qdecode.snapshot(msg)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [{}, {"b": 5}, {"b": [[1]]}, {"b": [[1, 2, 3]]}, {"b": [["a", 1]]}, {"b": [[10, 1]]},
+     {"b": [[1, 0]]}, {"b": [[-1, 1]]}, {"sync": ["x"]}, {"sync": "x" * 100}],
+)  # fmt: skip
+def test_begun_marks_are_checked(msg: dict[str, Any]) -> None:
+    with pytest.raises(DecodeError):
+        qdecode.begun_message(msg, 10)
+
+
+def test_begun_marks_read() -> None:
+    assert qdecode.begun_message({"w": "w", "b": [[3, 2], [4, 1]]}, 10).marks == ((3, 2), (4, 1))
+    assert qdecode.begun_message({"sync": "abc"}, 10).sync == "abc"

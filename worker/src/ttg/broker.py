@@ -18,6 +18,8 @@ conformance suite run unchanged against every backend:
 - a consumer that stops renewing its lease has its chunks redelivered to a live
   one within the lease, and a live consumer never loses a chunk it holds;
 - a chunk delivered ``max_deliveries`` times without an outcome is recorded dead;
+  only deliveries a worker had begun count: read-ahead never begun comes back
+  with its count unchanged;
 - a task message that cannot be read is acknowledged and recorded as a problem
   of its run, never handed to the worker and never left pending;
 - anything else read that cannot be read (a spec, a tally, a ledger record, an
@@ -104,8 +106,24 @@ class Consumer(ABC):
         """Wait up to ``timeout`` seconds for at most ``limit`` deliveries from any live run.
 
         Deliveries of dead consumers come here too, with ``attempt`` counting
-        every earlier delivery. Returns nothing while the lease is not held:
-        a worker that cannot renew its lease takes no new work.
+        every earlier delivery that was begun (``begin``). Returns nothing
+        while the lease is not held: a worker that cannot renew its lease
+        takes no new work.
+        """
+
+    @abstractmethod
+    def begin(self, delivery: Delivery) -> None:
+        """Mark ``delivery`` begun: call it just before its compute starts.
+
+        Only a begun delivery counts towards ``max_deliveries`` when its worker
+        dies (or abandons it): a chunk fetched ahead and never begun comes back
+        with the same ``attempt`` (docs/design.md, invariant 6). Returns once
+        the mark is with the broker, so a compute that kills its worker at once
+        is still counted.
+
+        Raises:
+            BrokerError: the mark could not be written; do not compute the
+                delivery (give it back: it was not begun).
         """
 
     @abstractmethod

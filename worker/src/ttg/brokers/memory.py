@@ -47,6 +47,8 @@ class _Held:
     fields: dict[str, Any]
     deliveries: int
     since: float
+    #: Its holder began computing it: only then does the holder's death count a delivery.
+    begun: bool = False
 
 
 @dataclass
@@ -274,8 +276,11 @@ class MemoryBroker(Broker):
                     break
                 if h.consumer == c.name or self._leases.get(h.consumer, 0) > now:
                     continue
-                # Its holder's lease ran out: a dead worker's chunk.
-                h.deliveries += 1
+                # Its holder's lease ran out: a dead worker's chunk. It counts a
+                # delivery only if the holder had begun it, not if it was read ahead.
+                if h.begun:
+                    h.deliveries += 1
+                h.begun = False
                 r.stats["redelivered"] += 1
                 r.events.append(
                     RunEvent(time.time(), "redelivered", int(h.fields["c"]), c.name, h.consumer)
@@ -363,6 +368,15 @@ class MemoryConsumer(Consumer):
                 if left <= 0:
                     return []
                 self.broker._lock.wait(min(left, self.lease_seconds / 8))
+
+    def begin(self, delivery: Delivery) -> None:
+        with self.broker._lock:
+            r = self.broker._runs.get(delivery.run)
+            held = r.held.get(delivery.handle) if r else None
+            # A broker refusing writes leaves it unmarked and the compute goes on (as Redis).
+            refused = time.monotonic() < self.broker._refuse_until
+            if held is not None and held.consumer == self.name and not refused:
+                held.begun = True
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         with self.broker._lock:

@@ -8,7 +8,7 @@ import time
 from ttg import compute
 from ttg.children.supervisor import Aborted, ComputeUnavailable
 from ttg.compute import ChunkResult
-from ttg.errors import UsageError
+from ttg.errors import BrokerError, UsageError
 from ttg.run import Delivery, Outcome, Status
 from ttg.worker.state import Complete, Release, Retry, Verdict, WorkerState
 
@@ -71,6 +71,11 @@ class Dispatch(WorkerState):
         except UsageError as e:
             # The same answer on every attempt: dead at once, never retried.
             return Complete(Outcome.dead(d, self.name, str(e)))
+        # From here on this worker's death counts a delivery of d (invariant 6), not before.
+        try:
+            self.consumer.begin(d)
+        except BrokerError:
+            return Release()  # not begun: given back uncounted
         return None
 
     def _verdict(self, d: Delivery, r: ChunkResult | ComputeUnavailable) -> Verdict:

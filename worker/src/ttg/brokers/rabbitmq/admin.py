@@ -489,7 +489,7 @@ class RabbitMQBroker(Broker):
         self._forget(run)
         ch = self._conn.channel()
         ch.confirm_delivery()
-        for name in ("tasks", "retry", "dead", "ledger", "meta", "activity"):
+        for name in ("tasks", "retry", "dead", "ledger", "meta", "activity", "begun"):
             ch.queue_delete(queue(run, name))
         publish(ch, RUNS, {"deleted": run})
         ch.close()

@@ -16,6 +16,10 @@ Layout of one run ``R`` (all durable, declared by ``seed`` with fixed arguments)
                               released|malformed|retry, ...}; replayed and decided on
                               read: the first outcome of a chunk's current round wins
     ttg.R.activity    stream  who holds which chunks: a snapshot every 1/4 lease, kept 10 min
+    ttg.R.begun       stream  chunks whose compute began {"b": [[chunk, attempt], ...]}: one
+                              mark as each begins, again every 1/4 lease while it runs;
+                              kept 10 min. A redelivery counts only if its last
+                              delivery was begun (begun.py)
 
 Why this shape:
 
@@ -203,6 +207,14 @@ def open_connection(
         translate(e)
 
 
+#: Arguments of every run's begun stream (queue arguments are immutable: always these).
+BEGUN_ARGS: dict[str, Any] = {
+    "x-queue-type": "stream",
+    "x-max-age": "10m",
+    "x-stream-max-segment-size-bytes": 1_000_000,
+}
+
+
 def declare_run(ch: BlockingChannel, spec: RunSpec) -> None:
     """Declare every queue of a run, always with the same arguments."""
     run = spec.run
@@ -215,6 +227,7 @@ def declare_run(ch: BlockingChannel, spec: RunSpec) -> None:
         durable=True,
         arguments={**stream, "x-max-age": "10m", "x-stream-max-segment-size-bytes": 1_000_000},
     )
+    ch.queue_declare(queue(run, "begun"), durable=True, arguments=BEGUN_ARGS)
     ch.queue_declare(queue(run, "dead"), durable=True, arguments={"x-queue-type": "quorum"})
     # At-least-once dead-lettering needs reject-publish overflow; neither queue
     # ever reaches a length limit, so that costs nothing.

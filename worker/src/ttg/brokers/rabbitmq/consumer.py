@@ -18,6 +18,9 @@ messages — published before the group is acknowledged — whenever keeping it
 whole would cost something: when it is redelivered (so a chunk that kills its
 workers is isolated from the others), and when its chunks wait for the worker
 longer than ``STALE_GROUP_SECONDS`` (long chunks: other workers take the rest).
+
+A redelivered message counts a delivery only for the chunks its lost holder had
+begun (``begun.py``): the others are published again with their count unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import pika.exceptions as pex
 from ttg import decode
 from ttg.broker import Consumer
 from ttg.brokers.rabbitmq import decode as qdecode
+from ttg.brokers.rabbitmq.begun import BegunMarks
 from ttg.brokers.rabbitmq.connection import (
+    BEGUN_ARGS,
     RUNS,
     body,
     parameters,
@@ -108,6 +113,10 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._marker = ""
         self._snapshot_due = 0.0
         self._snapshot_last = 0.0
+        #: Begun marks: ours, and those that judge the redeliveries we receive.
+        self._begun = BegunMarks(name, self.snapshot_s)
+        #: Runs whose begun stream this connection has declared (older runs lack one).
+        self._marked_runs: set[str] = set()
         self._ch: Any = None
         self._events: Any = None
 
@@ -140,6 +149,30 @@ class RabbitMQConsumer(IOThread, Consumer):
         # Messages, in powers of two: a new window means a new subscription (see _resize).
         messages = -(-chunks // self._group) + (1 if self._group > 1 else 0)
         self.window = min(self.cap, 1 << max(0, messages - 1).bit_length())
+
+    def begin(self, delivery: Delivery) -> None:
+        d = delivery
+        if d.handle is None or d.handle.generation != self.generation:
+            return  # its connection is gone: requeued, and judged unbegun
+        if d.run not in self._marked_runs:
+            return  # no begun stream (garbage under its name): its redeliveries count
+        msg = d.handle
+        if msg.marked:
+            return
+        # A group is marked whole, once: a mark per chunk of 64 one-parameter chunks
+        # would cost more than computing them. Its loss then counts each chunk not
+        # yet settled once, and splits it: from then on each is marked alone.
+        msg.marked = True
+        marks = [(c, d.attempt) for c in range(d.chunk, msg.first + msg.size)]
+
+        def mark() -> None:
+            if msg.generation == self.generation and self._events is not None:
+                self._begun.mark(d.run, marks)
+
+        # On the I/O thread (the worker's one connection), and waited for: the mark is on
+        # the socket before the compute starts, so a compute that kills its worker at
+        # once is still counted. A group's one mark spreads that hand-off over its chunks.
+        self.call(mark)
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         out = self.call(lambda: self._record(items))
@@ -200,6 +233,8 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._ch.confirm_delivery()
         # Informational events and activity snapshots: no confirms, no waiting.
         self._events = conn.channel()
+        self._marked_runs = set()
+        self._begun.connected(conn.channel(), self._events)
         runs = conn.channel()
         runs.basic_qos(prefetch_count=500)
         runs.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
@@ -216,8 +251,10 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._ch = self._events = None
         # Whatever was delivered on the old connection is requeued by RabbitMQ.
         self._inbox.clear()
+        self._begun.lost()
 
     def tick(self) -> None:
+        self._judge_redeliveries()
         self._split_stale_groups()
         self._resize()
         self._snapshot()
@@ -314,6 +351,7 @@ class RabbitMQConsumer(IOThread, Consumer):
             if e.reply_code == 404:
                 return  # deleted; its deletion is further down ttg.runs than we have read
             raise
+        self._declare_begun(run)
         self._ch.basic_qos(prefetch_count=self.window)
         tag = self._ch.basic_consume(queue(run, "tasks"), self._on_task)
         self._subscribed[run] = _Subscription(tag, self.window)
@@ -340,30 +378,81 @@ class RabbitMQConsumer(IOThread, Consumer):
         except DecodeError as e:
             self._malformed(run, headers, e, method.delivery_tag)
             return
-        first, count, earlier, round_ = t.first, t.count, t.earlier, t.round
-        attempt = earlier + t.delivered + 1
-        chunks = range(first, first + count)
-        if count > 1 and attempt > 1:
-            # A group back from a lost worker: split it, so a chunk that kills its
-            # workers goes to the dead letters alone, not with its neighbours.
-            for chunk in chunks:
-                publish_task(
-                    self._ch, queue(run, "tasks"), task_headers(chunk, attempt - 1, round_)
-                )
-            self._ch.basic_ack(method.delivery_tag)
-            return
+        chunks = range(t.first, t.first + t.count)
         msg = Message(
-            self.generation, method.delivery_tag, method.consumer_tag, set(chunks), size=count
+            self.generation,
+            method.delivery_tag,
+            method.consumer_tag,
+            set(chunks),
+            size=t.count,
+            first=t.first,
         )
         self._unacked.add(msg)
         for sub in self._subscribed.values():
             if sub.tag == method.consumer_tag:
                 sub.unacked += 1
-        self._group = count
+        if t.delivered and run in self._marked_runs:
+            # Back from a lost worker (or rejected): judged by its begun marks first.
+            self._begun.park(run, spec.total_chunks, msg, t)
+            return
+        self._accept(run, spec, msg, t, t.earlier + t.delivered + 1)
+
+    def _accept(self, run: str, spec: RunSpec, msg: Message, t: qdecode.Task, attempt: int) -> None:
+        """Hand the chunks of a task message to the worker."""
+        if t.count > 1 and attempt > 1:
+            # A group that counts a delivery: split it, so a chunk that kills its
+            # workers goes to the dead letters alone, not with its neighbours.
+            self._republish(run, msg, t, [True] * t.count)
+            return
+        chunks = range(t.first, t.first + t.count)
+        self._group = t.count
         self._activity.hold(run, chunks, attempt)
         if attempt > 1:
-            self._event(run, {"e": "redelivered", "c": first, "w": self.name, "a": attempt})
-        self._inbox.put([Delivery(spec, chunk, attempt, msg, round_) for chunk in chunks])
+            self._event(run, {"e": "redelivered", "c": t.first, "w": self.name, "a": attempt})
+        self._inbox.put([Delivery(spec, chunk, attempt, msg, t.round) for chunk in chunks])
+
+    def _judge_redeliveries(self) -> None:
+        for p, counts in self._begun.judged():
+            spec = self._specs.get(p.run)
+            if p.msg.generation != self.generation:
+                continue  # its connection is gone: RabbitMQ requeued it
+            if spec is None:
+                self._settle_message(p.msg)  # its run was deleted meanwhile
+            elif p.task.count == 1 and counts[0]:
+                self._accept(p.run, spec, p.msg, p.task, p.previous_attempt + 1)
+            else:
+                self._republish(p.run, p.msg, p.task, counts)
+
+    def _republish(self, run: str, msg: Message, t: qdecode.Task, counts: list[bool]) -> None:
+        """Each chunk of ``msg`` again as a message of its own, then ``msg`` acknowledged.
+
+        A chunk whose last delivery was begun counts it; any other keeps its count.
+        """
+        earlier = t.earlier + t.delivered
+        for chunk, counted in zip(range(t.first, t.first + t.count), counts, strict=True):
+            headers = task_headers(chunk, earlier if counted else earlier - 1, t.round)
+            publish_task(self._ch, queue(run, "tasks"), headers)
+        self._settle_message(msg)
+
+    def _settle_message(self, msg: Message) -> None:
+        for chunk in list(msg.open):
+            if self._unacked.settle(msg, chunk):
+                self._finish([msg])
+
+    def _declare_begun(self, run: str) -> None:
+        """Make sure the run has a begun stream (runs seeded by older versions have none)."""
+        if run in self._marked_runs:
+            return
+        probe = self.conn.channel()  # type: ignore[union-attr]  # the I/O thread is connected
+        try:
+            probe.queue_declare(queue(run, "begun"), durable=True, arguments=BEGUN_ARGS)
+            probe.close()
+        except pex.ChannelClosedByBroker as e:
+            # Garbage under its name: no marks for this run; its redeliveries count.
+            if self._skip_log(f"begun {run}"):
+                log.error("run %s: no begun stream (%s)", run, e, extra={"run": run})
+            return
+        self._marked_runs.add(run)
 
     def _malformed(self, run: str, headers: Any, e: Exception, tag: int) -> None:
         # Described, never quoted whole: a 20 MB header is not logged by every worker.
@@ -437,14 +526,20 @@ class RabbitMQConsumer(IOThread, Consumer):
         done = []
         for d in ds:
             self._activity.drop(d.run, d.chunk)
+            self._begun.settled(d.run, d.chunk)
             msg = d.handle
             if msg is None or msg.generation != self.generation:
                 continue  # its connection is gone: RabbitMQ requeued it already
             if self._unacked.settle(msg, d.chunk, requeue=requeue):
                 done.append(msg)
-                for sub in self._subscribed.values():
-                    if sub.tag == msg.consumer_tag:
-                        sub.unacked -= 1
+        self._finish(done)
+
+    def _finish(self, done: list[Message]) -> None:
+        """Acknowledge (or, for abandoned ones, requeue) messages whose chunks are all settled."""
+        for msg in done:
+            for sub in self._subscribed.values():
+                if sub.tag == msg.consumer_tag:
+                    sub.unacked -= 1
         multiple, acks, nacks = self._unacked.finish(done)
         for tag in nacks:
             self._ch.basic_nack(tag, requeue=True)

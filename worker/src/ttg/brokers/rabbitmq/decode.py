@@ -277,3 +277,36 @@ def task(headers: Any, total_chunks: int) -> Task:
         decode.as_int(headers.get("g", 0), "round", 0, MAX_INT),
         decode.as_int(headers.get("x-delivery-count", 0), "delivery count", 0, MAX_INT),
     )
+
+
+@dataclass(frozen=True)
+class BegunMessage:
+    """One message of a run's begun stream: chunks a worker began, or a reader's sync marker."""
+
+    #: ``(chunk, attempt)`` of each delivery begun.
+    marks: tuple[tuple[int, int], ...] = ()
+    sync: str | None = None
+
+
+def begun_message(msg: Mapping[str, Any], total_chunks: int) -> BegunMessage:
+    """``{"b": [[chunk, attempt], ...]}`` or ``{"sync": marker}``.
+
+    Raises:
+        DecodeError: neither, or a chunk out of the run's range, an attempt below 1.
+    """
+    if "sync" in msg:
+        return BegunMessage(sync=marker(msg, "sync"))
+    raw = msg.get("b")
+    if not isinstance(raw, list) or len(raw) > MAX_HELD:
+        raise DecodeError("a begun mark holds no list b of chunks")
+    marks = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 2:
+            raise DecodeError(f"begun mark {decode.preview(item, 40)} is not [chunk, attempt]")
+        marks.append(
+            (
+                decode.as_int(item[0], "chunk", 0, total_chunks - 1),
+                decode.as_int(item[1], "attempt", 1, MAX_INT),
+            )
+        )
+    return BegunMessage(marks=tuple(marks))

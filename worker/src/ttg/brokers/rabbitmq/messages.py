@@ -33,6 +33,10 @@ class Message:
     #: When it arrived (monotonic), and how many chunks it brought.
     arrived: float = field(default_factory=time.monotonic)
     size: int = 1
+    #: Its first chunk (a group's chunks are consecutive).
+    first: int = 0
+    #: Marked begun, whole (begun.py): a group is marked once, when its first chunk begins.
+    marked: bool = False
 
 
 @dataclass

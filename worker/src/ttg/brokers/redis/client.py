@@ -58,6 +58,7 @@ GENERATION = "ttg:runs:gen"
 #: Names of a run's keys, for ``delete``.
 RUN_KEYS = (
     "spec", "meta", "tasks", "delayed", "ledger", "rounds", "history", "stats", "leases", "events",
+    "begun",
 )  # fmt: skip
 #: Longest error text from Redis kept in a message.
 MAX_ERROR_CHARS = 200
@@ -276,5 +277,6 @@ class Scripts:
         self.release = load("release")
         self.beat = load("beat")
         self.reclaim = load("reclaim")
+        self.begin = load("begin")
         self.malformed = load("malformed")
         self.requeue = load("requeue")

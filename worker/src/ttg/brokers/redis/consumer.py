@@ -40,6 +40,7 @@ from ttg.brokers.redis.client import (
     make_client,
     translated,
 )
+from ttg.brokers.redis.marks import MarkWriter
 from ttg.decode import DecodeError, Throttle
 from ttg.endpoint import TLS
 from ttg.errors import RunDataError
@@ -97,6 +98,8 @@ class RedisConsumer(Consumer):
         #: Runs left alone until a time (monotonic): Redis refused to read their keys.
         self._bad: dict[str, float] = {}
         self._skip_log = Throttle(SKIP_LOG_SECONDS)
+        #: Begun marks without a round trip; a cluster client marks with begin.lua.
+        self._marks = MarkWriter(self.client) if hasattr(self.client, "connection_pool") else None
 
     # -- liveness ---------------------------------------------------------------------
 
@@ -320,7 +323,7 @@ class RedisConsumer(Consumer):
             if not self._may_reclaim():
                 continue
             claimed = self.scripts.reclaim(
-                keys=[tasks, key(run, "leases"), key(run, "stats"), key(run, "events")],
+                keys=[key(run, n) for n in ("tasks", "leases", "stats", "events", "begun")],
                 args=[GROUP, c["name"], self.name, limit - len(out)],
             )
             for entry_id, flat, deliveries in claimed:
@@ -348,18 +351,54 @@ class RedisConsumer(Consumer):
         pending = self.client.xpending_range(
             tasks, GROUP, min="-", max="+", count=limit, consumername=self.name, idle=self.lease_ms
         )
-        lost = [p for p in pending if p["message_id"] not in self._in_hand]
+        lost = [p["message_id"] for p in pending if p["message_id"] not in self._in_hand]
         if not lost:
             return []
-        counts = {p["message_id"]: p["times_delivered"] for p in lost}
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        begun = self._begun(run, lost)
         out = []
-        for entry_id, fields in self.client.xclaim(
-            tasks, GROUP, self.name, self.lease_ms, list(counts)
-        ):
-            d = self._delivery(run, entry_id, fields, deliveries=counts[entry_id] + 1)
-            if d is not None:
-                out.append(d)
+        for entry_id in lost:
+            # As for a dead worker's (reclaim.lua): only a delivery begun here counts.
+            count = counts[entry_id] + 1 if begun[entry_id] else counts[entry_id]
+            for got_id, fields in self.client.xclaim(
+                tasks, GROUP, self.name, self.lease_ms, [entry_id], retrycount=count
+            ):
+                d = self._delivery(run, got_id, fields, deliveries=count)
+                if d is not None:
+                    out.append(d)
+        with contextlib.suppress(rex.ResponseError):
+            self.client.hdel(key(run, "begun"), *lost)
         return out
+
+    def _begun(self, run: str, ids: list[str]) -> dict[str, bool]:
+        """Which of our entries ``ids`` were begun; all of them if the marks cannot be read."""
+        try:
+            marks = self.client.hmget(key(run, "begun"), ids)
+        except rex.ResponseError:
+            return dict.fromkeys(ids, True)  # garbage in the key: count, as before marks
+        return {i: m is not None for i, m in zip(ids, marks, strict=True)}
+
+    # -- beginning ----------------------------------------------------------------------------
+
+    @translated
+    def begin(self, delivery: Delivery) -> None:
+        run = delivery.run
+        if self._marks is not None:
+            # No round trip: a refused mark (a full broker) goes unnoticed and the
+            # compute goes on unmarked, as with begin.lua's code 2 below.
+            self._marks.mark(key(run, "begun"), delivery.handle)
+            return
+        code = self.scripts.begin(
+            keys=[key(run, "tasks"), key(run, "begun")],
+            args=[GROUP, delivery.handle, self.name],
+        )
+        if code == 2 and self._skip_log(f"begin {run}"):
+            # A full broker (or garbage in the key): the compute goes on unmarked.
+            log.warning(
+                "the broker refused to mark chunk %s begun; a death now would not count it",
+                delivery.chunk,
+                extra={"run": run},
+            )
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -388,7 +427,7 @@ class RedisConsumer(Consumer):
                 codes = self.scripts.record(
                     keys=[
                         key(run, n)
-                        for n in ("tasks", "ledger", "stats", "meta", "rounds", "events")
+                        for n in ("tasks", "ledger", "stats", "meta", "rounds", "events", "begun")
                     ],
                     args=args,
                 )
@@ -414,7 +453,10 @@ class RedisConsumer(Consumer):
     def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
         run = delivery.run
         self.scripts.retry(
-            keys=[key(run, n) for n in ("tasks", "delayed", "stats", "ledger", "meta", "events")],
+            keys=[
+                key(run, n)
+                for n in ("tasks", "delayed", "stats", "ledger", "meta", "events", "begun")
+            ],
             args=[
                 GROUP,
                 delivery.handle,
@@ -432,7 +474,7 @@ class RedisConsumer(Consumer):
     def release(self, delivery: Delivery) -> None:
         run = delivery.run
         self.scripts.release(
-            keys=[key(run, n) for n in ("tasks", "stats", "meta", "events")],
+            keys=[key(run, n) for n in ("tasks", "stats", "meta", "events", "begun")],
             args=[
                 GROUP,
                 delivery.handle,
@@ -450,6 +492,8 @@ class RedisConsumer(Consumer):
 
     def close(self) -> None:
         self._stop.set()
+        if self._marks is not None:
+            self._marks.close()
         if self._beat_thread:
             self._beat_thread.join(timeout=2)
         with self._lock:

@@ -3,7 +3,11 @@
 -- current is left alone (invariant 5), and a claimer without a current lease of
 -- its own claims nothing: a worker that could not renew its lease may be the
 -- one that is cut off.
--- KEYS: tasks, leases, stats, events
+-- Only an entry the dead consumer had begun (begin.lua) counts a delivery: one
+-- it had read ahead and never begun is claimed with its count unchanged
+-- (RETRYCOUNT), so a worker killed again and again never walks healthy chunks
+-- to the dead letters. A marker that cannot be read counts, as before markers.
+-- KEYS: tasks, leases, stats, events, begun
 -- ARGV: group, dead consumer, claiming consumer, max entries
 -- Returns {entry id, {field, value, ...}, deliveries} for each claimed task.
 local now = redis.call('TIME')
@@ -17,14 +21,21 @@ end
 local pending = redis.call('XPENDING', KEYS[1], group, '-', '+', ARGV[4], dead)
 local out = {}
 if #pending > 0 then
-  local ids, seen = {}, {}
+  local ids = {}
   for i, p in ipairs(pending) do
-    ids[i] = p[1]
-    seen[p[1]] = p[4]
-  end
-  for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, 0, unpack(ids))) do
+    local id, count = p[1], tonumber(p[4])
+    ids[i] = id
+    local begun = redis.pcall('HEXISTS', KEYS[5], id)
+    local claimed
+    if begun == 0 then
+      claimed = redis.call('XCLAIM', KEYS[1], group, me, 0, id, 'RETRYCOUNT', count)
+    else
+      count = count + 1
+      claimed = redis.call('XCLAIM', KEYS[1], group, me, 0, id)
+    end
+    local entry = claimed[1]
     if entry and entry[2] then
-      out[#out + 1] = {entry[1], entry[2], seen[entry[1]] + 1}
+      out[#out + 1] = {entry[1], entry[2], count}
       local chunk = ''
       for j = 1, #entry[2], 2 do
         if entry[2][j] == 'c' then chunk = entry[2][j + 1] end
@@ -33,6 +44,8 @@ if #pending > 0 then
                  'c', chunk, 'w', me, 'p', dead)
     end
   end
+  -- Ours now, and not begun by us yet.
+  redis.pcall('HDEL', KEYS[5], unpack(ids))
   redis.call('HINCRBY', KEYS[3], 'redelivered', #out)
 end
 -- Forget the consumer only once it holds nothing: DELCONSUMER drops its pending list.

@@ -5,7 +5,7 @@
 -- `ttg retry` of its chunk (an older round) is a duplicate too. The same record
 -- sent again (same worker and attempt: a reply was lost) is recognised, never
 -- counted twice.
--- KEYS: tasks, ledger, stats, meta, rounds, events
+-- KEYS: tasks, ledger, stats, meta, rounds, events, begun
 -- ARGV: group, worker, count, then per item: entry id, chunk, round, status,
 --       params, parameter errors, prefix of a re-sent record, error, outcome json
 -- Returns a code per item (1 counted, 0 duplicate, 2 sent before), or -1 when
@@ -63,6 +63,7 @@ for field, n in pairs(add) do
 end
 redis.call('XACK', KEYS[1], group, unpack(ids))
 redis.call('XDEL', KEYS[1], unpack(ids))
+redis.pcall('HDEL', KEYS[7], unpack(ids))  -- their begun marks (begin.lua)
 if add.finished > 0 and redis.call('HLEN', KEYS[2]) >= (tonumber(redis.call('HGET', KEYS[4], 'total')) or math.huge) then
   redis.call('HSETNX', KEYS[4], 'completed_at', now_ms)
 end

@@ -1,7 +1,7 @@
 -- Give a task back (SIGTERM before the chunk finished, or read ahead and not
 -- started): acknowledge the delivery and re-add the task with the same count of
 -- earlier deliveries, as one step, so another worker takes it at once.
--- KEYS: tasks, stats, meta, events
+-- KEYS: tasks, stats, meta, events, begun
 -- ARGV: group, entry id, chunk, earlier deliveries, round, worker
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return 0  -- the run was deleted meanwhile
@@ -14,6 +14,7 @@ else
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+redis.pcall('HDEL', KEYS[5], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'redelivered', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 't', now[1] * 1000 + math.floor(now[2] / 1000),
            'k', 'released', 'c', ARGV[3], 'w', ARGV[6])

@@ -1,7 +1,7 @@
 -- A failure worth retrying: move the task from the stream to the delayed set, due
 -- in ARGV[4] ms, as one step, so it is neither lost nor requeued hot. A chunk
 -- that meanwhile got an outcome is simply acknowledged.
--- KEYS: tasks, delayed, stats, ledger, meta, events
+-- KEYS: tasks, delayed, stats, ledger, meta, events, begun
 -- ARGV: group, entry id, chunk, delay ms, attempt, round, worker, error
 if redis.call('EXISTS', KEYS[5]) == 0 then
   return 0  -- the run was deleted meanwhile
@@ -16,4 +16,5 @@ if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0 then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+redis.pcall('HDEL', KEYS[7], ARGV[2])
 return 1
