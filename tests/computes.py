@@ -34,20 +34,25 @@ DIE_ALWAYS_ENV = "TTG_TEST_DIE_ALWAYS"
 
 
 def die_once_on_listed(x: int) -> int:
-    """Kill the worker process the first time each listed parameter is computed, then square.
+    """Kill the worker the first time each listed parameter is computed, then square.
 
-    A worker SIGKILLed mid-chunk, on a different chunk each time, whatever it holds
-    read ahead; every chunk is healthy on its next delivery, but for those listed in
-    ``TTG_TEST_DIE_ALWAYS`` (poison: they kill every worker that begins them).
+    A worker SIGKILLed mid-chunk (its own OOM, a node loss), on a different chunk each
+    time, whatever it holds read ahead; every chunk is healthy on its next delivery, but
+    for those listed in ``TTG_TEST_DIE_ALWAYS`` (poison: they kill every worker that
+    begins them). The compute runs in the worker's compute process: the worker is its
+    parent (the compute process then dies with it).
     """
+    worker = os.getppid()
     if str(x) in os.environ.get(DIE_ALWAYS_ENV, "").split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
+        time.sleep(60)  # until this process dies with its worker
     if str(x) in os.environ.get(DIE_ON_ENV, "").split(","):
         note = os.path.join(os.environ[DIE_DIR_ENV], f"died-on-{x}")
         if not os.path.exists(note):
             with open(note, "w"):
                 pass
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(worker, signal.SIGKILL)
+            time.sleep(60)
     return x * x
 
 

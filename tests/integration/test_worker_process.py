@@ -380,3 +380,28 @@ def test_results_as_parquet_aggregated_and_cut_short_by_head(
     _, err = results.communicate(timeout=120)
     assert len(head.stdout.splitlines()) == 2, head.stdout
     assert results.returncode == 0 and err == b"", err
+
+
+def test_a_stale_worker_declines_what_it_cannot_run_and_the_run_completes(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    """A worker whose allowlist lacks the run's compute never dead-letters it (issue 18)."""
+    env = backend.env
+    ttg("seed", "--run", run_id, "--params", "60", "--chunk-size", "1", "--work-ms", "50",
+        "--compute", "tests.computes:explode_on_13", env=env, check=True)  # fmt: skip
+    (stale,) = workers.start(1, TTG_COMPUTE_ALLOW="ttg.compute:square")
+
+    def declined() -> dict[str, Any]:
+        report = ttg_json("status", "--run", run_id, env=env)
+        assert any(f"worker {stale} cannot run compute" in w for w in report["warnings"])
+        return report
+
+    report = eventually(declined, timeout=60, what="the stale worker declining, said by status")
+    assert report["dead"] == 0 and report["finished"] == 0, report
+    workers.start(1)  # one that can
+    eventually(lambda: ttg_json("status", "--run", run_id, env=env)["complete"],
+               timeout=120, what="the run complete")  # fmt: skip
+    final = ttg_json("verify", "--run", run_id, "--allow-failed", env=env)
+    assert final["ok"] and final["dead"] == 0 and final["params_dead"] == 0, final
+    assert final["failed_params"] == 1, "parameter 13 raised; nothing else failed"
+    assert stale in workers.alive(), "declining is not dying"

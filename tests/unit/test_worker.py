@@ -150,14 +150,24 @@ def test_unserialisable_result_is_an_error_of_that_parameter(broker: MemoryBroke
         ("tests.computes:no_such_function", "has no function"),
     ],
 )
-def test_a_compute_that_cannot_run_is_dead_at_once(
+def test_a_compute_that_cannot_run_is_declined_never_dead(
     broker: MemoryBroker, start, compute_name: str, reason: str
 ) -> None:  # type: ignore[no-untyped-def]
+    """A worker that cannot run a compute gives its chunks back uncounted, saying why."""
     broker.seed(spec(params=20, compute=compute_name))
     start()
-    eventually(lambda: finished(broker), timeout=10)
-    for o in outcomes(broker).values():
-        assert o.status is Status.DEAD and o.attempt == 1 and reason in (o.error or ""), o
+
+    def declined() -> list[str]:
+        return [
+            e.detail
+            for e in broker._runs["r"].events
+            if e.kind == "released" and e.detail and reason in e.detail
+        ]
+
+    eventually(declined, timeout=10, what="a chunk declined with the reason")
+    assert "cannot run compute" in declined()[0]
+    assert outcomes(broker) == {}, "nothing recorded: not dead, not computed"
+    assert all(fields["a"] == 0 for _, fields in broker._runs["r"].queue), "never counted"
 
 
 def test_chunk_delivered_past_max_deliveries_is_dead_without_running(

@@ -82,6 +82,12 @@ class RetryReport:
         return self.dead + self.errors
 
 
+#: How long a consumer leaves a run alone after declining one of its chunks.
+DECLINE_SECONDS = 60.0
+#: The words of a decline's reason (``worker W cannot run compute C: why``).
+CANNOT_RUN = "cannot run compute"
+
+
 class Consumer(ABC):
     """One worker process's session: fetch, then settle each delivery exactly once."""
 
@@ -147,6 +153,18 @@ class Consumer(ABC):
     @abstractmethod
     def release(self, delivery: Delivery) -> None:
         """Give an unfinished delivery back so another worker takes it at once (not a failure)."""
+
+    @abstractmethod
+    def decline(self, delivery: Delivery, why: str) -> None:
+        """Give back a delivery this worker cannot run (its compute is not allowed or
+        cannot be imported here): released without counting a delivery, with a
+        ``released`` event naming this worker and ``why`` (``ttg status`` shows it),
+        and the run left alone by this consumer for ``DECLINE_SECONDS``, so the
+        workers that can run it take its chunks.
+
+        Raises:
+            BrokerError: as ``release``.
+        """
 
     @abstractmethod
     def abandon(self, delivery: Delivery) -> None:

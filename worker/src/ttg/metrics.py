@@ -67,6 +67,7 @@ class RunMetrics:
     dead: Any
     duplicates: Any
     released: Any
+    declined: Any
     params: Any
     duration: Any
 
@@ -108,6 +109,12 @@ class Metrics:
         )
         self._released = Counter(
             "ttg_chunks_released", "Chunks given back unfinished (shutdown)", ["run"], registry=r
+        )
+        self._declined = Counter(
+            "ttg_chunks_declined",
+            "Chunks given back because this worker cannot run the run's compute",
+            ["run"],
+            registry=r,
         )
         self._params = Counter(
             "ttg_parameters_completed",
@@ -153,6 +160,7 @@ class Metrics:
                         self._dead,
                         self._duplicates,
                         self._released,
+                        self._declined,
                         self._params,
                         self._duration,
                     )

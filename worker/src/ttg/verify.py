@@ -28,7 +28,7 @@ from typing import Any
 
 from ttg import compute, failures, provenance
 from ttg import space as spaces
-from ttg.broker import Broker
+from ttg.broker import CANNOT_RUN, Broker
 from ttg.decode import Problems
 from ttg.metrics import RateMeter
 from ttg.run import InFlight, Outcome, Progress, RunSpec, Status
@@ -176,6 +176,9 @@ def status_report(
     warnings = []
     if p.workers == 0 and p.state in ("seeding", "running"):
         warnings.append(f"no live worker: {remaining} chunks wait")
+    declined = sorted({e for e in p.recent_errors if CANNOT_RUN in e})
+    if declined and remaining:
+        warnings += [f"{e}; its chunks wait for a worker that can" for e in declined[:3]]
     if p.malformed:
         warnings.append(f"{p.malformed} task messages could not be read (see recent_errors)")
     if p.problems:

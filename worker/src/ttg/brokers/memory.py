@@ -398,13 +398,21 @@ class MemoryConsumer(Consumer):
             self.broker._lock.notify_all()
 
     def release(self, delivery: Delivery) -> None:
+        self._release(delivery, None)
+
+    def decline(self, delivery: Delivery, why: str) -> None:
+        self._release(delivery, why)
+
+    def _release(self, delivery: Delivery, why: str | None) -> None:
         with self.broker._lock:
             self.broker._write()
             r = self.broker._run(delivery.run)
             r.held.pop(delivery.handle, None)
             fields = {"c": delivery.chunk, "a": delivery.attempt - 1, "g": delivery.round}
             r.queue.append((next(self.broker._ids), fields))
-            r.events.append(RunEvent(time.time(), "released", delivery.chunk, self.name))
+            r.events.append(
+                RunEvent(time.time(), "released", delivery.chunk, self.name, detail=why)
+            )
             self.broker._lock.notify_all()
 
     def abandon(self, delivery: Delivery) -> None:

@@ -6,6 +6,7 @@ import queue
 import time
 
 from ttg import compute
+from ttg.broker import CANNOT_RUN
 from ttg.children.supervisor import Aborted, ComputeUnavailable
 from ttg.compute import ChunkResult
 from ttg.errors import BrokerError, UsageError
@@ -22,36 +23,38 @@ class Dispatch(WorkerState):
         batch: list[Delivery],
         outbox: queue.SimpleQueue[tuple[Delivery, Verdict]],
     ) -> None:
-        """Compute ``batch`` in ``slot``'s child, queued there at once; a verdict for each."""
-        todo: list[Delivery] = []
-        for d in batch:
+        """Compute ``batch`` in ``slot``'s child, one chunk at a time; a verdict for each.
+
+        One request per chunk, sent just after the chunk is marked begun: a chunk
+        queued with a child ahead of time would count a delivery if the worker died
+        before the child reached it (invariant 6).
+        """
+        for i, d in enumerate(batch):
+            if self.stopping and i > 0:
+                # 3. Fetched but not started: give back at once. (The first one is the
+                # chunk in hand, even if the signal came before its compute began.)
+                outbox.put((d, Release()))
+                continue
             early = self._before_compute(d)
-            if early is None:
-                todo.append(d)
-            else:
+            if early is not None:
                 outbox.put((d, early))
-        results = self.children.compute_many(slot, [(d.spec, d.lo, d.hi) for d in todo])
-        try:
-            for i, d in enumerate(todo):
-                if self.stopping and i > 0:
-                    # 3. Fetched but not started: give back at once. (The first one is
-                    # the chunk in hand, even if the signal came before its compute began.)
-                    outbox.put((d, Release()))
-                    continue
-                try:
-                    r = next(results)
-                except Aborted:
-                    for rest in todo[i:]:
-                        outbox.put((rest, Release()))
-                    return
-                except BaseException as e:
-                    outbox.put((d, self._failure(d, f"worker error: {compute.describe(e)}")))
-                    for rest in todo[i + 1 :]:
-                        outbox.put((rest, Release()))
-                    return
-                outbox.put((d, self._verdict(d, r)))
-        finally:
-            results.close()
+                continue
+            try:
+                r: ChunkResult | ComputeUnavailable = self.children.compute(
+                    slot, d.spec, d.lo, d.hi
+                )
+            except ComputeUnavailable as e:
+                r = e
+            except Aborted:
+                for rest in batch[i:]:
+                    outbox.put((rest, Release()))
+                return
+            except BaseException as e:
+                outbox.put((d, self._failure(d, f"worker error: {compute.describe(e)}")))
+                for rest in batch[i + 1 :]:
+                    outbox.put((rest, Release()))
+                return
+            outbox.put((d, self._verdict(d, r)))
 
     def _before_compute(self, d: Delivery) -> Verdict | None:
         """The verdict of a delivery that must not be computed; None for one that may."""
@@ -69,8 +72,8 @@ class Dispatch(WorkerState):
             # By name here; the child imports it (user code never runs in the worker).
             compute.check_allowed(d.spec.compute, self.compute_allow)
         except UsageError as e:
-            # The same answer on every attempt: dead at once, never retried.
-            return Complete(Outcome.dead(d, self.name, str(e)))
+            # This worker may not run it; others may: given back uncounted (declined).
+            return self._cannot_run(d, str(e))
         # From here on this worker's death counts a delivery of d (invariant 6), not before.
         try:
             self.consumer.begin(d)
@@ -78,10 +81,17 @@ class Dispatch(WorkerState):
             return Release()  # not begun: given back uncounted
         return None
 
+    def _cannot_run(self, d: Delivery, why: str) -> Release:
+        """A chunk of a run whose compute this worker cannot run (not allowed here, not
+        importable): declined, never recorded dead, so a stale or misconfigured worker
+        cannot dead-letter a run that the others can compute."""
+        self.metrics.run(d.run).declined.inc()
+        return Release(f"worker {self.name} {CANNOT_RUN} {d.spec.compute}: {why}")
+
     def _verdict(self, d: Delivery, r: ChunkResult | ComputeUnavailable) -> Verdict:
         """What the child's answer for ``d`` decides."""
         if isinstance(r, ComputeUnavailable):
-            return Complete(Outcome.dead(d, self.name, str(r)))
+            return self._cannot_run(d, str(r))
         spec = d.spec
         result_json, unserialisable = compute.encode_results(r.results, d.lo)
         errors: list[tuple[int, str] | tuple[int, str, str]] = [

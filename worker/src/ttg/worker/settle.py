@@ -62,7 +62,8 @@ class Settle(WorkerState):
                     )
             elif isinstance(verdict, Release):
                 in_hand.pop(id(d), None)
-                self._give_back(d)
+                if verdict.why is None or not self._decline(d, verdict.why):
+                    self._give_back(d)
 
     def _count(
         self,
@@ -134,6 +135,16 @@ class Settle(WorkerState):
                 o.error,
                 extra=self._fields(d),
             )
+
+    def _decline(self, d: Delivery, why: str) -> bool:
+        """Give ``d`` back as a chunk this worker cannot run; False if the broker refused."""
+        try:
+            self.consumer.decline(d, why)
+        except BrokerError as e:
+            log.warning("cannot decline the chunk (%s): giving it back", e, extra=self._fields(d))
+            return False
+        log.error("%s: chunk given back for another worker", why, extra=self._fields(d))
+        return True
 
     def _give_back(self, d: Delivery) -> None:
         """Release ``d`` so another worker takes it at once; else abandon it to the lease."""

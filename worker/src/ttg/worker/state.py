@@ -36,7 +36,8 @@ class Retry:
 
 @dataclass(frozen=True)
 class Release:
-    pass
+    #: Why this worker cannot run it at all (``Consumer.decline``); None: given back.
+    why: str | None = None
 
 
 Verdict = Complete | Retry | Release

@@ -36,7 +36,7 @@ import pika
 import pika.exceptions as pex
 
 from ttg import decode
-from ttg.broker import Consumer
+from ttg.broker import DECLINE_SECONDS, Consumer
 from ttg.brokers.rabbitmq import decode as qdecode
 from ttg.brokers.rabbitmq.begun import BegunMarks
 from ttg.brokers.rabbitmq.connection import (
@@ -103,6 +103,8 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._skip_log = Throttle(SKIP_LOG_SECONDS)
         #: run -> its task subscription.
         self._subscribed: dict[str, _Subscription] = {}
+        #: Runs this worker cannot run (``decline``) -> when to take them again.
+        self._declined: dict[str, float] = {}
         self._unacked = Unacked()
         #: Runs whose dead-letter queue we consume (the worker records those deaths).
         self._dead_subscribed: set[str] = set()
@@ -208,6 +210,23 @@ class RabbitMQConsumer(IOThread, Consumer):
         self.post(lambda: self._settle([delivery], requeue=True))
         self._unsettled = max(0, self._unsettled - 1)
 
+    def decline(self, delivery: Delivery, why: str) -> None:
+        def decline() -> None:
+            self._release_all([delivery], event=True, why=why)
+            self._declined[delivery.run] = time.monotonic() + DECLINE_SECONDS
+            self._unsubscribe(delivery.run)
+
+        self.call(decline)
+        self._unsettled = max(0, self._unsettled - 1)
+        if self._skip_log(delivery.run):
+            log.error(
+                "run %s: %s; this worker leaves the run to others for %.0f s",
+                delivery.run,
+                why,
+                DECLINE_SECONDS,
+                extra={"run": delivery.run},
+            )
+
     def stop_fetching(self) -> None:
         """Cancel every task subscription, so a released chunk is not pushed back to us."""
 
@@ -254,6 +273,10 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._begun.lost()
 
     def tick(self) -> None:
+        now = time.monotonic()
+        for run in [r for r, until in self._declined.items() if until <= now]:
+            del self._declined[run]
+            self._subscribe(run)
         self._judge_redeliveries()
         self._split_stale_groups()
         self._resize()
@@ -342,6 +365,8 @@ class RabbitMQConsumer(IOThread, Consumer):
     def _subscribe(self, run: str) -> None:
         if run in self._subscribed or not self._fetching:
             return
+        if self._declined.get(run, 0.0) > time.monotonic():
+            return  # back in ``tick`` once the decline has run out
         probe = self.conn.channel()  # type: ignore[union-attr]  # the I/O thread is connected
         try:
             # A missing queue closes the channel it is asked on: probe on a throwaway one.
@@ -508,7 +533,7 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._settle([d for d, _ in items])
         return out
 
-    def _release_all(self, ds: Sequence[Delivery], *, event: bool) -> None:
+    def _release_all(self, ds: Sequence[Delivery], *, event: bool, why: str | None = None) -> None:
         """Single-chunk copies back to the queue, then the originals settled.
 
         A copy keeps the count of earlier deliveries: a release is not a failure.
@@ -518,7 +543,10 @@ class RabbitMQConsumer(IOThread, Consumer):
                 self._ch, queue(d.run, "tasks"), task_headers(d.chunk, d.attempt - 1, d.round)
             )
             if event:
-                self._event(d.run, {"e": "released", "c": d.chunk, "w": self.name})
+                msg: dict[str, Any] = {"e": "released", "c": d.chunk, "w": self.name}
+                if why:
+                    msg["d"] = why[:500]
+                self._event(d.run, msg)
         self._settle(ds)
 
     def _settle(self, ds: Sequence[Delivery], *, requeue: bool = False) -> None:

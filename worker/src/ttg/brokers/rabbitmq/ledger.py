@@ -160,6 +160,8 @@ class LedgerFold:
             return
         if event.kind in ("redelivered", "released"):
             self.redelivered += 1
+            if event.kind == "released":
+                self._note(event.detail)  # a reason: a worker declined the run
         elif event.kind == "failed":
             self.failed += 1
             self._note(event.detail)

@@ -215,7 +215,9 @@ class RedisBroker(Broker):
                 problems.add(f"event {entry_id}: {err}")
                 continue
             detail = event.detail
-            if detail and event.kind in ("failed", "malformed") and detail not in recent:
+            # A released event with a reason is a worker declining the run (cannot run it).
+            shown = event.kind in ("failed", "malformed", "released")
+            if detail and shown and detail not in recent:
                 recent.append(detail)
                 if len(recent) >= RECENT_ERRORS:
                     break

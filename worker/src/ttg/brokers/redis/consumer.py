@@ -28,7 +28,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from ttg import decode
-from ttg.broker import Consumer
+from ttg.broker import DECLINE_SECONDS, Consumer
 from ttg.brokers.redis import decode as rdecode
 from ttg.brokers.redis.client import (
     GENERATION,
@@ -58,6 +58,8 @@ MOVE_BATCH = 100
 IDLE_POLL_SECONDS = 0.05
 #: Runs are rescanned at least this often even if nothing says they changed.
 RESCAN_SECONDS = 5.0
+#: Longest reason of a decline kept in its event.
+MAX_WHY_CHARS = 500
 #: A run whose keys Redis refused to read (WRONGTYPE, a script failing on garbage) is
 #: left alone this long before it is tried again.
 BAD_RUN_SECONDS = 30.0
@@ -471,7 +473,7 @@ class RedisConsumer(Consumer):
         self._in_hand.pop(delivery.handle, None)
 
     @translated
-    def release(self, delivery: Delivery) -> None:
+    def release(self, delivery: Delivery, why: str | None = None) -> None:
         run = delivery.run
         self.scripts.release(
             keys=[key(run, n) for n in ("tasks", "stats", "meta", "events", "begun")],
@@ -482,9 +484,16 @@ class RedisConsumer(Consumer):
                 delivery.attempt - 1,
                 delivery.round,
                 self.name,
+                *([why[:MAX_WHY_CHARS]] if why else []),
             ],
         )
         self._in_hand.pop(delivery.handle, None)
+
+    def decline(self, delivery: Delivery, why: str) -> None:
+        self.release(delivery, why)
+        self._bad[delivery.run] = time.monotonic() + DECLINE_SECONDS
+        self._forget(delivery.run)
+        self._skip(delivery.run, f"run {delivery.run}: {why}")
 
     def abandon(self, delivery: Delivery) -> None:
         # Pending for us and no longer in hand: adopted again after a lease of silence.

@@ -2,7 +2,7 @@
 -- started): acknowledge the delivery and re-add the task with the same count of
 -- earlier deliveries, as one step, so another worker takes it at once.
 -- KEYS: tasks, stats, meta, events, begun
--- ARGV: group, entry id, chunk, earlier deliveries, round, worker
+-- ARGV: group, entry id, chunk, earlier deliveries, round, worker[, why]
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return 0  -- the run was deleted meanwhile
 end
@@ -16,6 +16,12 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.pcall('HDEL', KEYS[5], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'redelivered', 1)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 't', now[1] * 1000 + math.floor(now[2] / 1000),
-           'k', 'released', 'c', ARGV[3], 'w', ARGV[6])
+local t = now[1] * 1000 + math.floor(now[2] / 1000)
+if ARGV[7] then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 't', t, 'k', 'released', 'c', ARGV[3],
+             'w', ARGV[6], 'd', ARGV[7])
+else
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 't', t, 'k', 'released', 'c', ARGV[3],
+             'w', ARGV[6])
+end
 return 1
