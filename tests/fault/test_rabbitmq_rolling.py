@@ -1,0 +1,124 @@
+"""A rolling restart of a 3-node RabbitMQ cluster mid-run, each node stopped the way the
+chart stops it: nothing is lost and the run never stalls long (issue 20, N4).
+
+The StatefulSet's preStop command is taken from the chart as Helm renders it and
+run, as a pod's exec would, against each local node in turn (highest ordinal
+first, like a StatefulSet's rolling update); then the node stops (SIGTERM),
+starts again on its data, and rejoins before the next one goes. The longest
+stall is the longest gap between two chunks finishing (their `finished_at`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests import scenarios
+from tests.chart.conftest import render
+from tests.conftest import BackendEnv
+from tests.fault.conftest import LocalHarness, seed
+from tests.helpers import eventually, ttg
+from ttg.processes import LocalWorkers
+from ttg.processes.cluster import RabbitMQCluster
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.slow]
+
+#: 1100 chunks of 100 ms for 3 workers: the three restarts (about 40 s here) end with
+#: about two thirds of them done, so all of them happen mid-run.
+CHUNKS, CHUNK = 1100, 100
+#: The longest a run may go without a chunk finishing while its nodes restart one by one.
+STALL_BOUND_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RabbitMQCluster]:
+    c = RabbitMQCluster(3).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def backend(cluster: RabbitMQCluster) -> BackendEnv:
+    return BackendEnv("rabbitmq", cluster.url, lambda: None)
+
+
+def rendered_stop() -> tuple[list[str], int]:
+    """The chart's preStop command of a RabbitMQ cluster node, and its grace period."""
+    r = render("helm4", "--set", "backend=rabbitmq", "--set", "rabbitmq.replicas=3")
+    pod = r.get("StatefulSet", "ttg-rabbitmq")["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if c["name"] == "rabbitmq"]
+    command: list[str] = container["lifecycle"]["preStop"]["exec"]["command"]
+    return command, int(pod["terminationGracePeriodSeconds"])
+
+
+def in_cluster(cluster: RabbitMQCluster, i: int) -> bool:
+    """Node i runs, sees all three nodes, and is not in maintenance mode (serves clients)."""
+    out = cluster.nodes[i].ctl_run(
+        "eval",
+        "{length(rabbit_nodes:all_running()),"
+        " rabbit_maintenance:is_being_drained_local_read(node())}.",
+    )
+    return out.strip() == "{3,false}"
+
+
+def test_a_rolling_restart_with_the_charts_pre_stop_loses_nothing(
+    cluster: RabbitMQCluster,
+    backend: BackendEnv,
+    harness: LocalHarness,
+    workers: LocalWorkers,
+    run_id: str,
+) -> None:
+    command, grace = rendered_stop()
+    assert "drain" in " ".join(command) and "await_online_quorum_plus_one" in " ".join(command)
+    seed(
+        backend,
+        run_id,
+        "--params",
+        str(CHUNKS * CHUNK),
+        "--chunk-size",
+        str(CHUNK),
+        "--work-ms",
+        "100",
+    )
+    names = workers.start(3, TTG_LEASE_SECONDS="2")
+    eventually(lambda: harness.ttg_json("status", "--run", run_id)["finished"] > 0, timeout=60)
+
+    stops: list[float] = []
+    rolling = time.monotonic()
+    for i in (2, 1, 0):
+        node = cluster.nodes[i]
+        started = time.monotonic()
+        pre = subprocess.run(
+            command, env=node.cli_env(), capture_output=True, text=True, timeout=grace, check=False
+        )
+        assert pre.returncode == 0, pre.stderr
+        stops.append(time.monotonic() - started)
+        node.kill(signal.SIGTERM)
+        node.start()
+        eventually(
+            lambda i=i: in_cluster(cluster, i), timeout=120, interval=1, what=f"node {i} back"
+        )
+    rolling = time.monotonic() - rolling
+    during = harness.ttg_json("status", "--run", run_id)
+    assert not during["complete"], "the run ended before the restarts did: make it longer"
+
+    scenarios.wait_complete(harness, run_id, timeout=300)
+    report = scenarios.assert_verified(harness, run_id)
+    assert report["closed_form"] == "match", report
+    assert sorted(workers.alive()) == sorted(names), "a worker died with a node"
+    rows = ttg("results", "--run", run_id, "--chunks", env=backend.env, check=True).stdout
+    done = sorted(json.loads(line)["finished_at"] for line in rows.splitlines() if line.strip())
+    stall = max(b - a for a, b in itertools.pairwise(done))
+    print(  # noqa: T201 - the figure for the README, in the test's output (-s, or -rP)
+        f"\nrolling restart of 3 RabbitMQ nodes mid-run ({rolling:.0f} s, at "
+        f"{during['finished']}/{CHUNKS} chunks after it): preStop took "
+        f"{', '.join(f'{s:.1f}' for s in stops)} s; longest stall {stall:.1f} s; "
+        f"duplicates absorbed: {report['duplicates']}"
+    )
+    assert stall < STALL_BOUND_S, f"the run stalled {stall:.1f} s"
