@@ -118,3 +118,10 @@ def explode_on_13_until_fixed(x: int) -> int:
 def huge_on_13(x: int) -> object:
     """A 2 MiB string for the poison parameter, the square otherwise."""
     return "x" * HUGE_BYTES if x == POISON else x * x
+
+
+def paced_gated(x: int) -> int:
+    """``gated`` after 1 ms: a run that flows at a steady pace up to its gate, whatever
+    the machine's load, and ends only once the test opens the gate."""
+    time.sleep(0.001)
+    return gated(x)
