@@ -62,13 +62,20 @@ def rendered_stop() -> tuple[list[str], int]:
 
 
 def in_cluster(cluster: RabbitMQCluster, i: int) -> bool:
-    """Node i runs, sees all three nodes, and is not in maintenance mode (serves clients)."""
+    """Node i runs, sees all three nodes, is not in maintenance mode (serves clients), and
+    every TTG queue and stream has its three members online again (what the next node's
+    preStop waits for, for quorum queues; a stream replica still starting refuses reads)."""
     out = cluster.nodes[i].ctl_run(
         "eval",
         "{length(rabbit_nodes:all_running()),"
         " rabbit_maintenance:is_being_drained_local_read(node())}.",
     )
-    return out.strip() == "{3,false}"
+    if out.strip() != "{3,false}":
+        return False
+    queues = json.loads(
+        cluster.nodes[i].ctl_run("list_queues", "name", "online", "--formatter", "json")
+    )
+    return all(len(q["online"]) == 3 for q in queues if q["name"].startswith("ttg."))
 
 
 def test_a_rolling_restart_with_the_charts_pre_stop_loses_nothing(
