@@ -160,6 +160,12 @@ With `external`, the whole URL comes from the user's Secret.
 - name: TTG_BROKER_PASSWORD
   valueFrom:
     secretKeyRef: {name: {{ $secret }}, key: password}
+{{- if gt (int .Values.rabbitmq.replicas) 1 }}
+# Declare nothing until every node runs in one cluster, so that a run's quorum
+# queues and streams get a member on each (docs/contract.md).
+- name: TTG_RABBITMQ_EXPECT_NODES
+  value: {{ int .Values.rabbitmq.replicas | quote }}
+{{- end }}
 {{- else }}
 - name: TTG_BROKER_URL
   valueFrom:

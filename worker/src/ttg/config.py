@@ -121,6 +121,13 @@ SETTINGS = {
             "wait this long for an unreachable broker (default: 0 for commands, "
             "forever for worker and exporter)",
         ),
+        Setting(
+            "rabbitmq-expect-nodes",
+            integer(0, 99),
+            0,
+            "RabbitMQ: declare nothing until this many nodes of the broker URL run in one "
+            "cluster (waiting as for an unreachable broker; 0: at once)",
+        ),
         Setting("metrics-port", _port, 9100, "port of /metrics, /healthz, /readyz (0: off)"),
         Setting(
             "lease-seconds",
@@ -189,6 +196,7 @@ CONNECTION = (
     "broker-cert-file",
     "broker-key-file",
     "connect-timeout-seconds",
+    "rabbitmq-expect-nodes",
     "log-format",
     "log-level",
 )

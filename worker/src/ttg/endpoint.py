@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import ModuleType
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ttg.backoff import Backoff
@@ -32,6 +33,8 @@ from ttg.decode import mask_url
 from ttg.errors import AuthenticationError, BrokerConnectionError, UsageError
 
 log = logging.getLogger("ttg")
+
+T = TypeVar("T")
 
 #: Backends by the name ``TTG_BACKEND`` uses, and the module implementing each: the one
 #: list of them. A command imports only the backend it names, so a Redis deployment never
@@ -160,6 +163,7 @@ class _Settings(Protocol):
     broker_cert_file: str | None
     broker_key_file: str | None
     connect_timeout_seconds: float | None
+    rabbitmq_expect_nodes: int | None
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,9 @@ class Endpoint:
         tls: CA, client certificate and key files.
         connect_timeout: Seconds to wait for a broker that does not answer yet;
             None lets the caller choose (commands 0, worker and exporter forever).
+        expect_nodes: RabbitMQ: connect only once this many nodes of ``url`` run
+            in one cluster (``TTG_RABBITMQ_EXPECT_NODES``; 0: at once). Waiting
+            for them counts as waiting for the broker (``connect_timeout``).
     """
 
     backend: str = DEFAULT_BACKEND
@@ -182,6 +189,7 @@ class Endpoint:
     password: str | None = field(default=None, repr=False)
     tls: TLS = field(default_factory=TLS)
     connect_timeout: float | None = None
+    expect_nodes: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -204,6 +212,7 @@ class Endpoint:
             password=s.broker_password,
             tls=TLS(s.broker_ca_file, s.broker_cert_file, s.broker_key_file),
             connect_timeout=s.connect_timeout_seconds,
+            expect_nodes=s.rabbitmq_expect_nodes or 0,
         )
 
     @property
@@ -220,6 +229,7 @@ class Endpoint:
             ("TTG_BROKER_CA_FILE", self.tls.ca_file),
             ("TTG_BROKER_CERT_FILE", self.tls.cert_file),
             ("TTG_BROKER_KEY_FILE", self.tls.key_file),
+            ("TTG_RABBITMQ_EXPECT_NODES", str(self.expect_nodes) if self.expect_nodes else None),
         ):
             if value:
                 out[var] = value
@@ -240,12 +250,23 @@ class Endpoint:
             AuthenticationError: it refused our credentials or our TLS handshake (exit 4).
         """
         wait = default_wait if self.connect_timeout is None else self.connect_timeout
+        options = {"expect_nodes": self.expect_nodes} if self._expects_nodes else {}
+        broker: Broker = self._retry(
+            lambda: self._module().connect(self.full_url, tls=self.tls, **options), wait
+        )
+        return broker
+
+    @property
+    def _expects_nodes(self) -> bool:
+        return self.backend == "rabbitmq" and self.expect_nodes > 1
+
+    def _retry(self, attempt: Callable[[], T], wait: float) -> T:
+        """``attempt()`` until it stops raising BrokerConnectionError or ``wait`` s passed."""
         deadline = time.monotonic() + wait
         backoff = Backoff(cap=5.0)
         while True:
             try:
-                broker: Broker = self._module().connect(self.full_url, tls=self.tls)
-                return broker
+                return attempt()
             except AuthenticationError:
                 raise
             except BrokerConnectionError as e:
@@ -253,15 +274,26 @@ class Endpoint:
                 left = deadline - time.monotonic()
                 if left < delay:
                     raise
-                log.warning("waiting for the broker (%.0f s left): %s", left, e)
+                shown = "no time limit" if math.isinf(left) else f"{left:.0f} s left"
+                log.warning("waiting for the broker (%s): %s", shown, e)
                 time.sleep(delay)
 
     def open_consumer(self, name: str, *, lease_seconds: float, prefetch: int) -> Consumer:
         """A worker's consumer, with a connection of its own and nothing else (call ``start``).
 
+        With ``expect_nodes``, returns once that many RabbitMQ nodes run in one
+        cluster (waiting ``connect_timeout``, else forever).
+
         Raises:
             UsageError: a malformed URL.
+            BrokerConnectionError: the cluster was not whole in time.
         """
+        if self._expects_nodes:
+            wait = math.inf if self.connect_timeout is None else self.connect_timeout
+            self._retry(
+                lambda: self._module().check_cluster(self.full_url, self.tls, self.expect_nodes),
+                wait,
+            )
         consumer: Consumer = self._module().open_consumer(
             self.full_url, self.tls, name, lease_seconds=lease_seconds, prefetch=prefetch
         )
@@ -294,6 +326,9 @@ def from_env(environ: Mapping[str, str]) -> Endpoint:
         wait = float(timeout) if timeout else None
     except ValueError:
         raise UsageError(f"TTG_CONNECT_TIMEOUT_SECONDS={timeout!r} is not a number") from None
+    nodes = environ.get("TTG_RABBITMQ_EXPECT_NODES") or "0"
+    if not nodes.isdigit():
+        raise UsageError(f"TTG_RABBITMQ_EXPECT_NODES={nodes!r} is not a number of nodes")
     return Endpoint(
         backend=backend.lower(),
         url=url,
@@ -305,4 +340,5 @@ def from_env(environ: Mapping[str, str]) -> Endpoint:
             environ.get("TTG_BROKER_KEY_FILE") or None,
         ),
         connect_timeout=wait,
+        expect_nodes=int(nodes),
     )

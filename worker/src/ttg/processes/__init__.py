@@ -304,6 +304,12 @@ class RabbitMQNode:
         )
         return proc.stdout
 
+    def cli_env(self) -> dict[str, str]:
+        """Environment in which RabbitMQ's CLI tools (rabbitmqctl, rabbitmq-upgrade, ...),
+        found on its PATH, act on this node without ``-n``: what a pod's exec gets."""
+        bindir = str(Path(self.script).parent)
+        return {**self._env(), "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+
     def _env(self) -> dict[str, str]:
         env = {
             **os.environ,

@@ -343,8 +343,12 @@ class RabbitMQCluster:
     def names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
-    def start(self, timeout: float = 120) -> RabbitMQCluster:
-        """Boot every node, join them into one cluster; return once all of them run in it."""
+    def start(self, timeout: float = 120, *, joined: int | None = None) -> RabbitMQCluster:
+        """Boot every node, join them into one cluster; return once all of them run in it.
+
+        With ``joined``, only the first ``joined`` nodes form the cluster; the
+        others run alone, blank, until ``join(i)`` (a cluster still forming).
+        """
         epmd = shutil.which("epmd") or _erlang_epmd()
         self.epmd = subprocess.Popen(
             [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
@@ -352,23 +356,26 @@ class RabbitMQCluster:
             stderr=subprocess.DEVNULL,
         )
         wait_port(self.epmd_port, timeout=10)
+        joined = len(self.nodes) if joined is None else joined
         try:
             for node in self.nodes:
                 node.launch()
             for node in self.nodes:
                 node.wait_started(timeout)
-            first = self.nodes[0].name
-            for node in self.nodes[1:]:
-                node.ctl_run("stop_app")
-                node.ctl_run("join_cluster", first)
-                node.ctl_run("start_app")
-            self.nodes[0].ctl_run(
-                "await_online_nodes", str(len(self.nodes)), "--timeout", str(int(timeout))
-            )
+            for i in range(1, joined):
+                self.join(i)
+            self.nodes[0].ctl_run("await_online_nodes", str(joined), "--timeout", str(int(timeout)))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def join(self, i: int) -> None:
+        """Node ``i`` (running alone) joins node 0's cluster and starts again in it."""
+        node = self.nodes[i]
+        node.ctl_run("stop_app")
+        node.ctl_run("join_cluster", self.nodes[0].name)
+        node.ctl_run("start_app")
 
     def kill(self, node: int, sig: int = signal.SIGKILL) -> None:
         """Signal node ``node``'s whole process group (SIGKILL by default)."""

@@ -44,6 +44,41 @@ to the next address rather than waiting for the Service to drop the endpoint.
 {{- end }}
 {{- end }}
 
+{{- /*
+ttg-rabbitmq.unchangeable (list . $existing): fails when the StatefulSet about
+to be rendered differs from $existing, the one installed (a `lookup`; empty
+under `helm template` and Argo CD, which then meet the API server's error),
+in a field Kubernetes does not let an upgrade change: the pod management
+policy (1 node: OrderedReady; a cluster: Parallel) and the volume claim
+template (persistence on or off, its size and class). The message names the
+way through, from the chart README.
+*/ -}}
+{{- define "ttg-rabbitmq.unchangeable" -}}
+{{- $ := index . 0 }}
+{{- $existing := index . 1 | default dict }}
+{{- with $existing.spec }}
+{{- $name := $.fullname }}
+{{- $was := .replicas | default 1 | int }}
+{{- $now := int $.Values.replicas }}
+{{- $policyWas := .podManagementPolicy | default "OrderedReady" }}
+{{- $policyNow := ternary "Parallel" "OrderedReady" (gt $now 1) }}
+{{- if ne $policyWas $policyNow }}
+{{- fail (printf "rabbitmq.replicas=%d: StatefulSet %s runs %d node(s) with podManagementPolicy %s, and Kubernetes does not let an upgrade change it to %s (nor can a single node become a cluster in place: its node name differs). Export what you need (ttg results), helm uninstall, delete the broker's PersistentVolumeClaims (kubectl delete pvc -l app.kubernetes.io/name=rabbitmq,app.kubernetes.io/instance=%s), then install with rabbitmq.replicas=%d: see 'Changing the size' in the chart README." $now $name $was $policyWas $policyNow $.Release.Name $now) }}
+{{- end }}
+{{- $claims := .volumeClaimTemplates | default list }}
+{{- if ne (len $claims | int) (ternary 1 0 $.Values.persistence.enabled | int) }}
+{{- fail (printf "rabbitmq.persistence.enabled=%t: StatefulSet %s was installed with persistence %s, and Kubernetes does not let an upgrade change its volume claims. Export what you need, helm uninstall (and delete the broker's PersistentVolumeClaims), then install with the new setting: see 'Changing the size' in the chart README." $.Values.persistence.enabled $name (ternary "on" "off" (gt (len $claims) 0))) }}
+{{- end }}
+{{- range $claims }}
+{{- $size := .spec.resources.requests.storage | default "" | toString }}
+{{- $class := .spec.storageClassName | default "" }}
+{{- if or (ne $size (toString $.Values.persistence.size)) (ne $class $.Values.persistence.storageClass) }}
+{{- fail (printf "rabbitmq.persistence: StatefulSet %s's volumes were claimed with size %s and class %q; Kubernetes does not let an upgrade change a StatefulSet's volume claims. Keep rabbitmq.persistence.size=%s (grow a volume by editing each PersistentVolumeClaim, where its StorageClass allows expansion), or reinstall: see 'Changing the size' in the chart README." $name $size $class $size) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- /* The AMQP port: 5671 (amqps) with TLS, which is then the only one; else 5672. */ -}}
 {{- define "ttg-rabbitmq.amqpPort" -}}
 {{- ternary 5671 5672 .Values.tls.enabled }}
