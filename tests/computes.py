@@ -212,6 +212,8 @@ def rendezvous(x: int) -> int:
             return 1
         time.sleep(0.02)
     return 0
+
+
 def paced_gated(x: int) -> int:
     """``gated`` after 1 ms: a run that flows at a steady pace up to its gate, whatever
     the machine's load, and ends only once the test opens the gate."""
