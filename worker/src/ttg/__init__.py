@@ -32,11 +32,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``ttg.__version__``, read from the installed metadata on first use.
-
-    pyproject.toml is the one place the version is written; reading the metadata
-    costs ~0.1 s, which every ``ttg`` command would pay at start if done eagerly.
-    """
+    """``ttg.__version__`` (``ttg.version``) and the API, each on first use."""
     if name in _LAZY:
         import importlib  # noqa: PLC0415
 
@@ -44,12 +40,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+        from ttg.version import version  # noqa: PLC0415
 
-        try:
-            value = version("ttg")
-        except PackageNotFoundError:  # a source tree that was never installed
-            value = "0+unknown"
-        globals()["__version__"] = value
+        globals()["__version__"] = value = version()
         return value
     raise AttributeError(f"module 'ttg' has no attribute {name!r}")

@@ -29,6 +29,7 @@ from ttg.errors import TTGError, UsageError
 from ttg.run import Outcome, RunSpec
 from ttg.store import open_store, parse_url
 from ttg.store.chunks import _pa
+from ttg.version import version
 
 #: The certificate's format, its first field.
 FORMAT = "ttg-certificate/1"
@@ -79,12 +80,6 @@ class Leaves:
         return h.hexdigest()
 
 
-def _version() -> str:
-    from ttg import __version__  # noqa: PLC0415 - ttg's own __init__ imports this module's users
-
-    return __version__
-
-
 def document(spec: RunSpec, leaves: Leaves, report: dict[str, Any]) -> dict[str, Any]:
     """The certificate of ``spec``'s run, from a verify ``report`` and the leaves it saw."""
     verdict_fields = ("verified", "ok", "complete", "missing", "dead", "errors", "param_errors",
@@ -104,7 +99,7 @@ def document(spec: RunSpec, leaves: Leaves, report: dict[str, Any]) -> dict[str,
         "root: sha256 of the leaves of every chunk not dead, in chunk order",
         "verdict": {k: report.get(k) for k in verdict_fields},
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "ttg_version": _version(),
+        "ttg_version": version(),
     }
 
 
