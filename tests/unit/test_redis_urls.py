@@ -49,3 +49,24 @@ def test_sentinels_refusing_our_password_is_an_authentication_error() -> None:
         translate(refused)
     with pytest.raises(BrokerConnectionError):
         translate(MasterNotFoundError("No master found for 'ttg'"))
+
+
+def test_a_full_or_failing_over_redis_is_never_the_runs_data() -> None:
+    """Refusals that pass (OOM inside a script, a load, no replica) are retried, never
+    taken for garbage in a run's keys (which gives the run's chunks back for a while)."""
+    import redis.exceptions as rex  # noqa: PLC0415
+
+    from ttg.brokers.redis.client import is_data_error  # noqa: PLC0415
+
+    for text in (
+        "OOM command not allowed when used memory > 'maxmemory'. script: 60d0, on @user_script:12.",
+        "LOADING Redis is loading the dataset in memory",
+        "NOREPLICAS Not enough good replicas to write. script: ab, on @user_script:3.",
+        "READONLY You can't write against a read only replica.",
+    ):
+        assert not is_data_error(rex.ResponseError(text)), text
+    for text in (
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+        "Error running script (call to f_1): @user_script:9: attempt to compare nil with number",
+    ):
+        assert is_data_error(rex.ResponseError(text)), text

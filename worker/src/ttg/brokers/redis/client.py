@@ -87,9 +87,17 @@ def run_of(stream_key: str) -> str:
     return stream_key[stream_key.index("{") + 1 : stream_key.index("}")]
 
 
+#: Refusals that pass (a full broker, a load, a failover, no replica yet), also when a
+#: script meets them: never the run's data.
+_PASSING = ("OOM", "maxmemory", "BUSY", "LOADING", "READONLY", "NOREPLICAS", "MASTERDOWN",
+            "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")  # fmt: skip
+
+
 def is_data_error(e: rex.ResponseError) -> bool:
     """Redis refused because of what a key holds (or a script failed on it): for good."""
     text = str(e)
+    if any(word in text for word in _PASSING):
+        return False
     return "WRONGTYPE" in text or "user_script" in text or "Error running script" in text
 
 
