@@ -79,15 +79,20 @@ def raft_name(run: str, queue: str) -> str:
 def settled_hold(node: RabbitMQNode, run: str) -> int:
     """Once the task queue's server is suspended and its mailbox stopped growing (every
     task the seeder sent has arrived), the tasks held there; 0 if that never happens."""
+    # Looked up at every step, and 0 while it does not exist yet or does not answer: on a
+    # loaded machine the seeder declares the queue seconds after this starts watching.
     out = node.ctl_run(
         "eval",
-        f"P = whereis('{raft_name(run, 'tasks')}'), "
-        "Held = fun() -> {status, _, _, [_, S | _]} = sys:get_status(P, 5000), "
-        "  case S of suspended -> element(2, process_info(P, message_queue_len)); _ -> 0 end end, "
+        "Held = fun() -> "
+        f"  case whereis('{raft_name(run, 'tasks')}') of undefined -> 0; "
+        "    P -> case catch sys:get_status(P, 5000) of "
+        "      {status, _, _, [_, suspended | _]} -> "
+        "        element(2, process_info(P, message_queue_len)); "
+        "      _ -> 0 end end end, "
         "Settle = fun L(Last, 0) -> Last; "
         "  L(Last, N) -> timer:sleep(300), case Held() of "
         "    Last when Last > 0 -> Last; Now -> L(Now, N - 1) end end, "
-        "Settle(-1, 200).",
+        "Settle(-1, 150).",
     )
     return int(out.strip())
 

@@ -58,12 +58,19 @@ def test_big_exports_are_exact_and_atomic(
         file is still there, so the rename has not happened, does it get the SIGINT.
         A loaded machine may let the export finish between the look and the stop.
         """
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ttg", "results", "--run", run_id, "--output", str(target)],
-            env=child_env(backend.env),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # A suite started in the background (``make test &``) runs with SIGINT ignored, and
+        # children inherit that. A handled signal is reset to the default at exec: the
+        # export gets Ctrl-C back, as from a terminal.
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ttg", "results", "--run", run_id, "--output", str(target)],
+                env=child_env(backend.env),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, before)
         eventually(lambda: writing() or proc.poll() is not None, timeout=120, interval=0.01,
                    what="the export under way")  # fmt: skip
         proc.send_signal(signal.SIGSTOP)

@@ -176,7 +176,11 @@ def check_offline(path: str, dataset: str, *, allow_failed: bool = False) -> dic
         objects += 1
         data = store.get(name)
         try:
-            table = pq.read_table(pa.BufferReader(data), columns=["chunk", "index"])
+            # One object at a time, on this thread: pyarrow's CPU pool, once started, was
+            # sometimes torn down while running at exit ("terminate called", exit -6).
+            table = pq.read_table(
+                pa.BufferReader(data), columns=["chunk", "index"], use_threads=False
+            )
             chunks = set(table.column("chunk").to_pylist())
             indexes = table.column("index").to_pylist()
         except (pa.ArrowException, OSError, KeyError, ValueError) as e:

@@ -161,7 +161,9 @@ def decode(spec: RunSpec, chunk: int, data: bytes) -> list[str | None]:
 
     lo, hi = spec.bounds(chunk)
     try:
-        table = pq.read_table(pa.BufferReader(data), columns=["index", "result"])
+        # On this thread: pyarrow's CPU pool, once started, was sometimes torn down while
+        # running at a command's exit ("terminate called", exit -6).
+        table = pq.read_table(pa.BufferReader(data), columns=["index", "result"], use_threads=False)
     except (pa.ArrowException, OSError, KeyError, ValueError) as e:
         raise BadObject(f"not a readable chunk object: {' '.join(str(e).split())[:200]}") from None
     if table.num_rows != hi - lo:
