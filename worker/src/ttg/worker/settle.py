@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ttg.backoff import Backoff
+from ttg.broker import DECLINE_SECONDS
 from ttg.errors import AuthenticationError, BrokerDataError, BrokerError, RunNotFound, StoreError
 from ttg.run import Delivery, Recorded, Status
 from ttg.worker.state import GONE, Complete, Release, Retry, Verdict, WorkerState, log
@@ -143,7 +144,14 @@ class Settle(WorkerState):
         except BrokerError as e:
             log.warning("cannot decline the chunk (%s): giving it back", e, extra=self._fields(d))
             return False
-        log.error("%s: chunk given back for another worker", why, extra=self._fields(d))
+        # The one log line of a decline (the consumer says nothing): the run is then left
+        # alone for DECLINE_SECONDS, so this is a line per declined chunk in hand.
+        log.error(
+            "%s: chunk given back for another worker; this worker leaves the run for %.0f s",
+            why,
+            DECLINE_SECONDS,
+            extra=self._fields(d),
+        )
         return True
 
     def _give_back(self, d: Delivery) -> None:

@@ -218,14 +218,6 @@ class RabbitMQConsumer(IOThread, Consumer):
 
         self.call(decline)
         self._unsettled = max(0, self._unsettled - 1)
-        if self._skip_log(delivery.run):
-            log.error(
-                "run %s: %s; this worker leaves the run to others for %.0f s",
-                delivery.run,
-                why,
-                DECLINE_SECONDS,
-                extra={"run": delivery.run},
-            )
 
     def stop_fetching(self) -> None:
         """Cancel every task subscription, so a released chunk is not pushed back to us."""

@@ -493,7 +493,6 @@ class RedisConsumer(Consumer):
         self.release(delivery, why)
         self._bad[delivery.run] = time.monotonic() + DECLINE_SECONDS
         self._forget(delivery.run)
-        self._skip(delivery.run, f"run {delivery.run}: {why}")
 
     def abandon(self, delivery: Delivery) -> None:
         # Pending for us and no longer in hand: adopted again after a lease of silence.
