@@ -193,6 +193,25 @@ def misbehave(x: int) -> int:
     return x * x
 
 
+def hang_on_13(x: int) -> int:
+    """Square, but parameter 13 never returns (a run seeded without ``--param-timeout``)."""
+    while x == 13:
+        time.sleep(1)
+    return x * x
+
+
+#: Environment variable naming the directory where ``misbehave_noted`` notes each start.
+NOTES_ENV = "TTG_TEST_NOTES"
+
+
+def misbehave_noted(x: int) -> int:
+    """``misbehave``, leaving a file ``X-<n>`` in ``TTG_TEST_NOTES`` each time ``x`` starts."""
+    where = os.environ[NOTES_ENV]
+    n = sum(name.startswith(f"{x}-") for name in os.listdir(where))
+    open(os.path.join(where, f"{x}-{n}"), "w").close()
+    return misbehave(x)
+
+
 #: Environment variable naming the directory of ``rendezvous``.
 RENDEZVOUS_ENV = "TTG_TEST_RENDEZVOUS"
 

@@ -254,6 +254,29 @@ def test_a_parameter_that_misbehaves_costs_only_itself(
     assert "TTG_BROKER_URL" in backend.env
 
 
+def test_a_hang_without_a_time_limit_is_named_by_status(
+    backend: BackendEnv, workers: LocalWorkers, run_id: str
+) -> None:
+    """No ``--param-timeout``: parameter 13 runs forever; ``ttg status`` names it, its
+    chunk and its worker as a likely hang (its worker finished 0-12 in no time)."""
+    seed(backend, run_id, "--params", "20", "--chunk-size", "10", "--compute",
+         "tests.computes:hang_on_13")  # fmt: skip
+    (name,) = workers.start(1, TTG_GRACE_SECONDS="1")
+    hang = f"parameter 13 (chunk 1, worker {name}) has run"
+
+    def named() -> dict[str, Any] | None:
+        s = status(backend, run_id)
+        return s if any(hang in w and "likely hang" in w for w in s["warnings"]) else None
+
+    s = eventually(named, timeout=90, interval=0.5, what="status naming the hang")
+    (f,) = s["in_flight"]
+    assert (f["chunk"], f["worker"], f["param"]) == (1, name, 13), f
+    assert f["param_s"] > 10 * f["median_s"], f
+    assert s["done"] == 1 and not s["complete"], s
+    text = ttg("status", "--run", run_id, env=backend.env, check=True).stdout
+    assert "on parameter 13 for" in text and hang in text, text
+
+
 def test_seeding_twice_adds_nothing(
     backend: BackendEnv, harness: LocalHarness, workers: LocalWorkers, run_id: str
 ) -> None:

@@ -32,11 +32,11 @@ RUN = ("--params", "40", "--chunk-size", "1", "--work-ms", "2", "--max-deliverie
 DIE_ON = "5,8,11,14"
 
 
-def group_count(backend: BackendEnv) -> int:
-    """Deliveries a chunk may count for its neighbours' sake: on RabbitMQ the 40 chunks
-    travel as one message, marked begun whole, so the first death counts them all once
-    (and splits them: each is marked alone from then on)."""
-    return 1 if backend.name == "rabbitmq" else 0
+#: Deliveries a chunk may count for its neighbours' sake: once. Short chunks are
+#: queued with the compute process behind the one it is on, marked begun as they are
+#: queued (and on RabbitMQ the 40 chunks travel as one message, marked whole), so a
+#: death counts those once; from then on each is computed alone, marked as it starts.
+NEIGHBOURS = 1
 
 
 def serve_with_restarts(
@@ -75,7 +75,7 @@ def test_workers_killed_with_read_ahead_leave_no_healthy_chunk_dead(
     # Each death counted once, against the chunk it killed; nothing it held ahead counted.
     killers = {int(c) for c in DIE_ON.split(",")}
     for chunk, attempt in attempts.items():
-        assert attempt <= 1 + (chunk in killers) + group_count(backend), attempts
+        assert attempt <= 1 + (chunk in killers) + NEIGHBOURS, attempts
 
 
 def test_a_chunk_that_kills_every_worker_dies_alone(
@@ -92,5 +92,6 @@ def test_a_chunk_that_kills_every_worker_dies_alone(
     assert ttg("verify", "--run", run_id, env=backend.env).returncode == 1
     (dead,) = [r for r in chunk_rows(backend, run_id) if r["status"] != "ok"]
     assert dead["chunk"] == 13, dead
-    # The poison: once per delivery, max-deliveries times (less the group's count).
-    assert len(killed) == 2 + 3 - group_count(backend), killed
+    # The poison: once per delivery, max-deliveries times (less once if it was counted
+    # for a neighbour's sake: queued behind 5 or 8 when they killed their worker).
+    assert 2 + 3 - NEIGHBOURS <= len(killed) <= 2 + 3, killed

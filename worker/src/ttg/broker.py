@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ttg.decode import Problems
 from ttg.errors import UsageError
-from ttg.run import Delivery, Outcome, Progress, Recorded, RunEvent, RunSpec
+from ttg.run import Delivery, LongParam, Outcome, Progress, Recorded, RunEvent, RunSpec
 
 #: The outcomes of a run's reused chunks from the given chunk on, in chunk order.
 Reused = Callable[[int], Iterator[Outcome]]
@@ -131,6 +131,21 @@ class Consumer(ABC):
             BrokerError: the mark could not be written; do not compute the
                 delivery (give it back: it was not begun).
         """
+
+    def running_long(self, params: Sequence[LongParam]) -> None:  # noqa: B027 - optional
+        """Say which parameters this worker has been computing for long, for ``ttg
+        status`` to name beside their chunks in flight; replaces what it said before.
+        Called when that changes. Best effort: never raises."""
+
+    def begin_many(self, deliveries: Sequence[Delivery]) -> None:
+        """``begin`` each of ``deliveries``, queued with a compute process together
+        (a backend may mark them in one write).
+
+        Raises:
+            BrokerError: not every mark could be written: compute none of them.
+        """
+        for d in deliveries:
+            self.begin(d)
 
     @abstractmethod
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:

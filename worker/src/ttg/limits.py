@@ -38,6 +38,8 @@ MAX_REQUIRES = 32
 
 #: Longest worker name read from a ledger.
 MAX_WORKER_CHARS = 256
+#: Most long-running parameters one worker reports per run (one per concurrency slot).
+MAX_LONG_PARAMS = 256
 #: Longest error text read from a ledger (the worker writes far less).
 MAX_ERROR_CHARS = 20_000
 #: Longest traceback of a parameter error (DESIGN.md: at most 2,000 characters are written).

@@ -116,9 +116,10 @@ def explain(r: StatusReport) -> str:
     lines += [f"  warning: {w}" for w in r.warnings]
     lines += [f"  problem: {p}" for p in r.problems]
     for f in r.in_flight[:IN_FLIGHT_SHOWN]:
+        on = f", on parameter {f.param} for {duration(f.param_s)}" if f.param is not None else ""
         lines.append(
             f"  in flight: chunk {f.chunk} on {f.worker} "
-            f"(delivery {f.deliveries}, {duration(f.idle_s)})"
+            f"(delivery {f.deliveries}, {duration(f.idle_s)}{on})"
         )
     if len(r.in_flight) > IN_FLIGHT_SHOWN:
         lines.append(f"  ... and {len(r.in_flight) - IN_FLIGHT_SHOWN} more in flight")

@@ -11,12 +11,13 @@ worker skips that run, never the others. Everything read back is checked
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ttg import command, compute, decode, limits
@@ -199,13 +200,13 @@ class RunSpec:
     def total_params(self) -> int:
         return self.parameter_space.size
 
-    @property
+    @functools.cached_property
     def computed_params(self) -> int:
         """Parameters the run's workers compute: all but those it reuses."""
         space = self.parameter_space
         return space.computed if isinstance(space, spaces.Reordered) else space.size
 
-    @property
+    @functools.cached_property
     def task_chunks(self) -> int:
         """Chunks workers compute: ``0 .. task_chunks-1``; the rest are reused at seeding."""
         return -(-self.computed_params // self.chunk_size)
@@ -538,6 +539,71 @@ class InFlight:
     worker: str
     deliveries: int
     idle_s: float
+    #: The parameter its worker has been computing for long (``LongParam``), if one.
+    param: int | None = None
+    #: For how long, and the median parameter time its worker has seen in the run.
+    param_s: float | None = None
+    median_s: float | None = None
+
+    def with_long(self, long: LongParam | None, now: float) -> InFlight:
+        """This chunk with the parameter its worker said it is on for long."""
+        if long is None:
+            return self
+        running = round(max(0.0, now - long.since), 3)
+        return replace(self, param=long.param, param_s=running, median_s=long.median_s)
+
+    @property
+    def likely_hang(self) -> bool:
+        """Its parameter has run over ``HANG_FACTOR`` times the run's median."""
+        return (
+            self.param_s is not None
+            and self.median_s is not None
+            and self.param_s > HANG_FACTOR * self.median_s
+        )
+
+
+#: A parameter running this many times the run's median parameter time is a likely hang.
+HANG_FACTOR = 10
+
+
+@dataclass(frozen=True)
+class LongParam:
+    """A parameter a worker has been computing for long (``Consumer.running_long``)."""
+
+    run: str
+    chunk: int
+    param: int
+    #: When it started (epoch seconds).
+    since: float
+    #: The median parameter time the worker has seen in the run (None: none finished yet).
+    median_s: float | None
+
+    def to_list(self) -> list[Any]:
+        return [self.chunk, self.param, round(self.since, 3), self.median_s]
+
+    @classmethod
+    def from_lists(cls, run: str, v: Any, total_chunks: int) -> dict[int, LongParam]:
+        """Chunk -> its long parameter, from what a worker wrote (``to_list`` each).
+
+        Raises:
+            DecodeError: it is not such a list.
+        """
+        if not isinstance(v, list) or len(v) > limits.MAX_LONG_PARAMS:
+            raise DecodeError(f"long parameters {decode.preview(v, 40)} are not a list")
+        out = {}
+        for item in v:
+            if not isinstance(item, list) or len(item) != 4:
+                raise DecodeError(f"long parameter {decode.preview(item, 40)} is not a list of 4")
+            chunk = decode.as_int(item[0], "long parameter's chunk", 0, total_chunks - 1)
+            median = item[3]
+            out[chunk] = cls(
+                run,
+                chunk,
+                decode.as_int(item[1], "long parameter", 0),
+                decode.as_float(item[2], "long parameter's start", 0, 1e11),
+                None if median is None else decode.as_float(median, "median", 0, 1e9),
+            )
+        return out
 
 
 @dataclass

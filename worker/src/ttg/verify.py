@@ -31,7 +31,7 @@ from ttg import space as spaces
 from ttg.broker import CANNOT_RUN, Broker
 from ttg.decode import Problems
 from ttg.metrics import RateMeter
-from ttg.run import InFlight, Outcome, Progress, RunSpec, Status
+from ttg.run import HANG_FACTOR, InFlight, Outcome, Progress, RunSpec, Status
 from ttg.store.check import StoreCheck
 from ttg.tables import JSON
 
@@ -179,6 +179,13 @@ def status_report(
     declined = sorted({e for e in p.recent_errors if CANNOT_RUN in e})
     if declined and remaining:
         warnings += [f"{e}; its chunks wait for a worker that can" for e in declined[:3]]
+    for f in p.in_flight:
+        if f.likely_hang:
+            warnings.append(
+                f"parameter {f.param} (chunk {f.chunk}, worker {f.worker}) has run "
+                f"{f.param_s:.0f} s, over {HANG_FACTOR}x the run's median parameter time "
+                f"({f.median_s:.3g} s): a likely hang (ttg seed --param-timeout bounds it)"
+            )
     if p.malformed:
         warnings.append(f"{p.malformed} task messages could not be read (see recent_errors)")
     if p.problems:

@@ -27,6 +27,7 @@ from ttg.run import (
     CONTROLS,
     Delivery,
     InFlight,
+    LongParam,
     Outcome,
     Progress,
     Recorded,
@@ -75,6 +76,8 @@ class MemoryBroker(Broker):
         self._lock = threading.Condition()
         self._runs: dict[str, _Run] = {}
         self._leases: dict[str, float] = {}
+        #: (run, worker) -> chunk -> the parameter it said is running long.
+        self._long: dict[tuple[str, str], dict[int, LongParam]] = {}
         self._ids = itertools.count(1)
         self._refuse_until = 0.0
 
@@ -144,7 +147,7 @@ class MemoryBroker(Broker):
     def progress(self, run: str) -> Progress:
         with self._lock:
             r = self._run(run)
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             s = r.stats
             errors: list[str] = []
             for e in reversed(r.events):
@@ -175,7 +178,9 @@ class MemoryBroker(Broker):
                 control=r.control,
                 seeded_at=r.seeded_at,
                 in_flight=[
-                    InFlight(int(h.fields["c"]), h.consumer, h.deliveries, round(now - h.since, 3))
+                    InFlight(
+                        int(h.fields["c"]), h.consumer, h.deliveries, round(now - h.since, 3)
+                    ).with_long(self._long.get((run, h.consumer), {}).get(int(h.fields["c"])), wall)
                     for h in r.held.values()
                 ],
                 recent_errors=errors,
@@ -368,6 +373,13 @@ class MemoryConsumer(Consumer):
                 if left <= 0:
                     return []
                 self.broker._lock.wait(min(left, self.lease_seconds / 8))
+
+    def running_long(self, params: Sequence[LongParam]) -> None:
+        with self.broker._lock:
+            for key in [k for k in self.broker._long if k[1] == self.name]:
+                del self.broker._long[key]
+            for p in params:
+                self.broker._long.setdefault((p.run, self.name), {})[p.chunk] = p
 
     def begin(self, delivery: Delivery) -> None:
         with self.broker._lock:

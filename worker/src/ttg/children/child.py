@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -32,12 +33,136 @@ from ttg.run import RunSpec
 
 #: ``prctl`` option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
+#: Longest a computed result waits before it is written; also how long a parameter
+#: runs before the child says it is on it (``protocol.At``).
+FLUSH_SECONDS = 0.05
+
+
+class Output:
+    """A child's replies: results held back up to ``FLUSH_SECONDS``, everything in order.
+
+    Fast parameters cost one write (and one wake-up of the worker) per request or
+    per ``FLUSH_SECONDS``, not one each, and their results are encoded together.
+    ``tick``, on a thread of its own, writes what waits and says which parameter is
+    running long, so the worker learns of a slow parameter while it runs: a time
+    limit then blames the right one. What a crash loses is at most
+    ``FLUSH_SECONDS`` of results, which the supervisor computes again (``careful``:
+    a line per parameter) to find the one that crashed.
+
+    The computing thread only appends to ``held`` (atomic under the GIL); whatever
+    takes from it holds the lock. The parameter computing is the one after those
+    held: ``first + len(held)``.
+    """
+
+    def __init__(self, write: Callable[[bytes], Any]) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        #: Results not encoded yet, of parameters ``first``, ``first + 1``...
+        self.held: list[Any] = []
+        self.first = 0
+        #: Lines encoded and not written yet (earlier requests' ends, errors).
+        self._lines = bytearray()
+        #: A request is being computed.
+        self.computing = False
+        #: Write each result at once (asked for, or a parameter of this request ran long).
+        self.careful = False
+        self._announced = -1
+        self._seen = -1
+
+    def request(self, lo: int, careful: bool) -> None:
+        """A request starts at ``lo`` (nothing is held of it yet)."""
+        with self._lock:
+            self.first = lo
+            self.careful = careful
+            self.computing = True
+
+    def flush(self) -> None:
+        with self._lock:
+            self._encode()
+            self._flush()
+
+    def line(self, data: bytes, after: int) -> None:
+        """A line of its own (an error) after the results held; those held from now on
+        start at ``after``."""
+        with self._lock:
+            self._encode()
+            self._lines += data
+            self.first = after
+            self._seen = -1
+            if self.careful:
+                self._flush()
+
+    def done(self, data: bytes, hold: bool) -> None:
+        """The request's last line; ``hold``: it may wait for the next tick (the worker
+        did not ask to hear of this request at once)."""
+        with self._lock:
+            self._encode()
+            self._lines += data
+            self.computing = False
+            if not hold or self.careful:
+                self._flush()
+
+    def tick(self) -> None:
+        with self._lock:
+            on = self.first + len(self.held) if self.computing else -1
+            if on >= 0 and on == self._seen and on != self._announced:
+                # On it since the last tick at least. From now on each result is
+                # written at once: after an ``at``, silence means it is still on it.
+                self._encode()
+                self._lines += protocol.at(on)
+                self._announced = on
+                self.careful = True
+            else:
+                self._encode()
+            self._flush()
+            self._seen = on
+
+    def _encode(self) -> None:
+        held = self.held
+        n = len(held)
+        if n:
+            values = held[:n]
+            del held[:n]
+            self._lines += _computed(self.first, values)
+            self.first += n
+
+    def _flush(self) -> None:
+        if self._lines:
+            data = bytes(self._lines)
+            self._lines.clear()
+            self._write(data)
+
+    def watch(self) -> None:
+        """Tick forever on a daemon thread."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(FLUSH_SECONDS / 2)
+                self.tick()
+
+        threading.Thread(target=loop, name="ttg-child-output", daemon=True).start()
+
+
+def _computed(first: int, values: list[Any]) -> bytes:
+    """The lines of ``values``, results of parameters ``first``...: one, unless it would
+    be long (then halves), and an error line for each result JSON cannot carry."""
+    try:
+        line = protocol.computed(first, values)
+    except protocol.Unencodable as e:
+        if len(values) == 1:
+            text = f"result is not JSON-serialisable: {e}"
+            return protocol.failed(first, text, True)
+        line = b""
+    if line and (len(values) == 1 or len(line) <= protocol.SPLIT_BYTES):
+        return line
+    half = len(values) // 2
+    return _computed(first, values[:half]) + _computed(first + half, values[half:])
 
 
 class Child:
     """Serves requests from ``requests`` until it closes, writing replies to ``out``."""
 
-    def __init__(self, allow: tuple[str, ...], requests: BinaryIO, out: Callable[[bytes], Any]):
+    def __init__(self, allow: tuple[str, ...], requests: BinaryIO, out: Output):
         self.allow = allow
         self.requests = requests
         self.out = out
@@ -54,47 +179,49 @@ class Child:
                     self.specs[run] = RunSpec.from_dict(req["spec"], run)
                 spec = self.specs[run]
             except (ValueError, KeyError, TypeError, RunDataError, UnsupportedRun) as e:
-                self.out(protocol.fatal(f"bad request: {e}"))
+                self.out.done(protocol.fatal(f"bad request: {e}"), hold=False)
                 continue
-            self.chunk(spec, lo, hi)
+            self.chunk(spec, lo, hi, req.get("careful") is True, req.get("hold") is True)
 
-    def chunk(self, spec: RunSpec, lo: int, hi: int) -> None:
+    def chunk(
+        self, spec: RunSpec, lo: int, hi: int, careful: bool = False, hold: bool = False
+    ) -> None:
         self.limit_memory(spec.param_memory_bytes)
         try:
             compute.check_allowed(spec.compute, self.allow)
             fn = None if spec.exec else compute.load(spec.compute, self.allow)
         except UsageError as e:
-            self.out(protocol.fatal(str(e)))
+            self.out.done(protocol.fatal(str(e)), hold=False)
             return
+        out = self.out
+        out.request(lo, careful)
+        held = out.held
         clock = time.perf_counter()
         if spec.work_ms:
             time.sleep(spec.work_ms / 1000)
-        for offset, value in enumerate(spec.parameter_space.values(lo, hi)):
-            index = lo + offset
+        for index, value in enumerate(spec.parameter_space.values(lo, hi), lo):
             try:
                 result = fn(value) if fn else program.run(spec.exec, value, index, self.env)
-            except program.ProgramFailed as e:
-                self.out(protocol.failed(index, str(e), True))
-                continue
-            except MemoryError as e:
-                if spec.param_memory:
-                    text = f"exceeded its memory limit {spec.param_memory}"
-                    self.out(protocol.failed(index, text, True))
-                else:
-                    self.out(protocol.failed(index, compute.describe(e), False))
-                continue
             except Exception as e:
-                permanent = compute.is_permanent(e, fn)
-                tb = compute.traceback_text(e)
-                self.out(protocol.failed(index, compute.describe(e), permanent, tb))
+                out.line(self.failed(spec, fn, index, e), index + 1)
                 continue
-            try:
-                line = protocol.computed(index, result)
-            except (TypeError, ValueError, RecursionError) as e:
-                text = f"result is not JSON-serialisable: {compute.describe(e)}"
-                line = protocol.failed(index, text, True)
-            self.out(line)
-        self.out(protocol.end(time.perf_counter() - clock))
+            held.append(result)
+            if out.careful:
+                out.flush()
+        out.done(protocol.end(time.perf_counter() - clock), hold)
+
+    @staticmethod
+    def failed(spec: RunSpec, fn: compute.ComputeFn | None, index: int, e: Exception) -> bytes:
+        """The line of parameter ``index``, which raised ``e``."""
+        if isinstance(e, program.ProgramFailed):
+            return protocol.failed(index, str(e), True)
+        if isinstance(e, MemoryError):
+            if spec.param_memory:
+                text = f"exceeded its memory limit {spec.param_memory}"
+                return protocol.failed(index, text, True)
+            return protocol.failed(index, compute.describe(e), False)
+        tb = compute.traceback_text(e)
+        return protocol.failed(index, compute.describe(e), compute.is_permanent(e, fn), tb)
 
     def limit_memory(self, limit: int | None) -> None:
         if limit == self.memory:
@@ -130,12 +257,14 @@ def main() -> None:
     os.close(null)
     os.dup2(2, 1)
 
-    def out(line: bytes) -> None:
-        # One write per line, unbuffered: a crash keeps what was written before it.
-        written = os.write(out_fd, line)
-        while written < len(line):  # a pipe takes a short line whole; a long one in parts
-            written += os.write(out_fd, line[written:])
+    def write(data: bytes) -> None:
+        # Straight to the pipe, no buffer of Python's: a crash keeps what was written.
+        written = os.write(out_fd, data)
+        while written < len(data):  # a pipe takes a short write whole; a long one in parts
+            written += os.write(out_fd, data[written:])
 
+    out = Output(write)
+    out.watch()
     Child(allow or compute.DEFAULT_ALLOW, requests, out).serve()
 
 

@@ -4,13 +4,20 @@ One request line per chunk, worker to child::
 
     {"run": RUN, "lo": LO, "hi": HI, "spec": {...}}   # "spec" only the first time per run
 
-One line per parameter back, written unbuffered as soon as it is computed (a
-crash keeps every earlier parameter's result), then one closing line::
+Results come back in batches, then one closing line per request::
 
-    [INDEX, RESULT]                     # computed
+    ["ok", FIRST, [RESULT, ...]]        # parameters FIRST, FIRST+1, ... computed
     [INDEX, null, "ERROR", PERMANENT, "TRACEBACK"]   # raised (PERMANENT: true/false)
+    ["at", INDEX]                       # INDEX has been computing for a while
     ["end", SECONDS]                    # the request is done; SECONDS of computing
     ["fatal", "ERROR"]                  # the compute cannot run here at all (not allowed...)
+
+A child holds computed results back for up to ``child.FLUSH_SECONDS`` (one
+write, one wake-up of the worker, for many fast parameters) and says which
+parameter has been running longer than that (``at``), so that a time limit
+blames the right one. A request marked ``"careful": true`` gets a line per
+parameter as soon as it is computed: the supervisor asks for that after a crash
+lost what a child held back, to find the parameter that crashed it.
 
 JSON only, never pickle: the worker must not unpickle what user code wrote.
 Every line from a child is untrusted (user code shares its process) and is
@@ -29,16 +36,24 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 TRACEBACK_CHARS = 2000
 #: Longest line a child may send (a parameter's result included).
 MAX_LINE_BYTES = 64 * 1024 * 1024
+#: A line of several results longer than this is sent in parts.
+SPLIT_BYTES = 4 * 1024 * 1024
 
 
 class ProtocolError(Exception):
     """A child sent something that is not a line of this protocol."""
 
 
+class Unencodable(Exception):
+    """A result that JSON cannot carry."""
+
+
 @dataclass(frozen=True)
 class Computed:
-    index: int
-    result: Any
+    """Parameters ``first``, ``first + 1``... computed: their results."""
+
+    first: int
+    results: list[Any]
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,13 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class At:
+    """Parameter ``index`` has been computing for at least ``child.FLUSH_SECONDS``."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class End:
     seconds: float
 
@@ -60,18 +82,23 @@ class Fatal:
     error: str
 
 
-Reply = Computed | Failed | End | Fatal
+Reply = Computed | Failed | At | End | Fatal
 
 
-def computed(index: int, result: Any) -> bytes:
-    """A computed parameter's line.
+def computed(first: int, results: list[Any]) -> bytes:
+    """The line of consecutive results from parameter ``first`` on.
 
     Raises:
-        TypeError, ValueError, RecursionError: ``result`` is not JSON-serialisable.
+        Unencodable: one of them is not JSON-serialisable.
     """
-    if type(result) is int:  # the common case, without the encoder's per-call cost
-        return b"[%d,%d]\n" % (index, result)
-    return (_ENCODE([index, result]) + "\n").encode()
+    try:
+        return b'["ok",%d,%s]\n' % (first, _ENCODE(results).encode())
+    except (TypeError, ValueError, RecursionError) as e:
+        raise Unencodable(f"{type(e).__name__}: {e}") from None
+
+
+def at(index: int) -> bytes:
+    return b'["at",%d]\n' % index
 
 
 def failed(index: int, error: str, permanent: bool, traceback: str = "") -> bytes:
@@ -124,9 +151,9 @@ def reply(msg: Any, line: bytes = b"") -> Reply:
     """
     if isinstance(msg, list) and msg:
         head = msg[0]
-        if isinstance(head, int) and not isinstance(head, bool):
-            if len(msg) == 2:
-                return Computed(head, msg[1])
+        if head == "ok" and len(msg) == 3 and _index(msg[1]) and isinstance(msg[2], list):
+            return Computed(msg[1], msg[2])
+        if _index(head):
             if (
                 len(msg) in (4, 5)
                 and msg[1] is None
@@ -135,8 +162,14 @@ def reply(msg: Any, line: bytes = b"") -> Reply:
             ):
                 tb = msg[4] if len(msg) == 5 and isinstance(msg[4], str) else ""
                 return Failed(head, msg[2][:500], msg[3], tb[-TRACEBACK_CHARS:])
+        elif head == "at" and len(msg) == 2 and _index(msg[1]):
+            return At(msg[1])
         elif head == "end" and len(msg) == 2 and isinstance(msg[1], int | float):
             return End(float(msg[1]))
         elif head == "fatal" and len(msg) == 2 and isinstance(msg[1], str):
             return Fatal(msg[1][:500])
     raise ProtocolError(f"not a reply line: {line[:80]!r}")
+
+
+def _index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0

@@ -21,7 +21,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 from ttg.children import program, protocol
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 READ_BYTES = 1 << 16
 #: Most chunk requests queued with a child at once (each is a short line; a pipe holds 64 KiB).
 PIPELINE = 64
+#: A child answers at once after every this many chunks queued together (``_Child.send``).
+REPLY_EVERY = 8
 #: How long a closing child may take to exit before it is killed.
 CLOSE_SECONDS = 2.0
 
@@ -76,15 +79,24 @@ class _Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, requests: Sequence[tuple[RunSpec, int, int]]) -> None:
-        """Queue ``requests`` (spec, lo, hi) in one write: the child works through them in order."""
+    def send(self, requests: Sequence[tuple[RunSpec, int, int]], careful: bool = False) -> None:
+        """Queue ``requests`` (spec, lo, hi) in one write: the child works through them in
+        order. ``careful``: the first one's results come back one line each. The child
+        answers at once at the end of the last one and of every ``REPLY_EVERY``-th; it
+        may hold the others' answers a moment, so that it wakes the worker less often."""
         lines = []
-        for spec, lo, hi in requests:
-            req: dict[str, Any] = {"run": spec.run, "lo": lo, "hi": hi}
-            if self.specs.get(spec.run) != spec:
-                req["spec"] = spec.to_dict()
+        last = len(requests) - 1
+        for i, (spec, lo, hi) in enumerate(requests):
+            line = b'{"run":%s,"lo":%d,"hi":%d' % (json.dumps(spec.run).encode(), lo, hi)
+            known = self.specs.get(spec.run)
+            if known is not spec and known != spec:
                 self.specs[spec.run] = spec
-            lines.append(json.dumps(req, separators=(",", ":")).encode())
+                line += b',"spec":' + json.dumps(spec.to_dict(), separators=(",", ":")).encode()
+            if careful and i == 0:
+                line += b',"careful":true'
+            if i < last and (i + 1) % REPLY_EVERY:
+                line += b',"hold":true'
+            lines.append(line + b"}")
         try:
             self.stdin.write(b"\n".join(lines) + b"\n")
             self.stdin.flush()
@@ -149,20 +161,39 @@ class _Child:
                 f.close()  # type: ignore[union-attr]
 
 
+@dataclass(frozen=True)
+class Busy:
+    """What one slot's child is computing now."""
+
+    run: str
+    #: The chunk's first parameter, and the parameter being computed.
+    lo: int
+    param: int
+    #: When the chunk, and that parameter, started (epoch seconds, as the worker saw it).
+    started: float
+    since: float
+
+
 class _Chunk:
     """What the children answered so far for one chunk ``[lo, hi)``."""
 
     def __init__(self, lo: int, hi: int) -> None:
         self.lo, self.hi, self.next = lo, hi, lo
-        self.started = time.time()
+        self.started = self.since = time.time()
         self.results: list[Any] = [None] * (hi - lo)
         self.errors: list[tuple[int, str, bool, str]] = []
+        #: The parameter the child said it is on (``protocol.At``), if that was its last word.
+        self.on: int | None = None
+        #: Ask for a line per parameter: a crash lost what the child held back.
+        self.careful = False
 
     def fail(self, error: str, permanent: bool = True, traceback: str = "") -> None:
         """The next parameter failed (nothing, once every parameter is in)."""
         if self.next < self.hi:
             self.errors.append((self.next, error, permanent, traceback))
             self.next += 1
+            self.since = time.time()
+        self.on = None
 
     def take(self, reply: protocol.Reply) -> bool:
         """Record one reply; True when the request it answers is done.
@@ -177,11 +208,23 @@ class _Chunk:
             if self.next < self.hi:
                 raise protocol.ProtocolError(f"done, but parameter {self.next} is missing")
             return True
-        if reply.index != self.next:
-            raise protocol.ProtocolError(f"parameter {reply.index} where {self.next} was due")
+        if isinstance(reply, protocol.At):
+            if reply.index != self.next:
+                raise protocol.ProtocolError(f"at {reply.index} where {self.next} was due")
+            self.on = reply.index
+            return False
+        first = reply.first if isinstance(reply, protocol.Computed) else reply.index
+        if first != self.next:
+            raise protocol.ProtocolError(f"parameter {first} where {self.next} was due")
+        self.on = None
         if isinstance(reply, protocol.Computed):
-            self.results[self.next - self.lo] = reply.result
-            self.next += 1
+            n = len(reply.results)
+            if n > self.hi - self.next:
+                raise protocol.ProtocolError(f"{n} results where {self.hi - self.next} were due")
+            at = self.next - self.lo
+            self.results[at : at + n] = reply.results
+            self.next += n
+            self.since = time.time()
         else:
             self.fail(reply.error, reply.permanent, reply.traceback)
         return False
@@ -195,10 +238,22 @@ class Supervisor:
         self._children: list[_Child | None] = [None] * max(1, slots)
         self._lock = threading.Lock()
         self._aborted = threading.Event()
+        #: Per slot, the chunk its child is on (read by ``busy`` from another thread).
+        self._on: list[tuple[str, _Chunk] | None] = [None] * len(self._children)
 
     @property
     def pids(self) -> list[int]:
         return [c.pid for c in self._children if c is not None]
+
+    def busy(self) -> list[Busy]:
+        """What each slot's child is computing now."""
+        out = []
+        for on in list(self._on):
+            if on is not None:
+                run, c = on
+                if c.next < c.hi:
+                    out.append(Busy(run, c.lo, c.next, c.started, c.since))
+        return out
 
     def start(self) -> None:
         """Start every slot's child now, so the first chunk does not wait for one."""
@@ -231,60 +286,89 @@ class Supervisor:
             ComputeUnavailable: the run's compute cannot run here at all.
             Aborted: ``abort`` was called meanwhile.
         """
-        for result in self.compute_many(slot, [(spec, lo, hi)]):
+        for result in self.compute_many(slot, [(spec, lo, hi)], depth=1):
             if isinstance(result, ComputeUnavailable):
                 raise result
             return result
         raise AssertionError("compute_many yields one result per chunk")  # pragma: no cover
 
     def compute_many(
-        self, slot: int, chunks: Sequence[tuple[RunSpec, int, int]]
+        self,
+        slot: int,
+        chunks: Sequence[tuple[RunSpec, int, int]],
+        begin: Callable[[int, int], None] | None = None,
+        depth: int = 1,
     ) -> Generator[ChunkResult | ComputeUnavailable, None, None]:
         """Each chunk's result in order, every parameter's error kept with it.
 
-        The chunks are queued with the child up front (``PIPELINE`` at a time), so it
-        goes from one to the next without a round trip. A consumer that stops early
-        leaves the child busy with the rest: it is replaced.
+        Up to ``depth`` chunks (at most ``PIPELINE``) are queued with the child,
+        topped up as it works through them: it goes from one to the next without
+        waiting for the worker.
+        ``begin(i, j)`` runs just before ``chunks[i:j]`` are first sent (the worker
+        marks them begun there). A consumer that stops early leaves the child busy
+        with the rest: it is replaced.
 
         Raises:
             Aborted: ``abort`` was called meanwhile.
+            Whatever ``begin`` raises.
         """
-        pending = list(chunks)
+        depth = max(1, min(PIPELINE, depth))
         child: _Child | None = None
-        queued = 0  # requests of ``pending`` the child holds
+        sent = 0  # chunks[:sent] were begun and sent (to this child or a replaced one)
+        held = 0  # chunks[pos : pos + held] are queued with ``child``, in order
+
+        def send(
+            child: _Child, pos: int, first: tuple[RunSpec, int, int] | None, careful: bool
+        ) -> int:
+            """Queue ``first`` (this chunk's rest, if not queued) and the chunks after it."""
+            nonlocal sent
+            end = min(len(chunks), pos + depth)
+            if end > sent:
+                if begin is not None:
+                    begin(sent, end)
+                sent = end
+            start = pos + held + (first is not None)
+            child.send(([first] if first else []) + list(chunks[start:end]), careful)
+            return end - pos
+
         try:
-            while pending:
-                spec, lo, hi = pending[0]
+            for pos, (spec, lo, hi) in enumerate(chunks):
                 chunk = _Chunk(lo, hi)
+                self._on[slot] = (spec.run, chunk)
                 clock = time.perf_counter()
                 result: ChunkResult | ComputeUnavailable
                 try:
                     while chunk.next < hi:
-                        if child is None or queued == 0:
-                            child = self._child(slot)
-                            batch = [(spec, chunk.next, hi), *pending[1:PIPELINE]]
-                            child.send(batch)
-                            queued = len(batch)
+                        if child is None or held == 0:
+                            child, held = self._child(slot), 0
+                            held = send(child, pos, (spec, chunk.next, hi), chunk.careful)
+                        elif held <= depth // 2 and pos + held < len(chunks):
+                            held = send(child, pos, None, False)
                         if self._follow(slot, child, chunk, spec.param_timeout or None):
                             break
                         # It was replaced, and the requests it held went with it.
-                        child, queued = None, 0
+                        child, held = None, 0
                     result = ChunkResult(
                         chunk.results, chunk.errors, chunk.started, time.perf_counter() - clock
                     )
                 except ComputeUnavailable as e:
                     result = e
-                pending.pop(0)
-                queued = max(0, queued - 1)
+                held = max(0, held - 1)
                 yield result
             child = None
         finally:
-            if child is not None and queued:
+            self._on[slot] = None
+            if child is not None and held:
                 self._replace(slot, child)
 
     def _follow(self, slot: int, child: _Child, chunk: _Chunk, timeout: float | None) -> bool:
         """Read ``child``'s replies into ``chunk``: True when its request is done, False
         when the child was replaced (crashed, overran, broke the protocol).
+
+        A crash or an overrun right after the child said which parameter it is on
+        (``protocol.At``) is that parameter's; otherwise the child may have held
+        back results of parameters before the culprit, so the chunk goes on
+        ``careful`` (a line per parameter) to find it.
 
         Raises:
             ComputeUnavailable: the child cannot run this compute (it goes on to its next).
@@ -294,22 +378,17 @@ class Supervisor:
             deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 replies = child.next_replies(deadline)
-            except protocol.ProtocolError as e:
-                log.error("compute child %d broke the protocol (%s): replaced", child.pid, e)
-                self._replace(slot, child)
-                chunk.fail(f"compute process broke the protocol: {e}")
-                return False
-            if self._aborted.is_set():
-                self._replace(slot, child)
-                raise Aborted
-            if replies is None:  # the parameter overran its limit
-                self._replace(slot, child)
-                chunk.fail(f"timed out after {timeout:g} s")
-                return False
-            if not replies:  # the child died on the next parameter
-                chunk.fail(program.describe_exit(self._replace(slot, child)))
-                return False
-            try:
+                if self._aborted.is_set():
+                    self._replace(slot, child)
+                    raise Aborted
+                if replies is None or not replies:  # it overran its limit, or it died
+                    code = self._replace(slot, child)
+                    if chunk.careful or chunk.on == chunk.next:
+                        why = program.describe_exit(code) if replies is not None else None
+                        chunk.fail(why or f"timed out after {timeout:g} s")
+                    else:
+                        chunk.careful = True
+                    return False
                 while replies:
                     if chunk.take(replies.popleft()):
                         return True

@@ -13,6 +13,17 @@ from ttg.errors import BrokerError, UsageError
 from ttg.run import Delivery, Outcome, Status
 from ttg.worker.state import Complete, Release, Retry, Verdict, WorkerState
 
+#: Work queued with a compute process beyond the chunk it is on (by the mean chunk
+#: time): enough that it never waits for the worker between short chunks, little
+#: enough that a worker's death counts few chunks that had not started.
+QUEUE_AHEAD_SECONDS = 0.02
+
+
+def _queueable(d: Delivery) -> bool:
+    """May ``d`` be queued with a compute process behind other chunks (its first
+    delivery, of a run that allows more than one)?"""
+    return d.attempt == 1 and d.spec.max_deliveries > 1
+
 
 class Dispatch(WorkerState):
     """Computing deliveries into verdicts (in a compute thread per slot)."""
@@ -23,40 +34,71 @@ class Dispatch(WorkerState):
         batch: list[Delivery],
         outbox: queue.SimpleQueue[tuple[Delivery, Verdict]],
     ) -> None:
-        """Compute ``batch`` in ``slot``'s child, one chunk at a time; a verdict for each.
+        """Compute ``batch`` in ``slot``'s child; a verdict for each.
 
-        One request per chunk, sent just after the chunk is marked begun: a chunk
-        queued with a child ahead of time would count a delivery if the worker died
-        before the child reached it (invariant 6).
+        Short first deliveries are queued with the child ahead of the one it is on,
+        ``QUEUE_AHEAD_SECONDS`` of work at most (``Supervisor.compute_many``: it goes
+        from one chunk to the next without waiting for this thread), each marked
+        begun as it is queued. A worker lost meanwhile counts a delivery against
+        those too, once: a redelivered chunk (or one of a run that allows a single
+        delivery) is computed alone, marked just before it starts, so no chunk is
+        counted twice for its neighbours' sake (invariant 6), as on RabbitMQ, where
+        a group of chunks travels and is marked as one message.
         """
-        for i, d in enumerate(batch):
-            if self.stopping and i > 0:
-                # 3. Fetched but not started: give back at once. (The first one is the
-                # chunk in hand, even if the signal came before its compute began.)
-                outbox.put((d, Release()))
-                continue
-            early = self._before_compute(d)
+        groups: list[list[Delivery]] = []
+        for d in batch:
+            early = self._refused(d)
             if early is not None:
                 outbox.put((d, early))
-                continue
-            try:
-                r: ChunkResult | ComputeUnavailable = self.children.compute(
-                    slot, d.spec, d.lo, d.hi
-                )
-            except ComputeUnavailable as e:
-                r = e
-            except Aborted:
-                for rest in batch[i:]:
-                    outbox.put((rest, Release()))
+            elif _queueable(d) and groups and _queueable(groups[-1][-1]):
+                groups[-1].append(d)
+            else:
+                groups.append([d])
+        for n, group in enumerate(groups):
+            # 3. Fetched but not started: given back at once. (The first is the chunk
+            # in hand, even if the signal came before its compute began.)
+            whole = not (n > 0 and self.stopping) and self._compute_group(slot, group, outbox)
+            if not whole:
+                later = groups[n:] if n > 0 and self.stopping else groups[n + 1 :]
+                for d in (d for rest in later for d in rest):
+                    outbox.put((d, Release()))
                 return
-            except BaseException as e:
-                outbox.put((d, self._failure(d, f"worker error: {compute.describe(e)}")))
-                for rest in batch[i + 1 :]:
-                    outbox.put((rest, Release()))
-                return
-            outbox.put((d, self._verdict(d, r)))
 
-    def _before_compute(self, d: Delivery) -> Verdict | None:
+    def _compute_group(
+        self,
+        slot: int,
+        group: list[Delivery],
+        outbox: queue.SimpleQueue[tuple[Delivery, Verdict]],
+    ) -> bool:
+        """Compute ``group`` in one go; True if every delivery of it got its verdict
+        and the worker is not stopping (False: the rest of the batch goes back)."""
+
+        def begin(i: int, j: int) -> None:
+            # From here on this worker's death counts a delivery of each (invariant 6).
+            self.consumer.begin_many(group[i:j])
+
+        mean = self.read_ahead.mean_s
+        depth = 1 if mean is None else int(QUEUE_AHEAD_SECONDS / max(mean, 1e-6))
+        done = 0
+        try:
+            chunks = [(d.spec, d.lo, d.hi) for d in group]
+            for r in self.children.compute_many(slot, chunks, begin, depth):
+                d = group[done]
+                done += 1
+                outbox.put((d, self._verdict(d, r)))
+                if self.stopping:
+                    break
+        except (Aborted, BrokerError):
+            pass  # aborted, or not begun: given back uncounted below
+        except BaseException as e:
+            d = group[done]
+            done += 1
+            outbox.put((d, self._failure(d, f"worker error: {compute.describe(e)}")))
+        for d in group[done:]:
+            outbox.put((d, Release()))
+        return done == len(group) and not self.stopping
+
+    def _refused(self, d: Delivery) -> Verdict | None:
         """The verdict of a delivery that must not be computed; None for one that may."""
         if d.attempt > d.spec.max_deliveries:
             # Its earlier holders all died with it (or it killed them).
@@ -74,11 +116,6 @@ class Dispatch(WorkerState):
         except UsageError as e:
             # This worker may not run it; others may: given back uncounted (declined).
             return self._cannot_run(d, str(e))
-        # From here on this worker's death counts a delivery of d (invariant 6), not before.
-        try:
-            self.consumer.begin(d)
-        except BrokerError:
-            return Release()  # not begun: given back uncounted
         return None
 
     def _cannot_run(self, d: Delivery, why: str) -> Release:

@@ -20,9 +20,10 @@ from ttg.broker import Consumer
 from ttg.children.supervisor import Supervisor
 from ttg.errors import AuthenticationError, BrokerError
 from ttg.metrics import Metrics, Probes
-from ttg.run import Delivery
+from ttg.run import Delivery, LongParam
 from ttg.store.writer import ResultsWriter
 from ttg.worker.dispatch import Dispatch
+from ttg.worker.long import LongWatch
 from ttg.worker.readahead import READ_AHEAD_SECONDS, ReadAhead
 from ttg.worker.settle import Settle
 from ttg.worker.state import Verdict, log
@@ -67,6 +68,8 @@ class Worker(Dispatch, Settle):
         )
         self._computing = False
         self._fetching_stopped = False
+        self.long = LongWatch(self._say_long)
+        self._in_hand: dict[int, Delivery] = {}
 
     # -- signals ----------------------------------------------------------------------
 
@@ -160,7 +163,7 @@ class Worker(Dispatch, Settle):
 
     def _work(self, batch: list[Delivery]) -> None:
         """Compute ``batch`` in the compute thread and settle every delivery of it."""
-        in_hand = {id(d): d for d in batch}
+        in_hand = self._in_hand = {id(d): d for d in batch}
         self.metrics.see(d.run for d in batch)
         self.metrics.in_flight.set(len(in_hand))
         outbox: queue.SimpleQueue[tuple[Delivery, Verdict]] = queue.SimpleQueue()
@@ -187,6 +190,19 @@ class Worker(Dispatch, Settle):
             for d in in_hand.values():
                 self._give_back(d)
             self.metrics.in_flight.set(0)
+            self.long.check([], self._chunk_of)
+
+    def _chunk_of(self, run: str, lo: int) -> int | None:
+        """The chunk in hand of ``run`` that starts at parameter ``lo``."""
+        return next(
+            (d.chunk for d in list(self._in_hand.values()) if d.run == run and d.lo == lo), None
+        )
+
+    def _say_long(self, params: Sequence[LongParam]) -> None:
+        try:
+            self.consumer.running_long(params)
+        except Exception as e:  # best effort: never the worker's end
+            log.debug("long-running parameters not reported: %s", e)
 
     def _collect(
         self,
@@ -199,6 +215,7 @@ class Worker(Dispatch, Settle):
                 first = outbox.get(timeout=0.1)
             except queue.Empty:
                 self.probes.tick()
+                self.long.check(self.children.busy(), self._chunk_of)
                 if self._past_deadline():
                     return None
                 if all(job.done() for job in jobs) and outbox.empty():

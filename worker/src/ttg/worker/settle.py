@@ -87,6 +87,7 @@ class Settle(WorkerState):
             if v.seconds is not None:
                 self.metrics.run(d.run).duration.observe(v.seconds)
                 self.read_ahead.observe(v.seconds)
+                self.long.finished(d.run, v.seconds, v.outcome.params)
             if (
                 v.outcome.status is Status.OK
                 and d.attempt == 1

@@ -16,6 +16,7 @@ from ttg.children.supervisor import Supervisor
 from ttg.metrics import Metrics, Probes
 from ttg.run import Outcome
 from ttg.store.writer import ResultsWriter
+from ttg.worker.long import LongWatch
 from ttg.worker.readahead import ReadAhead
 
 #: One logger for the worker, whichever part speaks (log search and tests use its name).
@@ -60,6 +61,8 @@ class WorkerState:
     read_ahead: ReadAhead
     #: The compute processes, one per concurrency slot.
     children: Supervisor
+    #: Which of their parameters run long (``ttg status`` names them).
+    long: LongWatch
     concurrency: int
     #: Set by the first signal; the deadline for the chunk in hand.
     stop_deadline: float | None

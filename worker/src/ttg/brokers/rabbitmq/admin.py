@@ -92,7 +92,7 @@ class _RunState:
             self.fold.add(msg)
 
     def fold_activity(self, msg: dict[str, Any]) -> None:
-        snap = qdecode.snapshot(msg)
+        snap = qdecode.snapshot(msg, self.run)
         self.activity[snap.worker] = snap
 
     def problems(self) -> Problems:
@@ -303,7 +303,9 @@ class RabbitMQBroker(Broker):
         # A snapshot may outlive its worker by up to ACTIVITY_FRESH_SECONDS (RabbitMQ
         # requeues a dead worker's chunks at once); a chunk with an outcome is not in flight.
         return [
-            InFlight(h.chunk, worker, h.attempt, round(now - h.since, 3))
+            InFlight(h.chunk, worker, h.attempt, round(now - h.since, 3)).with_long(
+                snap.long.get(h.chunk), now
+            )
             for worker, snap in sorted(state.activity.items())
             if now - snap.t < ACTIVITY_FRESH_SECONDS
             for h in snap.held
@@ -412,7 +414,7 @@ class RabbitMQBroker(Broker):
         last_seen: dict[str, float] = {}
         for msg in read_stream(self.params, queue(run, "activity")):
             try:
-                snap = qdecode.snapshot(msg)
+                snap = qdecode.snapshot(msg, run)
             except DecodeError:
                 continue
             t, worker = snap.t, snap.worker

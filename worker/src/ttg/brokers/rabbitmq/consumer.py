@@ -55,7 +55,7 @@ from ttg.brokers.rabbitmq.messages import Activity, Inbox, Message, Unacked
 from ttg.decode import DecodeError, Throttle
 from ttg.endpoint import TLS
 from ttg.errors import RunDataError
-from ttg.run import Delivery, Outcome, Recorded, RunSpec
+from ttg.run import Delivery, LongParam, Outcome, Recorded, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -152,28 +152,45 @@ class RabbitMQConsumer(IOThread, Consumer):
         messages = -(-chunks // self._group) + (1 if self._group > 1 else 0)
         self.window = min(self.cap, 1 << max(0, messages - 1).bit_length())
 
+    def running_long(self, params: Sequence[LongParam]) -> None:
+        by_run: dict[str, list[list[Any]]] = {}
+        for p in params:
+            by_run.setdefault(p.run, []).append(p.to_list())
+        # One assignment the I/O thread reads whole at its next snapshot, sent soon.
+        self._activity.long = by_run
+        self._activity.dirty = True
+
     def begin(self, delivery: Delivery) -> None:
-        d = delivery
-        if d.handle is None or d.handle.generation != self.generation:
-            return  # its connection is gone: requeued, and judged unbegun
-        if d.run not in self._marked_runs:
-            return  # no begun stream (garbage under its name): its redeliveries count
-        msg = d.handle
-        if msg.marked:
-            return
+        self.begin_many([delivery])
+
+    def begin_many(self, deliveries: Sequence[Delivery]) -> None:
         # A group is marked whole, once: a mark per chunk of 64 one-parameter chunks
         # would cost more than computing them. Its loss then counts each chunk not
         # yet settled once, and splits it: from then on each is marked alone.
-        msg.marked = True
-        marks = [(c, d.attempt) for c in range(d.chunk, msg.first + msg.size)]
+        msgs: list[Message] = []
+        marks: dict[str, list[tuple[int, int]]] = {}
+        for d in deliveries:
+            msg = d.handle
+            if msg is None or msg.generation != self.generation:
+                continue  # its connection is gone: requeued, and judged unbegun
+            if d.run not in self._marked_runs or msg.marked:
+                continue  # no begun stream (garbage under its name), or marked already
+            msg.marked = True
+            msgs.append(msg)
+            chunks = range(d.chunk, msg.first + msg.size)
+            marks.setdefault(d.run, []).extend((c, d.attempt) for c in chunks)
+        if not marks:
+            return
 
         def mark() -> None:
-            if msg.generation == self.generation and self._events is not None:
-                self._begun.mark(d.run, marks)
+            if self._events is not None and all(m.generation == self.generation for m in msgs):
+                for run, run_marks in marks.items():
+                    self._begun.mark(run, run_marks)
 
-        # On the I/O thread (the worker's one connection), and waited for: the mark is on
-        # the socket before the compute starts, so a compute that kills its worker at
-        # once is still counted. A group's one mark spreads that hand-off over its chunks.
+        # On the I/O thread (the worker's one connection), and waited for: the marks are
+        # on the socket before the computes start, so a compute that kills its worker at
+        # once is still counted. One hand-off, one publish per run, for every message
+        # queued with a compute process together.
         self.call(mark)
 
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
@@ -583,7 +600,10 @@ class RabbitMQConsumer(IOThread, Consumer):
         self._snapshot_last = now
         for run, held in self._activity.snapshots().items():
             if run in self._specs:
-                snap = {"w": self.name, "t": time.time(), "h": held}
+                snap: dict[str, Any] = {"w": self.name, "t": time.time(), "h": held}
+                long = self._activity.long.get(run)
+                if long:
+                    snap["l"] = long
                 self._events.basic_publish("", queue(run, "activity"), body(snap))
 
 

@@ -12,13 +12,13 @@ same message again (DESIGN.md invariant 12).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ttg import decode
 from ttg.decode import MAX_INT, DecodeError
 from ttg.limits import MAX_CHUNKS, MAX_ERROR_CHARS, MAX_WORKER_CHARS, RUN_ID
-from ttg.run import CONTROLS, Outcome
+from ttg.run import CONTROLS, LongParam, Outcome
 
 #: Longest stream message read (a ledger batch of a prefetch window of big results).
 MAX_MESSAGE_BYTES = decode.MAX_JSON_BYTES
@@ -116,10 +116,13 @@ class Snapshot:
     worker: str
     t: float
     held: tuple[Held, ...]
+    #: chunk -> the parameter its worker has been computing for long (``"l"``).
+    long: dict[int, LongParam] = field(default_factory=dict)
 
 
-def snapshot(msg: Mapping[str, Any]) -> Snapshot:
-    """An activity snapshot ``{"w": worker, "t": time, "h": [[chunk, attempt, since], ...]}``.
+def snapshot(msg: Mapping[str, Any], run: str = "") -> Snapshot:
+    """An activity snapshot ``{"w": worker, "t": time, "h": [[chunk, attempt, since], ...]}``,
+    and ``"l": [LongParam.to_list(), ...]`` when its worker has a parameter running long.
 
     Raises:
         DecodeError: a field is missing or wrong.
@@ -138,10 +141,12 @@ def snapshot(msg: Mapping[str, Any]) -> Snapshot:
                 decode.as_float(h[2], "held since", 0, 1e11),
             )
         )
+    long = msg.get("l")
     return Snapshot(
         decode.as_str(msg.get("w"), "snapshot worker", MAX_WORKER_CHARS),
         decode.as_float(msg.get("t"), "snapshot time", 0, 1e11),
         tuple(out),
+        {} if long is None else LongParam.from_lists(run, long, MAX_CHUNKS + 1),
     )
 
 

@@ -15,6 +15,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ttg.run import Delivery
 
@@ -49,6 +50,8 @@ class Activity:
     recent: dict[str, dict[int, tuple[int, float]]] = field(default_factory=dict)
     #: A chunk arrived since the last snapshot.
     dirty: bool = False
+    #: run -> its parameters running long (``LongParam.to_list``), replaced whole.
+    long: dict[str, list[list[Any]]] = field(default_factory=dict)
 
     def hold(self, run: str, chunks: range, attempt: int) -> None:
         entry = (attempt, time.time())

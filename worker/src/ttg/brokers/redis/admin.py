@@ -181,7 +181,8 @@ class RedisBroker(Broker):
         pipe.zcard(key(run, "delayed"))
         pipe.xpending_range(tasks, GROUP, min="-", max="+", count=IN_FLIGHT_SHOWN)
         pipe.xrevrange(key(run, "events"), count=RECENT_EVENTS)
-        stats, meta, length, delayed, pending, events = pipe.execute()
+        pipe.hgetall(key(run, "long"))
+        stats, meta, length, delayed, pending, events, long = pipe.execute()
         if not meta:
             self._specs.pop(run, None)
             raise RunNotFound(f"no run {run!r} on {self.where()}")
@@ -195,18 +196,16 @@ class RedisBroker(Broker):
         for p in pending:
             pipe.xrange(tasks, min=p["message_id"], max=p["message_id"])
         entries = pipe.execute() if pending else []
+        longs = rdecode.long_params(run, long, spec.total_chunks, problems)
         in_flight = []
+        now = time.time()
         for p, e in zip(pending, entries, strict=True):
             chunk = rdecode.chunk_of(e[0][1]) if e else None
             if chunk is not None:
-                in_flight.append(
-                    InFlight(
-                        chunk,
-                        p["consumer"],
-                        p["times_delivered"],
-                        p["time_since_delivered"] / 1000,
-                    )
+                f = InFlight(
+                    chunk, p["consumer"], p["times_delivered"], p["time_since_delivered"] / 1000
                 )
+                in_flight.append(f.with_long(longs.get((f.worker, chunk)), now))
         recent: list[str] = []
         for entry_id, fields in events:
             try:

@@ -58,7 +58,7 @@ GENERATION = "ttg:runs:gen"
 #: Names of a run's keys, for ``delete``.
 RUN_KEYS = (
     "spec", "meta", "tasks", "delayed", "ledger", "rounds", "history", "stats", "leases", "events",
-    "begun",
+    "begun", "long",
 )  # fmt: skip
 #: Longest error text from Redis kept in a message.
 MAX_ERROR_CHARS = 200

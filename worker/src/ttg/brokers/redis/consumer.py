@@ -44,7 +44,7 @@ from ttg.brokers.redis.marks import MarkWriter
 from ttg.decode import DecodeError, Throttle
 from ttg.endpoint import TLS
 from ttg.errors import RunDataError
-from ttg.run import RUN_ID, Delivery, Outcome, Recorded, RunSpec
+from ttg.run import RUN_ID, Delivery, LongParam, Outcome, Recorded, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class RedisConsumer(Consumer):
         #: Runs left alone until a time (monotonic): Redis refused to read their keys.
         self._bad: dict[str, float] = {}
         self._skip_log = Throttle(SKIP_LOG_SECONDS)
+        #: Runs where this worker reported a long-running parameter (``running_long``).
+        self._long_runs: set[str] = set()
         #: Begun marks without a round trip; a cluster client marks with begin.lua.
         self._marks = MarkWriter(self.client) if hasattr(self.client, "connection_pool") else None
 
@@ -381,6 +383,35 @@ class RedisConsumer(Consumer):
         return {i: m is not None for i, m in zip(ids, marks, strict=True)}
 
     # -- beginning ----------------------------------------------------------------------------
+
+    def running_long(self, params: Sequence[LongParam]) -> None:
+        by_run: dict[str, list[list[Any]]] = {}
+        for p in params:
+            by_run.setdefault(p.run, []).append(p.to_list())
+        pipe = self.client.pipeline(transaction=False)
+        for run in sorted(set(by_run) | self._long_runs):
+            if run in by_run:
+                pipe.hset(key(run, "long"), self.name, json.dumps(by_run[run]))
+            else:
+                pipe.hdel(key(run, "long"), self.name)
+        try:
+            pipe.execute()
+        except rex.RedisError as e:
+            log.debug("long-running parameters not reported: %s", e)
+            return
+        self._long_runs = set(by_run)
+
+    @translated
+    def begin_many(self, deliveries: Sequence[Delivery]) -> None:
+        if self._marks is None:
+            for d in deliveries:
+                self.begin(d)
+            return
+        by_run: dict[str, list[str]] = {}
+        for d in deliveries:
+            by_run.setdefault(d.run, []).append(d.handle)
+        for run, handles in by_run.items():
+            self._marks.mark(key(run, "begun"), *handles)
 
     @translated
     def begin(self, delivery: Delivery) -> None:

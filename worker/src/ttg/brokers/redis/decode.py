@@ -16,7 +16,7 @@ from typing import Any
 from ttg import decode
 from ttg.decode import MAX_INT, DecodeError, Problems
 from ttg.limits import MAX_CHUNKS, MAX_WORKER_CHARS
-from ttg.run import CONTROLS, Outcome, RunEvent
+from ttg.run import CONTROLS, LongParam, Outcome, RunEvent
 
 #: Most tallies read from ``ttg:{R}:stats`` (a handful are written).
 MAX_TALLIES = 100
@@ -136,3 +136,23 @@ def ledger_entry(chunk: Any, text: Any, total_chunks: int) -> Outcome:
     if not isinstance(text, str | bytes):
         raise DecodeError(f"ledger entry of chunk {n} is not text")
     return Outcome.from_json(n, text)
+
+
+def long_params(
+    run: str, fields: Mapping[Any, Any], total_chunks: int, problems: Problems
+) -> dict[tuple[str, int], LongParam]:
+    """``ttg:{R}:long`` (worker -> its long-running parameters): (worker, chunk) -> one.
+
+    A worker's entry that cannot be read is a problem, and skipped.
+    """
+    out: dict[tuple[str, int], LongParam] = {}
+    for worker, text in fields.items():
+        try:
+            name = decode.as_str(worker, "worker", MAX_WORKER_CHARS)
+            value = decode.loads(text, what="long parameters", max_bytes=64 * 1024)
+            found = LongParam.from_lists(run, value, total_chunks)
+        except DecodeError as e:
+            problems.add(f"long parameters of {decode.preview(worker, 40)}: {e}")
+            continue
+        out.update(((name, chunk), p) for chunk, p in found.items())
+    return out

@@ -24,19 +24,20 @@ _LOST = (rex.ConnectionError, rex.TimeoutError, OSError)
 
 
 class MarkWriter:
-    """Writes ``HSET <begun key> <entry id> 1`` on a connection that gets no replies."""
+    """Writes ``HSET <begun key> <entry id> 1...`` on a connection that gets no replies."""
 
     def __init__(self, client: Any) -> None:
         self._pool = client.connection_pool
         self._conn: Any = None
         self._lock = threading.Lock()
 
-    def mark(self, begun_key: str, entry_id: str) -> None:
-        """Write one mark; the bytes are with the kernel when this returns.
+    def mark(self, begun_key: str, *entry_ids: str) -> None:
+        """Mark ``entry_ids`` (one write); the bytes are with the kernel when this returns.
 
         Raises:
             redis.exceptions.ConnectionError: not written (the broker cannot be reached).
         """
+        fields = [x for entry_id in entry_ids for x in (entry_id, "1")]
         with self._lock:
             for last in (False, True):
                 try:
@@ -45,7 +46,7 @@ class MarkWriter:
                         conn.connect()
                         self._send(conn, "CLIENT", "REPLY", "OFF")
                         self._conn = conn
-                    self._send(self._conn, "HSET", begun_key, entry_id, "1")
+                    self._send(self._conn, "HSET", begun_key, *fields)
                     return
                 except _LOST as e:
                     self._drop()
