@@ -287,6 +287,8 @@ class ChunkResult:
     errors: list[tuple[int, str, bool, str]] = field(default_factory=list)
     started_at: float = 0.0
     seconds: float = 0.0
+    #: ``results`` as JSON text, when the compute process sent it so (checked).
+    results_json: str | None = None
 
     @property
     def transient(self) -> bool:

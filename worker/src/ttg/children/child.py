@@ -169,6 +169,8 @@ class Child:
         self.specs: dict[str, RunSpec] = {}
         self.env = program.scrubbed_env()
         self.memory: int | None = None
+        #: The last spec served and its compute, allowed and imported.
+        self._ready: tuple[RunSpec, compute.ComputeFn | None] | None = None
 
     def serve(self) -> None:
         for line in self.requests:
@@ -187,12 +189,16 @@ class Child:
         self, spec: RunSpec, lo: int, hi: int, careful: bool = False, hold: bool = False
     ) -> None:
         self.limit_memory(spec.param_memory_bytes)
-        try:
-            compute.check_allowed(spec.compute, self.allow)
-            fn = None if spec.exec else compute.load(spec.compute, self.allow)
-        except UsageError as e:
-            self.out.done(protocol.fatal(str(e)), hold=False)
-            return
+        if self._ready is not None and self._ready[0] is spec:
+            fn = self._ready[1]
+        else:
+            try:
+                compute.check_allowed(spec.compute, self.allow)
+                fn = None if spec.exec else compute.load(spec.compute, self.allow)
+            except UsageError as e:
+                self.out.done(protocol.fatal(str(e)), hold=False)
+                return
+            self._ready = (spec, fn)
         out = self.out
         out.request(lo, careful)
         held = out.held

@@ -27,7 +27,7 @@ checked before it is believed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: One encoder for every line: ``json.dumps`` with options builds a new one per call.
@@ -54,6 +54,8 @@ class Computed:
 
     first: int
     results: list[Any]
+    #: The results' JSON text as the child wrote it (checked: it decoded to ``results``).
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,10 @@ def reply(msg: Any, line: bytes = b"") -> Reply:
     if isinstance(msg, list) and msg:
         head = msg[0]
         if head == "ok" and len(msg) == 3 and _index(msg[1]) and isinstance(msg[2], list):
-            return Computed(msg[1], msg[2])
+            # The text after the second comma is the list's: "ok" and an int hold none.
+            start = line.find(b",", line.find(b",") + 1) + 1
+            end = line.rfind(b"]")
+            return Computed(msg[1], msg[2], line[start:end] if 0 < start < end else None)
         if _index(head):
             if (
                 len(msg) in (4, 5)

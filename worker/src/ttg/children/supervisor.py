@@ -186,6 +186,8 @@ class _Chunk:
         self.on: int | None = None
         #: Ask for a line per parameter: a crash lost what the child held back.
         self.careful = False
+        #: Every result came in one line: its JSON text, passed on without encoding again.
+        self.raw: bytes | None = None
 
     def fail(self, error: str, permanent: bool = True, traceback: str = "") -> None:
         """The next parameter failed (nothing, once every parameter is in)."""
@@ -222,6 +224,7 @@ class _Chunk:
             if n > self.hi - self.next:
                 raise protocol.ProtocolError(f"{n} results where {self.hi - self.next} were due")
             at = self.next - self.lo
+            self.raw = reply.raw if n == self.hi - self.lo else None
             self.results[at : at + n] = reply.results
             self.next += n
             self.since = time.time()
@@ -349,7 +352,11 @@ class Supervisor:
                         # It was replaced, and the requests it held went with it.
                         child, held = None, 0
                     result = ChunkResult(
-                        chunk.results, chunk.errors, chunk.started, time.perf_counter() - clock
+                        chunk.results,
+                        chunk.errors,
+                        chunk.started,
+                        time.perf_counter() - clock,
+                        _text(chunk.raw) if not chunk.errors else None,
                     )
                 except ComputeUnavailable as e:
                     result = e
@@ -416,3 +423,13 @@ class Supervisor:
                 c.stdin.close()
             c.reap()
             c.close()
+
+
+def _text(raw: bytes | None) -> str | None:
+    """A child's JSON text of a chunk's results as a str (None: not UTF-8, encode anew)."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None

@@ -130,7 +130,11 @@ class Dispatch(WorkerState):
         if isinstance(r, ComputeUnavailable):
             return self._cannot_run(d, str(r))
         spec = d.spec
-        result_json, unserialisable = compute.encode_results(r.results, d.lo)
+        unserialisable: list[tuple[int, str]] = []
+        if r.results_json is not None:
+            result_json = r.results_json
+        else:
+            result_json, unserialisable = compute.encode_results(r.results, d.lo)
         errors: list[tuple[int, str] | tuple[int, str, str]] = [
             (i, text, tb) if tb else (i, text) for i, text, _, tb in r.errors
         ]
