@@ -33,9 +33,7 @@ from ttg.run import RunSpec
 
 #: ``prctl`` option: the signal this process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
-#: Longest a computed result waits before it is written; also how long a parameter
-#: runs before the child says it is on it (``protocol.At``).
-FLUSH_SECONDS = 0.05
+FLUSH_SECONDS = protocol.FLUSH_SECONDS
 
 
 class Output:

@@ -36,6 +36,10 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 TRACEBACK_CHARS = 2000
 #: Longest line a child may send (a parameter's result included).
 MAX_LINE_BYTES = 64 * 1024 * 1024
+#: Longest a computed result waits in a child before it is written; also how long a
+#: parameter runs before the child says it is on it (``At``). A time limit is
+#: enforced that much late at most: silence shorter than that is no overrun.
+FLUSH_SECONDS = 0.05
 #: A line of several results longer than this is sent in parts.
 SPLIT_BYTES = 4 * 1024 * 1024
 

@@ -382,7 +382,9 @@ class Supervisor:
             Aborted: ``abort`` was called meanwhile.
         """
         while True:
-            deadline = None if timeout is None else time.monotonic() + timeout
+            # A child may hold back what it has to say for a moment: no overrun, that.
+            slack = 2 * protocol.FLUSH_SECONDS
+            deadline = None if timeout is None else time.monotonic() + timeout + slack
             try:
                 replies = child.next_replies(deadline)
                 if self._aborted.is_set():
