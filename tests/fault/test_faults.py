@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -324,7 +325,17 @@ def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
     eventually(partly_seeded, timeout=30, interval=0.01, what="seeding under way")
     seeder.kill()
     seeder.wait()
-    halfway = b.progress(run_id).seeded_chunks
+    # The broker may still be running the dead seeder's last batch (a command it had
+    # received whole): the cursor stands once two readings a second apart agree.
+    readings = [b.progress(run_id).seeded_chunks]
+
+    def cursor_stands() -> bool:
+        time.sleep(1)
+        readings.append(b.progress(run_id).seeded_chunks)
+        return readings[-1] == readings[-2]
+
+    eventually(cursor_stands, timeout=60, what="the cursor standing after the kill")
+    halfway = readings[-1]
     assert 0 < halfway < total, "seeding finished before it could be killed; raise total"
 
     rerun = ttg_json("seed", *args, env=backend.env)

@@ -80,7 +80,10 @@ def test_a_hang_is_blamed_at_once_and_a_crash_after_held_results_is_found(
     assert [(i, t) for i, t, _, _ in crash.errors] == [(23, "killed by signal 11 (SIGSEGV)")]
     assert crash.results == [i * i if i != 23 else None for i in range(20, 30)]
     starts = sorted(int(p.name.split("-")[0]) for p in tmp_path.iterdir())
-    assert starts.count(13) == 1 and starts.count(23) == 2, starts
+    assert starts.count(13) == 1, starts  # blamed at once: one time limit, not two
+    # 23 again (or once, if the child said it was on 23 before it died); 20-22 again
+    # only if their results were still held back when 23 crashed.
+    assert starts.count(23) in (1, 2) and starts.count(24) == 1, starts
     assert all(starts.count(i) in (1, 2) for i in range(20, 23)), starts
 
 
