@@ -219,3 +219,33 @@ def test_outcomes_keep_nan_results_and_tracebacks() -> None:
     )
     assert o.param_errors == ((7, "ValueError: x", "file.py:3 in f"),)
     assert o.result is not None and o.result[0] != o.result[0]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "not a list",
+        [[1, 2, 3]],  # three fields, not four
+        [[7, 13, 1.0, None]],  # chunk 7 of a run of 4 chunks
+        [[1, -1, 1.0, None]],  # a negative parameter
+        [[1, 13, "yesterday", None]],
+        [[1, 13, 1.0, "fast"]],
+        [[1, 13, 1.0, None]] * (limits.MAX_LONG_PARAMS + 1),
+    ],
+)
+def test_long_running_parameters_from_a_broker_are_checked(garbage: object) -> None:
+    """What a worker wrote about its long-running parameters is read as untrusted."""
+    with pytest.raises(DecodeError):
+        runs.LongParam.from_lists("r", garbage, total_chunks=4)
+
+
+def test_a_long_running_parameter_names_a_likely_hang_past_ten_medians() -> None:
+    (p,) = runs.LongParam.from_lists("r", [[1, 13, 1000.0, 0.5]], total_chunks=4).values()
+    assert (p.chunk, p.param, p.since, p.median_s) == (1, 13, 1000.0, 0.5)
+    held = runs.InFlight(1, "w-1", 1, 3.0)
+    assert held.with_long(None, 1004.0) is held and not held.likely_hang
+    assert held.with_long(p, 1004.0).param_s == 4.0 and not held.with_long(p, 1004.0).likely_hang
+    hung = held.with_long(p, 1006.0)
+    assert (hung.param, hung.param_s, hung.likely_hang) == (13, 6.0, True)
+    unknown = held.with_long(runs.LongParam("r", 1, 13, 1000.0, None), 2000.0)
+    assert unknown.param == 13 and not unknown.likely_hang  # no median: no verdict
