@@ -390,7 +390,7 @@ class Supervisor:
                 if self._aborted.is_set():
                     self._replace(slot, child)
                     raise Aborted
-                if replies is None or not replies:  # it overran its limit, or it died
+                if not replies:  # None: it overran its limit; empty: it died
                     code = self._replace(slot, child)
                     if chunk.careful or chunk.on == chunk.next:
                         why = program.describe_exit(code) if replies is not None else None
