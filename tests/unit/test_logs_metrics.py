@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ttg.exporter import RunCollector, Snapshot
 from ttg.logs import JSONFormatter
-from ttg.metrics import Metrics, RateMeter
+from ttg.metrics import Metrics
+from ttg.rate import RateMeter
 from ttg.run import Progress
 
 

@@ -17,7 +17,8 @@ from ttg import compute
 from ttg.brokers.memory import MemoryBroker
 from ttg.errors import UsageError
 from ttg.httpd import HTTPServer
-from ttg.metrics import DURATION_BUCKETS, Metrics, Probes, RateMeter, probe_routes, serve
+from ttg.metrics import DURATION_BUCKETS, Metrics, Probes, probe_routes, serve
+from ttg.rate import RateMeter
 from ttg.run import RunSpec
 from ttg.space import RangeSpace
 from ttg.worker import Worker

@@ -38,7 +38,8 @@ from prometheus_client.registry import Collector
 from ttg.broker import Broker
 from ttg.errors import AuthenticationError, BrokerConnectionError, RunNotFound, TTGError
 from ttg.httpd import Route
-from ttg.metrics import Probes, RateMeter
+from ttg.metrics import Probes
+from ttg.rate import RateMeter
 from ttg.run import Progress
 
 log = logging.getLogger(__name__)

@@ -43,9 +43,9 @@ from ttg.decode import Problems, preview
 from ttg.endpoint import Endpoint
 from ttg.errors import RunConflict, TTGError, UsageError, needs_extra
 from ttg.identity import identity
-from ttg.metrics import RateMeter
 from ttg.outputs import check_output
 from ttg.progress import Bar, suffix
+from ttg.rate import RateMeter
 from ttg.run import RunSpec, check_run_id
 from ttg.store.check import StoreCheck
 from ttg.store.reader import delete_run, resolved

@@ -30,7 +30,7 @@ from ttg import compute, failures, provenance
 from ttg import space as spaces
 from ttg.broker import CANNOT_RUN, Broker
 from ttg.decode import Problems
-from ttg.metrics import RateMeter
+from ttg.rate import RateMeter
 from ttg.run import HANG_FACTOR, InFlight, Outcome, Progress, RunSpec, Status
 from ttg.store.check import StoreCheck
 from ttg.tables import JSON

@@ -7,21 +7,26 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttg import config
 from ttg.cli.common import Command, endpoint
 from ttg.errors import UsageError
-from ttg.exporter import Exporter
-from ttg.httpd import Route
-from ttg.metrics import Metrics, Probes, probe_routes, serve
-from ttg.store.writer import ResultsWriter
-from ttg.worker import Worker
+
+if TYPE_CHECKING:
+    from ttg.httpd import Route
+
+# Each command imports the worker or the exporter (with the Prometheus client and the
+# HTTP server) when it runs: every other command starts without them.
 
 log = logging.getLogger("ttg")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from ttg.metrics import Metrics, Probes, probe_routes
+    from ttg.store.writer import ResultsWriter
+    from ttg.worker import Worker
+
     # Until the worker's own handlers are in place, a signal just ends the wait.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     name = args.worker_name or config.default_worker_name()
@@ -76,6 +81,8 @@ def _serve_metrics(args: argparse.Namespace, routes: dict[str, Route]) -> int:
     finds the default port taken: it takes a free one and says which. A port
     someone chose is theirs: taken, it is an error (exit 2).
     """
+    from ttg.metrics import serve
+
     try:
         serve(args.metrics_port, routes)
         return int(args.metrics_port)
@@ -94,6 +101,9 @@ def _serve_metrics(args: argparse.Namespace, routes: dict[str, Route]) -> int:
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
+    from ttg.exporter import Exporter
+    from ttg.metrics import probe_routes, serve
+
     exporter = Exporter(lambda: endpoint(args).open_broker(), args.backend)
 
     def stop(*_: Any) -> None:
