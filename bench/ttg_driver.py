@@ -13,6 +13,7 @@ whatever the backend makes ``status`` cost, is charged to TTG's figures.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ from typing import IO, Any
 
 import bench_workload
 
+import ttg
 from ttg.processes import LocalWorkers
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -75,6 +77,10 @@ class TTG:
 
     def __init__(self, backend: str, url: str) -> None:
         self.backend = backend
+        # Bytecode for our sources, fresh, as a pip install leaves it (peers are pip
+        # installed): where PYTHONDONTWRITEBYTECODE is set, each process would compile them.
+        for d in (BENCH_DIR, Path(ttg.__file__).parent):
+            compileall.compile_dir(d, quiet=2)
         path = os.environ.get("PYTHONPATH")
         self.env = {
             **os.environ,

@@ -6,6 +6,7 @@ every test gets servers this session started and stops.
 
 from __future__ import annotations
 
+import compileall
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,14 @@ from ttg.endpoint import BACKENDS as BACKEND_MODULES
 from ttg.endpoint import TLS, open_broker
 from ttg.processes import LocalWorkers, RabbitMQNode, RedisServer
 from ttg.processes.cluster import RedisCluster
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Bytecode for our sources, fresh: the suites start hundreds of ttg processes, and
+    where PYTHONDONTWRITEBYTECODE is set each would compile every module anew."""
+    for d in ("worker/src", "tests", "bench", "examples"):
+        compileall.compile_dir(ROOT / d, quiet=2)
+
 
 #: Every backend the shared fault suites run against (real broker processes).
 BACKENDS = list(BACKEND_MODULES)
