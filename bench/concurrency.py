@@ -3,9 +3,10 @@
     .venv/bin/python bench/concurrency.py [--params 400] [--chunk-size 10] [--repeat 3]
 
 One Redis, one ``ttg worker``, a run of ``bench_workload:spin`` (a few ms of pure
-CPU per parameter) seeded first; the clock runs from the worker's start to
-``ttg status`` saying the run is complete. Runs alternate (1, 2, 1, 2, ...) so that
-load drifts hit both alike; the 1-minute load average is printed beside each.
+CPU per parameter) seeded first; the clock runs from the worker's start to one
+long-lived ``ttg status --watch`` saying the run is complete. Runs alternate
+(1, 2, 1, 2, ...) so that load drifts hit both alike; the 1-minute load average is
+printed beside each.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ def one(ttg: TTG, concurrency: int, params: int, chunk: int) -> float:
     ttg.check("seed", "--run", run, "--params", str(params), "--chunk-size", str(chunk),
               "--compute", bench_workload.SPIN)  # fmt: skip
     ttg.env["TTG_CONCURRENCY"] = str(concurrency)
+    # One long-lived watcher: a status process per poll would take a core from the worker.
+    watch = ttg.watch(run).start()
+    watch.status()
     t0 = time.perf_counter()
     pool = ttg.workers(1)
     try:
-        while True:
-            out = ttg.check("status", "--run", run, "--json").out
-            if '"complete": true' in out:
-                return time.perf_counter() - t0
-            time.sleep(0.2)
+        return watch.wait(600) - t0
     finally:
         pool.stop()
         ttg.check("delete", "--run", run)
