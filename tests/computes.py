@@ -238,3 +238,8 @@ def paced_gated(x: int) -> int:
     the machine's load, and ends only once the test opens the gate."""
     time.sleep(0.001)
     return gated(x)
+
+
+def gated_zero(x: int) -> int:
+    """``gated`` for parameter 0 alone: one chunk held as long as a test needs, the rest free."""
+    return gated(x) if x == 0 else x * x

@@ -57,7 +57,14 @@ def broker() -> MemoryBroker:
 def start(broker: MemoryBroker) -> Iterator[object]:
     started: list[Running] = []
 
-    def make(name: str = "w1", *, grace: float = 5.0, lease: float = 1.0, cap: int = 8) -> Running:
+    def make(
+        name: str = "w1",
+        *,
+        grace: float = 5.0,
+        lease: float = 1.0,
+        cap: int = 8,
+        concurrency: int = 1,
+    ) -> Running:
         consumer = broker.consumer(name, lease_seconds=lease, prefetch=cap)
         worker = Worker(
             consumer,
@@ -68,6 +75,7 @@ def start(broker: MemoryBroker) -> Iterator[object]:
             read_ahead_cap=cap,
             compute_allow=ALLOW,
             fetch_timeout=0.05,
+            concurrency=concurrency,
         )
         code: list[int] = []
         thread = threading.Thread(target=lambda: code.append(worker.run()), daemon=True)
@@ -295,6 +303,24 @@ def test_worker_waits_for_the_broker_then_starts(broker: MemoryBroker, start) ->
     start()
     eventually(lambda: finished(broker), timeout=15)
     assert time.monotonic() - began >= 0.7
+
+
+def test_a_long_chunk_holds_up_no_other(
+    broker: MemoryBroker, start, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # One compute process stays on chunk 0 until the test opens its gate; the other
+    # computes the rest meanwhile: the worker fetches on while a chunk is out, and
+    # chunks wait for whichever compute process is free, not behind the long one.
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(computes.GATE_ENV, str(gate))
+    broker.seed(spec(params=60, chunk=1, compute="tests.computes:gated_zero"))
+    w = start(concurrency=2)
+    eventually(lambda: broker.progress("r").done == 59, timeout=60, what="all but chunk 0")
+    assert 0 not in outcomes(broker)
+    gate.touch()
+    eventually(lambda: finished(broker), timeout=30)
+    assert w.stop() == 0
+    assert verify(broker, "r")["ok"]
 
 
 def test_two_compute_processes_compute_at_once(

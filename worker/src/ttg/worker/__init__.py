@@ -1,7 +1,12 @@
 """The worker: fetch chunks, compute them in child processes, settle each exactly once.
 
+The main thread fetches and settles; a compute thread per slot takes a little of
+what was fetched at a time (``dispatch.Backlog``) and drives its slot's compute
+process, so the worker fetches more while chunks compute, and a slot stuck on a
+long chunk holds up no other.
+
 Every delivery ends in exactly one of complete, retry or release, decided in
-one place (``_work``'s ``finally``): whatever happens — a compute error, a
+one place (``Worker.run``'s ``finally``): whatever happens — a compute error, a
 broker refusing writes for a while, a signal, a bug — a delivery the worker
 could not settle is given back, or, if the broker will not take it back
 either, abandoned to the lease, never held by a live worker that no longer
@@ -18,8 +23,8 @@ Shutdown is the part that matters most, and it is ordered:
 5. Exit 0. A second signal at any point exits at once (code 1); the chunks in
    hand then come back to the queue when the lease runs out.
 
-The parts: ``loop`` (lifecycle, fetching, signals), ``dispatch`` (the compute
-threads, each driving its slot's compute process), ``settle`` (recording verdicts,
+The parts: ``loop`` (lifecycle, fetching, signals), ``dispatch`` (the backlog and
+the compute threads, each driving its slot's compute process), ``settle`` (recording verdicts,
 giving chunks back), ``readahead`` (how many chunks to hold), ``state`` (what they
 share).
 """

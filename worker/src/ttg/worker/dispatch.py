@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import queue
+import threading
 import time
 
 from ttg import compute
@@ -11,7 +13,7 @@ from ttg.children.supervisor import Aborted, ComputeUnavailable
 from ttg.compute import ChunkResult
 from ttg.errors import BrokerError, UsageError
 from ttg.run import Delivery, Outcome, Status
-from ttg.worker.state import Complete, Release, Retry, Verdict, WorkerState
+from ttg.worker.state import Complete, Release, Retry, Verdict, WorkerState, log
 
 #: Work queued with a compute process beyond the chunk it is on (by the mean chunk
 #: time): enough that it never waits for the worker between short chunks, little
@@ -25,16 +27,89 @@ def _queueable(d: Delivery) -> bool:
     return d.attempt == 1 and d.spec.max_deliveries > 1
 
 
+class Backlog:
+    """Chunks fetched and not yet taken by a compute thread.
+
+    Shared by the compute threads, each taking a little at a time: a slot stuck on
+    a long chunk holds up only what it took, never the chunks the others could compute.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._waiting: collections.deque[Delivery] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        #: Per slot, whether its thread holds a batch it took.
+        self.busy = [False] * slots
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def put(self, batch: list[Delivery]) -> None:
+        with self._ready:
+            self._waiting.extend(batch)
+            self._ready.notify_all()
+
+    def take(self, slot: int, most: int) -> list[Delivery] | None:
+        """Up to ``most`` chunks, waiting for one; None once closed."""
+        with self._ready:
+            self.busy[slot] = False
+            while not self._waiting and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            self.busy[slot] = True
+            n = min(most, len(self._waiting))
+            return [self._waiting.popleft() for _ in range(n)]
+
+    def drain(self) -> list[Delivery]:
+        """Every chunk waiting, taken out."""
+        with self._ready:
+            out = list(self._waiting)
+            self._waiting.clear()
+            return out
+
+    def idle(self) -> bool:
+        """Nothing waiting, and no compute thread holds a batch."""
+        with self._ready:
+            return not self._waiting and not any(self.busy)
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
 class Dispatch(WorkerState):
     """Computing deliveries into verdicts (in a compute thread per slot)."""
+
+    backlog: Backlog
+
+    def _compute_loop(self, slot: int, outbox: queue.SimpleQueue[tuple[Delivery, Verdict]]) -> None:
+        """A compute thread: take a little of the backlog at a time (``QUEUE_AHEAD_SECONDS``
+        of work), compute it in ``slot``'s child; until the backlog closes."""
+        while True:
+            mean = self.read_ahead.mean_s
+            most = 1 if mean is None else int(QUEUE_AHEAD_SECONDS / max(mean, 1e-6))
+            batch = self.backlog.take(slot, max(1, most))
+            if batch is None:
+                return
+            try:
+                self._compute_batch(slot, batch, outbox, lead=not self.stopping)
+            except BaseException:
+                log.exception("compute thread %d failed: its chunks are given back", slot)
+                raise
 
     def _compute_batch(
         self,
         slot: int,
         batch: list[Delivery],
         outbox: queue.SimpleQueue[tuple[Delivery, Verdict]],
+        lead: bool = True,
     ) -> None:
         """Compute ``batch`` in ``slot``'s child; a verdict for each.
+
+        After a stop, a ``lead`` batch (taken before it) computes its first chunk, the one
+        in hand; everything else is given back.
 
         Short first deliveries are queued with the child ahead of the one it is on,
         ``QUEUE_AHEAD_SECONDS`` of work at most (``Supervisor.compute_many``: it goes
@@ -55,11 +130,14 @@ class Dispatch(WorkerState):
             else:
                 groups.append([d])
         for n, group in enumerate(groups):
-            # 3. Fetched but not started: given back at once. (The first is the chunk
-            # in hand, even if the signal came before its compute began.)
-            whole = not (n > 0 and self.stopping) and self._compute_group(slot, group, outbox)
+            # 3. Fetched but not started: given back at once. (The first of a batch taken
+            # before the stop is the chunk in hand, even if its compute had not begun.)
+            skip = self.stopping and not (n == 0 and lead)
+            whole = not skip and self._compute_group(slot, group, outbox)
             if not whole:
-                later = groups[n:] if n > 0 and self.stopping else groups[n + 1 :]
+                # From this group on if it was skipped, else from the next (decided before
+                # computing it: a stop during its compute must not give it back twice).
+                later = groups[n:] if skip else groups[n + 1 :]
                 for d in (d for rest in later for d in rest):
                     outbox.put((d, Release()))
                 return

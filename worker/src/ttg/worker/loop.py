@@ -5,7 +5,6 @@ The ordered shutdown is described in ``ttg.worker``'s docstring.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import queue
 import signal
@@ -22,7 +21,7 @@ from ttg.errors import AuthenticationError, BrokerError
 from ttg.metrics import Metrics, Probes
 from ttg.run import Delivery, LongParam
 from ttg.store.writer import ResultsWriter
-from ttg.worker.dispatch import Dispatch
+from ttg.worker.dispatch import Backlog, Dispatch
 from ttg.worker.long import LongWatch
 from ttg.worker.readahead import READ_AHEAD_SECONDS, ReadAhead
 from ttg.worker.settle import Settle
@@ -63,10 +62,19 @@ class Worker(Dispatch, Settle):
         #: Chunks computed at once, each by its own child process.
         self.concurrency = max(1, concurrency)
         self.children = Supervisor(self.compute_allow, self.concurrency)
-        self._pool = cf.ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix="ttg-compute"
-        )
-        self._computing = False
+        #: Chunks fetched and not yet taken by the compute threads, one per slot.
+        self.backlog = Backlog(self.concurrency)
+        self._outbox: queue.SimpleQueue[tuple[Delivery, Verdict]] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(
+                target=self._compute_loop,
+                args=(slot, self._outbox),
+                name=f"ttg-compute-{slot}",
+                daemon=True,
+            )
+            for slot in range(self.concurrency)
+        ]
+        self._fetch_backoff = Backoff()
         self._fetching_stopped = False
         self.long = LongWatch(self._say_long)
         self._in_hand: dict[int, Delivery] = {}
@@ -107,34 +115,92 @@ class Worker(Dispatch, Settle):
             self.children.close()
             return 0
         log.info("worker %s started", self.name)
-        fetch_backoff = Backoff()
+        for t in self._threads:
+            t.start()
         try:
-            while not self.stopping:
+            while not (self.stopping and not self._in_hand):
                 self.probes.tick()
-                # Every slot's child needs its own chunks in hand.
-                limit = self.read_ahead.limit * self.concurrency
-                try:
-                    self.consumer.set_read_ahead(limit)
-                    batch = self.consumer.fetch(self.fetch_timeout, limit)
-                    fetch_backoff.reset()
-                except AuthenticationError:
-                    raise
-                except BrokerError as e:
-                    log.warning("cannot fetch: %s", e)
-                    fetch_backoff.sleep(self._stopped)
+                if self.stopping:
+                    # 3. Fetched but not taken by a compute thread: given back at once.
+                    for d in self.backlog.drain():
+                        self._give_back(self._in_hand.pop(id(d)))
+                else:
+                    self._top_up()
+                if not self._in_hand:
                     continue
-                if batch:
-                    self._work(batch)
+                # Verdicts as they come, while the compute threads go on: the next fetch
+                # is due once half of what the worker may hold is settled.
+                got = self._collect(0.1 if self._full() or self.stopping else 0.02)
+                if got is None:
+                    # 2. Grace ran out (or the compute threads ended): given back below.
+                    self._give_back_all()
+                elif got:
+                    self._settle(got, self._in_hand)
+                    self._after_settle(got)
         finally:
-            # 4. Leave the broker; end the children (killed, if one still computes a
-            # chunk given back).
+            # The one place a delivery that was not settled goes back.
+            self._give_back_all()
+            self.backlog.close()
+            # 4. Leave the broker; end the children.
             self.consumer.close()
-            if self._computing:
-                self.children.abort()
             self.children.close()
         log.info("worker %s stopped", self.name)
-        self._pool.shutdown(wait=False)
         return 0
+
+    def _limit(self) -> int:
+        """Most chunks to hold: every slot's child needs its own."""
+        return self.read_ahead.limit * self.concurrency
+
+    def _full(self) -> bool:
+        """Too many in hand to fetch: more is fetched once half of the limit is settled."""
+        limit = self._limit()
+        return limit - len(self._in_hand) < max(1, limit // 2)
+
+    def _top_up(self) -> None:
+        """Fetch more chunks for the compute threads unless the worker holds enough."""
+        if self._full():
+            return
+        limit = self._limit()
+        try:
+            self.consumer.set_read_ahead(limit)
+            # Blocking only with nothing in hand: else the verdicts are waited for.
+            batch = self.consumer.fetch(
+                0.0 if self._in_hand else self.fetch_timeout, limit - len(self._in_hand)
+            )
+            self._fetch_backoff.reset()
+        except AuthenticationError:
+            raise
+        except BrokerError as e:
+            log.warning("cannot fetch: %s", e)
+            if not self._in_hand:
+                self._fetch_backoff.sleep(self._stopped)
+            return
+        if batch:
+            self.metrics.see(d.run for d in batch)
+            self._in_hand.update((id(d), d) for d in batch)
+            self.metrics.in_flight.set(len(self._in_hand))
+            self.backlog.put(batch)
+
+    def _after_settle(self, got: list[tuple[Delivery, Verdict]]) -> None:
+        """Give back what was decided but not settled (refused by the broker); report."""
+        for d, _ in got:
+            if id(d) in self._in_hand:
+                self._give_back(self._in_hand.pop(id(d)))
+        self.metrics.in_flight.set(len(self._in_hand))
+        if not self._in_hand:
+            self.long.check([], self._chunk_of)
+
+    def _give_back_all(self) -> None:
+        """Give back every delivery in hand; children still computing one are stopped."""
+        self.backlog.drain()
+        if self.compute_running:
+            # Past the grace: the children stop at once; the chunks go back below.
+            self.children.abort()
+        for d in list(self._in_hand.values()):
+            self._give_back(d)
+        self._in_hand.clear()
+        self.metrics.in_flight.set(0)
+        self.long.check([], self._chunk_of)
 
     @property
     def compute_running(self) -> bool:
@@ -143,7 +209,7 @@ class Worker(Dispatch, Settle):
         The process must then end with ``os._exit``: the interpreter's normal
         exit would wait for that thread.
         """
-        return self._computing
+        return any(self.backlog.busy)
 
     def _start(self) -> bool:
         """Connect and take the lease, retrying while the broker is away; False if stopped first."""
@@ -161,37 +227,6 @@ class Worker(Dispatch, Settle):
                 backoff.sleep(self._stopped)
         return False
 
-    def _work(self, batch: list[Delivery]) -> None:
-        """Compute ``batch`` in the compute thread and settle every delivery of it."""
-        in_hand = self._in_hand = {id(d): d for d in batch}
-        self.metrics.see(d.run for d in batch)
-        self.metrics.in_flight.set(len(in_hand))
-        outbox: queue.SimpleQueue[tuple[Delivery, Verdict]] = queue.SimpleQueue()
-        self._computing = True
-        jobs = [
-            self._pool.submit(self._compute_batch, slot, batch[slot :: self.concurrency], outbox)
-            for slot in range(min(self.concurrency, len(batch)))
-        ]
-        try:
-            remaining = len(batch)
-            while remaining:
-                got = self._collect(outbox, jobs)
-                if got is None:
-                    break  # 2. grace ran out (or the compute thread died): give back below
-                remaining -= len(got)
-                self._settle(got, in_hand)
-                self.metrics.in_flight.set(len(in_hand))
-        finally:
-            self._computing = not all(job.done() for job in jobs)
-            if self._computing:
-                # Past the grace: the children stop at once; the chunks go back below.
-                self.children.abort()
-            # The one place a delivery that was not settled goes back.
-            for d in in_hand.values():
-                self._give_back(d)
-            self.metrics.in_flight.set(0)
-            self.long.check([], self._chunk_of)
-
     def _chunk_of(self, run: str, lo: int) -> int | None:
         """The chunk in hand of ``run`` that starts at parameter ``lo``."""
         return next(
@@ -204,27 +239,29 @@ class Worker(Dispatch, Settle):
         except Exception as e:  # best effort: never the worker's end
             log.debug("long-running parameters not reported: %s", e)
 
-    def _collect(
-        self,
-        outbox: queue.SimpleQueue[tuple[Delivery, Verdict]],
-        jobs: list[cf.Future[None]],
-    ) -> list[tuple[Delivery, Verdict]] | None:
-        """The verdicts ready now (at least one); None once the grace deadline has passed."""
+    def _collect(self, timeout: float) -> list[tuple[Delivery, Verdict]] | None:
+        """The verdicts ready within ``timeout`` (perhaps none); None once the grace deadline
+        has passed, or if the compute threads left deliveries undecided (they failed)."""
+        outbox = self._outbox
+        try:
+            got = [outbox.get(timeout=timeout)]
+        except queue.Empty:
+            self.long.check(self.children.busy(), self._chunk_of)
+            if self._past_deadline():
+                return None
+            if not all(t.is_alive() for t in self._threads):
+                # A bug, logged by the thread: a worker that cannot compute goes away
+                # (and its pod is restarted) rather than fetch what it cannot compute.
+                self.request_stop("a compute thread failed")
+                return None
+            if self.backlog.idle() and outbox.empty():
+                log.error("%d chunks in hand had no verdict: given back", len(self._in_hand))
+                return None
+            return []
         while True:
             try:
-                first = outbox.get(timeout=0.1)
+                got.append(outbox.get_nowait())
             except queue.Empty:
-                self.probes.tick()
-                self.long.check(self.children.busy(), self._chunk_of)
-                if self._past_deadline():
-                    return None
-                if all(job.done() for job in jobs) and outbox.empty():
-                    log.error("compute threads ended early: %r", [j.exception() for j in jobs])
-                    return None
-                continue
-            got = [first]
-            while True:
-                try:
-                    got.append(outbox.get_nowait())
-                except queue.Empty:
-                    return got
+                break
+        # Not a verdict for what was given back meanwhile (its compute was aborted).
+        return [(d, v) for d, v in got if self._in_hand.get(id(d)) is d]
