@@ -32,7 +32,7 @@ def one(ttg: TTG, concurrency: int, params: int, chunk: int) -> float:
               "--compute", bench_workload.SPIN)  # fmt: skip
     ttg.env["TTG_CONCURRENCY"] = str(concurrency)
     # One long-lived watcher: a status process per poll would take a core from the worker.
-    watch = ttg.watch(run).start()
+    watch = ttg.watch(run)
     watch.status()
     t0 = time.perf_counter()
     pool = ttg.workers(1)
