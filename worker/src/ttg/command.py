@@ -10,12 +10,12 @@ argument, an option split off it, or shell syntax.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from ttg.errors import UsageError
+from ttg.jsontext import compact
 
 #: A placeholder in an argument of the command.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -53,7 +53,7 @@ def as_text(value: Any) -> str:
     """A value as it appears in an argument: a string as itself, anything else as JSON."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"))
+    return compact(value)
 
 
 def arguments(argv: Sequence[str], value: Any, index: int) -> list[str]:

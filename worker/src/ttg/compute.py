@@ -35,6 +35,7 @@ from typing import Any
 
 from ttg.decode import preview
 from ttg.errors import UsageError
+from ttg.jsontext import compact
 from ttg.space import AnySpace, RangeSpace
 
 #: The compute a run gets when nobody names one.
@@ -333,7 +334,7 @@ def encode_results(results: list[Any], lo: int) -> tuple[str, list[tuple[int, st
         The JSON array, and ``(parameter index, error)`` for each value replaced by null.
     """
     try:
-        return json.dumps(results, separators=(",", ":")), []
+        return compact(results), []
     except (TypeError, ValueError, RecursionError):
         pass
     clean: list[Any] = []
@@ -345,4 +346,4 @@ def encode_results(results: list[Any], lo: int) -> tuple[str, list[tuple[int, st
         except (TypeError, ValueError, RecursionError) as e:
             clean.append(None)
             bad.append((lo + offset, f"result is not JSON-serialisable: {describe(e)}"))
-    return json.dumps(clean, separators=(",", ":")), bad
+    return compact(clean), bad

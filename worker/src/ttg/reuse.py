@@ -32,6 +32,7 @@ from typing import Any
 from ttg import space as spaces
 from ttg.broker import Broker
 from ttg.errors import RunNotFound, TTGError, UsageError
+from ttg.jsontext import compact
 from ttg.reusefields import MAX_REUSED_RUNS, Source
 from ttg.run import Outcome, RunSpec, Status
 from ttg.store.reader import resolved
@@ -45,7 +46,6 @@ REUSED = "reused"
 
 #: One encoder for every value (``json.dumps`` with options builds one per call).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-_RESULT = json.JSONEncoder(separators=(",", ":"))
 
 
 def canonical(value: Any) -> bytes:
@@ -70,7 +70,7 @@ _HALVES = struct.Struct("<qq")
 
 
 def _result_text(result: Any) -> str:
-    return str(result) if type(result) is int else _RESULT.encode(result)
+    return str(result) if type(result) is int else compact(result)
 
 
 class Match:

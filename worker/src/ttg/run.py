@@ -24,6 +24,7 @@ from ttg import command, compute, decode, limits
 from ttg import space as spaces
 from ttg.decode import DecodeError
 from ttg.errors import RunDataError, UnsupportedRun, UsageError
+from ttg.jsontext import compact
 from ttg.limits import (
     MAX_CHUNKS,
     MAX_DELIVERIES,
@@ -442,12 +443,8 @@ class Outcome:
             body["o"] = self.ref.to_dict()
         if self.src:
             body["src"] = [list(s) for s in self.src]
-        head = json.dumps(body, separators=(",", ":"))
-        result = (
-            self.result_json
-            if self.result_json is not None
-            else json.dumps(self.result, separators=(",", ":"))
-        )
+        head = compact(body)
+        result = self.result_json if self.result_json is not None else compact(self.result)
         return f'{head[:-1]},"r":{result}}}'
 
     @classmethod

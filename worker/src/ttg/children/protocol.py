@@ -30,8 +30,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-#: One encoder for every line: ``json.dumps`` with options builds a new one per call.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+from ttg.jsontext import compact
+
 #: Longest traceback kept from a child (``compute.TRACEBACK_CHARS``).
 TRACEBACK_CHARS = 2000
 #: Longest line a child may send (a parameter's result included).
@@ -98,7 +98,7 @@ def computed(first: int, results: list[Any]) -> bytes:
         Unencodable: one of them is not JSON-serialisable.
     """
     try:
-        return b'["ok",%d,%s]\n' % (first, _ENCODE(results).encode())
+        return b'["ok",%d,%s]\n' % (first, compact(results).encode())
     except (TypeError, ValueError, RecursionError) as e:
         raise Unencodable(f"{type(e).__name__}: {e}") from None
 

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from ttg.children import program, protocol
 from ttg.compute import ChunkResult
+from ttg.jsontext import compact
 from ttg.run import RunSpec
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class _Child:
             known = self.specs.get(spec.run)
             if known is not spec and known != spec:
                 self.specs[spec.run] = spec
-                line += b',"spec":' + json.dumps(spec.to_dict(), separators=(",", ":")).encode()
+                line += b',"spec":' + compact(spec.to_dict()).encode()
             if careful and i == 0:
                 line += b',"careful":true'
             if i < last and (i + 1) % REPLY_EVERY:

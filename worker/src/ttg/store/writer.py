@@ -27,6 +27,7 @@ from hashlib import sha256
 from typing import Any
 
 from ttg.errors import StoreError
+from ttg.jsontext import compact
 from ttg.run import Delivery, ObjectRef, Outcome, Recorded, Status
 from ttg.store import BROKER, open_store
 from ttg.store.chunks import encode, object_name
@@ -62,7 +63,7 @@ def _texts(o: Outcome, lo: int) -> list[str | None]:
     values = o.result if o.result is not None else json.loads(o.result_json or "[]")
     texts: list[str | None] = []
     for k, v in enumerate(values):
-        texts.append(None if lo + k in failed else json.dumps(v, separators=(",", ":")))
+        texts.append(None if lo + k in failed else compact(v))
     return texts
 
 

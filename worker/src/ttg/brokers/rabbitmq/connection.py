@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import random
 import ssl
 from collections.abc import Callable, Iterator
@@ -61,6 +60,7 @@ from ttg.errors import (
     RunNotFound,
     UsageError,
 )
+from ttg.jsontext import compact
 from ttg.run import RunSpec
 
 RUNS = "ttg.runs"
@@ -256,7 +256,7 @@ def declare_run(ch: BlockingChannel, spec: RunSpec) -> None:
 
 
 def body(msg: dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":")).encode()
+    return compact(msg).encode()
 
 
 class ConfirmTimeout(pex.AMQPConnectionError):  # type: ignore[misc]  # pika is untyped

@@ -37,6 +37,9 @@ T = TypeVar("T")
 _RECOVERABLE: tuple[type[BaseException], ...] = (*PIKA_ERRORS, TTGError)
 #: How long ``start`` waits for the first connection.
 START_TIMEOUT_SECONDS = 10.0
+#: ``tick`` (timers: snapshots, stale groups, redeliveries judged) at most this often;
+#: the loop itself turns at every delivery and request.
+TICK_SECONDS = 0.01
 
 
 class IOThread:
@@ -134,6 +137,7 @@ class IOThread:
 
     def _loop(self) -> None:
         backoff = Backoff()
+        tick_due = 0.0
         while not self._stop.is_set():
             try:
                 if self.conn is None or not self.conn.is_open:
@@ -141,7 +145,9 @@ class IOThread:
                     backoff.reset()
                 self.conn.process_data_events(time_limit=0.05)  # type: ignore[union-attr]
                 self._drain()
-                self.tick()
+                if time.monotonic() >= tick_due:
+                    tick_due = time.monotonic() + TICK_SECONDS
+                    self.tick()
             except _RECOVERABLE as e:
                 self._lost(e)
                 if isinstance(self._last_error, AuthenticationError) and self._ready.is_set():
