@@ -75,6 +75,8 @@ class Worker(Dispatch, Settle):
             for slot in range(self.concurrency)
         ]
         self._fetch_backoff = Backoff()
+        #: No fetch before this (monotonic): the broker refused the last one.
+        self._fetch_after = 0.0
         self._fetching_stopped = False
         self.long = LongWatch(self._say_long)
         self._in_hand: dict[int, Delivery] = {}
@@ -158,7 +160,7 @@ class Worker(Dispatch, Settle):
 
     def _top_up(self) -> None:
         """Fetch more chunks for the compute threads unless the worker holds enough."""
-        if self._full():
+        if self._full() or time.monotonic() < self._fetch_after:
             return
         limit = self._limit()
         try:
@@ -172,7 +174,10 @@ class Worker(Dispatch, Settle):
             raise
         except BrokerError as e:
             log.warning("cannot fetch: %s", e)
-            if not self._in_hand:
+            if self._in_hand:
+                # Settling goes on meanwhile; the next fetch waits its turn.
+                self._fetch_after = time.monotonic() + self._fetch_backoff.next()
+            else:
                 self._fetch_backoff.sleep(self._stopped)
             return
         if batch:
