@@ -156,7 +156,7 @@ SETTINGS = {
         Setting(
             "prefetch",
             integer(1, 100_000),
-            64,
+            256,
             "most chunks a worker holds at once (a cap: read-ahead adapts below it)",
         ),
         Setting(
