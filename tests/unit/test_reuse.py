@@ -127,3 +127,23 @@ def test_several_reused_runs_the_first_named_wins_and_other_computes_give_nothin
     seeded = other.seed()
     assert seeded.reused_params == 0 and "nothing reused from run a" in seeded.warnings[0]
     assert other.spec.reuse is None  # an ordinary run
+
+
+def test_a_compute_identity_names_the_distribution_importlib_metadata_names() -> None:
+    """The identity's distribution is ``packages_distributions()``'s first, for every
+    top-level package installed here (declared, inferred from files, editable), found
+    without walking every distribution's file list."""
+    import importlib.metadata  # noqa: PLC0415 - only this test compares with it
+
+    from ttg import identity  # noqa: PLC0415
+
+    provided = importlib.metadata.packages_distributions()
+    assert {"sweep_sim", "yaml", "_pytest"} <= provided.keys()  # editable, declared, inferred
+    for top, names in provided.items():
+        assert identity._provider(top) == names[0], top
+    version = importlib.metadata.version("sweep-sim")
+    assert identity.identity("sweep_sim.model:run") == f"sweep_sim.model:run sweep-sim=={version}"
+    # No distribution provides a module on PYTHONPATH: its source file's digest stands in.
+    assert identity._provider("tests") is None
+    line = identity.identity("tests.computes:square")
+    assert line.startswith("tests.computes:square file=") and "unknown" not in line

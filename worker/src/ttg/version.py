@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import functools
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _metadata_version
 
 
 @functools.cache
 def version() -> str:
     """The installed version; ``0+unknown`` in a source tree that was never installed.
 
-    Read on first use: the metadata lookup costs ~0.1 s, which every ``ttg`` command
-    and compute process would pay at start if done eagerly.
+    Read on first use: the metadata lookup costs ~0.1 s, and importing
+    ``importlib.metadata`` ~13 ms, which every ``ttg`` command and compute process
+    would pay at start if done eagerly.
     """
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415 - see above
+    from importlib.metadata import version as _metadata_version  # noqa: PLC0415
+
     try:
         return _metadata_version("ttg")
     except PackageNotFoundError:
