@@ -49,6 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
     with sweep:
         while True:
+            started = time.monotonic()
             report = sweep.status()
             if args.json:
                 print(bars.as_json(report), flush=True)
@@ -61,7 +62,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if bar.enabled:
                     print(bars.explain(report))
                 return 0
-            time.sleep(args.interval)
+            # An update every --interval: a read that took longer is not followed by a wait.
+            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from ttg.brokers.rabbitmq.connection import (
     translated,
 )
 from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
-from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, read_stream
+from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, drain, read_stream
 from ttg.brokers.rabbitmq.seeder import WindowedSeeder, group_size
 from ttg.decode import DecodeError, Problems
 from ttg.endpoint import TLS
@@ -126,6 +126,8 @@ class RabbitMQBroker(Broker):
         self._runs_tail: StreamTail | None = None
         self._runs_problems = 0
         self._state: dict[str, _RunState] = {}
+        #: A tail read before was not waited for (``_sync(wait=False)``): ``_drain`` does.
+        self._undrained = False
 
     def _ensure_open(self) -> None:
         if not self._conn.is_open:
@@ -149,11 +151,30 @@ class RabbitMQBroker(Broker):
             )
         return tail
 
-    def _sync(self, run: str, stream: str, *, exact: bool, offset: Any = "first") -> _RunState:
-        """Bring the run's view of ``stream`` up to date (exactly on a tail's first read)."""
-        tail = self._tail(run, stream, offset)
-        tail.sync(self._pub if exact or not tail.caught_up else None)
+    def _sync(
+        self, run: str, stream: str, *, exact: bool, offset: Any = "first", wait: bool = True
+    ) -> _RunState:
+        """Bring the run's view of ``stream`` up to date (exactly on a tail's first read).
+
+        With ``wait`` False a tail read before is left to the caller's ``_drain``.
+        """
+        self._read(self._tail(run, stream, offset), exact=exact, wait=wait)
         return self._state[run]
+
+    def _read(self, tail: StreamTail, *, exact: bool, wait: bool) -> None:
+        if exact or not tail.caught_up:
+            tail.sync(self._pub)
+        elif wait:
+            tail.sync()
+        else:
+            self._undrained = True
+
+    def _drain(self, done: Callable[[], bool]) -> None:
+        """Fold what reached the tails left undrained, with one wait for all of them."""
+        if self._undrained:
+            self._undrained = False
+            tails = [t for state in self._state.values() for t in state.tails.values()]
+            drain(self._conn, tails + ([self._runs_tail] if self._runs_tail else []), done)
 
     def _forget(self, run: str) -> None:
         state = self._state.pop(run, None)
@@ -163,10 +184,10 @@ class RabbitMQBroker(Broker):
                 if tail.channel.is_open:
                     tail.channel.close()
 
-    def _meta(self, run: str, *, exact: bool) -> _RunState:
+    def _meta(self, run: str, *, exact: bool, wait: bool = True) -> _RunState:
         self._ensure_open()
         try:
-            return self._sync(run, "meta", exact=exact)
+            return self._sync(run, "meta", exact=exact, wait=wait)
         except (pex.UnroutableError, pex.ChannelClosedByBroker) as e:
             if isinstance(e, pex.ChannelClosedByBroker) and e.reply_code != 404:
                 raise
@@ -272,14 +293,14 @@ class RabbitMQBroker(Broker):
         elif m.kind == "announce" and m.run is not None:
             self._runs.setdefault(m.run, "running")
 
-    def _sync_runs(self) -> None:
+    def _sync_runs(self, *, wait: bool = True) -> None:
         self._ensure_open()
         if self._runs_tail is None:
             self._pub.queue_declare(RUNS, durable=True, arguments={"x-queue-type": "stream"})
             self._runs_tail = StreamTail(self._conn, RUNS, self._fold_run)
         # Exact on the first read; incremental after (a barrier per call would be a
         # write per `ttg status --watch` tick).
-        self._runs_tail.sync(None if self._runs_tail.caught_up else self._pub)
+        self._read(self._runs_tail, exact=False, wait=wait)
         if self._runs_tail.problems.count > self._runs_problems:
             # Garbage stays in a stream for good: reported by `ttg runs` (problems()),
             # not by every command that happens to read the list of runs.
@@ -296,9 +317,7 @@ class RabbitMQBroker(Broker):
         self._sync_runs()
         return sorted(self._runs)
 
-    def _in_flight(self, run: str, fold: LedgerFold) -> list[InFlight]:
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3 * ACTIVITY_FRESH_SECONDS)
-        state = self._sync(run, "activity", exact=False, offset=since)
+    def _in_flight(self, state: _RunState, fold: LedgerFold) -> list[InFlight]:
         now = time.time()
         # A snapshot may outlive its worker by up to ACTIVITY_FRESH_SECONDS (RabbitMQ
         # requeues a dead worker's chunks at once); a chunk with an outcome is not in flight.
@@ -315,21 +334,23 @@ class RabbitMQBroker(Broker):
     @translated
     def progress(self, run: str) -> Progress:
         spec = self.spec(run)
-        state = self._meta(run, exact=False)
-        self._sync(run, "ledger", exact=False)
-        self._sync_runs()
+        # Each stream's first read is exact; later ones share one wait (a --watch tick).
+        state = self._meta(run, exact=False, wait=False)
+        self._sync(run, "ledger", exact=False, wait=False)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=3 * ACTIVITY_FRESH_SECONDS)
+        self._sync(run, "activity", exact=False, offset=since, wait=False)
+        self._sync_runs(wait=False)
         fold = state.fold or LedgerFold(spec.total_chunks)
-        ch = self._conn.channel()
+        self._drain(lambda: fold.finished >= fold.total)
         try:
-            tasks = ch.queue_declare(queue(run, "tasks"), passive=True).method
+            # On the publishing channel: a 404 closes it, and _ensure_open opens another.
+            tasks = self._pub.queue_declare(queue(run, "tasks"), passive=True).method
         except pex.ChannelClosedByBroker as e:
             if e.reply_code == 404:
                 self._forget(run)
                 raise RunNotFound(f"no run {run!r} on this broker") from None
             raise
-        with contextlib.suppress(*PIKA_ERRORS):
-            ch.close()
-        in_flight = self._in_flight(run, fold)
+        in_flight = self._in_flight(state, fold)
         return Progress(
             run=run,
             total_chunks=spec.total_chunks,

@@ -28,6 +28,9 @@ from ttg.errors import BrokerError, RunDataError
 
 #: A stream read is complete when nothing more arrives for this long (progress displays).
 STREAM_IDLE_SECONDS = 0.05
+#: ... or when it has read for this long: a busy run's outcomes never pause for
+#: ``STREAM_IDLE_SECONDS``, and a display must still update (the next read goes on).
+STREAM_DRAIN_SECONDS = 0.25
 #: A one-shot read fails when nothing arrives for this long.
 READ_STALL_SECONDS = 30.0
 #: Stream messages in flight to a kept-open tail (progress). A ledger message holds a
@@ -99,11 +102,8 @@ class StreamTail:
         enough for progress displays.
         """
         if publisher is None and self.caught_up:
-            while True:
-                before = self.received
-                self.conn.process_data_events(time_limit=STREAM_IDLE_SECONDS)
-                if self.received == before:
-                    return
+            drain(self.conn, [self])
+            return
         if publisher is None:
             raise BrokerError(f"rabbitmq: first read of {self.name} needs a publisher")
         marker = uuid.uuid4().hex
@@ -115,6 +115,31 @@ class StreamTail:
             self.conn.process_data_events(time_limit=0.05)
         self._markers.discard(marker)
         self.caught_up = True
+
+
+def drain(
+    conn: pika.BlockingConnection,
+    tails: list[StreamTail],
+    done: Callable[[], bool] = lambda: False,
+) -> None:
+    """Fold what reaches ``tails`` (kept-open tails of ``conn``) until they fall quiet.
+
+    One wait serves every tail of the connection, since pika delivers to all of
+    them in each turn: reading a run's meta, ledger and activity costs one
+    ``STREAM_IDLE_SECONDS``, not three. Bounded by ``STREAM_DRAIN_SECONDS``, and
+    over as soon as what it reads makes ``done()`` true (a run found complete has
+    nothing left to wait for). When ``done()`` is true already, it may be stale
+    (a ``ttg retry`` of this process not read yet): the wait is then the full one.
+    """
+    deadline = time.monotonic() + STREAM_DRAIN_SECONDS
+    was_done = done()
+    while True:
+        before = sum(t.received for t in tails)
+        conn.process_data_events(time_limit=STREAM_IDLE_SECONDS)
+        if sum(t.received for t in tails) == before or time.monotonic() > deadline:
+            return
+        if not was_done and done():
+            return
 
 
 class LedgerFold:
