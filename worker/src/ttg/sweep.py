@@ -391,6 +391,9 @@ class Sweep:
     ) -> StatusReport:
         """Poll until every chunk has an outcome, or the run is paused or cancelled.
 
+        A status every ``interval`` seconds: a read that took longer is not followed
+        by a wait.
+
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
         """
@@ -398,6 +401,7 @@ class Sweep:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
+                started = time.monotonic()
                 s = self.status()
                 if on_status is not None:
                     on_status(s)
@@ -411,7 +415,7 @@ class Sweep:
                         f"run {self.spec.run}: {s.finished}/{s.total_chunks} chunks finished "
                         f"after {timeout}s"
                     )
-                time.sleep(interval)
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
         finally:
             bar.close()
 

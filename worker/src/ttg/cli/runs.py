@@ -26,6 +26,7 @@ from ttg.store import certificate
 from ttg.store.check import StoreCheck
 from ttg.store.reader import delete_run
 from ttg.sweep import Sweep
+from ttg.verify import StatusReport
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -47,23 +48,21 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"ttg: waiting for run {args.run} to be seeded", file=sys.stderr)
             time.sleep(args.interval)
     bar = bars.Bar(args.run, enabled=not args.json and sys.stdout.isatty(), stream=sys.stdout)
+
+    def show(report: StatusReport) -> None:
+        if args.json:
+            print(bars.as_json(report), flush=True)
+        elif bar.enabled:
+            bar.update(report.finished, report.total_chunks, suffix=bars.suffix(report))
+        else:
+            print(bars.describe(report), flush=True)
+
     with sweep:
-        while True:
-            started = time.monotonic()
-            report = sweep.status()
-            if args.json:
-                print(bars.as_json(report), flush=True)
-            elif bar.enabled:
-                bar.update(report.finished, report.total_chunks, suffix=bars.suffix(report))
-            else:
-                print(bars.describe(report), flush=True)
-            if report.complete or report.state in ("paused", "cancelled"):
-                bar.close()
-                if bar.enabled:
-                    print(bars.explain(report))
-                return 0
-            # An update every --interval: a read that took longer is not followed by a wait.
-            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        report = sweep.wait(interval=args.interval, on_status=show)
+    bar.close()
+    if bar.enabled:
+        print(bars.explain(report))
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
