@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ttg.compute import EXEC
+
+if TYPE_CHECKING:
+    from importlib.metadata import Distribution
 
 #: Hex digits of a file's sha256 kept in an identity.
 DIGEST_CHARS = 12
@@ -47,7 +50,7 @@ def _file_digest(path: str | None) -> str:
         return "unknown"
 
 
-def _provides(dist: importlib.metadata.Distribution, top: str) -> bool:
+def _provides(dist: Distribution, top: str) -> bool:
     """Whether ``dist`` provides top-level package ``top``, as
     ``importlib.metadata.packages_distributions()`` decides it (declared
     ``top_level.txt``, else inferred from its files) — without parsing the file
@@ -70,7 +73,10 @@ def _provides(dist: importlib.metadata.Distribution, top: str) -> bool:
 @functools.cache
 def _provider(top: str) -> str | None:
     """The first installed distribution providing top-level package ``top``."""
-    for dist in importlib.metadata.distributions():
+    # Imported here: ~13 ms that only seeding needs, not every command importing ttg.sweep.
+    from importlib import metadata  # noqa: PLC0415
+
+    for dist in metadata.distributions():
         if _provides(dist, top):
             name: str = dist.metadata["Name"]
             return name
@@ -80,9 +86,11 @@ def _provider(top: str) -> str | None:
 def _module_part(module: str, look: bool) -> str:
     name = _provider(module.split(".", maxsplit=1)[0])
     if name:
+        from importlib import metadata  # noqa: PLC0415 - imported by _provider already
+
         try:
-            return f"{name}=={importlib.metadata.version(name)}"
-        except importlib.metadata.PackageNotFoundError:
+            return f"{name}=={metadata.version(name)}"
+        except metadata.PackageNotFoundError:
             pass
     if not look:
         return "file=unknown"
