@@ -11,11 +11,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ttg.brokers.rabbitmq.seeder import GROUP_PARAMS
+
 T = TypeVar("T")
 
 #: The repository root: on PYTHONPATH of every worker the tests start, so test
 #: compute functions (tests.computes:...) import in worker processes.
 ROOT = Path(__file__).resolve().parent.parent
+#: Chunks of this many parameters travel one per task message on RabbitMQ too (smaller
+#: ones are grouped, and a group is marked begun whole): tests that count messages or
+#: judge single chunks use it.
+ALONE = GROUP_PARAMS
 
 
 def eventually(

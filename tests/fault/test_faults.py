@@ -17,7 +17,7 @@ import pytest
 from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.fault.conftest import LocalHarness, seed, status, two_runs_at_once
-from tests.helpers import child_env, eventually, ttg, ttg_json
+from tests.helpers import ALONE, child_env, eventually, ttg, ttg_json
 from ttg.brokers.rabbitmq.seeder import CURSOR_EVERY, WINDOW
 from ttg.errors import TTGError
 from ttg.processes import LocalWorkers
@@ -305,9 +305,9 @@ def test_seeding_killed_halfway_then_rerun_publishes_every_chunk_once(
     request: pytest.FixtureRequest, backend: BackendEnv, run_id: str
 ) -> None:
     total = SEED_KILL_TOTAL[backend.name]
-    # Chunks of 1000 parameters travel one per message (small chunks would be grouped):
-    # every task message is one chunk, so counting messages counts chunks.
-    args = ["--run", run_id, "--params", str(total * 1000), "--chunk-size", "1000"]
+    # These chunks travel one per message (small chunks would be grouped): every task
+    # message is one chunk, so counting messages counts chunks.
+    args = ["--run", run_id, "--params", str(total * ALONE), "--chunk-size", str(ALONE)]
     seeder = subprocess.Popen(
         [sys.executable, "-m", "ttg", "seed", *args],
         env=child_env(backend.env),

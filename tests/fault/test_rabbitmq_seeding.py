@@ -31,14 +31,14 @@ import pytest
 from tests import scenarios
 from tests.conftest import BackendEnv, backend_env
 from tests.fault.conftest import LocalHarness, seed
-from tests.helpers import child_env
+from tests.helpers import ALONE, child_env
 from ttg.processes import LocalWorkers, RabbitMQNode
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
-#: 200 chunks of 501 parameters: one task message per chunk (no grouping), all
-#: of them sent before the broker's flow control would stop reading the seeder.
-CHUNKS, CHUNK = 200, 501
+#: 200 chunks, one task message each (no grouping), all of them sent before the
+#: broker's flow control would stop reading the seeder.
+CHUNKS, CHUNK = 200, ALONE
 SEED_ARGS = ("--params", str(CHUNKS * CHUNK), "--chunk-size", str(CHUNK))
 
 #: Erlang, run on the node: once the run's retry queue exists (declared after the

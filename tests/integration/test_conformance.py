@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BackendEnv, ConsumerFactory
-from tests.helpers import eventually
+from tests.helpers import ALONE, eventually
 from tests.injections import inject_task as broker_inject
 from ttg import compute
 from ttg.broker import Broker, Consumer
@@ -273,8 +273,8 @@ def test_a_lost_consumer_s_read_ahead_comes_back_uncounted(
 ) -> None:
     # Issue 17 item 5: a dead worker's death counts against the chunk it had begun,
     # never against what it had fetched ahead and not begun.
-    # Chunks of 1,000: one per message on RabbitMQ too (a group is marked whole).
-    broker.seed(make_spec(run_id, params=30_000, chunk=1000))
+    # One chunk per message on RabbitMQ too (a group is marked whole).
+    broker.seed(make_spec(run_id, params=30 * ALONE, chunk=ALONE))
     gone = new_consumer(broker, "gone", lease=1.0, prefetch=4)
     held: list[Delivery] = []
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BackendEnv, ConsumerFactory, backend_env
-from tests.helpers import ROOT, eventually
+from tests.helpers import ALONE, ROOT, eventually
 from ttg import compute
 from ttg.broker import Consumer
 from ttg.brokers.rabbitmq.connection import open_connection, parameters, queue
@@ -164,7 +164,7 @@ def test_garbage_in_the_begun_stream_is_skipped_and_judges_nothing(
     backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker = backend.broker()
-    broker.seed(RunSpec(run_id, RangeSpace(0, 4000).to_spec(), 1000, compute.DEFAULT_COMPUTE))
+    broker.seed(RunSpec(run_id, RangeSpace(0, 4 * ALONE).to_spec(), ALONE, compute.DEFAULT_COMPUTE))
     conn = open_connection(parameters(backend.url, TLS(), 10))
     try:
         ch = conn.channel()

@@ -27,9 +27,10 @@ from ttg.errors import BrokerError, RunNotFound
 #: Publishes in flight, unconfirmed, at most.
 WINDOW = 4000
 #: Small chunks travel in groups of consecutive chunks, one message each, of about this
-#: many parameters: fewer messages to publish, deliver and acknowledge. A consumer
-#: splits a group back into single chunks when that matters (consumer.py).
-GROUP_PARAMS = 1000
+#: many parameters: fewer messages to publish, deliver and acknowledge (a group is
+#: headers only, whatever its size). A consumer splits a group back into single chunks
+#: when that matters (consumer.py). Chunks of this many parameters or more travel alone.
+GROUP_PARAMS = 4000
 #: Most chunks in one message.
 GROUP_MAX = 64
 
