@@ -140,7 +140,8 @@ def test_a_compute_identity_names_the_distribution_importlib_metadata_names() ->
     provided = importlib.metadata.packages_distributions()
     assert {"sweep_sim", "yaml", "_pytest"} <= provided.keys()  # editable, declared, inferred
     for top, names in provided.items():
-        assert identity._provider(top) == names[0], top
+        found = identity._provider(top)
+        assert found is not None and found.metadata["Name"] == names[0], top
     version = importlib.metadata.version("sweep-sim")
     assert identity.identity("sweep_sim.model:run") == f"sweep_sim.model:run sweep-sim=={version}"
     # No distribution provides a module on PYTHONPATH: its source file's digest stands in.

@@ -71,27 +71,22 @@ def _provides(dist: Distribution, top: str) -> bool:
 
 
 @functools.cache
-def _provider(top: str) -> str | None:
+def _provider(top: str) -> Distribution | None:
     """The first installed distribution providing top-level package ``top``."""
     # Imported here: ~13 ms that only seeding needs, not every command importing ttg.sweep.
     from importlib import metadata  # noqa: PLC0415
 
-    for dist in metadata.distributions():
-        if _provides(dist, top):
-            name: str = dist.metadata["Name"]
-            return name
-    return None
+    return next((d for d in metadata.distributions() if _provides(d, top)), None)
 
 
 def _module_part(module: str, look: bool) -> str:
-    name = _provider(module.split(".", maxsplit=1)[0])
-    if name:
-        from importlib import metadata  # noqa: PLC0415 - imported by _provider already
-
-        try:
-            return f"{name}=={metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            pass
+    dist = _provider(module.split(".", maxsplit=1)[0])
+    if dist is not None:
+        # The version of the distribution found (its metadata read once), not a second
+        # search of the path by its name.
+        meta = dist.metadata
+        if meta["Name"] and meta["Version"]:
+            return f"{meta['Name']}=={meta['Version']}"
     if not look:
         return "file=unknown"
     try:
