@@ -168,21 +168,38 @@ def check_allowed(name: str, allow: Sequence[str]) -> None:
     Raises:
         UsageError: it is not allowed (or not a compute's name).
     """
-    module_name, attr = check_name(name)
+    why = _refusal(name, tuple(allow)) if isinstance(name, str) else _refusal_of(name, allow)
+    if why is not None:
+        raise UsageError(why)
+
+
+@functools.lru_cache(maxsize=256)
+def _refusal(name: str, allow: tuple[str, ...]) -> str | None:
+    """``_refusal_of``, remembered: a worker asks it of every chunk it is handed."""
+    return _refusal_of(name, allow)
+
+
+def _refusal_of(name: str, allow: Sequence[str]) -> str | None:
+    """Why ``check_allowed`` refuses ``name``; None if it is allowed."""
+    try:
+        module_name, attr = check_name(name)
+    except UsageError as e:
+        return str(e)
     if name in allow:
-        return
+        return None
     if module_name == EXEC:
-        raise UsageError(f"compute {name!r} is not allowed: TTG_COMPUTE_ALLOW must list {name!r}")
+        return f"compute {name!r} is not allowed: TTG_COMPUTE_ALLOW must list {name!r}"
     if not _prefix_allows(module_name, allow):
-        raise UsageError(
+        return (
             f"compute {name!r} is not allowed: TTG_COMPUTE_ALLOW ({', '.join(allow)}) "
             f"must list {name!r} or a module prefix of it"
         )
     if attr.startswith("_"):
-        raise UsageError(
+        return (
             f"compute {name!r} is not allowed: a private name is allowed only by "
             f"listing {name!r} itself in TTG_COMPUTE_ALLOW"
         )
+    return None
 
 
 def load(name: str, allow: Sequence[str]) -> ComputeFn:
