@@ -326,13 +326,18 @@ class Delivery:
     def run(self) -> str:
         return self.spec.run
 
+    @functools.cached_property
+    def bounds(self) -> tuple[int, int]:
+        """``[lo, hi)`` of its chunk (asked for several times per chunk, worked out once)."""
+        return self.spec.bounds(self.chunk)
+
     @property
     def lo(self) -> int:
-        return self.spec.bounds(self.chunk)[0]
+        return self.bounds[0]
 
     @property
     def hi(self) -> int:
-        return self.spec.bounds(self.chunk)[1]
+        return self.bounds[1]
 
 
 class Status(enum.StrEnum):
