@@ -6,8 +6,9 @@
 -- sent again (same worker and attempt: a reply was lost) is recognised, never
 -- counted twice.
 -- KEYS: tasks, ledger, stats, meta, rounds, events, begun
--- ARGV: group, worker, count, then per item: entry id, chunk, round, status,
---       params, parameter errors, prefix of a re-sent record, error, outcome json
+-- ARGV: group, worker, count, then per item: "entry-id chunk round status params
+--       parameter-errors" (one argument, space-separated), prefix of a re-sent record,
+--       error, outcome json
 -- Returns a code per item (1 counted, 0 duplicate, 2 sent before), or -1 when
 -- the run was deleted meanwhile (nothing written).
 if redis.call('EXISTS', KEYS[4]) == 0 then
@@ -20,16 +21,18 @@ local add = {done = 0, done_params = 0, dead = 0, errors = 0, param_errors = 0,
              duplicates = 0, failed = 0, finished = 0, finished_params = 0}
 local codes, ids = {}, {}
 for i = 0, count - 1 do
-  local b = 4 + i * 9
-  local id, chunk, round, status = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3]
-  local params, perr, prefix, err = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), ARGV[b + 6], ARGV[b + 7]
+  local b = 4 + i * 4
+  local id, chunk, round, status, params, perr =
+    string.match(ARGV[b], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  round, params, perr = tonumber(round), tonumber(params), tonumber(perr)
+  local prefix, err = ARGV[b + 1], ARGV[b + 2]
   ids[#ids + 1] = id
   local code
   -- A round or a total that is not a number (garbage) reads as absent.
   if round < (tonumber(redis.call('HGET', KEYS[5], chunk)) or 0) then
     add.duplicates = add.duplicates + 1
     code = 0
-  elseif redis.call('HSETNX', KEYS[2], chunk, ARGV[b + 8]) == 1 then
+  elseif redis.call('HSETNX', KEYS[2], chunk, ARGV[b + 3]) == 1 then
     if status == 'ok' then
       add.done = add.done + 1
       add.done_params = add.done_params + params
