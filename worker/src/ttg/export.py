@@ -18,7 +18,7 @@ from typing import IO, Any
 from ttg import space as spaces
 from ttg.compute import describe
 from ttg.errors import UsageError, needs_extra
-from ttg.outputs import replacing
+from ttg.outputs import AGGREGATES, FORMATS, replacing
 from ttg.results import (
     PARQUET_BATCH,
     Columns,
@@ -39,11 +39,6 @@ from ttg.results import (
 from ttg.run import Outcome, RunSpec
 from ttg.space import GridSpace, RangeSpace
 from ttg.tables import TableSpace
-
-#: Reductions ``--aggregate`` knows by name.
-AGGREGATES = ("sum", "min", "max", "mean")
-#: Formats ``ttg results`` writes.
-FORMATS = ("jsonl", "csv", "parquet")
 
 
 @dataclass(frozen=True)

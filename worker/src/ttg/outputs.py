@@ -22,6 +22,12 @@ from types import FrameType
 
 from ttg.errors import Interrupted, UsageError
 
+#: Reductions ``ttg results --aggregate`` knows by name (``ttg.export`` computes them).
+AGGREGATES = ("sum", "min", "max", "mean")
+#: Formats ``ttg results`` writes (``ttg.export``). Here, not there: the command line
+#: offers them without importing the exporter.
+FORMATS = ("jsonl", "csv", "parquet")
+
 
 def check_output(path: str | Path, what: str = "--output") -> Path:
     """Refuse, before any work, an output path that is not (or cannot become) a regular file.

@@ -33,9 +33,6 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ttg import compute as computes
 from ttg import endpoint as endpoints
-from ttg import export as exports
-from ttg import results as rowsof
-from ttg import reuse as reuses
 from ttg import space as spaces
 from ttg import store
 from ttg.broker import Broker, RetryReport, SeedReport
@@ -47,14 +44,18 @@ from ttg.outputs import check_output
 from ttg.progress import Bar, suffix
 from ttg.rate import RateMeter
 from ttg.run import RunSpec, check_run_id
-from ttg.store.check import StoreCheck
 from ttg.store.reader import delete_run, resolved
 from ttg.verify import StatusReport, VerifyReport, status_report, verify
 
+# The exporter (``ttg.export``, ``ttg.results``) and reuse (``ttg.reuse``) are imported by
+# the methods that use them: ``ttg seed`` and ``ttg status`` start without them.
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ttg import results as rowsof
+    from ttg import reuse as reuses
     from ttg.report.model import ReportSummary
+    from ttg.store.check import StoreCheck
 
 #: Parameters per chunk a sweep picks when none is given: about this many chunks …
 DEFAULT_CHUNKS = 256
@@ -322,6 +323,8 @@ class Sweep:
             store.check_writable(self.spec.results)  # before the run exists: exit 3 or 4
         match, warnings = None, list[str]()
         if self._reuse:
+            from ttg import reuse as reuses  # noqa: PLC0415 - see the imports above
+
             self.spec, match = reuses.plan(
                 self.broker, self.spec, self._reuse, warnings=warnings, **self._reuse_how
             )
@@ -338,6 +341,8 @@ class Sweep:
         """What seeding would do, without seeding (``ttg seed --dry-run``): parameters
         total, reused and to compute, chunks, and the compute time ``workers`` would take
         at the reused runs' measured seconds per parameter (median and p95)."""
+        from ttg import reuse as reuses  # noqa: PLC0415 - see the imports above
+
         warnings: list[str] = []
         spec, match = self.spec, None
         if self._reuse:
@@ -423,6 +428,8 @@ class Sweep:
 
     def rows(self) -> Iterator[rowsof.ResultRow]:
         """One row per parameter with an outcome, in index order (flat memory)."""
+        from ttg import results as rowsof  # noqa: PLC0415 - see the imports above
+
         outcomes = rowsof.in_chunk_order(resolved(self.spec, self.broker.ledger(self.spec.run)))
         return rowsof.parameter_rows(self.spec, outcomes)
 
@@ -439,6 +446,8 @@ class Sweep:
             import pandas  # noqa: PLC0415 - optional: the pandas extra
         except ImportError:
             raise needs_extra("Sweep.results() (pandas)", "pandas") from None
+        from ttg import export as exports  # noqa: PLC0415 - see the imports above
+
         cols, cells = exports.table_cells(
             self.spec, resolved(self.spec, self.broker.ledger(self.spec.run)), traceback=traceback
         )
@@ -464,6 +473,8 @@ class Sweep:
         it when complete. Ledger records that cannot be read are described in
         ``problems`` (else in one logged warning). Returns the number of rows written.
         """
+        from ttg import export as exports  # noqa: PLC0415 - see the imports above
+
         opts = exports.ExportOptions(format, path, chunks, raw, traceback)
         if path:
             check_output(path)  # before any work
@@ -478,6 +489,8 @@ class Sweep:
 
         Integers are summed exactly; floats are summed exactly and rounded once.
         """
+        from ttg import export as exports  # noqa: PLC0415 - see the imports above
+
         # A results store's objects are read (and checked) one chunk at a time.
         ledger = resolved(self.spec, self.broker.ledger(self.spec.run, problems=problems))
         out = exports.aggregate_ledger(self.spec, ledger, how, field=field)
@@ -519,6 +532,8 @@ class Sweep:
         Raises:
             UsageError: other runs reuse its results, and not ``force``.
         """
+        from ttg import reuse as reuses  # noqa: PLC0415 - see the imports above
+
         lose = reuses.reusers(self.broker, self.spec.run)
         if lose and not force:
             raise UsageError(reuses.refusal(self.spec.run, lose))

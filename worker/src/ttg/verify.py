@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttg import compute, failures, provenance
 from ttg import space as spaces
@@ -32,8 +32,11 @@ from ttg.broker import CANNOT_RUN, Broker
 from ttg.decode import Problems
 from ttg.rate import RateMeter
 from ttg.run import HANG_FACTOR, InFlight, Outcome, Progress, RunSpec, Status
-from ttg.store.check import StoreCheck
 from ttg.tables import JSON
+
+if TYPE_CHECKING:
+    # Imported by ``verify`` when it runs: ``ttg status`` needs this module, not the store check.
+    from ttg.store.check import StoreCheck
 
 #: Chunk ids listed in a report when some are missing.
 MISSING_SAMPLE = 20
@@ -305,6 +308,8 @@ def verify(
     """
     spec = broker.spec(run)
     progress = broker.progress(run)
+    from ttg.store.check import StoreCheck  # noqa: PLC0415 - see the imports above
+
     check = check or StoreCheck(spec)
     unreadable = Problems()
     t = _scan(spec, check.outcomes(broker.ledger(run, problems=unreadable)))

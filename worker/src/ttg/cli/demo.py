@@ -13,17 +13,20 @@ import json
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttg import progress as bars
-from ttg import scenario
 from ttg.cli.common import Command, int_at_least
-from ttg.embedded import Local
 from ttg.endpoint import BACKENDS
 from ttg.errors import UsageError
 from ttg.limits import MAX_PARAMS, MAX_WORK_MS
 from ttg.sweep import Sweep, make_space
 from ttg.verify import StatusReport, VerifyReport
+
+if TYPE_CHECKING:
+    # Imported by the command when it runs: every ``ttg`` process imports this module.
+    from ttg import scenario
+    from ttg.embedded import Local
 
 
 def add_parser(command: Command) -> None:
@@ -71,6 +74,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--kill-at needs --workers 2 or more (someone must finish the run)")
     space = make_space(args.space or args.params or 20_000, args.params)
     demo = _Demo(args)
+    from ttg.embedded import Local  # noqa: PLC0415 - see the imports above
+
     demo.say(f"starting a local {args.backend} broker ...")
     host = Local(
         args.workers,
@@ -165,6 +170,8 @@ class _Demo:
             self.say(bars.describe(s))
 
     def _kill(self, status: scenario.StatusFn, host: Local) -> scenario.KillRecord:
+        from ttg import scenario  # noqa: PLC0415 - see the imports above
+
         bar, at = self.bar, self.args.kill_at
 
         def kill(worker: str, sig: int) -> None:

@@ -14,11 +14,13 @@ import time
 from typing import Any
 
 from ttg.cli.common import Command, int_at_least
-from ttg.embedded import Local
 from ttg.endpoint import BACKENDS
 
 
 def cmd_local(args: argparse.Namespace) -> int:
+    # Imported here: every ``ttg`` process imports this module to build its parser.
+    from ttg.embedded import Local  # noqa: PLC0415
+
     host = Local(
         max(args.workers, 1),
         backend=args.backend,

@@ -17,16 +17,15 @@ from ttg.cli import seed
 from ttg.cli.common import Command, emit, endpoint, float_at_least, run_id
 from ttg.decode import Problems, one_line
 from ttg.errors import RunDataError, RunNotFound, UnsupportedRun, UsageError
-from ttg.export import AGGREGATES, FORMATS
-from ttg.outputs import check_output
-from ttg.results import problems_line
-from ttg.reuse import refusal, reusers
+from ttg.outputs import AGGREGATES, FORMATS, check_output
 from ttg.run import RunSpec
-from ttg.store import certificate
-from ttg.store.check import StoreCheck
 from ttg.store.reader import delete_run
 from ttg.sweep import Sweep
 from ttg.verify import StatusReport
+
+# Modules only some commands need (certificates, the exporter's helpers, reuse) are
+# imported by those commands: every ``ttg`` process builds the whole parser, and
+# ``ttg seed`` and ``ttg status`` should not pay for the rest at each start.
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -72,6 +71,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("a DATASET is checked with --offline --certificate FILE")
     if not args.run:
         raise UsageError("the following arguments are required: --run (or --offline)")
+    from ttg.store import certificate  # noqa: PLC0415 - see the imports above
+    from ttg.store.check import StoreCheck  # noqa: PLC0415
+
     if args.certificate:
         check_output(args.certificate, "--certificate")
     with Sweep.attach(args.run, endpoint(args)) as sweep:
@@ -103,6 +105,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_offline(args: argparse.Namespace) -> int:
     """``verify --offline --certificate FILE DATASET``: no broker, the dataset alone."""
+    from ttg.store import certificate  # noqa: PLC0415 - see the imports above
+
     if not args.certificate or not args.dataset:
         raise UsageError("--offline needs --certificate FILE and the DATASET to check")
     report = certificate.check_offline(
@@ -155,6 +159,8 @@ def cmd_results(args: argparse.Namespace) -> int:
                 problems=unreadable,
             )
         finally:
+            from ttg.results import problems_line  # noqa: PLC0415 - see the imports above
+
             warning = problems_line(args.run, unreadable)
             if warning:
                 print(f"ttg: warning: {warning}", file=sys.stderr)
@@ -282,6 +288,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from ttg.reuse import refusal, reusers  # noqa: PLC0415 - see the imports above
+
     broker = endpoint(args).open_broker()
     try:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttg import config
 from ttg import progress as bars
@@ -17,9 +17,11 @@ from ttg.compute import EXEC
 from ttg.errors import UsageError
 from ttg.identity import MAX_VERSION_CHARS
 from ttg.limits import MAX_PARAM_TIMEOUT, MAX_PARAMS, MAX_WORK_MS, parse_quantity
-from ttg.reuse import Estimate
 from ttg.sweep import Sweep, make_space
 from ttg.tables import read_table
+
+if TYPE_CHECKING:
+    from ttg.reuse import Estimate  # what --dry-run prints (imported by Sweep.estimate)
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
