@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -20,7 +20,7 @@ from tests.helpers import eventually
 from ttg import compute
 from ttg.brokers.memory import MemoryBroker, MemoryConsumer
 from ttg.metrics import Metrics, Probes
-from ttg.run import Outcome, RunSpec, Status
+from ttg.run import Delivery, Outcome, Recorded, RunSpec, Status
 from ttg.space import RangeSpace
 from ttg.verify import verify
 from ttg.worker import ReadAhead, Worker
@@ -344,3 +344,44 @@ def test_two_compute_processes_compute_at_once(
     # Each parameter met the other one computing in another process.
     assert [o.result for _, o in sorted(outcomes(broker).items())] == [[1], [1]]
     assert len({name.split("-")[1] for name in os.listdir(tmp_path)}) == 2
+
+
+class _SlowToRecord(MemoryConsumer):
+    """A consumer whose broker is slow to record outcomes (the worker's settle lags its
+    compute, as under load); at each begin it notes the chunks it had begun and not settled."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker, "w1", lease_seconds=5)
+        self.unsettled_at_begin: list[list[int]] = []
+
+    def begin(self, delivery: Delivery) -> None:
+        with self.broker._lock:
+            held = self.broker._runs[delivery.run].held.values()
+            begun = [int(h.fields["c"]) for h in held if h.consumer == self.name and h.begun]
+        self.unsettled_at_begin.append(begun)
+        super().begin(delivery)
+
+    def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
+        time.sleep(0.1)
+        return super().complete(items)
+
+
+def test_a_chunk_computed_alone_is_settled_before_the_next_begins(broker: MemoryBroker) -> None:
+    # Chunks of a run allowing one delivery are computed alone (as redeliveries are): were
+    # the next begun while one's outcome waited to be recorded, a death on the next would
+    # count the finished one too, for its neighbour's sake (invariant 6).
+    broker.seed(spec(params=20, chunk=1, max_deliveries=1))
+    consumer = _SlowToRecord(broker)
+    worker = Worker(
+        consumer, metrics=Metrics(), probes=Probes(ready=lambda: True), grace_seconds=5,
+        retry_delay=0.01, read_ahead_cap=8, compute_allow=ALLOW, fetch_timeout=0.05,
+    )  # fmt: skip
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: finished(broker), timeout=60)
+    finally:
+        worker.request_stop("test")
+        thread.join(20)
+    assert consumer.unsettled_at_begin == [[]] * 20
+    assert verify(broker, "r")["ok"]

@@ -174,7 +174,26 @@ class Dispatch(WorkerState):
             outbox.put((d, self._failure(d, f"worker error: {compute.describe(e)}")))
         for d in group[done:]:
             outbox.put((d, Release()))
+        if done and not _queueable(group[0]):
+            self._await_settled(group[:done])
         return done == len(group) and not self.stopping
+
+    def _await_settled(self, deliveries: list[Delivery]) -> None:
+        """Wait until the main thread has settled (or given back) ``deliveries``.
+
+        A chunk computed alone (a redelivery) is settled before its slot begins another:
+        were the next to kill the worker while this one's verdict waited in the outbox,
+        its mark would count it once more, for a neighbour's sake (invariant 6).
+        """
+
+        def settled() -> bool:
+            return all(self._in_hand.get(id(d)) is not d for d in deliveries)
+
+        with self._settled:
+            # The main thread notifies whenever deliveries leave its hand; the timeout
+            # only bounds the wait should a notification go astray.
+            while not self._settled.wait_for(settled, timeout=1.0):
+                pass
 
     def _refused(self, d: Delivery) -> Verdict | None:
         """The verdict of a delivery that must not be computed; None for one that may."""

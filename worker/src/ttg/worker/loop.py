@@ -80,6 +80,7 @@ class Worker(Dispatch, Settle):
         self._fetching_stopped = False
         self.long = LongWatch(self._say_long)
         self._in_hand: dict[int, Delivery] = {}
+        self._settled = threading.Condition()
 
     # -- signals ----------------------------------------------------------------------
 
@@ -139,6 +140,8 @@ class Worker(Dispatch, Settle):
                 elif got:
                     self._settle(got, self._in_hand)
                     self._after_settle(got)
+                    with self._settled:
+                        self._settled.notify_all()
         finally:
             # The one place a delivery that was not settled goes back.
             self._give_back_all()
@@ -204,6 +207,8 @@ class Worker(Dispatch, Settle):
         for d in list(self._in_hand.values()):
             self._give_back(d)
         self._in_hand.clear()
+        with self._settled:
+            self._settled.notify_all()
         self.metrics.in_flight.set(0)
         self.long.check([], self._chunk_of)
 

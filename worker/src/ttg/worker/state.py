@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ttg.broker import Consumer
 from ttg.children.supervisor import Supervisor
 from ttg.metrics import Metrics, Probes
-from ttg.run import Outcome
+from ttg.run import Delivery, Outcome
 from ttg.store.writer import ResultsWriter
 from ttg.worker.long import LongWatch
 from ttg.worker.readahead import ReadAhead
@@ -68,6 +68,10 @@ class WorkerState:
     stop_deadline: float | None
     _stopped: threading.Event
     _fetching_stopped: bool
+    #: Deliveries fetched and not yet settled or given back (the main thread's), by id.
+    _in_hand: dict[int, Delivery]
+    #: Notified by the main thread whenever deliveries leave ``_in_hand``.
+    _settled: threading.Condition
 
     @property
     def stopping(self) -> bool:
