@@ -64,8 +64,10 @@ def start(broker: MemoryBroker) -> Iterator[object]:
         lease: float = 1.0,
         cap: int = 8,
         concurrency: int = 1,
+        consumer: MemoryConsumer | None = None,
     ) -> Running:
-        consumer = broker.consumer(name, lease_seconds=lease, prefetch=cap)
+        """A worker named ``name`` on ``broker`` (or on ``consumer``, a consumer of it)."""
+        consumer = consumer or broker.consumer(name, lease_seconds=lease, prefetch=cap)
         worker = Worker(
             consumer,
             metrics=Metrics(),
@@ -324,23 +326,12 @@ def test_a_long_chunk_holds_up_no_other(
 
 
 def test_two_compute_processes_compute_at_once(
-    broker: MemoryBroker, tmp_path, monkeypatch: pytest.MonkeyPatch
+    broker: MemoryBroker, start, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TTG_TEST_RENDEZVOUS", str(tmp_path))
     broker.seed(spec(params=2, chunk=1, compute="tests.computes:rendezvous"))
-    consumer = broker.consumer("w1", lease_seconds=5, prefetch=8)
-    worker = Worker(
-        consumer, metrics=Metrics(), probes=Probes(ready=lambda: True), grace_seconds=5,
-        retry_delay=0.01, read_ahead_cap=8, compute_allow=ALLOW, fetch_timeout=0.05,
-        concurrency=2,
-    )  # fmt: skip
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        eventually(lambda: finished(broker), timeout=60)
-    finally:
-        worker.request_stop("test")
-        thread.join(20)
+    start(lease=5, concurrency=2)
+    eventually(lambda: finished(broker), timeout=60)
     # Each parameter met the other one computing in another process.
     assert [o.result for _, o in sorted(outcomes(broker).items())] == [[1], [1]]
     assert len({name.split("-")[1] for name in os.listdir(tmp_path)}) == 2
@@ -366,22 +357,15 @@ class _SlowToRecord(MemoryConsumer):
         return super().complete(items)
 
 
-def test_a_chunk_computed_alone_is_settled_before_the_next_begins(broker: MemoryBroker) -> None:
+def test_a_chunk_computed_alone_is_settled_before_the_next_begins(
+    broker: MemoryBroker, start
+) -> None:  # type: ignore[no-untyped-def]
     # Chunks of a run allowing one delivery are computed alone (as redeliveries are): were
     # the next begun while one's outcome waited to be recorded, a death on the next would
     # count the finished one too, for its neighbour's sake (invariant 6).
     broker.seed(spec(params=20, chunk=1, max_deliveries=1))
     consumer = _SlowToRecord(broker)
-    worker = Worker(
-        consumer, metrics=Metrics(), probes=Probes(ready=lambda: True), grace_seconds=5,
-        retry_delay=0.01, read_ahead_cap=8, compute_allow=ALLOW, fetch_timeout=0.05,
-    )  # fmt: skip
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        eventually(lambda: finished(broker), timeout=60)
-    finally:
-        worker.request_stop("test")
-        thread.join(20)
+    start(consumer=consumer)
+    eventually(lambda: finished(broker), timeout=60)
     assert consumer.unsettled_at_begin == [[]] * 20
     assert verify(broker, "r")["ok"]
