@@ -181,7 +181,8 @@ class Dispatch(WorkerState):
     def _await_settled(self, deliveries: list[Delivery]) -> None:
         """Wait until the main thread has settled (or given back) ``deliveries``.
 
-        A chunk computed alone (a redelivery) is settled before its slot begins another:
+        A chunk computed alone (a redelivery, or any chunk of a run allowing one
+        delivery) is settled before its slot begins another:
         were the next to kill the worker while this one's verdict waited in the outbox,
         its mark would count it once more, for a neighbour's sake (invariant 6).
         """
