@@ -16,6 +16,7 @@ from ttg.errors import StoreAccessDenied, StoreError, UsageError
 from ttg.run import Delivery, Outcome, Recorded, RunSpec, Status
 from ttg.store import check_writable, open_store, parse_url
 from ttg.store.chunks import chunk_of, run_prefix
+from ttg.store.objects import refused
 from ttg.store.reader import CountedObjects, DamagedResults, delete_run, resolved
 from ttg.store.writer import (
     MAX_CHUNK_BYTES_BROKER,
@@ -212,6 +213,20 @@ def test_s3_refuses_unknown_credentials(
     url = f"s3://{BUCKET}/denied-{time.monotonic_ns()}"
     with pytest.raises(StoreAccessDenied):
         check_writable(url)
+
+
+def test_a_store_error_is_a_refusal_by_its_own_words_never_by_a_name_it_quotes() -> None:
+    # CI saw a dead endpoint reported as refused credentials: the probe's random name held 403.
+    unreachable = OSError(
+        "When initiating multiple part upload for key"
+        " 'p/_ttg/probe-3c46ded34e4246caae1395b6a4037e31' in bucket 'ttg-403':"
+        " AWS Error NETWORK_CONNECTION during CreateMultipartUpload operation:"
+        " curlCode: 7, Could not connect to server"
+    )
+    assert not refused(unreachable)
+    for words in ("AWS Error ACCESS_DENIED during PutObject operation", "HTTP 403 Forbidden",
+                  "AWS Error SIGNATURE_DOES_NOT_MATCH during HeadBucket operation"):  # fmt: skip
+        assert refused(OSError(f"When writing key 'runs/x' in bucket 'b': {words}")), words
 
 
 def test_persist_reuses_what_it_wrote_when_called_again(file_store: StoreEnv) -> None:

@@ -39,9 +39,18 @@ S3_CONNECT_TIMEOUT_SECONDS = 5.0
 S3_REQUEST_TIMEOUT_SECONDS = 20.0
 #: S3 errors that say our credentials or permissions are wrong (retrying will not help).
 _DENIED = re.compile(
-    r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId|SIGNATURE_DOES_NOT_MATCH"
-    r"|SignatureDoesNotMatch|Forbidden|403"
+    r"\b(ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId"
+    r"|SIGNATURE_DOES_NOT_MATCH|SignatureDoesNotMatch|Forbidden|403)\b"
 )
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def refused(e: BaseException) -> bool:
+    """Whether the store refused our credentials, judged by its error without the names it quotes.
+
+    Object names (random hex, users' prefixes) can hold ``403``; only the store's own words count.
+    """
+    return _DENIED.search(_QUOTED.sub("''", str(e))) is not None
 
 
 class ObjectNotFound(StoreError):
@@ -214,7 +223,7 @@ class S3Store(ObjectStore):
 
     def _fail(self, what: str, name: str, e: BaseException) -> StoreError:
         text = f"results store {self.url}: cannot {what} {name}: {_one_line(e)}"
-        return StoreAccessDenied(text) if _DENIED.search(str(e)) else StoreError(text)
+        return StoreAccessDenied(text) if refused(e) else StoreError(text)
 
     def put(self, name: str, data: bytes) -> None:
         try:
