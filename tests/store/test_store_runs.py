@@ -80,8 +80,10 @@ def test_a_run_with_a_results_store_end_to_end(
 ) -> None:
     h = StoreHarness(backend, store, workers)
     fixed = tmp_path / "fixed"
+    # 60 chunks of 300 ms (6 s of work for 3 workers): on a loaded machine a status read
+    # takes a second or more, and the victim must still have work in hand when it lands.
     params, chunk = 6000, 100
-    h.seed(run_id, "--params", str(params), "--chunk-size", str(chunk), "--work-ms", "120",
+    h.seed(run_id, "--params", str(params), "--chunk-size", str(chunk), "--work-ms", "300",
            "--compute", "tests.computes:explode_on_13_until_fixed")  # fmt: skip
     workers.start(3, TTG_LEASE_SECONDS=str(LEASE), **{FIXED_ENV: str(fixed)}, **store.env)
 
