@@ -12,6 +12,8 @@ HELM3   := $(TOOLS)/helm3
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
 PYTEST_ARGS ?=
+# Processes make test runs the suites in (pytest-xdist; a whole file each at a time). 0: one.
+TEST_PROCS  ?= 2
 # Extra arguments of bench/run.py and bench/peers.py, e.g. BENCH_ARGS="--quick --backend redis".
 BENCH_ARGS  ?=
 # The peer benchmark's own venv: Dramatiq lives there, never in TTG's dependencies.
@@ -42,7 +44,7 @@ tools: venv $(HELM4) $(HELM3) ## install helm 3 and 4 into .tools/bin (and the v
 
 .PHONY: test
 test: tools ## run every test that can run here (unit, integration, fault, chart; e2e skips without a cluster)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: tools ## ruff, mypy, helm lint, shellcheck, hadolint, actionlint, zizmor

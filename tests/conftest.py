@@ -27,8 +27,21 @@ from ttg.processes.cluster import RedisCluster
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Bytecode for our sources, fresh: the suites start hundreds of ttg processes, and
     where PYTHONDONTWRITEBYTECODE is set each would compile every module anew."""
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: its controller compiled them
     for d in ("worker/src", "tests", "bench", "examples"):
         compileall.compile_dir(ROOT / d, quiet=2)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with a slow test first, in their order, then the rest.
+
+    ``make test`` runs the files in two processes, handing each a whole file at a time
+    in this order: the long ones start early and the many short ones fill the gaps,
+    rather than a cluster test ending the session alone on one core.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 #: Every backend the shared fault suites run against (real broker processes).
