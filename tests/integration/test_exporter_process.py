@@ -27,7 +27,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BackendEnv, backend_env
+from tests.conftest import BackendEnv, ConsumerFactory, backend_env
 from tests.helpers import child_env, eventually
 from ttg import compute
 from ttg.broker import Consumer
@@ -140,12 +140,11 @@ def fetch(c: Consumer, run: str, n: int) -> list[Delivery]:
 
 
 def test_a_retry_never_makes_the_exporters_counters_go_down(
-    own_backend: BackendEnv, exporter: ExporterProcess, run_id: str
+    own_backend: BackendEnv, exporter: ExporterProcess, new_consumer: ConsumerFactory, run_id: str
 ) -> None:
     broker = own_backend.broker()
     broker.seed(spec(run_id))
-    c = broker.consumer("test-worker", lease_seconds=30, prefetch=4)
-    c.start()
+    c = new_consumer(broker, "test-worker", lease=30, prefetch=4)
     a, b, d, e = fetch(c, run_id, 4)
     bad = Outcome(
         b.chunk, Status.ERRORS, 10, "w", 1, 0.0, [None] * 10, error="boom",

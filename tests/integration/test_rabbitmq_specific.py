@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pika
 import pytest
 
 from tests.conftest import BackendEnv, ConsumerFactory, backend_env
@@ -194,3 +195,46 @@ def test_garbage_in_the_begun_stream_is_skipped_and_judges_nothing(
 
     eventually(all_back, timeout=30, what="every chunk done")
     assert back[held[0].chunk] == 2 and back[held[1].chunk] == 1, back
+
+
+def test_a_subscription_records_the_prefetch_the_broker_was_given(
+    backend: BackendEnv,
+    rabbitmq_node: RabbitMQNode,
+    new_consumer: ConsumerFactory,
+    run_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker's thread resizes the window at any time; once it did so between the
+    # I/O thread's basic_qos and its record of the subscription, which then said 4 while
+    # the broker held it at 1: a consumer holding one chunk never got a second.
+    broker = backend.broker()
+    broker.seed(RunSpec(run_id, RangeSpace(0, 40).to_spec(), 10, compute.DEFAULT_COMPUTE))
+    made: list[Consumer] = []
+    consume = pika.adapters.blocking_connection.BlockingChannel.basic_consume
+
+    def resized_meanwhile(channel: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+        if queue_name == queue(run_id, "tasks") and made:
+            made[0].fetch(0, 4)  # what the worker's next fetch does: a window of 4 messages
+        return consume(channel, queue_name, *args, **kwargs)
+
+    monkeypatch.setattr(
+        pika.adapters.blocking_connection.BlockingChannel, "basic_consume", resized_meanwhile
+    )
+    made.append(broker.consumer(f"{run_id}-w", lease_seconds=2.0, prefetch=4))
+    c = made[0]
+    c.start()
+    try:
+        tasks = queue(run_id, "tasks")
+
+        def broker_prefetch() -> int | None:
+            out = rabbitmq_node.ctl_run(
+                "list_consumers", "queue_name", "prefetch_count", "--quiet", "--no-table-headers"
+            )
+            got = [line.split("\t")[1] for line in out.splitlines() if line.startswith(tasks)]
+            return int(got[0]) if got else None
+
+        given = eventually(broker_prefetch, timeout=60, what="the run's task subscription")
+        (recorded,) = (s.prefetch for s in c._subscribed.values())  # type: ignore[attr-defined]
+        assert recorded == given, f"recorded {recorded}, the broker was given {given}"
+    finally:
+        c.close()

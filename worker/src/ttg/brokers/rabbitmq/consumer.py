@@ -386,9 +386,12 @@ class RabbitMQConsumer(IOThread, Consumer):
                 return  # deleted; its deletion is further down ttg.runs than we have read
             raise
         self._declare_begun(run)
-        self._ch.basic_qos(prefetch_count=self.window)
+        # Read once: the worker's thread resizes the window at any time, and the
+        # subscription must record the prefetch the broker was given (see _resize).
+        window = self.window
+        self._ch.basic_qos(prefetch_count=window)
         tag = self._ch.basic_consume(queue(run, "tasks"), self._on_task)
-        self._subscribed[run] = _Subscription(tag, self.window)
+        self._subscribed[run] = _Subscription(tag, window)
         if run not in self._dead_subscribed:
             self._dead_subscribed.add(run)
             self._ch.basic_consume(queue(run, "dead"), self._on_dead)
