@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 
 from ttg import progress
 from ttg.progress import Bar
-from ttg.run import InFlight, LongParam, Progress, RunSpec
+from ttg.run import Progress, RunSpec
 from ttg.space import grid
 from ttg.verify import status_report
 
@@ -29,23 +28,6 @@ def test_status_names_failing_parameters_by_value_and_lists_more_than_five() -> 
     assert first.startswith("run r: running  3/4 chunks finished (75.0%): 1 ok, 2 with errors, ")
     assert "parameters 4 ok, 3 failed of 8" in first and "2 workers" in first
     assert "failed 3" not in first  # "failed" is never a count of chunks
-
-
-def test_a_status_reports_json_object_is_every_field_of_it() -> None:
-    long = LongParam("r", 1, 3, since=0.0, median_s=0.5)
-    in_flight = [InFlight(1, "w1", 2, 0.25).with_long(long, 9.0), InFlight(2, "w2", 1, 0.0)]
-    p = Progress("r", total_chunks=4, total_params=8, seeded_chunks=4, done=1, done_params=2,
-                 errors=1, param_errors=1, recent_errors=["parameter 3: ValueError: bad"],
-                 in_flight=in_flight, problems=["entry 7: garbage"], workers=2)  # fmt: skip
-    report = status_report(p, spec=SPEC)
-    got = report.to_dict()
-    assert got == dataclasses.asdict(report)
-    assert got["in_flight"][0] == {"chunk": 1, "worker": "w1", "deliveries": 2, "idle_s": 0.25,
-                                   "param": 3, "param_s": 9.0, "median_s": 0.5}  # fmt: skip
-    assert got["recent_failures"][0] == {"error": "ValueError: bad", "index": 3,
-                                         "param": {"omega": 0.5, "zeta": 2}}  # fmt: skip
-    got["problems"].append("mine")  # the object is the caller's: the report is unchanged
-    assert report.problems == ["entry 7: garbage"]
 
 
 def test_counts_read_in_the_singular_where_there_is_one() -> None:

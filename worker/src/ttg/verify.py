@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ttg import compute, failures, provenance
@@ -51,11 +51,6 @@ class RecentFailure:
     error: str
     index: int | None = None
     param: JSON = None
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    """A dataclass's fields as a dict, one level deep."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 @dataclass
@@ -104,19 +99,8 @@ class StatusReport:
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object, stable names.
-
-        Field by field rather than ``asdict``, whose deep copy of every chunk in flight
-        is 6x dearer (3.0 ms against 0.5 ms a line with 600 chunks in flight, as a RabbitMQ
-        run's read-ahead holds). Parameter values in ``recent_failures`` are the report's
-        own, not copies.
-        """
-        d = _fields(self)
-        d["in_flight"] = [_fields(f) for f in self.in_flight]
-        d["recent_failures"] = [_fields(r) for r in self.recent_failures]
-        for name in ("recent_errors", "warnings", "problems"):
-            d[name] = list(d[name])
-        return d
+        """The JSON object, stable names."""
+        return asdict(self)
 
     def __getitem__(self, key: str) -> Any:
         """``report["done"]``: the JSON object's field, for code written against the dict
