@@ -61,9 +61,9 @@ pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.slow]
 #: Work per chunk of run A: inside the duration bucket (0.25, 0.315], so a
 #: p95 read off the histogram is 0.31 s (the 1-2.5-5 buckets read 0.49 s, 1.7x).
 WORK_S = 0.28
-#: Run A's chunks, each of 10 parameters paced at WORK_S / 10 until the test opens its gate:
-#: more than two workers can finish while the slowest check waits (TIMEOUT), then at once.
-A_CHUNKS = 600
+#: Run A's chunks, each of A_CHUNK_SIZE parameters paced to WORK_S until the test opens its
+#: gate: more than two workers can finish while the slowest check waits (TIMEOUT), then at once.
+A_CHUNKS, A_CHUNK_SIZE = 600, 10
 #: Run F's chunks, one per worker: the first chunk each worker computes of it.
 FIRST_S = 3.5
 #: Run L's chunks: long, so a smoothed rate would collapse between them.
@@ -242,7 +242,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             "TTG_COMPUTE_ALLOW": "ttg.compute,tests",
         }
         gate = tmp_path / "run-a-may-end"
-        paced = {GATE_ENV: str(gate), PACE_ENV: str(round(WORK_S * 100))}
+        paced = {GATE_ENV: str(gate), PACE_ENV: str(round(WORK_S * 1000 / A_CHUNK_SIZE))}
         workers = LocalWorkers(
             {**env, **paced, "PYTHONPATH": str(ROOT), "TTG_LOG_FORMAT": "json"}, log_dir=tmp_path
         )
@@ -310,7 +310,7 @@ def test_dashboard_and_alert_queries_tell_the_truth_through_runs(rig: Rig) -> No
     # Chunks of 0.28 s with two workers, then one, for as long as the checks take on a
     # loaded machine (a time fixed here ran out once: the kill came at 80%, the run ended
     # before one worker's rates filled a window); then the test lets it finish.
-    rig.seed(A, "--params", str(A_CHUNKS * 10), "--chunk-size", "10",
+    rig.seed(A, "--params", str(A_CHUNKS * A_CHUNK_SIZE), "--chunk-size", str(A_CHUNK_SIZE),
              "--compute", "tests.computes:paced")  # fmt: skip
     rig.expect(
         "run A, two workers",

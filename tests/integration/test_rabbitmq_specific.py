@@ -200,7 +200,6 @@ def test_garbage_in_the_begun_stream_is_skipped_and_judges_nothing(
 def test_a_subscription_records_the_prefetch_the_broker_was_given(
     backend: BackendEnv,
     rabbitmq_node: RabbitMQNode,
-    new_consumer: ConsumerFactory,
     run_id: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -225,7 +225,8 @@ def test_a_store_error_is_a_refusal_by_its_own_words_never_by_a_name_it_quotes()
     )
     assert not refused(unreachable)
     for words in ("AWS Error ACCESS_DENIED during PutObject operation", "HTTP 403 Forbidden",
-                  "AWS Error SIGNATURE_DOES_NOT_MATCH during HeadBucket operation"):  # fmt: skip
+                  "AWS Error SIGNATURE_DOES_NOT_MATCH during HeadBucket operation",
+                  "AccessDeniedException: not yours"):  # fmt: skip
         assert refused(OSError(f"When writing key 'runs/x' in bucket 'b': {words}")), words
 
 

@@ -39,8 +39,8 @@ S3_CONNECT_TIMEOUT_SECONDS = 5.0
 S3_REQUEST_TIMEOUT_SECONDS = 20.0
 #: S3 errors that say our credentials or permissions are wrong (retrying will not help).
 _DENIED = re.compile(
-    r"\b(ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId"
-    r"|SIGNATURE_DOES_NOT_MATCH|SignatureDoesNotMatch|Forbidden|403)\b"
+    r"ACCESS_DENIED|AccessDenied|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId|SIGNATURE_DOES_NOT_MATCH"
+    r"|SignatureDoesNotMatch|Forbidden|\b403\b"
 )
 _QUOTED = re.compile(r"'[^']*'")
 
