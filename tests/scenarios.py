@@ -14,10 +14,12 @@ from typing import Any, Protocol, runtime_checkable
 
 from ttg import scenario
 from ttg.errors import BrokerConnectionError
+from ttg.run import RunEvent
 from ttg.scenario import KillRecord, NodeLossRecord
 
 __all__ = [
     "ClusterHarness",
+    "EventHarness",
     "Harness",
     "KillRecord",
     "NodeLossRecord",
@@ -50,6 +52,15 @@ class Harness(Protocol):
 
 
 @runtime_checkable
+class EventHarness(Harness, Protocol):
+    """Where the run's events can be read (a local broker)."""
+
+    def events(self, run: str) -> list[RunEvent]:
+        """The run's recorded events (``Broker.events``), oldest first."""
+        ...
+
+
+@runtime_checkable
 class ClusterHarness(Harness, Protocol):
     """Where the broker is a cluster of nodes (a RabbitMQ cluster)."""
 
@@ -69,9 +80,14 @@ def _status(h: Harness, run: str) -> scenario.StatusFn:
 def kill_worker_holding_chunk_at(
     h: Harness, run: str, fraction: float, *, sig: int = signal.SIGKILL, timeout: float = 120
 ) -> KillRecord:
-    """Signal a worker holding a chunk once ``fraction`` of ``run`` is done; time the redelivery."""
+    """Signal a worker holding a chunk once ``fraction`` of ``run`` is done; time the redelivery.
+
+    Where the harness reads the run's events (``EventHarness``), the delay is the
+    broker's record, not how soon a status read saw it.
+    """
+    events = (lambda: h.events(run)) if isinstance(h, EventHarness) else None
     return scenario.kill_worker_holding_chunk_at(
-        _status(h, run), h.kill_worker, fraction, sig=sig, timeout=timeout
+        _status(h, run), h.kill_worker, fraction, sig=sig, timeout=timeout, events=events
     )
 
 

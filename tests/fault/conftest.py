@@ -10,7 +10,9 @@ import pytest
 from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.helpers import ttg_json
+from ttg import endpoint as endpoints
 from ttg.processes import LocalWorkers
+from ttg.run import RunEvent
 
 
 @dataclass
@@ -28,6 +30,13 @@ class LocalHarness:
 
     def restart_broker(self) -> None:
         self.backend.restart()
+
+    def events(self, run: str) -> list[RunEvent]:
+        broker = endpoints.from_env(self.backend.env).open_broker()
+        try:
+            return list(broker.events(run))
+        finally:
+            broker.close()
 
 
 def seed(backend: BackendEnv, run: str, *args: str) -> dict[str, Any]:

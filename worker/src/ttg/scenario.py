@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ttg.errors import BrokerError
+from ttg.run import RunEvent
 
 StatusFn = Callable[[], dict[str, Any]]
 KillFn = Callable[[str, int], None]
+EventsFn = Callable[[], Iterable[RunEvent]]
+
+#: Clock granularity allowed between the killer's clock and the broker's event times
+#: (Redis stamps events in whole milliseconds).
+CLOCK_SLACK_S = 0.002
+#: How long a redelivery the status showed may take to appear among the run's events.
+EVENT_WAIT_S = 5.0
 
 
 class ScenarioTimeout(AssertionError):
@@ -31,8 +39,14 @@ class KillRecord:
 
     worker: str
     chunk: int
+    #: When the signal was sent (epoch seconds, comparable with event times).
     killed_at: float
+    #: Seconds from the signal until the chunk was taken up again: the broker's own
+    #: record of the redelivery when the caller can read the run's events, else until
+    #: the first status that showed it (an upper bound: it includes a status read).
     redelivery_delay_s: float | None
+    #: Where ``redelivery_delay_s`` comes from: "event" or "status".
+    measured_by: str = "status"
 
 
 def wait_for(
@@ -99,13 +113,16 @@ def kill_worker_holding_chunk_at(
     poll: float = 0.05,
     eligible: Callable[[str], bool] = lambda _w: True,
     on_status: Callable[[dict[str, Any]], None] | None = None,
+    events: EventsFn | None = None,
 ) -> KillRecord:
     """Once ``fraction`` of the run is done, signal a worker while it holds a chunk.
 
     Then wait until that chunk is taken up again (claimed by another worker, or
     finished) and return the delay from the signal. With a signal other than
     SIGKILL the worker may finish the chunk itself; the delay is then until it
-    is finished.
+    is finished. Given the run's ``events``, the delay is the broker's: from the
+    signal to the first redelivery recorded after it, which a slow status read
+    cannot lengthen.
     """
 
     def holder(s: dict[str, Any]) -> dict[str, Any] | None:
@@ -125,7 +142,7 @@ def kill_worker_holding_chunk_at(
     worker, chunk = victim["worker"], victim["chunk"]
     before = s["redelivered"]
     kill(worker, sig)
-    killed_at = time.monotonic()
+    killed_at, killed_mono = time.time(), time.monotonic()
 
     def taken_up(s: dict[str, Any]) -> bool:
         if s["redelivered"] > before or s["complete"]:
@@ -140,7 +157,36 @@ def kill_worker_holding_chunk_at(
         what=f"chunk {chunk} taken up again",
         on_status=on_status,
     )
-    return KillRecord(worker, chunk, killed_at, round(time.monotonic() - killed_at, 3))
+    polled = round(time.monotonic() - killed_mono, 3)
+    recorded = _recorded_redelivery(events, killed_at, poll) if events else None
+    if recorded is None:
+        return KillRecord(worker, chunk, killed_at, polled)
+    return KillRecord(worker, chunk, killed_at, round(max(0.0, recorded), 3), "event")
+
+
+def _recorded_redelivery(events: EventsFn, t: float, poll: float) -> float | None:
+    """``first_redelivery_after`` in ``events``, waiting up to ``EVENT_WAIT_S`` for it.
+
+    The status may show a chunk taken up a moment before its event can be read (a
+    RabbitMQ worker's activity and its events travel apart); a chunk the killed
+    worker had only read ahead is taken up without one (no delivery counted).
+    """
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while (found := first_redelivery_after(events(), t)) is None:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll)
+    return found
+
+
+def first_redelivery_after(events: Iterable[RunEvent], t: float) -> float | None:
+    """Seconds from ``t`` to the first redelivery the broker recorded after it (None: none).
+
+    Only the killed worker's chunks are redelivered after its kill (nothing else
+    fails), so the first one is the kill's.
+    """
+    after = [e.t - t for e in events if e.kind == "redelivered" and e.t >= t - CLOCK_SLACK_S]
+    return min(after, default=None)
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ class _Demo:
             self._show(s)
             return s.to_dict()
 
-        killed = self._kill(status, host) if args.kill_at is not None else None
+        killed = self._kill(status, sweep, host) if args.kill_at is not None else None
         sweep.wait(interval=0.1, on_status=self._show)
         elapsed = time.monotonic() - started
         self.bar.close()
@@ -169,7 +169,7 @@ class _Demo:
             self._last_line = time.monotonic()
             self.say(bars.describe(s))
 
-    def _kill(self, status: scenario.StatusFn, host: Local) -> scenario.KillRecord:
+    def _kill(self, status: scenario.StatusFn, sweep: Sweep, host: Local) -> scenario.KillRecord:
         from ttg import scenario  # noqa: PLC0415 - see the imports above
 
         bar, at = self.bar, self.args.kill_at
@@ -180,7 +180,9 @@ class _Demo:
             bar.close()
             self.say(f"SIGKILL -> worker {worker} at {at:.0%} progress, while it holds a chunk")
 
-        killed = scenario.kill_worker_holding_chunk_at(status, kill, at, timeout=300)
+        killed = scenario.kill_worker_holding_chunk_at(
+            status, kill, at, timeout=300, events=lambda: sweep.broker.events(sweep.run_id)
+        )
         bar.close()
         self.say(
             f"chunk {killed.chunk} taken up again by a live worker "
