@@ -53,3 +53,26 @@ def test_scan_groups_errors_by_type_and_message_with_the_lowest_example() -> Non
     assert (memory.kind, memory.params, memory.chunks) == ("dead", 10, 1)
     assert memory.example is not None and memory.example.index == 21
     assert t.dead_params == 10 and t.param_errors == 3
+
+
+def test_a_reports_object_is_what_asdict_makes_of_it() -> None:
+    from dataclasses import asdict, fields  # noqa: PLC0415
+
+    from ttg.failures import ErrorGroup  # noqa: PLC0415
+    from ttg.run import InFlight, Progress  # noqa: PLC0415
+    from ttg.verify import VerifyReport, status_report  # noqa: PLC0415
+
+    flights = [InFlight(1, "w1", 1, 0.5), InFlight(2, "w2", 2, 0.25, 27, 3.0, 0.2)]
+    status = status_report(Progress("r", 3, 30, 3, done=1, done_params=10, in_flight=flights))
+    assert status.to_dict() == asdict(status)
+    assert status.to_dict()["in_flight"][1] == {
+        "chunk": 2, "worker": "w2", "deliveries": 2, "idle_s": 0.25,
+        "param": 27, "param_s": 3.0, "median_s": 0.2,
+    }  # fmt: skip
+    # The verify report nests dataclasses beyond the flights: each a plain dict too.
+    groups = [ErrorGroup("failed", "ValueError: x", "ValueError", 2, 1)]
+    verdict = VerifyReport(
+        **{f.name: getattr(status, f.name) for f in fields(status)}, error_groups=groups
+    )
+    assert verdict.to_dict() == asdict(verdict)
+    assert verdict.to_dict()["error_groups"][0]["params"] == 2

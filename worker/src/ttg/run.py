@@ -547,6 +547,10 @@ class InFlight:
     param_s: float | None = None
     median_s: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """``asdict`` of this flat record, without its deep copies."""
+        return {name: getattr(self, name) for name in _IN_FLIGHT_FIELDS}
+
     def with_long(self, long: LongParam | None, now: float) -> InFlight:
         """This chunk with the parameter its worker said it is on for long."""
         if long is None:
@@ -563,6 +567,8 @@ class InFlight:
             and self.param_s > HANG_FACTOR * self.median_s
         )
 
+
+_IN_FLIGHT_FIELDS = tuple(f.name for f in fields(InFlight))
 
 #: A parameter running this many times the run's median parameter time is a likely hang.
 HANG_FACTOR = 10

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ttg import compute, failures, provenance
@@ -100,7 +100,11 @@ class StatusReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, stable names."""
-        return asdict(self)
+        # asdict deep-copies value by value; ``in_flight`` (hundreds of flat records in a
+        # busy run, on every ``status --watch`` line) is converted directly.
+        out = asdict(replace(self, in_flight=[]))
+        out["in_flight"] = [f.to_dict() for f in self.in_flight]
+        return out
 
     def __getitem__(self, key: str) -> Any:
         """``report["done"]``: the JSON object's field, for code written against the dict

@@ -71,8 +71,11 @@ class _RunState:
     cursor: int = 0
     seeded_at: float | None = None
     fold: LedgerFold | None = None
-    #: worker -> its latest activity snapshot
+    #: worker -> its latest activity snapshot that could be read
     activity: dict[str, qdecode.Snapshot] = field(default_factory=dict)
+    #: worker -> its latest snapshot message, not read yet: a busy worker publishes many
+    #: between two status reads, and only its last one is ever shown.
+    unread_activity: dict[str, dict[str, Any]] = field(default_factory=dict)
     tails: dict[str, StreamTail] = field(default_factory=dict)
 
     def fold_meta(self, msg: dict[str, Any]) -> None:
@@ -92,8 +95,17 @@ class _RunState:
             self.fold.add(msg)
 
     def fold_activity(self, msg: dict[str, Any]) -> None:
-        snap = qdecode.snapshot(msg, self.run)
-        self.activity[snap.worker] = snap
+        self.unread_activity[qdecode.snapshot_worker(msg)] = msg
+
+    def snapshots(self) -> dict[str, qdecode.Snapshot]:
+        """Each worker's latest readable snapshot (what cannot be read is a problem)."""
+        for worker, msg in self.unread_activity.items():
+            try:
+                self.activity[worker] = qdecode.snapshot(msg, self.run)
+            except DecodeError as e:
+                self.tails["activity"].problems.add(str(e))
+        self.unread_activity.clear()
+        return self.activity
 
     def problems(self) -> Problems:
         """Everything of the run that could not be read, from every stream read so far."""
@@ -325,7 +337,7 @@ class RabbitMQBroker(Broker):
             InFlight(h.chunk, worker, h.attempt, round(now - h.since, 3)).with_long(
                 snap.long.get(h.chunk), now
             )
-            for worker, snap in sorted(state.activity.items())
+            for worker, snap in sorted(state.snapshots().items())
             if now - snap.t < ACTIVITY_FRESH_SECONDS
             for h in snap.held
             if h.chunk < fold.total and fold.is_open(h.chunk)

@@ -143,11 +143,16 @@ def snapshot(msg: Mapping[str, Any], run: str = "") -> Snapshot:
         )
     long = msg.get("l")
     return Snapshot(
-        decode.as_str(msg.get("w"), "snapshot worker", MAX_WORKER_CHARS),
+        snapshot_worker(msg),
         decode.as_float(msg.get("t"), "snapshot time", 0, 1e11),
         tuple(out),
         {} if long is None else LongParam.from_lists(run, long, MAX_CHUNKS + 1),
     )
+
+
+def snapshot_worker(msg: Mapping[str, Any]) -> str:
+    """The worker an activity snapshot is from (``snapshot`` reads the rest)."""
+    return decode.as_str(msg.get("w"), "snapshot worker", MAX_WORKER_CHARS)
 
 
 def outcomes(msg: Mapping[str, Any]) -> list[Any]:
