@@ -29,6 +29,7 @@ conformance suite run unchanged against every backend:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -257,6 +258,12 @@ class Broker(ABC):
         Raises:
             RunNotFound: no such run.
         """
+
+    def wait_progress(self, run: str, seconds: float) -> None:
+        """Wait ``seconds`` between two ``progress`` reads of ``run``, or less: a backend
+        that follows the run as its outcomes arrive returns once every chunk has one, so
+        a watcher sees the run complete when it does, not an interval later."""
+        time.sleep(seconds)
 
     @abstractmethod
     def ledger(self, run: str, *, problems: Problems | None = None) -> Iterator[Outcome]:

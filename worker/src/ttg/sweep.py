@@ -397,7 +397,8 @@ class Sweep:
         """Poll until every chunk has an outcome, or the run is paused or cancelled.
 
         A status every ``interval`` seconds: a read that took longer is not followed
-        by a wait.
+        by a wait. Where the backend follows outcomes as they arrive (RabbitMQ), the
+        wait ends as soon as every chunk has one.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
@@ -420,7 +421,8 @@ class Sweep:
                         f"run {self.spec.run}: {s.finished}/{s.total_chunks} chunks finished "
                         f"after {timeout}s"
                     )
-                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+                left = interval - (time.monotonic() - started)
+                self.broker.wait_progress(self.spec.run, max(0.0, left))
         finally:
             bar.close()
 

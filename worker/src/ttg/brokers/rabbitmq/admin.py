@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +38,13 @@ from ttg.brokers.rabbitmq.connection import (
     translated,
 )
 from ttg.brokers.rabbitmq.consumer import RabbitMQConsumer
-from ttg.brokers.rabbitmq.ledger import LedgerFold, StreamTail, drain, read_stream
+from ttg.brokers.rabbitmq.ledger import (
+    STREAM_IDLE_SECONDS,
+    LedgerFold,
+    StreamTail,
+    drain,
+    read_stream,
+)
 from ttg.brokers.rabbitmq.seeder import WindowedSeeder, group_size
 from ttg.decode import DecodeError, Problems
 from ttg.endpoint import TLS
@@ -140,6 +147,9 @@ class RabbitMQBroker(Broker):
         self._state: dict[str, _RunState] = {}
         #: A tail read before was not waited for (``_sync(wait=False)``): ``_drain`` does.
         self._undrained = False
+        #: When ``wait_progress`` last saw the run complete, having read every tail up
+        #: to then: a ``_drain`` right after has nothing to wait for.
+        self._drained_at = -math.inf
 
     def _ensure_open(self) -> None:
         if not self._conn.is_open:
@@ -185,6 +195,8 @@ class RabbitMQBroker(Broker):
         """Fold what reached the tails left undrained, with one wait for all of them."""
         if self._undrained:
             self._undrained = False
+            if time.monotonic() - self._drained_at < STREAM_IDLE_SECONDS:
+                return
             tails = [t for state in self._state.values() for t in state.tails.values()]
             drain(self._conn, tails + ([self._runs_tail] if self._runs_tail else []), done)
 
@@ -389,6 +401,25 @@ class RabbitMQBroker(Broker):
             recent_errors=list(fold.recent),
             problems=state.problems().lines(),
         )
+
+    @translated
+    def wait_progress(self, run: str, seconds: float) -> None:
+        # Outcomes fold as they arrive on the kept-open tails (the connection delivers
+        # to every consumer of it), so the wait ends with the run's last outcome.
+        state = self._state.get(run)
+        fold = state.fold if state is not None else None
+        tail = state.tails.get("ledger") if state is not None else None
+        if fold is None or tail is None or not tail.caught_up or fold.finished >= fold.total:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while fold.finished < fold.total:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            # Returns once a delivery was dispatched (or at the deadline).
+            self._conn.process_data_events(time_limit=left)
+        self._drained_at = time.monotonic()
 
     def _exact_fold(self, run: str) -> LedgerFold:
         spec = self.spec(run)
