@@ -7,6 +7,7 @@ the fixtures.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -472,3 +473,35 @@ def test_a_consumer_that_joins_while_a_run_is_paused_counts_no_delivery(
     broker.set_control(run_id, "running")
     got = [fetch_one(c, run_id) for _ in range(5)]
     assert [d.attempt for d in got] == [1] * 5, [(d.chunk, d.attempt) for d in got]
+
+
+#: A watcher's interval in the wake-up test: far longer than its run takes, even loaded.
+WATCH_INTERVAL = 120.0
+
+
+def test_a_watcher_wakes_when_the_last_outcome_arrives_not_an_interval_later(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # Sweep.wait (`ttg status --watch`, `run()`) waits between two reads with
+    # wait_progress: it must end with the run's last outcome, not run out its interval.
+    broker.seed(make_spec(run_id, params=40))
+    assert broker.progress(run_id).finished == 0  # the watcher's first read
+    c = new_consumer(broker, f"{run_id}-filler")
+
+    def fill() -> None:
+        done = 0
+        while done < 4:
+            for d in c.fetch(0.5, 4):
+                assert counted(complete(c, d))
+                done += 1
+
+    filler = threading.Thread(target=fill, daemon=True)
+    started = time.monotonic()
+    filler.start()
+    broker.wait_progress(run_id, WATCH_INTERVAL)
+    waited = time.monotonic() - started
+    filler.join(timeout=60)
+    # It ended with the run, long before its interval (a sleep would have run it out).
+    assert waited < WATCH_INTERVAL / 2, waited
+    p = broker.progress(run_id)
+    assert (p.finished, p.done_params) == (4, 40), p

@@ -47,10 +47,6 @@ print(p.done, p.done_params, rss_kib() - before)
 """
 
 
-#: A watcher's interval in the wake-up test: far longer than its run takes, even loaded.
-WATCH_INTERVAL = 120.0
-
-
 def squares(d: Delivery) -> Outcome:
     result = [x * x for x in range(d.lo, d.hi)]
     return Outcome(d.chunk, Status.OK, d.hi - d.lo, "filler", d.attempt, time.time(), result)
@@ -242,31 +238,3 @@ def test_a_subscription_records_the_prefetch_the_broker_was_given(
     finally:
         c.close()
 
-
-def test_a_watcher_wakes_when_the_last_outcome_arrives_not_an_interval_later(
-    backend: BackendEnv, new_consumer: ConsumerFactory, run_id: str
-) -> None:
-    # `ttg status --watch` (Sweep.wait) waits between two reads with wait_progress: the
-    # ledger's outcomes fold as they arrive, so the wait ends with the run's last one.
-    broker = backend.broker()
-    broker.seed(RunSpec(run_id, RangeSpace(0, 40).to_spec(), 10, compute.DEFAULT_COMPUTE))
-    assert broker.progress(run_id).finished == 0  # the watcher's first read
-    c = new_consumer(broker, "filler")
-
-    def fill() -> None:
-        done = 0
-        while done < 4:
-            batch = c.fetch(0.5, 4)
-            c.complete([(d, squares(d)) for d in batch])
-            done += len(batch)
-
-    filler = threading.Thread(target=fill, daemon=True)
-    started = time.monotonic()
-    filler.start()
-    broker.wait_progress(run_id, WATCH_INTERVAL)
-    waited = time.monotonic() - started
-    filler.join(timeout=60)
-    # The wait ended with the run, long before its interval (a sleep would have run it out).
-    assert waited < WATCH_INTERVAL / 2, waited
-    p = broker.progress(run_id)
-    assert (p.finished, p.done_params) == (4, 40), p

@@ -144,6 +144,14 @@ class MemoryBroker(Broker):
         with self._lock:
             return sorted(self._runs)
 
+    def wait_progress(self, run: str, seconds: float) -> None:
+        def finished() -> bool:
+            r = self._runs.get(run)
+            return r is None or len(r.ledger) >= r.spec.total_chunks
+
+        with self._lock:
+            self._lock.wait_for(finished, timeout=seconds)
+
     def progress(self, run: str) -> Progress:
         with self._lock:
             r = self._run(run)
@@ -393,7 +401,9 @@ class MemoryConsumer(Consumer):
     def complete(self, items: Sequence[tuple[Delivery, Outcome]]) -> list[Recorded]:
         with self.broker._lock:
             self.broker._write()
-            return [self.broker._record(self.name, d, o) for d, o in items]
+            out = [self.broker._record(self.name, d, o) for d, o in items]
+            self.broker._lock.notify_all()  # a watcher waits for the last outcome
+            return out
 
     def retry(self, delivery: Delivery, error: str, *, delay: float) -> None:
         with self.broker._lock:

@@ -20,6 +20,7 @@ from ttg.brokers.redis.client import (
     RUN_KEYS,
     RUNS,
     Scripts,
+    complete_channel,
     key,
     make_client,
     safe_url,
@@ -67,6 +68,8 @@ class RedisBroker(Broker):
         self._count_leases = self.client.register_script(_count_leases_source())
         self._specs: dict[str, RunSpec] = {}
         self._problems: list[str] = []
+        #: Subscribed to runs' completion channels (``wait_progress``), once needed.
+        self._pubsub: Any = None
 
     def where(self) -> str:
         return safe_url(self.url)
@@ -325,7 +328,34 @@ class RedisBroker(Broker):
             self.url, self.tls, name, lease_seconds=lease_seconds, prefetch=prefetch
         )
 
+    def wait_progress(self, run: str, seconds: float) -> None:
+        # record.lua publishes when it records a run's last outcome. Subscribed from the
+        # first wait on, so only a completion before then goes unheard (the next read
+        # sees it). Any failure here is the plain wait's: a watcher never fails for it.
+        deadline = time.monotonic() + seconds
+        channel = complete_channel(run)
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            if channel not in self._pubsub.channels:  # replies are str (decode_responses)
+                self._pubsub.subscribe(channel)
+            while (left := deadline - time.monotonic()) > 0:
+                msg = self._pubsub.get_message(timeout=left)
+                if msg is not None and msg.get("channel") == channel:
+                    return
+        except rex.RedisError as e:
+            log.debug("waiting for run %s to complete: %s", run, e)
+            self._close_pubsub()
+            time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _close_pubsub(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(rex.RedisError):
+                self._pubsub.close()
+            self._pubsub = None
+
     def close(self) -> None:
+        self._close_pubsub()
         self.client.close()
 
 

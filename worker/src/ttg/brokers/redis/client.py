@@ -19,6 +19,9 @@ run lives in one slot of a Redis Cluster and every script touches one slot::
     ttg:{R}:events   stream  failures, redeliveries, releases, malformed messages
                              (capped at ~10,000)
 
+and one channel, ``ttg:{R}:meta:complete``: record.lua publishes to it when it records
+the run's last outcome (watchers wake on it; nothing depends on its delivery).
+
 Two keys are global, and nothing writes them in the same step as a run's keys
 (they may live on another node): ``ttg:runs`` (set of run ids) and
 ``ttg:runs:gen`` (a counter bumped whenever a run is created, steered,
@@ -81,6 +84,11 @@ T = TypeVar("T")
 
 def key(run: str, name: str) -> str:
     return f"ttg:{{{run}}}:{name}"
+
+
+def complete_channel(run: str) -> str:
+    """The channel record.lua publishes to when the run's last outcome is recorded."""
+    return key(run, "meta") + ":complete"
 
 
 def run_of(stream_key: str) -> str:

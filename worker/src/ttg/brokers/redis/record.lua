@@ -69,5 +69,8 @@ redis.call('XDEL', KEYS[1], unpack(ids))
 redis.pcall('HDEL', KEYS[7], unpack(ids))  -- their begun marks (begin.lua)
 if add.finished > 0 and redis.call('HLEN', KEYS[2]) >= (tonumber(redis.call('HGET', KEYS[4], 'total')) or math.huge) then
   redis.call('HSETNX', KEYS[4], 'completed_at', now_ms)
+  -- Watchers (`ttg status --watch`) wake on it. Best effort: where the server's ACL
+  -- refuses the channel, they see the run complete at their next read instead.
+  redis.pcall('PUBLISH', KEYS[4] .. ':complete', now_ms)
 end
 return codes
