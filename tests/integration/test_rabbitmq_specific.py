@@ -238,3 +238,18 @@ def test_a_subscription_records_the_prefetch_the_broker_was_given(
     finally:
         c.close()
 
+
+
+def test_a_watcher_whose_connection_is_lost_waits_out_its_interval_then_reads_again(
+    backend: BackendEnv, run_id: str
+) -> None:
+    # wait_progress reads on the broker's connection; losing it must cost no more than
+    # the sleep it replaces: the wait runs out, the next read reconnects.
+    broker = backend.broker()
+    broker.seed(RunSpec(run_id, RangeSpace(0, 20).to_spec(), 10, compute.DEFAULT_COMPUTE))
+    assert broker.progress(run_id).finished == 0
+    broker._conn.close()  # type: ignore[attr-defined]  # as a broker restart would
+    started = time.monotonic()
+    broker.wait_progress(run_id, 0.5)
+    assert time.monotonic() - started >= 0.5
+    assert broker.progress(run_id).finished == 0

@@ -402,23 +402,29 @@ class RabbitMQBroker(Broker):
             problems=state.problems().lines(),
         )
 
-    @translated
     def wait_progress(self, run: str, seconds: float) -> None:
         # Outcomes fold as they arrive on the kept-open tails (the connection delivers
-        # to every consumer of it), so the wait ends with the run's last outcome.
+        # to every consumer of it), so the wait ends with the run's last outcome. A lost
+        # connection makes it the plain wait: the next read reconnects, as after a sleep.
         state = self._state.get(run)
         fold = state.fold if state is not None else None
         tail = state.tails.get("ledger") if state is not None else None
-        if fold is None or tail is None or not tail.caught_up or fold.finished >= fold.total:
-            time.sleep(seconds)
-            return
         deadline = time.monotonic() + seconds
-        while fold.finished < fold.total:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            # Returns once a delivery was dispatched (or at the deadline).
-            self._conn.process_data_events(time_limit=left)
+        followed = tail is not None and tail.caught_up and self._conn.is_open
+        if fold is None or not followed or fold.finished >= fold.total:
+            time.sleep(seconds)  # nothing to follow (or complete as read, not as shown)
+            return
+        try:
+            while fold.finished < fold.total:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                # Returns once a delivery was dispatched (or at the deadline).
+                self._conn.process_data_events(time_limit=left)
+        except PIKA_ERRORS as e:
+            log.debug("waiting for run %s to complete: %s", run, e)
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return
         self._drained_at = time.monotonic()
 
     def _exact_fold(self, run: str) -> LedgerFold:
