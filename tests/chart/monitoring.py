@@ -297,3 +297,18 @@ def both(*checks: Check) -> Check:
             c(samples)
 
     return check
+
+
+def once_then(first: Check, then: Check) -> Check:
+    """``first`` passes once, ``then`` from that reading on: a counter's step shows in a
+    rate window for a while only, and need not coincide with the slowest other check."""
+    seen = False
+
+    def check(samples: list[Sample]) -> None:
+        nonlocal seen
+        if not seen:
+            first(samples)
+            seen = True
+        then(samples)
+
+    return check
