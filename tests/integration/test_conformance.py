@@ -505,3 +505,22 @@ def test_a_watcher_wakes_when_the_last_outcome_arrives_not_an_interval_later(
     assert waited < WATCH_INTERVAL / 2, waited
     p = broker.progress(run_id)
     assert (p.finished, p.done_params) == (4, 40), p
+
+
+def test_a_run_completed_between_a_read_and_the_wait_ends_the_wait_at_once(
+    broker: Broker, new_consumer: ConsumerFactory, run_id: str
+) -> None:
+    # The watcher read the run unfinished; its last outcome came before the watcher
+    # began to wait (Redis: before it subscribed, so the publish went unheard).
+    broker.seed(make_spec(run_id, params=20))
+    assert broker.progress(run_id).finished == 0
+    c = new_consumer(broker, f"{run_id}-filler")
+    done = 0
+    while done < 2:
+        for d in c.fetch(0.5, 2):
+            assert counted(complete(c, d))
+            done += 1
+    started = time.monotonic()
+    broker.wait_progress(run_id, WATCH_INTERVAL)
+    assert time.monotonic() - started < WATCH_INTERVAL / 2
+    assert broker.progress(run_id).finished == 2

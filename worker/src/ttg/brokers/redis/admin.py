@@ -329,24 +329,35 @@ class RedisBroker(Broker):
         )
 
     def wait_progress(self, run: str, seconds: float) -> None:
-        # record.lua publishes when it records a run's last outcome. Subscribed from the
-        # first wait on, so only a completion before then goes unheard (the next read
-        # sees it). Any failure here is the plain wait's: a watcher never fails for it.
+        # record.lua publishes when it records a run's last outcome; the subscription is
+        # kept from the first wait on. Any failure here is the plain wait's: a watcher
+        # never fails for it.
         deadline = time.monotonic() + seconds
         channel = complete_channel(run)
         try:
             if self._pubsub is None:
-                self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = self.client.pubsub()
             if channel not in self._pubsub.channels:  # replies are str (decode_responses)
                 self._pubsub.subscribe(channel)
-            while (left := deadline - time.monotonic()) > 0:
-                msg = self._pubsub.get_message(timeout=left)
-                if msg is not None and msg.get("channel") == channel:
+                # Once confirmed, it hears every later completion; one before is in the
+                # run's meta (record.lua sets completed_at in the same step).
+                heard = self._heard(channel, "subscribe", deadline)
+                if heard != "subscribe" or self.client.hexists(key(run, "meta"), "completed_at"):
                     return
+            self._heard(channel, "message", deadline)
         except rex.RedisError as e:
             log.debug("waiting for run %s to complete: %s", run, e)
             self._close_pubsub()
             time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _heard(self, channel: str, kind: str, deadline: float) -> str | None:
+        """The type of the next pubsub message on ``channel`` that is a publication or
+        ``kind``; None at the deadline."""
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self._pubsub.get_message(timeout=left)
+            if msg is not None and msg["channel"] == channel and msg["type"] in ("message", kind):
+                return str(msg["type"])
+        return None
 
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
