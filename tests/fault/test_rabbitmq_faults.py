@@ -171,6 +171,19 @@ def test_a_changed_retry_delay_does_not_upset_the_broker(
     assert sorted(workers.alive()) == sorted([first, second])
 
 
+def group_stopped(pgid: int) -> bool:
+    """Every process of process group ``pgid`` is stopped (state T in /proc)."""
+    states = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:
+            states.append(fields[0])
+    return bool(states) and all(s == "T" for s in states)
+
+
 def test_a_publisher_confirm_that_never_comes_cuts_the_connection(
     rabbitmq_node: RabbitMQNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,6 +199,9 @@ def test_a_publisher_confirm_that_never_comes_cuts_the_connection(
     assert rabbitmq_node.proc is not None
     os.killpg(rabbitmq_node.proc.pid, signal.SIGSTOP)
     try:
+        # Frozen once every process of its group is: on a loaded machine the stop can
+        # lag the signal (a confirm came once, in a fresh-clone run beside busy loops).
+        eventually(lambda: group_stopped(rabbitmq_node.proc.pid), what="the node frozen")
         started = time.monotonic()
         with pytest.raises(connection.ConfirmTimeout):
             connection.publish(ch, name, {"n": 1})
