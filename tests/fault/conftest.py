@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from tests import scenarios
 from tests.conftest import BackendEnv
 from tests.helpers import ttg_json
-from ttg import endpoint as endpoints
+from ttg.broker import Broker
 from ttg.processes import LocalWorkers
 from ttg.run import RunEvent
 
@@ -21,6 +21,7 @@ class LocalHarness:
 
     backend: BackendEnv
     workers: LocalWorkers
+    _broker: Broker | None = field(default=None, init=False)
 
     def ttg_json(self, *args: str) -> dict[str, Any]:
         return ttg_json(*args, env=self.backend.env)
@@ -32,11 +33,9 @@ class LocalHarness:
         self.backend.restart()
 
     def events(self, run: str) -> list[RunEvent]:
-        broker = endpoints.from_env(self.backend.env).open_broker()
-        try:
-            return list(broker.events(run))
-        finally:
-            broker.close()
+        if self._broker is None:  # one connection for every read, closed with the backend
+            self._broker = self.backend.broker()
+        return list(self._broker.events(run))
 
 
 def seed(backend: BackendEnv, run: str, *args: str) -> dict[str, Any]:
